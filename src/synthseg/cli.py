@@ -1,0 +1,73 @@
+"""The ``synthseg`` console script: every subcommand is a Hydra app with its config under ``conf/``.
+
+    synthseg <command> key=value ...      (e.g. ``synthseg prepare source=DIR output=DIR``)
+
+``python train.py ...`` at the repository root is the same as ``synthseg train ...``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# command -> (config name under conf/, "module:function" taking the composed DictConfig)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "synthseg.train:train_main"),
+    "demo": ("demo", "synthseg.pipeline:run_demo"),
+    "demo-cohort": ("demo_cohort", "synthseg.data.demo_cohort:main"),
+    "prepare": ("prepare", "synthseg.data.prepare:main"),
+    "swd": ("swd", "synthseg.metrics.swd:main"),
+    "select": ("select", "synthseg.synth.select:main"),
+    "generate-masks": ("generate_masks", "synthseg.synth.masks:main"),
+    "generate-images": ("generate_images", "synthseg.synth.images:main"),
+    "filter": ("filter", "synthseg.synth.zfilter:main"),
+    "synthesize": ("synthesize", "synthseg.synth.synthesize:main"),
+    "export": ("export", "synthseg.synth.export:main"),
+    "report": ("report", "synthseg.report.table:main"),
+}
+
+
+def _resolve(target: str) -> Callable[[Any], Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run(command: str, overrides: list[str]) -> Any:
+    """Run subcommand ``command`` as a Hydra app with ``overrides`` (``key=value`` strings, Hydra flags)."""
+    import hydra
+
+    from synthseg.errors import InputError
+    from synthseg.paths import config_dir
+
+    config_name, target = COMMANDS[command]
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    def app(cfg: Any) -> Any:
+        try:
+            return _resolve(target)(cfg)
+        except InputError as err:
+            # Bad input is the user's to fix: one clear line, no traceback.
+            print(f"synthseg {command}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [f"synthseg {command}", *overrides]
+    return app()
+
+
+def _usage() -> str:
+    names = "\n".join(f"  {name}" for name in COMMANDS)
+    return f"usage: synthseg <command> [key=value ...]\n\ncommands:\n{names}\n\n`synthseg <command> --help` shows its config."
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        sys.exit(0 if argv else 2)
+    command, *overrides = argv
+    if command not in COMMANDS:
+        print(f"synthseg: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    run(command, overrides)

@@ -1,0 +1,93 @@
+"""The 7-class label convention and its reductions to 4 and 2 classes.
+
+Classes (7): 0 background, 1 NCR/NET, 2 edema, 3 enhancing tumor, 4 WM, 5 GM, 6 CSF.
+4 classes: tissue (4, 5, 6) set to 0. 2 classes: any tumor (1, 2, 3) -> 1, the rest 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NUM_CLASSES = 7
+CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "edema", "enhancing", "WM", "GM", "CSF")
+TUMOR_CLASSES = (1, 2, 3)
+TISSUE_CLASSES = {"WM": 4, "GM": 5, "CSF": 6}
+VALID_CLASS_COUNTS = (2, 4, 7)
+
+# The paper's Fig. 1 colours: black BG, red NCR/NET, yellow ED, orange ET, white WM, grey GM, blue CSF.
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [220, 30, 30],
+        [250, 220, 40],
+        [250, 140, 20],
+        [255, 255, 255],
+        [140, 140, 140],
+        [40, 90, 230],
+    ],
+    dtype=np.uint8,
+)
+
+# Lookup tables from the 7-class index to the reduced index.
+_REDUCE = {
+    7: np.arange(7, dtype=np.uint8),
+    4: np.array([0, 1, 2, 3, 0, 0, 0], dtype=np.uint8),
+    2: np.array([0, 1, 1, 1, 0, 0, 0], dtype=np.uint8),
+}
+
+
+def check_num_classes(classes: int) -> int:
+    """Return ``classes`` if it is one of 7, 4, 2; else raise a ValueError naming the value."""
+    if int(classes) not in VALID_CLASS_COUNTS:
+        raise ValueError(f"classes must be one of {VALID_CLASS_COUNTS}, got {classes}")
+    return int(classes)
+
+
+def reduce_labels(labels: np.ndarray | torch.Tensor, classes: int) -> np.ndarray | torch.Tensor:
+    """Map 7-class indices to ``classes`` (7, 4 or 2) classes; works on numpy arrays and torch tensors."""
+    table = _REDUCE[check_num_classes(classes)]
+    if isinstance(labels, torch.Tensor):
+        return torch.as_tensor(table, device=labels.device)[labels.long()].to(labels.dtype)
+    return table[labels]
+
+
+def class_names(classes: int) -> tuple[str, ...]:
+    """Names of the classes of the 7-, 4- or 2-class problem."""
+    classes = check_num_classes(classes)
+    if classes == 7:
+        return CLASS_NAMES
+    if classes == 4:
+        return CLASS_NAMES[:4]
+    return ("background", "tumor")
+
+
+def palette(classes: int) -> np.ndarray:
+    """RGB colours (classes x 3, uint8) for the 7-, 4- or 2-class problem; 2-class tumor is red."""
+    classes = check_num_classes(classes)
+    if classes == 2:
+        return PALETTE[[0, 1]]
+    return PALETTE[:classes]
+
+
+def colorize(labels: np.ndarray, classes: int = 7) -> np.ndarray:
+    """Label map (H, W) of indices -> RGB image (H, W, 3) uint8 in the paper's colours."""
+    return palette(classes)[np.clip(labels, 0, classes - 1)]
+
+
+def class_weights_from_counts(counts: np.ndarray | list[float]) -> np.ndarray:
+    """Weighted-Dice class weights: inverse class frequency, normalised to sum 1.
+
+    The paper computes its weights "over the training set" without giving the formula; inverse frequency is
+    the usual choice for weighted Dice. A class absent from the training set gets weight 0 (it cannot be
+    learned, and an infinite weight would make the loss meaningless). This is the one place the formula lives.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError(f"class counts must be a 1-D array of non-negative numbers, got {counts}")
+    inv = np.zeros_like(counts)
+    present = counts > 0
+    inv[present] = 1.0 / counts[present]
+    if inv.sum() == 0:
+        raise ValueError("class counts are all zero: no labelled pixels to compute class weights from")
+    return inv / inv.sum()
