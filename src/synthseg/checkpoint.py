@@ -86,7 +86,9 @@ def check_init_args(path: Path, found: dict[str, Any], expected: dict[str, Any])
     """Raise one clear error for the first constructor argument that differs from the configuration."""
     for key, want in expected.items():
         if key in found and found[key] != want:
-            raise CheckpointError(f"{path}: checkpoint has {key}={found[key]!r}, config asks for {key}={want!r}")
+            raise CheckpointError(
+                f"{path}: checkpoint has {key}={found[key]!r}, config asks for {key}={want!r}"
+            )
 
 
 def load_network(

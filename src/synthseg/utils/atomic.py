@@ -22,7 +22,9 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str], *, is_dir: bool = False, overwrite: bool = True) -> Iterator[Path]:
+def atomic_path(
+    target: str | os.PathLike[str], *, is_dir: bool = False, overwrite: bool = True
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``target``; on success it replaces ``target``, on error it is removed.
 
     Args:

@@ -1,0 +1,293 @@
+"""``BraTSDataModule``: the one LightningDataModule the U-Net, PGAN and SPADE share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from synthseg.data.cache import open_cache
+from synthseg.data.dataset import IMAGE_NORMS, SliceDataset
+from synthseg.data.labels import class_weights_from_counts, reduce_labels
+from synthseg.data.manifest import Manifest, read_manifest
+from synthseg.data.sampler import ResumableBatchSampler
+from synthseg.errors import InputError
+
+STATS_FROM = ("train", "real")
+
+
+def resolve_count(value: int | float | None, full: int, available: int, what: str) -> int:
+    """Turn a count setting into a number of slices.
+
+    ``None`` means all ``available``; an int is an absolute count; a float is a fraction of ``full`` (the
+    size of the whole real training split), so the paper's mixes carry over to datasets of any size.
+    """
+    if value is None:
+        return available
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{what} must be a count or a fraction, got {value!r}")
+    if value < 0:
+        raise InputError(f"{what} must not be negative, got {value}")
+    count = int(value) if isinstance(value, int) else int(round(float(value) * full))
+    if count > available:
+        raise InputError(f"{what}={value} asks for {count} slices, but only {available} are available")
+    return count
+
+
+def reduce_counts(counts: np.ndarray, classes: int) -> np.ndarray:
+    """Per-class pixel counts (..., 7) summed into the 7-, 4- or 2-class problem (..., classes)."""
+    table = reduce_labels(np.arange(7, dtype=np.uint8), classes)
+    out = np.zeros((*counts.shape[:-1], classes), dtype=np.int64)
+    for src, dst in enumerate(table):
+        out[..., dst] += counts[..., src]
+    return out
+
+
+class BraTSDataModule(pl.LightningDataModule):
+    """Real (prepared) slices, optionally mixed with a synthetic dataset of the same layout.
+
+    Args:
+        root: prepared dataset folder (docs/dataset_layout.md).
+        classes: 7, 4 or 2 (reduced on read).
+        real: real training slices to use: None (all), a count, or a fraction of the real training split;
+            taken from the start of the (shuffled) training rows.
+        synthetic: ``{"root": DIR, "count": N or fraction}`` or None.
+        reduced: use only the reduced training set (the first 20 % of shuffled training slices).
+        drop_empty: drop training slices whose label map is all background (the GANs never see them).
+        resolution: output size (None: native); labels are downsampled by majority vote, images by area.
+        batch_size: global training batch size.
+        eval_batch_size: validation/test batch size (default: batch_size).
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        one_hot: labels as float one-hot (C, H, W).
+        image_norm: "paper", "tanh" or "raw" (see SliceDataset).
+        stats_from: "train" computes normalization and class weights over the whole training set in use,
+            synthetic included (the paper); "real" over its real slices only.
+        seed: seed of the per-epoch shuffling.
+        endless: the training loader never ends (PGAN's schedule is counted in images).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        classes: int = 7,
+        real: int | float | None = None,
+        synthetic: Mapping[str, Any] | None = None,
+        reduced: bool = False,
+        drop_empty: bool = False,
+        resolution: int | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        one_hot: bool = False,
+        image_norm: str = "paper",
+        stats_from: str = "train",
+        seed: int = 0,
+        endless: bool = False,
+    ) -> None:
+        super().__init__()
+        if int(classes) not in (2, 4, 7):
+            raise InputError(f"data.classes must be one of 2, 4, 7, got {classes}")
+        if image_norm not in IMAGE_NORMS:
+            raise InputError(f"data.image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
+        if stats_from not in STATS_FROM:
+            raise InputError(f"data.stats_from must be one of {STATS_FROM}, got {stats_from!r}")
+        if resolution is not None and (resolution < 4 or resolution & (resolution - 1)):
+            raise InputError(f"data.resolution must be a power of two >= 4, got {resolution}")
+        if batch_size <= 0:
+            raise InputError(f"data.batch_size must be positive, got {batch_size}")
+        self.root = Path(root)
+        self.classes = int(classes)
+        self.real = real
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.reduced = reduced
+        self.drop_empty = drop_empty
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.one_hot = one_hot
+        self.image_norm = image_norm
+        self.stats_from = stats_from
+        self.seed = seed
+        self.endless = endless
+        self.stats: dict[str, Any] = {}
+        self.sampler: ResumableBatchSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._ready = False
+
+    # ----------------------------------------------------------------------------------------- selection
+    def _training_rows(self, manifest: Manifest, *, real_source: bool) -> np.ndarray:
+        keep = manifest.split == "train"
+        if real_source and self.reduced:
+            keep &= manifest.reduced
+        if self.drop_empty:
+            keep &= ~manifest.empty
+        return np.flatnonzero(keep)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        if not self.root.is_dir():
+            raise InputError(f"data.root={self.root}: folder not found (run `synthseg prepare` first)")
+        manifest = read_manifest(self.root)
+        self.manifest = manifest
+        sources = [open_cache(self.root, manifest)]
+        full_train = int((manifest.split == "train").sum())
+        real_rows = self._training_rows(manifest, real_source=True)
+        n_real = resolve_count(self.real, full_train, len(real_rows), "data.real")
+        real_rows = real_rows[:n_real]
+        items = [np.stack([np.zeros_like(real_rows), real_rows], axis=1)]
+        counts = [manifest.counts[real_rows]]
+        n_synth = 0
+        if self.synthetic and self.synthetic.get("count", 0):
+            synth_root = Path(self.synthetic["root"])
+            synth_manifest = read_manifest(synth_root)
+            sources.append(open_cache(synth_root, synth_manifest))
+            synth_rows = self._training_rows(synth_manifest, real_source=False)
+            n_synth = resolve_count(
+                self.synthetic["count"], full_train, len(synth_rows), "data.synthetic.count"
+            )
+            synth_rows = synth_rows[:n_synth]
+            items.append(np.stack([np.ones_like(synth_rows), synth_rows], axis=1))
+            counts.append(synth_manifest.counts[synth_rows])
+        train_items = np.concatenate(items)
+        if len(train_items) == 0:
+            raise InputError("the training set is empty: data.real and data.synthetic.count are both 0")
+        if self.stats_from == "train":
+            stat_items, stat_counts = train_items, np.concatenate(counts)
+        elif n_real:
+            stat_items, stat_counts = items[0], counts[0]
+        else:
+            # Real-only statistics of a synthetic-only run: take the whole real training split.
+            rows = manifest.rows("train")
+            stat_items, stat_counts = np.stack([np.zeros_like(rows), rows], axis=1), manifest.counts[rows]
+        train_max, train_mean = self._intensity_stats(sources, stat_items)
+        class_counts = reduce_counts(stat_counts.sum(axis=0), self.classes)
+        real_counts = reduce_counts(manifest.counts[manifest.split == "train"].sum(axis=0), self.classes)
+        self.stats = {
+            "train_max": train_max,
+            "train_mean": train_mean,
+            "class_counts": class_counts.tolist(),
+            "class_weights": class_weights_from_counts(class_counts).tolist(),
+            # Fixed weights from the whole real training split, so runs with different training sets are
+            # comparable on one scale.
+            "real_class_weights": class_weights_from_counts(real_counts).tolist(),
+            "num_real": int(n_real),
+            "num_synthetic": int(n_synth),
+            "num_train": int(len(train_items)),
+            "num_val": int((manifest.split == "val").sum()),
+            "num_test": int((manifest.split == "test").sum()),
+        }
+        common = dict(
+            classes=self.classes,
+            image_norm=self.image_norm,
+            train_max=train_max,
+            train_mean=train_mean,
+            resolution=self.resolution,
+            one_hot=self.one_hot,
+        )
+        self.train_set = SliceDataset(sources, train_items, **common)
+
+        def eval_items(split: str) -> np.ndarray:
+            rows = manifest.rows(split)
+            return np.stack([np.zeros_like(rows), rows], axis=1)
+
+        self.val_set = SliceDataset(sources[:1], eval_items("val"), **common)
+        self.test_set = SliceDataset(sources[:1], eval_items("test"), **common)
+        self.sampler = ResumableBatchSampler(
+            len(self.train_set),
+            self.batch_size,
+            seed=self.seed,
+            endless=self.endless,
+            resolution=self.resolution or 0,
+        )
+        if self._pending_state is not None:
+            self.sampler.load_state_dict(self._pending_state)
+        self._ready = True
+
+    @staticmethod
+    def _intensity_stats(
+        sources: list[tuple[np.ndarray, np.ndarray]], items: np.ndarray
+    ) -> tuple[float, float]:
+        """Training max and the mean of the max-scaled training pixels (the paper's normalization)."""
+        maximum, total, pixels = 0, 0.0, 0
+        for src in np.unique(items[:, 0]):
+            images = sources[src][0]
+            rows = np.sort(items[items[:, 0] == src, 1])
+            for start in range(0, len(rows), 256):
+                chunk = np.asarray(images[rows[start : start + 256]])
+                maximum = max(maximum, int(chunk.max(initial=0)))
+                total += float(chunk.sum(dtype=np.float64))
+                pixels += chunk.size
+        if maximum == 0:
+            raise InputError("every training image is all zero: cannot normalise by the training maximum")
+        return float(maximum), total / maximum / pixels
+
+    # ------------------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: SliceDataset, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.sampler is not None, "call setup() first"
+        return self._loader(self.train_set, batch_sampler=self.sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, batch_size=self.eval_batch_size, shuffle=False)
+
+    # ---------------------------------------------------------------------------- progressive training
+    def set_batch_size(self, batch_size: int) -> None:
+        """Change the global batch size of the following training batches."""
+        self.batch_size = batch_size
+        if self.sampler is not None:
+            self.sampler.set_batch_size(batch_size)
+
+    def set_resolution(self, resolution: int) -> None:
+        """Change the resolution of the following training batches."""
+        self.resolution = resolution
+        if self.sampler is not None:
+            self.sampler.set_resolution(resolution)
+
+    # ------------------------------------------------------------------------------------- resume state
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer
+        if isinstance(batch, dict) and "position" in batch and self.sampler is not None:
+            if trainer is None or trainer.training:
+                epoch, position = (int(v) for v in batch["position"][-1])
+                self.sampler.mark_consumed(epoch, position)
+            batch = {k: v for k, v in batch.items() if k != "position"}
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict() if self.sampler is not None else dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = dict(state_dict)
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state_dict)
+            self.batch_size = self.sampler.batch_size
+            self.resolution = self.sampler.resolution or self.resolution
+
+    def sample_batch(self, split: str = "val", count: int = 8) -> dict[str, torch.Tensor]:
+        """The first ``count`` slices of a split as one batch (for image grids)."""
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        count = min(count, len(dataset))
+        items = [dataset[i] for i in range(count)]
+        return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in ("image", "label")}

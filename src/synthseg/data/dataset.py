@@ -1,0 +1,114 @@
+"""Slice datasets over memory-mapped caches, with class reduction, normalization and resizing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from synthseg.data.labels import reduce_labels
+
+IMAGE_NORMS = ("paper", "tanh", "raw")
+
+
+def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """Area (block-mean) downsampling of an (H, W) image by an integer factor."""
+    if factor == 1:
+        return image.astype(np.float32)
+    h, w = image.shape
+    return image.reshape(h // factor, factor, w // factor, factor).astype(np.float32).mean(axis=(1, 3))
+
+
+def downsample_labels(labels: np.ndarray, factor: int, num_classes: int = 7) -> np.ndarray:
+    """Majority-vote downsampling of an (H, W) label map by an integer factor.
+
+    Averaging class indices (what image pyramids do) would invent classes that are not there; the majority
+    class of each block keeps labels valid. Ties go to the higher class index, so that thin tumor and CSF
+    structures are not lost to background at low resolutions.
+    """
+    if factor == 1:
+        return labels
+    h, w = labels.shape
+    blocks = labels.reshape(h // factor, factor, w // factor, factor)
+    counts = np.stack([(blocks == c).sum(axis=(1, 3)) for c in range(num_classes)], axis=0)
+    # argmax over reversed classes picks the highest class among equal counts.
+    return (num_classes - 1 - np.argmax(counts[::-1], axis=0)).astype(labels.dtype)
+
+
+class SliceDataset(Dataset):
+    """Slices from one or more (images, labels) memory-mapped arrays.
+
+    Args:
+        sources: list of (images (N, H, W) uint16, labels (N, H, W) uint8) arrays.
+        items: (M, 2) int array of (source index, row) pairs this dataset serves.
+        classes: 7, 4 or 2; labels are reduced on read.
+        image_norm: "paper" (image / max - mean), "tanh" (image / max * 2 - 1) or "raw".
+        train_max, train_mean: normalization statistics of the training set in use.
+        resolution: default output size (None: native); items may also ask for one per sample.
+        one_hot: return labels as float one-hot (C, H, W) instead of int64 indices (H, W).
+
+    Items are ``{"image": (1, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
+    (plus ``"position"``: (2,) int64 epoch and sampler position when the key came from the sampler).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[np.ndarray, np.ndarray]],
+        items: np.ndarray,
+        *,
+        classes: int,
+        image_norm: str,
+        train_max: float,
+        train_mean: float,
+        resolution: int | None = None,
+        one_hot: bool = False,
+    ) -> None:
+        if image_norm not in IMAGE_NORMS:
+            raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
+        self.sources = list(sources)
+        self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
+        self.classes = classes
+        self.image_norm = image_norm
+        self.train_max = float(train_max)
+        self.train_mean = float(train_mean)
+        self.resolution = resolution
+        self.one_hot = one_hot
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        if self.image_norm == "paper":
+            return image / self.train_max - self.train_mean
+        if self.image_norm == "tanh":
+            return image / self.train_max * 2.0 - 1.0
+        return image
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
+        index, resolution, position = (
+            (key, 0, None) if isinstance(key, int | np.integer) else (key[0], key[1], key[2:])
+        )
+        source, row = self.items[int(index)]
+        images, labels = self.sources[source]
+        image = np.asarray(images[row], dtype=np.float32)
+        label = np.asarray(labels[row])
+        size = resolution or self.resolution or image.shape[-1]
+        if image.shape[-1] % size:
+            raise ValueError(f"resolution {size} does not divide the slice size {image.shape[-1]}")
+        factor = image.shape[-1] // size
+        image = downsample_image(image, factor)
+        label = downsample_labels(label, factor)
+        label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
+        out: dict[str, Any] = {
+            "image": torch.from_numpy(self.normalize(image).astype(np.float32))[None],
+            "label": torch.nn.functional.one_hot(label_t, self.classes).permute(2, 0, 1).float()
+            if self.one_hot
+            else label_t,
+            "index": int(index),
+        }
+        if position:
+            out["position"] = torch.tensor(position, dtype=torch.int64)
+        return out

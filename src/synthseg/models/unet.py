@@ -1,0 +1,203 @@
+"""The U-Net segmentation model: weighted Dice loss, best-validation checkpoints, the paper's test metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.segmentation import DiceScore
+
+from synthseg.data.labels import class_names
+from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
+from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
+
+# BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+
+
+def region_masks(labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+    """Boolean masks of the BraTS regions present in a ``classes``-class label map (2 classes: WT only)."""
+    if classes == 2:
+        return {"WT": labels == 1}
+    return {
+        name: torch.isin(labels, torch.tensor(members, device=labels.device))
+        for name, members in REGIONS.items()
+    }
+
+
+class UNetModule(pl.LightningModule):
+    """Trains :class:`synthseg.networks.unet.UNet` with the paper's weighted Dice loss.
+
+    Class weights come from the training set in use (``datamodule.stats["class_weights"]``, synthetic slices
+    included as in the paper); a second, fixed set from the whole real training split
+    (``real_class_weights``) gives a Dice error that is comparable between rows of Table 1.
+
+    Args:
+        net: the U-Net, built.
+        optimizer: partial optimizer (``torch.optim.Adam`` with lr 1e-4 in the paper).
+        num_image_rows: validation slices shown in the TensorBoard grid.
+    """
+
+    def __init__(
+        self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], num_image_rows: int = 4
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.num_classes = int(net.init_args["num_classes"])
+        self.register_buffer("class_weights", torch.full((self.num_classes,), 1.0 / self.num_classes))
+        self.register_buffer("real_class_weights", torch.full((self.num_classes,), 1.0 / self.num_classes))
+        self.val_dice_error = WeightedDiceError(torch.ones(self.num_classes))
+        self.test_dice_error = WeightedDiceError(torch.ones(self.num_classes))
+        self.test_dice_error_fixed = WeightedDiceError(torch.ones(self.num_classes))
+        self.test_class_dice = DiceScore(
+            num_classes=self.num_classes, average="none", aggregation_level="global", input_format="index"
+        )
+        self.case_stats: dict[str, dict[str, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not datamodule.stats:
+            return
+        if datamodule.classes != self.num_classes:
+            raise ValueError(
+                f"data.classes={datamodule.classes} but the U-Net has {self.num_classes} outputs"
+            )
+        self.class_weights.copy_(torch.tensor(datamodule.stats["class_weights"]))
+        self.real_class_weights.copy_(torch.tensor(datamodule.stats["real_class_weights"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=self.parameters())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(self.net(batch["image"]), dim=1)
+        target = nn.functional.one_hot(batch["label"], self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+        return probs, target, weighted_dice_loss(probs, target, self.class_weights)
+
+    # --------------------------------------------------------------------------------------------- train
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, _, loss = self._step(batch)
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"])
+        )
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_dice_error.weights.copy_(self.class_weights.double())
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        probs, target, _ = self._step(batch)
+        self.val_dice_error.update(probs, target)
+        # The paper's validation metric is its training loss over the whole validation set.
+        self.log(
+            "val/loss", self.val_dice_error, prog_bar=True, on_epoch=True, batch_size=len(batch["image"])
+        )
+        if batch_idx == 0:
+            self._log_grid(batch, probs.argmax(1))
+
+    def _log_grid(self, batch: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
+            return
+        rows = []
+        for i in range(min(self.hparams.num_image_rows, len(pred))):
+            rows.append(
+                [
+                    to_gray_rgb(batch["image"][i, 0].float().cpu().numpy()),
+                    label_rgb(batch["label"][i].cpu().numpy(), self.num_classes),
+                    label_rgb(pred[i].cpu().numpy(), self.num_classes),
+                ]
+            )
+        experiment.add_image("val/image_truth_prediction", grid(rows), self.global_step, dataformats="HWC")
+
+    # ---------------------------------------------------------------------------------------------- test
+    def on_test_epoch_start(self) -> None:
+        self.test_dice_error.weights.copy_(self.class_weights.double())
+        self.test_dice_error_fixed.weights.copy_(self.real_class_weights.double())
+        self.case_stats = {}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        probs, target, _ = self._step(batch)
+        pred = probs.argmax(1)
+        n = len(pred)
+        self.test_dice_error.update(probs, target)
+        self.test_dice_error_fixed.update(probs, target)
+        self.test_class_dice.update(pred, batch["label"])
+        self.log("test/dice_error", self.test_dice_error, on_epoch=True, batch_size=n)
+        self.log("test/dice_error_fixed", self.test_dice_error_fixed, on_epoch=True, batch_size=n)
+        self._accumulate_cases(batch, probs, target, pred)
+
+    def _accumulate_cases(
+        self, batch: dict[str, torch.Tensor], probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
+    ) -> None:
+        """Per-subject sufficient statistics, so the report can bootstrap over test subjects."""
+        datamodule = self.trainer.datamodule
+        rows = datamodule.test_set.items[batch["index"].cpu().numpy(), 1]
+        cases = datamodule.manifest.case[rows]
+        pred_onehot = nn.functional.one_hot(pred, self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+        soft_inter = (probs * target).sum((2, 3)).double().cpu().numpy()
+        soft_total = (probs + target).sum((2, 3)).double().cpu().numpy()
+        hard_inter = (pred_onehot * target).sum((2, 3)).double().cpu().numpy()
+        hard_total = (pred_onehot + target).sum((2, 3)).double().cpu().numpy()
+        truth_regions = region_masks(batch["label"], self.num_classes)
+        pred_regions = region_masks(pred, self.num_classes)
+        region_inter = np.stack(
+            [(pred_regions[r] & truth_regions[r]).sum((1, 2)).cpu().numpy() for r in truth_regions], 1
+        )
+        region_total = np.stack(
+            [
+                (pred_regions[r].sum((1, 2)) + truth_regions[r].sum((1, 2))).cpu().numpy()
+                for r in truth_regions
+            ],
+            1,
+        )
+        for i, case in enumerate(cases):
+            stats = self.case_stats.setdefault(
+                str(case),
+                {
+                    "soft_intersection": np.zeros(self.num_classes),
+                    "soft_total": np.zeros(self.num_classes),
+                    "hard_intersection": np.zeros(self.num_classes),
+                    "hard_total": np.zeros(self.num_classes),
+                    "region_intersection": np.zeros(len(truth_regions)),
+                    "region_total": np.zeros(len(truth_regions)),
+                },
+            )
+            stats["soft_intersection"] += soft_inter[i]
+            stats["soft_total"] += soft_total[i]
+            stats["hard_intersection"] += hard_inter[i]
+            stats["hard_total"] += hard_total[i]
+            stats["region_intersection"] += region_inter[i]
+            stats["region_total"] += region_total[i]
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_class_dice.compute()
+        for name, value in zip(class_names(self.num_classes), per_class, strict=True):
+            self.log(f"test/dice_{name.replace('/', '_')}", value)
+        self.test_class_dice.reset()
+        names = list(region_masks(torch.zeros(1, dtype=torch.long), self.num_classes))
+        inter = sum(s["region_intersection"] for s in self.case_stats.values())
+        total = sum(s["region_total"] for s in self.case_stats.values())
+        for j, name in enumerate(names):
+            if total is not None and np.ndim(total) and total[j] > 0:
+                self.log(f"test/dice_{name}", float(2 * inter[j] / total[j]))
+
+    def results_details(self) -> dict[str, Any]:
+        """Per-case statistics and the weights used, for results.json (primitives only)."""
+        return {
+            "class_weights": self.class_weights.tolist(),
+            "real_class_weights": self.real_class_weights.tolist(),
+            "regions": list(region_masks(torch.zeros(1, dtype=torch.long), self.num_classes)),
+            "per_case": {
+                case: {k: v.tolist() for k, v in stats.items()} for case, stats in self.case_stats.items()
+            },
+        }

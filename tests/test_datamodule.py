@@ -1,0 +1,211 @@
+"""BraTSDataModule: selection by counts, class reduction, statistics, caching, and the resumable sampler."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg.data.cache import build_cache, cache_is_current
+from synthseg.data.datamodule import BraTSDataModule
+from synthseg.data.dataset import downsample_image, downsample_labels
+from synthseg.data.manifest import read_manifest
+from synthseg.data.pngio import read_png, write_label8
+from synthseg.data.sampler import ResumableBatchSampler
+from synthseg.errors import InputError
+
+
+def make(root: Path, **kwargs) -> BraTSDataModule:
+    dm = BraTSDataModule(str(root), **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_have_documented_shapes_and_reduced_classes(tiny_dataset: Path) -> None:
+    for classes, top in [(7, 6), (4, 3), (2, 1)]:
+        dm = make(tiny_dataset, classes=classes, batch_size=32, seed=1)
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["image"].shape == (32, 1, 32, 32) and batch["image"].dtype == torch.float32
+        assert batch["label"].shape == (32, 32, 32) and batch["label"].dtype == torch.int64
+        assert int(batch["label"].max()) == top
+
+
+def test_class_reduction_matches_png_labels(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset, classes=4, batch_size=4)
+    manifest = read_manifest(tiny_dataset)
+    item = dm.train_set[0]
+    raw = read_png(tiny_dataset / manifest.label[0])
+    expected = np.where(raw >= 4, 0, raw)
+    assert np.array_equal(item["label"].numpy(), expected)
+
+
+def test_one_hot_labels(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset, classes=7, one_hot=True)
+    item = dm.train_set[0]
+    assert item["label"].shape == (7, 32, 32)
+    assert torch.all(item["label"].sum(0) == 1)
+
+
+def test_paper_normalization_uses_training_statistics(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset)
+    manifest = read_manifest(tiny_dataset)
+    train = [read_png(tiny_dataset / p).astype(np.float64) for p in manifest.image[manifest.split == "train"]]
+    maximum = max(float(im.max()) for im in train)
+    mean = float(np.mean([im / maximum for im in train]))
+    assert dm.stats["train_max"] == maximum
+    assert dm.stats["train_mean"] == pytest.approx(mean, rel=1e-9)
+    raw = read_png(tiny_dataset / manifest.image[0]).astype(np.float32)
+    assert np.allclose(dm.train_set[0]["image"][0].numpy(), raw / maximum - mean, atol=1e-6)
+
+
+def test_counts_fractions_and_mixing(tiny_dataset: Path, tiny_synthetic: Path) -> None:
+    dm = make(tiny_dataset, real=10, synthetic={"root": str(tiny_synthetic), "count": 0.25})
+    # 32 real training slices: the fraction 0.25 of them is 8 synthetic slices.
+    assert (dm.stats["num_real"], dm.stats["num_synthetic"], len(dm.train_set)) == (10, 8, 18)
+    assert (dm.train_set.items[:10, 0] == 0).all() and (dm.train_set.items[10:, 0] == 1).all()
+    # Real slices are the first training rows in manifest (shuffled) order.
+    assert list(dm.train_set.items[:10, 1]) == list(range(10))
+    # Class weights are computed over the mixed set (the paper), real_class_weights over real data only.
+    real_only = make(tiny_dataset, real=10)
+    assert dm.stats["class_weights"] != real_only.stats["class_weights"]
+    assert dm.stats["real_class_weights"] == real_only.stats["real_class_weights"]
+    real_stats = make(
+        tiny_dataset, real=10, synthetic={"root": str(tiny_synthetic), "count": 8}, stats_from="real"
+    )
+    assert real_stats.stats["class_weights"] == pytest.approx(real_only.stats["class_weights"])
+    assert real_stats.stats["train_max"] == real_only.stats["train_max"]
+
+
+def test_synthetic_only_training_set(tiny_dataset: Path, tiny_synthetic: Path) -> None:
+    dm = make(tiny_dataset, real=0, synthetic={"root": str(tiny_synthetic), "count": 20})
+    assert (dm.stats["num_real"], dm.stats["num_synthetic"]) == (0, 20)
+
+
+def test_reduced_and_drop_empty(tiny_dataset: Path) -> None:
+    manifest = read_manifest(tiny_dataset)
+    reduced = make(tiny_dataset, reduced=True)
+    assert list(reduced.train_set.items[:, 1]) == list(np.flatnonzero(manifest.reduced))
+    dropped = make(tiny_dataset, drop_empty=True)
+    rows = dropped.train_set.items[:, 1]
+    assert not manifest.empty[rows].any()
+    assert len(rows) == int(((manifest.split == "train") & ~manifest.empty).sum())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": 5}, "data.classes"),
+        ({"resolution": 48}, "power of two"),
+        ({"image_norm": "zscore"}, "image_norm"),
+        ({"real": -1}, "must not be negative"),
+        ({"real": 1000}, "only 32 are available"),
+        ({"real": 0}, "training set is empty"),
+    ],
+)
+def test_bad_settings_get_clear_errors(tiny_dataset: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        make(tiny_dataset, **kwargs)
+
+
+def test_too_many_synthetic_slices(tiny_dataset: Path, tiny_synthetic: Path) -> None:
+    with pytest.raises(InputError, match="data.synthetic.count=21 asks for 21 slices, but only 20"):
+        make(tiny_dataset, synthetic={"root": str(tiny_synthetic), "count": 21})
+
+
+def test_missing_root_and_missing_file(tmp_path: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(InputError, match="folder not found"):
+        make(tmp_path / "nowhere")
+    victim = tiny_dataset / read_manifest(tiny_dataset).label[3]
+    victim.unlink()
+    with pytest.raises(InputError, match=f"{victim}: file not found"):
+        make(tiny_dataset)
+    assert not (tiny_dataset / "cache").exists()  # nothing half-built left behind
+
+
+def test_wrong_bit_depth_label_is_named(tiny_dataset: Path) -> None:
+    victim = tiny_dataset / read_manifest(tiny_dataset).image[2]
+    write_label8(victim, np.zeros((32, 32), np.uint8))  # an 8-bit file where a 16-bit image belongs
+    with pytest.raises(InputError, match=f"{victim}: expected a 16-bit PNG, found 8-bit"):
+        make(tiny_dataset)
+
+
+def test_cache_is_reused_and_rebuilt_when_manifest_changes(tiny_dataset: Path) -> None:
+    cache = build_cache(tiny_dataset, progress=False)
+    stamp = (cache / "images.npy").stat().st_mtime_ns
+    assert build_cache(tiny_dataset, progress=False) == cache
+    assert (cache / "images.npy").stat().st_mtime_ns == stamp
+    with open(tiny_dataset / "manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(tiny_dataset / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:-1])
+    assert not cache_is_current(tiny_dataset)
+    assert (
+        len(np.load(build_cache(tiny_dataset, progress=False) / "images.npy", mmap_mode="r")) == len(rows) - 1
+    )
+
+
+def test_downsampling_majority_and_area() -> None:
+    labels = np.array([[1, 1, 0, 6], [1, 0, 6, 6], [2, 3, 4, 4], [3, 2, 5, 5]], np.uint8)
+    # blocks: [1,1,1,0] -> 1; [0,6,6,6] -> 6; [2,3,3,2] tie -> 3 (higher class); [4,4,5,5] tie -> 5
+    assert downsample_labels(labels, 2).tolist() == [[1, 6], [3, 5]]
+    image = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    assert downsample_image(image, 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
+
+
+def test_resolution_option(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset, resolution=8, batch_size=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 8, 8) and batch["label"].shape == (4, 8, 8)
+    dm.set_resolution(16)
+    dm.set_batch_size(6)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (6, 1, 16, 16)
+
+
+def _consume(sampler: ResumableBatchSampler, n: int) -> list[list[int]]:
+    out: list[list[int]] = []
+    while len(out) < n:  # a finite sampler ends each epoch; iterate again for the next one
+        for batch in sampler:
+            sampler.mark_consumed(batch[0][2], batch[0][3])
+            out.append([key[0] for key in batch])
+            if len(out) == n:
+                break
+    return out
+
+
+def test_sampler_resumes_mid_epoch_exactly() -> None:
+    reference = ResumableBatchSampler(10, 3, seed=5)
+    uninterrupted = _consume(reference, 4) + _consume(reference, 4)
+    first = ResumableBatchSampler(10, 3, seed=5)
+    part = _consume(first, 2)
+    resumed = ResumableBatchSampler(10, 3, seed=5)
+    resumed.load_state_dict(first.state_dict())
+    assert part + _consume(resumed, 6) == uninterrupted
+    epoch0 = sorted(i for batch in uninterrupted[:4] for i in batch)
+    assert epoch0 == list(range(10))  # one epoch covers every item once
+    assert uninterrupted[:4] != uninterrupted[4:]  # the next epoch is a new permutation
+
+
+def test_endless_sampler_crosses_epochs_with_full_batches() -> None:
+    sampler = ResumableBatchSampler(5, 4, seed=0, endless=True)
+    batches = _consume(sampler, 5)
+    assert all(len(b) == 4 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    with pytest.raises(TypeError):
+        len(sampler)
+
+
+def test_sampler_shards_global_batches_over_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    single = _consume(ResumableBatchSampler(12, 4, seed=3), 3)
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(ResumableBatchSampler, "_rank_world", staticmethod(lambda r=rank: (r, 2)))
+        shards.append(_consume(ResumableBatchSampler(12, 4, seed=3), 3))
+    for whole, a, b in zip(single, *shards, strict=True):
+        assert sorted(a + b) == sorted(whole) and len(a) == len(b) == 2
