@@ -1,0 +1,1 @@
+"""Synthetic data: mask generation, the Z-score filter, image generation, export."""

@@ -1,0 +1,281 @@
+"""Export real and/or synthetic dataset folders as an nnU-Net (v2) raw dataset.
+
+``synthseg export source=DIR output=DIR format=nnunet classes=7`` writes::
+
+    <output>/Dataset<NNN>_<Name>/
+      imagesTr/<case>_0000.png   16-bit T1c slice, copied byte for byte (lossless)
+      labelsTr/<case>.png        8-bit label map reduced to 7, 4 or 2 classes
+      imagesTs/<case>_0000.png   the sources' test split, when ``test=true`` (and labelsTs/ for evaluation)
+      dataset.json               channel_names {"0": "T1c"}, labels {name: index}, numTraining, file_ending
+      cases.csv                  which source folder and slice id each case comes from
+
+Case identifiers are the slice ids; with several sources every case is prefixed ``s<k>_`` (k the source's
+position in the list) so that two synthetic sets, both numbered ``synth_000000`` on, cannot collide.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import png
+from tqdm import tqdm
+
+from synthseg.data.labels import NUM_CLASSES, check_num_classes, class_names, reduce_labels
+from synthseg.data.manifest import read_manifest
+from synthseg.data.pngio import read_png, write_label8
+from synthseg.errors import InputError
+from synthseg.utils.atomic import atomic_path, check_free_space
+
+FORMATS = ("nnunet",)
+SELECTABLE_SPLITS = ("train", "reduced", "val", "test")
+CHANNEL = "0000"  # the single input channel: T1c
+_CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+PAPER = (
+    "M. Foroozandeh and A. Eklund, Synthesizing brain tumor images and annotations by combining progressive "
+    "growing GAN and SPADE, arXiv:2009.05946, 2020"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One exported slice: nnU-Net case name, source folder, slice id, split, and its files."""
+
+    name: str
+    source: Path
+    id: str
+    split: str
+    kind: str  # "real" or "synthetic"
+    image: Path
+    label: Path
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """``Dataset<NNN>_<Name>``; nnU-Net wants a 3-digit id (custom datasets: 500..999 by convention)."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise InputError(f"dataset_id must be between 1 and 999 (nnU-Net uses 3 digits), got {dataset_id}")
+    if not _NAME_RE.match(str(name)):
+        raise InputError(f"name must be letters, digits, '_' or '-' only, got {name!r}")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    return list(value)
+
+
+def select_cases(
+    sources: Sequence[str | os.PathLike[str]],
+    splits: Sequence[str],
+    limits: Sequence[int | None] | None = None,
+) -> list[Case]:
+    """The slices of ``sources`` in the given splits (manifest order), as nnU-Net cases.
+
+    Args:
+        sources: dataset folders (prepared or synthetic layout).
+        splits: any of ``train``, ``reduced`` (the reduced training set), ``val``, ``test``.
+        limits: per source, keep only its first N selected slices (None: all).
+    """
+    bad = sorted(set(splits) - set(SELECTABLE_SPLITS))
+    if bad:
+        raise InputError(f"unknown split {bad}: choose from {list(SELECTABLE_SPLITS)}")
+    limits = list(limits) if limits is not None else [None] * len(sources)
+    if len(limits) != len(sources):
+        raise InputError(f"limit has {len(limits)} entries for {len(sources)} sources")
+    cases: list[Case] = []
+    for k, source in enumerate(sources):
+        root = Path(source)
+        manifest = read_manifest(root)
+        mask = np.zeros(len(manifest), dtype=bool)
+        for split in splits:
+            if split == "reduced":
+                mask |= (manifest.split == "train") & manifest.reduced
+            else:
+                mask |= manifest.split == split
+        rows = np.flatnonzero(mask)
+        limit = limits[k]
+        if limit is not None:
+            if not 0 <= int(limit) <= rows.size:
+                raise InputError(
+                    f"{root}: limit {limit} is not between 0 and the {rows.size} slices of splits {list(splits)}"
+                )
+            rows = rows[: int(limit)]
+        for i in rows:
+            sid = str(manifest.ids[i])
+            if not _CASE_RE.match(sid):
+                raise InputError(
+                    f"{root / 'manifest.csv'}: slice id {sid!r} is not a valid nnU-Net case name"
+                )
+            if not manifest.image[i]:
+                raise InputError(f"{root}: slice {sid} has no image (export needs image/label pairs)")
+            name = f"s{k}_{sid}" if len(sources) > 1 else sid
+            cases.append(
+                Case(
+                    name,
+                    root,
+                    sid,
+                    str(manifest.split[i]),
+                    str(manifest.source[i]),
+                    root / manifest.image[i],
+                    root / manifest.label[i],
+                )
+            )
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise InputError(f"duplicate slice ids within one source: {dup}")
+    return cases
+
+
+def _image_header(path: Path) -> tuple[int, int]:
+    """(height, width) of a 16-bit grayscale PNG, reading only its header."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        width, height, _, info = png.Reader(filename=str(path)).read()
+    except (png.Error, OSError) as err:
+        raise InputError(f"{path}: not a readable PNG ({err})") from None
+    if not info.get("greyscale", False) or info.get("alpha", False) or int(info["bitdepth"]) != 16:
+        raise InputError(f"{path}: expected a 16-bit single-channel grayscale PNG")
+    return int(height), int(width)
+
+
+def _write_case(case: Case, images: Path, labels: Path | None, classes: int) -> None:
+    shape = _image_header(case.image)
+    label = read_png(case.label, bitdepth=8, shape=shape)
+    if label.size and label.max() >= NUM_CLASSES:
+        raise InputError(f"{case.label}: label value {int(label.max())} is not one of the 7 classes 0..6")
+    # The image is copied byte for byte: the 16-bit values stay exactly as prepared.
+    shutil.copyfile(case.image, images / f"{case.name}_{CHANNEL}.png")
+    if labels is not None:
+        write_label8(labels / f"{case.name}.png", np.asarray(reduce_labels(label, classes)))
+
+
+def export_nnunet(
+    sources: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    classes: int = 7,
+    split: Sequence[str] | str = ("train",),
+    test: bool = False,
+    limit: Sequence[int | None] | int | None = None,
+    dataset_id: int = 501,
+    name: str = "SynthSeg",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write ``sources`` as the nnU-Net raw dataset ``<output>/Dataset<NNN>_<name>``, atomically.
+
+    Args:
+        sources: dataset folders, real and/or synthetic.
+        output: the nnU-Net raw folder (``nnUNet_raw``) that receives the dataset folder.
+        classes: 7, 4 or 2 (labels reduced with :func:`synthseg.data.labels.reduce_labels`).
+        split: the splits that go to imagesTr/labelsTr (``train``, ``reduced``, ``val``).
+        test: also write the sources' test split to imagesTs/ (and labelsTs/, which nnU-Net ignores).
+        limit: per source (or one number for all), the first N training slices only.
+        dataset_id: nnU-Net dataset id (3 digits).
+        name: dataset name.
+        overwrite: replace an existing dataset folder of the same name.
+        progress: show a progress bar.
+
+    Returns:
+        The dataset folder.
+    """
+    classes = check_num_classes(classes)
+    sources = [Path(s) for s in _as_list(sources)]
+    if not sources:
+        raise InputError("source: give at least one dataset folder")
+    splits = _as_list(split)
+    if "test" in splits:
+        raise InputError("split: the test split goes to imagesTs (test=true), not to the training cases")
+    limits = _as_list(limit) if not isinstance(limit, int) else [limit] * len(sources)
+    folder = Path(output) / dataset_folder_name(dataset_id, name)
+    if folder.exists() and not overwrite:
+        raise InputError(f"{folder} already exists (pass overwrite=true to replace it)")
+    clash = [p.name for p in Path(output).glob(f"Dataset{int(dataset_id):03d}_*") if p.name != folder.name]
+    if clash:
+        raise InputError(
+            f"{output}: dataset id {int(dataset_id):03d} is taken by {clash[0]} (nnU-Net needs unique ids)"
+        )
+
+    train = select_cases(sources, splits, limits or None)
+    if not train:
+        raise InputError(f"no slices in splits {splits} of {[str(s) for s in sources]}")
+    tests = select_cases(sources, ["test"]) if test else []
+
+    needed = sum(
+        c.image.stat().st_size + c.label.stat().st_size for c in (*train, *tests) if c.image.is_file()
+    )
+    check_free_space(Path(output), needed, "the nnU-Net dataset")
+    with atomic_path(folder, is_dir=True) as tmp:
+        groups = [("imagesTr", "labelsTr", train)]
+        if tests:
+            groups.append(("imagesTs", "labelsTs", tests))
+        for images, labels, cases in groups:
+            (tmp / images).mkdir()
+            (tmp / labels).mkdir()
+            for case in tqdm(cases, desc=images, unit="case", disable=not progress, leave=False):
+                _write_case(case, tmp / images, tmp / labels, classes)
+        kinds = {kind: sum(c.kind == kind for c in train) for kind in sorted({c.kind for c in train})}
+        dataset_json = {
+            "channel_names": {"0": "T1c"},
+            "labels": {label: index for index, label in enumerate(class_names(classes))},
+            "numTraining": len(train),
+            "file_ending": ".png",
+            "name": name,
+            "description": f"BraTS-style T1c slices with {classes}-class labels ({', '.join(f'{n} {k}' for k, n in kinds.items())}), exported by synthseg",
+            "reference": PAPER,
+            "overwrite_image_reader_writer": "NaturalImage2DIO",
+            "synthseg": {
+                "sources": [str(s) for s in sources],
+                "splits": splits,
+                "classes": classes,
+                "training_cases": kinds,
+                "test_cases": len(tests),
+            },
+        }
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        with open(tmp / "cases.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case", "set", "source", "id", "split", "kind"])
+            for set_name, cases in (("train", train), ("test", tests)):
+                writer.writerows([c.name, set_name, str(c.source), c.id, c.split, c.kind] for c in cases)
+    return folder
+
+
+def main(cfg: Any) -> str:
+    """``synthseg export``: the composed config of ``conf/export.yaml``."""
+    if str(cfg.format) not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    try:
+        classes = check_num_classes(int(cfg.classes))
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    limit = cfg.get("limit")
+    folder = export_nnunet(
+        _as_list(cfg.source),
+        cfg.output,
+        classes=classes,
+        split=_as_list(cfg.split),
+        test=bool(cfg.test),
+        limit=int(limit) if isinstance(limit, int) else _as_list(limit) or None,
+        dataset_id=int(cfg.dataset_id),
+        name=str(cfg.name),
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.get("progress", True)),
+    )
+    info = json.loads((folder / "dataset.json").read_text())
+    print(f"synthseg export: {info['numTraining']} training cases, {classes} classes -> {folder}")
+    return str(folder)
