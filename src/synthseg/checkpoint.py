@@ -35,10 +35,12 @@ def safe_load(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and primitive types ({first})"
-        ) from None
+        foreign = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+        if foreign:
+            raise CheckpointError(
+                f"{path}: refused to load: it holds objects other than tensors and primitive types ({foreign})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (unpickling failed)") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
     if not isinstance(obj, dict):

@@ -59,7 +59,11 @@ def _stage_cohort(cfg: DictConfig) -> Callable[[Path], Any]:
     def run(out: Path) -> None:
         from synthseg.data.demo_cohort import main as cohort_main
 
-        cohort_main(compose_config("demo_cohort", [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={cfg.seed}"]))
+        cohort_main(
+            compose_config(
+                "demo_cohort", [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={cfg.seed}"]
+            )
+        )
 
     return run
 
@@ -71,7 +75,12 @@ def _stage_prepare(cfg: DictConfig) -> Callable[[Path], Any]:
         prepare_main(
             compose_config(
                 "prepare",
-                [f"source={out / 'cohort'}", f"output={out / 'prepared'}", f"seed={cfg.seed}", f"workers={cfg.workers}"],
+                [
+                    f"source={out / 'cohort'}",
+                    f"output={out / 'prepared'}",
+                    f"seed={cfg.seed}",
+                    f"workers={cfg.workers}",
+                ],
             )
         )
 
@@ -146,7 +155,12 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
         "output": str(out),
         "total_seconds": time.perf_counter() - start,
         "stages": [
-            {"name": s.name, "output": str(out / s.output), "seconds": round(s.seconds, 1), "skipped": s.skipped}
+            {
+                "name": s.name,
+                "output": str(out / s.output),
+                "seconds": round(s.seconds, 1),
+                "skipped": s.skipped,
+            }
             for s in stages
         ],
         "results": collect_results(out),
@@ -159,5 +173,7 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
     print(f"  {'summary':<22} {out / 'summary.json'}")
     print("\nTest Dice error (%), the paper's weighted Dice loss over the test set:")
     for row in summary["results"]:
-        print(f"  {row['classes']} classes, real {row['real']}, synthetic {row['synthetic']}: {row['dice_error_percent']:.2f}")
+        print(
+            f"  {row['classes']} classes, real {row['real']}, synthetic {row['synthetic']}: {row['dice_error_percent']:.2f}"
+        )
     return summary

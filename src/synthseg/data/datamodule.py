@@ -69,6 +69,8 @@ class BraTSDataModule(pl.LightningDataModule):
             synthetic included (the paper); "real" over its real slices only.
         seed: seed of the per-epoch shuffling.
         endless: the training loader never ends (PGAN's schedule is counted in images).
+        augment: classical augmentation of training slices (flips, small rotations and scaling, elastic
+            deformation; synthseg.data.augment) — the control arm the paper's discussion asks for.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class BraTSDataModule(pl.LightningDataModule):
         stats_from: str = "train",
         seed: int = 0,
         endless: bool = False,
+        augment: bool = False,
     ) -> None:
         super().__init__()
         if int(classes) not in (2, 4, 7):
@@ -119,6 +122,7 @@ class BraTSDataModule(pl.LightningDataModule):
         self.stats_from = stats_from
         self.seed = seed
         self.endless = endless
+        self.augment = augment
         self.stats: dict[str, Any] = {}
         self.sampler: ResumableBatchSampler | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -195,7 +199,12 @@ class BraTSDataModule(pl.LightningDataModule):
             resolution=self.resolution,
             one_hot=self.one_hot,
         )
-        self.train_set = SliceDataset(sources, train_items, **common)
+        augmentation = None
+        if self.augment:
+            from synthseg.data.augment import ClassicalAugmentation
+
+            augmentation = ClassicalAugmentation()
+        self.train_set = SliceDataset(sources, train_items, augment=augmentation, seed=self.seed, **common)
 
         def eval_items(split: str) -> np.ndarray:
             rows = manifest.rows(split)

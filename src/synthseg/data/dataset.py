@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,9 @@ class SliceDataset(Dataset):
         train_max, train_mean: normalization statistics of the training set in use.
         resolution: default output size (None: native); items may also ask for one per sample.
         one_hot: return labels as float one-hot (C, H, W) instead of int64 indices (H, W).
+        augment: ``augment(image, label, rng) -> (image, label)`` applied at native size before resizing;
+            its generator is seeded by (seed, epoch, index), so a resumed run sees the same augmentations.
+        seed: seed of the augmentation generators.
 
     Items are ``{"image": (1, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
     (plus ``"position"``: (2,) int64 epoch and sampler position when the key came from the sampler).
@@ -65,6 +68,8 @@ class SliceDataset(Dataset):
         train_mean: float,
         resolution: int | None = None,
         one_hot: bool = False,
+        augment: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+        seed: int = 0,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -76,6 +81,8 @@ class SliceDataset(Dataset):
         self.train_mean = float(train_mean)
         self.resolution = resolution
         self.one_hot = one_hot
+        self.augment = augment
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.items)
@@ -95,6 +102,10 @@ class SliceDataset(Dataset):
         images, labels = self.sources[source]
         image = np.asarray(images[row], dtype=np.float32)
         label = np.asarray(labels[row])
+        if self.augment is not None:
+            epoch = int(position[0]) if position else 0
+            rng = np.random.default_rng((self.seed, epoch, int(index)))
+            image, label = self.augment(image, label, rng)
         size = resolution or self.resolution or image.shape[-1]
         if image.shape[-1] % size:
             raise ValueError(f"resolution {size} does not divide the slice size {image.shape[-1]}")

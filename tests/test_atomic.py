@@ -1,0 +1,39 @@
+"""Atomic outputs: a failure leaves the previous output intact and no partial folder behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
+
+
+def test_folder_replaced_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with atomic_path(target, is_dir=True) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target, is_dir=True) as tmp:
+        (tmp / "a.txt").write_text("new")
+        raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_path(target, is_dir=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_file_and_overwrite_flag(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    write_text_atomic(target, "1")
+    write_text_atomic(target, "2")
+    assert target.read_text() == "2"
+    with pytest.raises(FileExistsError, match="already exists"), atomic_path(target, overwrite=False):
+        pass
+
+
+def test_free_space_check(tmp_path: Path) -> None:
+    check_free_space(tmp_path, 1, "a tiny file")
+    with pytest.raises(OSError, match="not enough disk space for the test output"):
+        check_free_space(tmp_path / "not" / "yet", 10**18, "the test output")
