@@ -30,7 +30,15 @@ def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> Non
     assert set(results["per_case"]) == {"Brats18_T_7_1"}  # the fixture's test rows 36..39 are one subject
     best = Path(results["best_checkpoint"])
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)  # only tensors and primitives
-    assert "state_dict" in checkpoint and checkpoint["hyper_parameters"] == {"num_image_rows": 4}
+    assert {k for k in checkpoint["state_dict"] if not k.startswith("net.")} == {
+        "class_weights",
+        "real_class_weights",
+    }
+    assert "state_dict" in checkpoint and checkpoint["hyper_parameters"] == {
+        "num_image_rows": 4,
+        "channels_last": False,
+        "compile": False,
+    }
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
