@@ -55,7 +55,7 @@ class WeightedDiceError(Metric):
     def __init__(self, weights: torch.Tensor | list[float]) -> None:
         super().__init__()
         weights = torch.as_tensor(weights, dtype=torch.float64)
-        self.register_buffer("weights", weights)
+        self.register_buffer("weights", weights, persistent=False)
         self.add_state("intersection", torch.zeros(len(weights), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(len(weights), dtype=torch.float64), dist_reduce_fx="sum")
 
