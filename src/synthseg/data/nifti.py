@@ -1,0 +1,237 @@
+"""Reading NIfTI volumes (``.nii`` and ``.nii.gz``) with clear, one-line errors that name the file.
+
+Every problem a user can fix (an empty, truncated or foreign file, NaN intensities, fractional labels, volumes
+that do not match) becomes an :class:`~synthseg.errors.InputError` whose message starts with the file path,
+never a traceback from inside nibabel or numpy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from synthseg.errors import InputError
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# Voxel-to-world matrices closer than this (in mm) count as the same geometry: BraTS affines are stored
+# as float32 and re-saved volumes often differ in the last bits.
+AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """Geometry of a NIfTI volume, read without loading its voxels.
+
+    Attributes:
+        path: the file.
+        shape: the 3-D voxel grid (X, Y, Z), trailing singleton dimensions dropped.
+        affine: voxel-to-world matrix, shape (4, 4).
+        dtype: the on-disk data type.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    dtype: np.dtype
+
+
+def _check_file(path: Path) -> None:
+    """Fail early, with a clear line, on problems nibabel reports badly."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+        if magic != _GZIP_MAGIC:
+            raise InputError(
+                f"{path}: named .nii.gz but not gzip-compressed (rename it to .nii if it is NIfTI)"
+            )
+
+
+def _diagnose(path: Path) -> str:
+    """Why nibabel could not open ``path``: a truncated file or a foreign one."""
+    if path.name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as handle:
+                head = handle.read(4)
+                while handle.read(1 << 20):
+                    pass
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError):
+            return "truncated or corrupt file (the compressed data ends early or is damaged)"
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    # sizeof_hdr is 348 (NIfTI-1) or 540 (NIfTI-2), in either byte order: a NIfTI header that would not load
+    # is a cut-off file.
+    if len(head) == 4 and any(int.from_bytes(head, order) in (348, 540) for order in ("little", "big")):
+        return "truncated file (the NIfTI header or data is incomplete)"
+    return "not a NIfTI file"
+
+
+def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """Open a NIfTI-1 or NIfTI-2 image lazily (header only)."""
+    _check_file(path)
+    try:
+        image = nib.load(str(path))
+    except Exception:  # nibabel raises a variety of errors for foreign or damaged files
+        raise InputError(f"{path}: {_diagnose(path)}") from None
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(f"{path}: not a NIfTI file (nibabel reads it as {type(image).__name__})")
+    return image
+
+
+def _shape3(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Drop trailing singleton dimensions; anything but a 3-D volume is an error."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, found shape {tuple(shape)}")
+    if min(dims) < 1:
+        raise InputError(f"{path}: empty volume, shape {tuple(shape)}")
+    return (int(dims[0]), int(dims[1]), int(dims[2]))
+
+
+def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
+    """Read the geometry of a NIfTI volume without decompressing its voxels.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        Its :class:`VolumeHeader`.
+
+    Raises:
+        InputError: naming the file, when it is missing, empty, not gzip though named ``.nii.gz``, not NIfTI,
+            or not a 3-D volume.
+    """
+    path = Path(path)
+    image = _load(path)
+    shape = _shape3(path, image.shape)
+    return VolumeHeader(path, shape, np.asarray(image.affine, dtype=np.float64), image.get_data_dtype())
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = _load(path)
+    shape = _shape3(path, image.shape)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(f"{path}: truncated or corrupt file ({err})") from None
+    except OSError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: truncated or unreadable file ({first})") from None
+    except (ValueError, TypeError) as err:
+        raise InputError(f"{path}: cannot read the voxel data ({err})") from None
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"{path}: unsupported voxel type {data.dtype}")
+    return np.asarray(data).reshape(shape), np.asarray(image.affine, dtype=np.float64)
+
+
+def _check_finite(path: Path, data: np.ndarray) -> None:
+    if data.dtype.kind == "f":
+        bad = ~np.isfinite(data)
+        if bad.any():
+            n_nan = int(np.isnan(data).sum())
+            n_inf = int(bad.sum()) - n_nan
+            raise InputError(f"{path}: {n_nan} NaN and {n_inf} infinite voxel values")
+
+
+def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read an intensity volume of any on-disk type.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        ``(data, affine)``: the voxels (X, Y, Z) in their on-disk type (float when the header scales them)
+        and the (4, 4) voxel-to-world matrix.
+
+    Raises:
+        InputError: naming the file, for every problem of :func:`read_header`, a truncated file, NaN or
+            infinite values, or an all-zero volume.
+    """
+    path = Path(path)
+    data, affine = _read_array(path)
+    _check_finite(path, data)
+    if not data.any():
+        raise InputError(f"{path}: all-zero volume (no image data)")
+    return data, affine
+
+
+def read_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a label volume stored in any numeric type, as long as its values are whole numbers.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        ``(labels, affine)``: int64 labels (X, Y, Z) and the (4, 4) voxel-to-world matrix.
+
+    Raises:
+        InputError: naming the file, for every problem of :func:`read_header`, a truncated file, NaN or
+            infinite values, or values that are not whole numbers.
+    """
+    path = Path(path)
+    data, affine = _read_array(path)
+    _check_finite(path, data)
+    if data.dtype.kind == "f":
+        fractional = data != np.round(data)
+        if fractional.any():
+            example = float(data[fractional][0])
+            raise InputError(
+                f"{path}: label values must be whole numbers, found {int(fractional.sum())} voxels "
+                f"with fractional values (e.g. {example:g})"
+            )
+    return data.astype(np.int64), affine
+
+
+def check_same_grid(
+    reference: Path,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    other: Path,
+    other_shape: tuple[int, ...],
+    other_affine: np.ndarray,
+) -> None:
+    """Raise when two volumes do not share one voxel grid (same shape, same affine within tolerance).
+
+    Args:
+        reference: the file the others must match (the T1c).
+        shape, affine: its grid; affine (4, 4).
+        other: the file being checked.
+        other_shape, other_affine: its grid.
+
+    Raises:
+        InputError: naming both files and both values.
+    """
+    if tuple(shape) != tuple(other_shape):
+        raise InputError(
+            f"{other}: shape {tuple(other_shape)} does not match {reference.name} shape {tuple(shape)}"
+        )
+    if not np.allclose(affine, other_affine, rtol=0.0, atol=AFFINE_TOLERANCE):
+        diff = float(np.abs(np.asarray(affine) - np.asarray(other_affine)).max())
+        raise InputError(
+            f"{other}: affine does not match {reference.name} (largest difference {diff:g}; "
+            "the volumes are not on the same voxel grid)"
+        )
+
+
+def find_nifti(folder: Path, stem: str) -> Path | None:
+    """The file ``<stem>.nii.gz`` or ``<stem>.nii`` in ``folder`` (gzip preferred), or None."""
+    for ext in NIFTI_EXTENSIONS:
+        candidate = folder / f"{stem}{ext}"
+        if candidate.exists():
+            return candidate
+    return None
