@@ -37,3 +37,13 @@ def test_free_space_check(tmp_path: Path) -> None:
     check_free_space(tmp_path, 1, "a tiny file")
     with pytest.raises(OSError, match="not enough disk space for the test output"):
         check_free_space(tmp_path / "not" / "yet", 10**18, "the test output")
+
+
+def test_leftovers_of_a_killed_run_are_cleaned(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    (tmp_path / ".out.1234abcd.partial").mkdir()  # what SIGKILL mid-write leaves behind
+    (tmp_path / ".out.9999ffff.old").write_text("x")
+    (tmp_path / ".other.1234abcd.partial").mkdir()  # another output's: not ours to touch
+    with atomic_path(target, is_dir=True) as tmp:
+        (tmp / "a").write_text("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.1234abcd.partial", "out"]

@@ -38,6 +38,9 @@ def atomic_path(
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite=true to replace it)")
+    # Leftovers of an earlier run of this output that was killed (SIGKILL skips every cleanup).
+    for stale in [*target.parent.glob(f".{target.name}.*.partial"), *target.parent.glob(f".{target.name}.*.old")]:
+        _remove(stale)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
     if is_dir:
         tmp.mkdir()
