@@ -1,0 +1,121 @@
+"""``synthseg synthesize``: PGAN masks -> Z-score filter -> SPADE images -> one synthetic dataset folder.
+
+The result has exactly the prepared-dataset layout (docs/dataset_layout.md, ``source=synthetic``), so
+``BraTSDataModule`` mixes it with real data by counts alone. Its ``prepare.json`` records the provenance:
+both checkpoints with their SHA-256, the seed, the filter threshold and its outcome, the code version.
+The intermediate folders (all masks, kept masks) stay beside the output for inspection, under ``work/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from synthseg import __version__
+from synthseg.errors import InputError
+from synthseg.utils.atomic import atomic_path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file (a folder: of its best snapshot is recorded by generate-masks instead)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def synthesize(
+    pgan: str | os.PathLike[str],
+    spade: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    count: int,
+    output: str | os.PathLike[str],
+    *,
+    reference_split: str = "train",
+    threshold: float = 500.0,
+    threshold_at: int | None = 256,
+    seed: int = 0,
+    mask_batch_size: int = 256,
+    image_batch_size: int = 16,
+    device: str = "auto",
+    overwrite: bool = False,
+    keep_intermediate: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Make a synthetic dataset of at most ``count`` pairs (fewer: the filter drops some masks).
+
+    Args:
+        pgan: PGAN snapshot, training checkpoint, or run folder (its best-SWD snapshot is used).
+        spade: SPADE training checkpoint or generator snapshot.
+        reference: the prepared dataset the filter compares against (its own training data).
+        count: masks generated before filtering (the paper: 100,000).
+        output: the synthetic dataset folder.
+        reference_split: ``train`` (full instance) or ``reduced`` (the reduced instance's 20 %).
+        threshold, threshold_at: the filter threshold and the side length it is stated for.
+        keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
+    """
+    from synthseg.synth.images import generate_images
+    from synthseg.synth.masks import generate_masks
+    from synthseg.synth.zfilter import run_filter
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"output={output}: already exists (pass overwrite=true to replace it)")
+    for name, path in (("pgan", pgan), ("spade", spade), ("reference", reference)):
+        if not Path(path).exists():
+            raise InputError(f"{name}={path}: not found")
+    work = output.parent / f"{output.name}.work"
+    masks_dir, kept_dir = work / "masks", work / "kept"
+    mask_record = generate_masks(
+        pgan, count, masks_dir, seed=seed, batch_size=mask_batch_size, device=device, overwrite=True,
+        progress=progress,
+    )
+    report = run_filter(
+        masks_dir, reference, kept_dir, reference_split=reference_split, threshold=threshold,
+        threshold_at=threshold_at, overwrite=True, progress=progress,
+    )
+    pgan_file = Path(mask_record.get("checkpoint") or pgan)
+    provenance = {
+        "command": "synthesize",
+        "version": __version__,
+        "pgan": {"path": str(pgan_file), "sha256": file_sha256(pgan_file) if pgan_file.is_file() else None,
+                 "tick": mask_record.get("tick"), "kimg": mask_record.get("kimg")},
+        "spade": {"path": str(spade), "sha256": file_sha256(spade)},
+        "reference": str(reference),
+        "reference_split": reference_split,
+        "seed": seed,
+        "generated": count,
+        "filter": {"threshold": threshold, "threshold_at": threshold_at, **report.summary},
+    }
+    with atomic_path(output, is_dir=True) as tmp:
+        image_record = generate_images(
+            spade, kept_dir, tmp / "dataset", batch_size=image_batch_size, device=device, seed=seed,
+            overwrite=True, progress=progress,
+        )
+        for entry in (tmp / "dataset").iterdir():
+            shutil.move(str(entry), tmp / entry.name)
+        (tmp / "dataset").rmdir()
+        provenance["images"] = {
+            k: image_record.get(k) for k in ("checkpoint_train_max", "seconds", "images_per_second")
+        }
+        record = json.loads((tmp / "prepare.json").read_text()) if (tmp / "prepare.json").exists() else {}
+        (tmp / "prepare.json").write_text(json.dumps({**record, "synthesize": provenance}, indent=2) + "\n")
+    if not keep_intermediate:
+        shutil.rmtree(work, ignore_errors=True)
+    return provenance
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra entry (``conf/synthesize.yaml``)."""
+    options = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(options, dict)
+    provenance = synthesize(**options)
+    print(f"synthetic dataset: {cfg.output} ({json.dumps(provenance['filter'])})")
+    return provenance
