@@ -199,6 +199,11 @@ def test_endless_sampler_crosses_epochs_with_full_batches() -> None:
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
     with pytest.raises(TypeError):
         len(sampler)
+    small = ResumableBatchSampler(3, 8, seed=0, endless=True)  # fewer items than one batch
+    batches = _consume(small, 3)
+    assert [len(b) for b in batches] == [8, 8, 8]
+    flat = [i for b in batches for i in b]
+    assert all(sorted(flat[k : k + 3]) == [0, 1, 2] for k in range(0, 24, 3))  # whole epochs, in order
 
 
 def test_sampler_shards_global_batches_over_ranks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,13 @@ from tests.conftest import compose_train, write_dataset
 SMALL = ["model=unet", "model.net.base_width=4", "data.batch_size=8", "data.resolution=16"]
 
 
+def test_model_config_settings_survive_composition(tmp_path: Path) -> None:
+    cfg = compose_train(["model=unet"], tmp_path)
+    # The U-Net keeps the weights with the lowest validation loss (set by conf/model/unet.yaml).
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    assert cfg.trainer.max_epochs == 150 and cfg.data.batch_size == 8
+
+
 def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> None:
     cfg = compose_train([*SMALL, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
     metrics = train(cfg)

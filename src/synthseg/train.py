@@ -52,6 +52,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The metrics (``train/``, ``val/``, ``test/`` keys) as floats.
     """
     pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(cfg.paths.output_dir)

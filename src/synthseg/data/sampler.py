@@ -92,12 +92,13 @@ class ResumableBatchSampler:
                 raise ValueError(f"global batch size {batch_size} is not divisible by {world} processes")
             take = perm[position : position + batch_size]
             new_epoch, new_position = epoch, position + len(take)
-            if self.endless and len(take) < batch_size:
-                # Complete the batch from the next epoch's permutation.
-                new_epoch, perm = epoch + 1, self._permutation(epoch + 1)
-                new_position = batch_size - len(take)
+            while self.endless and len(take) < batch_size:
+                # Complete the batch from the following epochs' permutations (the dataset may be smaller
+                # than one batch).
+                new_epoch, perm = new_epoch + 1, self._permutation(new_epoch + 1)
+                new_position = min(batch_size - len(take), self.num_items)
                 take = np.concatenate([take, perm[:new_position]])
-            elif len(take) < batch_size and self.drop_last:
+            if not self.endless and len(take) < batch_size and self.drop_last:
                 break
             epoch, position = new_epoch, new_position
             shard = take[rank::world]

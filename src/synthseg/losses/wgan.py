@@ -1,0 +1,81 @@
+"""The WGAN-GP objective of progressive growing (Gulrajani et al. 2017, Karras et al. 2018), with named terms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Critic = Callable[[Tensor], Tensor]
+
+
+class WGANGPLoss:
+    """WGAN-GP with the drift term, as the official progressive GAN trains with it.
+
+    Per sample, the critic's loss is ``D(fake) - D(real) + gp_weight / gp_target**2 * (||grad D(mix)|| -
+    gp_target)**2 + drift_weight * D(real)**2``, where ``mix = real + t * (fake - real)`` with one uniform
+    ``t`` per sample; the generator's loss is ``-D(fake)``. Both are averaged over the minibatch.
+
+    Args:
+        gp_weight: weight of the gradient penalty (lambda, official 10).
+        gp_target: target gradient norm (official 1).
+        drift_weight: weight of the drift term that keeps D(real) near 0 (epsilon, official 0.001).
+    """
+
+    def __init__(self, gp_weight: float = 10.0, gp_target: float = 1.0, drift_weight: float = 0.001) -> None:
+        if gp_weight < 0 or drift_weight < 0:
+            raise ValueError(f"loss weights must not be negative, got gp {gp_weight}, drift {drift_weight}")
+        if gp_target <= 0:
+            raise ValueError(f"gp_target must be positive, got {gp_target}")
+        self.gp_weight = float(gp_weight)
+        self.gp_target = float(gp_target)
+        self.drift_weight = float(drift_weight)
+
+    def discriminator(
+        self, critic: Critic, reals: Tensor, fakes: Tensor, mixing: Tensor
+    ) -> dict[str, Tensor]:
+        """The critic's loss and its terms.
+
+        Args:
+            critic: maps images (N, C, H, W) to scores (N, 1).
+            reals: real images (N, C, H, W).
+            fakes: generated images (N, C, H, W), detached from the generator.
+            mixing: interpolation factors in [0, 1], shape (N, 1, 1, 1) (or broadcastable).
+
+        Returns:
+            ``loss`` (scalar to minimise) and the batch means of ``D_real``, ``D_fake``, ``wasserstein``
+            (D(real) - D(fake), the critic's distance estimate), ``gradient_penalty`` (weighted),
+            ``drift`` (weighted) and ``grad_norm``.
+        """
+        if reals.shape != fakes.shape:
+            raise ValueError(f"reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} differ in shape")
+        real_scores = critic(reals)
+        fake_scores = critic(fakes)
+        mixed = (reals + (fakes - reals) * mixing).detach().requires_grad_(True)
+        mixed_scores = critic(mixed)
+        # create_graph: the penalty must itself be differentiated with respect to the critic's weights.
+        (grads,) = torch.autograd.grad(mixed_scores.sum(), mixed, create_graph=True)
+        grad_norm = grads.flatten(1).norm(dim=1)
+        penalty = (grad_norm - self.gp_target).square() * (self.gp_weight / self.gp_target**2)
+        drift = real_scores.flatten().square() * self.drift_weight
+        per_sample = fake_scores.flatten() - real_scores.flatten() + penalty + drift
+        return {
+            "loss": per_sample.mean(),
+            "D_real": real_scores.mean().detach(),
+            "D_fake": fake_scores.mean().detach(),
+            "wasserstein": (real_scores.mean() - fake_scores.mean()).detach(),
+            "gradient_penalty": penalty.mean().detach(),
+            "drift": drift.mean().detach(),
+            "grad_norm": grad_norm.mean().detach(),
+        }
+
+    def generator(self, critic: Critic, fakes: Tensor) -> dict[str, Tensor]:
+        """The generator's loss ``-mean D(fake)`` (``loss``) and ``D_fake``.
+
+        Args:
+            critic: maps images (N, C, H, W) to scores (N, 1).
+            fakes: generated images (N, C, H, W), attached to the generator's graph.
+        """
+        fake_scores = critic(fakes)
+        return {"loss": -fake_scores.mean(), "D_fake": fake_scores.mean().detach()}

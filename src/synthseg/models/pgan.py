@@ -1,0 +1,672 @@
+"""The progressive-growing mask GAN as a LightningModule: schedule in kimg, WGAN-GP, EMA, ticks.
+
+Training follows the official progressive GAN (Karras et al. 2018) with its one-GPU defaults:
+
+- The schedule counts images shown (kimg), not steps. Starting at 4x4, each resolution trains stable for
+  ``stable_kimg`` and then the next one fades in for ``transition_kimg`` (600 + 600 by default), until
+  ``total_kimg`` (12,000). The minibatch and the tick length depend on the current resolution.
+- One critic step then one generator step per minibatch (manual optimization), WGAN-GP with the drift term
+  (:class:`synthseg.losses.wgan.WGANGPLoss`), Adam with its state reset whenever a resolution starts or ends
+  its fade-in.
+- A generator copy with exponential moving average of the weights (decay 0.999) makes every sample,
+  snapshot and metric.
+- At every tick: a grid of EMA samples in the paper's colours to TensorBoard, a snapshot of the EMA generator
+  (``snapshots/network-snapshot-<kimg>.pt``, rebuilt by :func:`synthseg.checkpoint.load_network`), the SWD of
+  EMA samples against training reals (``swd/avg`` and per level, also appended to ``swd.csv``), and a full
+  training checkpoint ``checkpoints/last.ckpt`` (older per-tick checkpoints kept as configured).
+
+Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
+Low-resolution reals come from the DataModule by majority vote per block (see
+:func:`synthseg.data.dataset.downsample_labels`), not by the official 2x2 averaging, which would invent
+fractional classes that no generated mask could be judged against. During a fade-in the reals are blended
+with their majority-vote half-resolution copy, nearest-upsampled, exactly as the generator blends its
+previous stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.core.optimizer import LightningOptimizer
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from synthseg.checkpoint import save_network
+from synthseg.errors import InputError
+from synthseg.losses.wgan import WGANGPLoss
+from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.utils.atomic import write_text_atomic
+from synthseg.utils.visual import grid, label_rgb
+
+# Official one-GPU presets (images per minibatch, kimg per tick), by resolution.
+PAPER_BATCH_SIZES: dict[int, int] = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}
+PAPER_TICK_KIMG: dict[int, float] = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40}
+DEFAULT_BATCH_SIZE = 16  # official minibatch_base, for resolutions missing from the table
+DEFAULT_TICK_KIMG = 160.0  # official tick_kimg_base
+
+
+# ----------------------------------------------------------------------------------------- label range
+def labels_to_net(labels: Tensor, classes: int) -> Tensor:
+    """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1] (0 -> -1, classes-1 -> 1)."""
+    return (labels.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)
+
+
+def net_to_labels(x: Tensor, classes: int) -> Tensor:
+    """Network values (N, 1, H, W) -> class indices (N, H, W) uint8: linear map back, round, clip."""
+    values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
+    return values.round().clamp(0, classes - 1).to(torch.uint8)
+
+
+def majority_downsample(labels: Tensor, factor: int, classes: int) -> Tensor:
+    """Majority vote per ``factor`` x ``factor`` block of (N, H, W) class indices; ties go to the higher class.
+
+    The same rule as the DataModule's low-resolution labels (thin tumor and CSF structures survive).
+    """
+    if factor == 1:
+        return labels
+    onehot = F.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float()
+    counts = F.avg_pool2d(onehot, factor)
+    return (classes - 1 - counts.flip(1).argmax(dim=1)).to(labels.dtype)
+
+
+def resize_labels(labels: Tensor, size: int, classes: int) -> Tensor:
+    """(N, H, H) class indices -> (N, size, size): majority vote down, nearest up."""
+    current = labels.shape[-1]
+    if current > size:
+        return majority_downsample(labels, current // size, classes)
+    if current < size:
+        factor = size // current
+        return labels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return labels
+
+
+# -------------------------------------------------------------------------------------------- schedule
+@dataclass(frozen=True)
+class Stage:
+    """Where training stands after ``images`` images: the official TrainingSchedule's values."""
+
+    images: int
+    lod: float  # level of detail: log2(target / resolution), fractional while fading in
+    resolution: int  # current (largest active) resolution
+    alpha: float  # fade-in of ``resolution``: 0 just started, 1 done
+    batch_size: int
+    tick_kimg: float
+
+    @property
+    def kimg(self) -> float:
+        return self.images / 1000.0
+
+    @property
+    def phase(self) -> tuple[int, int]:
+        """Changes exactly when a resolution starts or ends its fade-in (the Adam reset points)."""
+        return math.floor(self.lod), math.ceil(self.lod)
+
+
+class ProgressiveSchedule:
+    """The progressive-growing schedule in images shown.
+
+    Args:
+        target_resolution: final resolution (power of two).
+        initial_resolution: first resolution (official 4).
+        stable_kimg: kimg of stable training per resolution (official lod_training_kimg 600).
+        transition_kimg: kimg of each fade-in (official lod_transition_kimg 600).
+        batch_sizes: minibatch per resolution (missing ones: 16, the official base).
+        tick_kimg: tick length per resolution (missing ones: 160 kimg, the official base).
+    """
+
+    def __init__(
+        self,
+        target_resolution: int,
+        initial_resolution: int = 4,
+        stable_kimg: float = 600.0,
+        transition_kimg: float = 600.0,
+        batch_sizes: Mapping[int, int] | None = None,
+        tick_kimg: Mapping[int, float] | None = None,
+    ) -> None:
+        for name, res in (
+            ("target_resolution", target_resolution),
+            ("initial_resolution", initial_resolution),
+        ):
+            if res < 4 or res & (res - 1):
+                raise ValueError(f"{name} must be a power of two >= 4, got {res}")
+        if initial_resolution > target_resolution:
+            raise ValueError(f"initial_resolution {initial_resolution} exceeds target {target_resolution}")
+        if stable_kimg < 0 or transition_kimg < 0 or stable_kimg + transition_kimg <= 0:
+            raise ValueError(
+                f"stable_kimg/transition_kimg must be >= 0 with a positive sum, got "
+                f"{stable_kimg}/{transition_kimg}"
+            )
+        self.target_log2 = int(math.log2(target_resolution))
+        self.initial_log2 = int(math.log2(initial_resolution))
+        self.stable_kimg = float(stable_kimg)
+        self.transition_kimg = float(transition_kimg)
+        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
+        self.tick_kimg = {int(k): float(v) for k, v in (tick_kimg or PAPER_TICK_KIMG).items()}
+        if any(v <= 0 for v in self.batch_sizes.values()) or any(v <= 0 for v in self.tick_kimg.values()):
+            raise ValueError("batch sizes and tick lengths must be positive")
+
+    def at(self, images: int) -> Stage:
+        """The stage after ``images`` images have been shown."""
+        # Whole images, not float kimg, so phase boundaries fall exactly where they are configured.
+        stable, transition = round(self.stable_kimg * 1000), round(self.transition_kimg * 1000)
+        phase, within = divmod(int(images), stable + transition)
+        lod = float(self.target_log2 - self.initial_log2 - phase)
+        if transition > 0:
+            lod -= max(within - stable, 0) / transition
+        lod = max(lod, 0.0)
+        resolution = 2 ** (self.target_log2 - math.floor(lod))
+        alpha = 1.0 - (lod - math.floor(lod))
+        return Stage(
+            images=int(images),
+            lod=lod,
+            resolution=resolution,
+            alpha=alpha,
+            batch_size=self.batch_sizes.get(resolution, DEFAULT_BATCH_SIZE),
+            tick_kimg=self.tick_kimg.get(resolution, DEFAULT_TICK_KIMG),
+        )
+
+
+# ------------------------------------------------------------------------------------------------ model
+class PGAN(pl.LightningModule):
+    """Trains a :class:`PGANGenerator` on label maps against a :class:`PGANDiscriminator`.
+
+    Args:
+        generator: the generator, built (its ``resolution`` is the target resolution).
+        discriminator: the discriminator, built, same resolution and channels.
+        g_optimizer, d_optimizer: partial optimizers (Adam lr 1e-3, betas (0, 0.99), eps 1e-8 officially).
+        loss: the WGAN-GP objective (default: lambda 10, target 1, drift 0.001).
+        classes: label classes (7); class indices 0..classes-1 map linearly onto [-1, 1].
+        initial_resolution, stable_kimg, transition_kimg: the schedule (see :class:`ProgressiveSchedule`).
+        total_kimg: training stops after this many thousand images.
+        batch_sizes: global minibatch per resolution (official one-GPU preset by default).
+        tick_kimg: tick length per resolution (official by default).
+        ema_decay: decay of the generator's moving average (0.999).
+        minibatch_repeats: minibatches per evaluation of the schedule (official 4): resolution, alpha,
+            minibatch, Adam resets, ticks and the end of training change only between groups of this many.
+        swd_images: generated and real images per SWD evaluation at every tick (0 turns SWD off).
+        swd_batch_size: images per batch while generating and measuring SWD.
+        grid_size: (rows, columns) of the sample grid.
+        snapshot_ticks: save an EMA snapshot every this many ticks (0: never; the last tick always).
+        checkpoint_ticks: write the full checkpoint ``checkpoints/last.ckpt`` every this many ticks (0: never).
+        keep_checkpoints: besides ``last.ckpt``, keep this many per-tick full checkpoints (0: none).
+        seed: seed of latents and mixing factors (the training RNG stream, saved in checkpoints).
+        output_dir: where snapshots, ``swd.csv`` and checkpoints go (default: the trainer's root dir).
+    """
+
+    def __init__(
+        self,
+        generator: PGANGenerator,
+        discriminator: PGANDiscriminator,
+        g_optimizer: Callable[..., torch.optim.Optimizer],
+        d_optimizer: Callable[..., torch.optim.Optimizer],
+        loss: WGANGPLoss | None = None,
+        classes: int = 7,
+        initial_resolution: int = 4,
+        stable_kimg: float = 600.0,
+        transition_kimg: float = 600.0,
+        total_kimg: float = 12000.0,
+        batch_sizes: Mapping[int, int] | None = None,
+        tick_kimg: Mapping[int, float] | None = None,
+        ema_decay: float = 0.999,
+        minibatch_repeats: int = 4,
+        swd_images: int = 8192,
+        swd_batch_size: int = 64,
+        grid_size: tuple[int, int] | list[int] = (4, 8),
+        snapshot_ticks: int = 1,
+        checkpoint_ticks: int = 1,
+        keep_checkpoints: int = 0,
+        seed: int = 0,
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        # Primitive copies before save_hyperparameters, so checkpoints load with weights_only=True.
+        batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
+        tick_kimg = {int(k): float(v) for k, v in (tick_kimg or PAPER_TICK_KIMG).items()}
+        grid_size = [int(v) for v in grid_size]
+        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss"])
+        if generator.resolution != discriminator.resolution or generator.channels != discriminator.channels:
+            raise ValueError("generator and discriminator must have the same resolution and channels")
+        if generator.channels != 1:
+            raise ValueError(f"label maps have one channel, the generator makes {generator.channels}")
+        if classes < 2:
+            raise ValueError(f"classes must be >= 2, got {classes}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if minibatch_repeats < 1:
+            raise ValueError(f"minibatch_repeats must be >= 1, got {minibatch_repeats}")
+        if total_kimg <= 0:
+            raise ValueError(f"total_kimg must be positive, got {total_kimg}")
+        if len(grid_size) != 2 or min(grid_size) < 1:
+            raise ValueError(f"grid_size must be (rows, columns) >= 1, got {grid_size}")
+        self.automatic_optimization = False
+        self.total_images = round(float(total_kimg) * 1000)
+        self.ema_decay = float(ema_decay)
+        self.minibatch_repeats = int(minibatch_repeats)
+        self.swd_images = int(swd_images)
+        self.swd_batch_size = int(swd_batch_size)
+        self.grid_size = (grid_size[0], grid_size[1])
+        self.snapshot_ticks = int(snapshot_ticks)
+        self.checkpoint_ticks = int(checkpoint_ticks)
+        self.keep_checkpoints = int(keep_checkpoints)
+        self.seed = int(seed)
+        self.output_dir = output_dir
+        self.generator = generator
+        self.discriminator = discriminator
+        # No batch norm or dropout: train/eval mode makes no difference to the EMA copy.
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
+        self.g_optimizer_factory = g_optimizer
+        self.d_optimizer_factory = d_optimizer
+        self.loss = loss or WGANGPLoss()
+        self.classes = int(classes)
+        self.schedule = ProgressiveSchedule(
+            generator.resolution, initial_resolution, stable_kimg, transition_kimg, batch_sizes, tick_kimg
+        )
+        # Training state (all of it goes into checkpoints; see on_save_checkpoint).
+        self.images_seen = 0
+        self.steps = 0  # minibatches trained
+        self.stage_images = 0  # images shown when the schedule was last evaluated
+        self.tick = 0
+        self.tick_start_images = 0
+        self.last_phase: tuple[int, int] | None = None
+        self.swd_history: list[dict[str, Any]] = []
+        self.rng = torch.Generator().manual_seed(int(seed))
+        self.empty_fraction: float | None = None
+        self._served: tuple[int, int] | None = None
+        self._tick_wall_start = time.perf_counter()
+        self._swd_warned = False
+
+    # ------------------------------------------------------------------------------------------- set-up
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or self.trainer.default_root_dir)
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            # Each process draws its own latents.
+            self.rng.manual_seed(self.seed + 1_000_003 * self.global_rank)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        size = self._dataset_size()
+        if size is not None and size % self.generator.resolution:
+            raise InputError(
+                f"model.generator.resolution={self.generator.resolution} does not divide the dataset's "
+                f"slice size {size}: train at a resolution the slices can be reduced to"
+            )
+        manifest = getattr(datamodule, "manifest", None)
+        if manifest is not None:
+            train = manifest.split == "train"
+            if getattr(datamodule, "reduced", False):
+                train = train & manifest.reduced
+            total = int(train.sum())
+            empty = int((train & manifest.empty).sum())
+            self.empty_fraction = empty / total if total else 0.0
+            excluded = (
+                "excluded" if getattr(datamodule, "drop_empty", False) else "NOT excluded (data.drop_empty)"
+            )
+            rank_zero_info(
+                f"PGAN: {empty} of {total} training label maps are empty ({100 * self.empty_fraction:.2f} %), "
+                f"{excluded}"
+            )
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # This module writes full checkpoints at ticks (the schedule is in kimg; an endless epoch never
+        # ends). A ModelCheckpoint that saves nothing replaces any configured or default one, so no second
+        # writer competes for checkpoints/last.ckpt.
+        return [ModelCheckpoint(save_top_k=0, save_last=False, monitor=None)]
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            self.g_optimizer_factory(params=self.generator.parameters()),
+            self.d_optimizer_factory(params=self.discriminator.parameters()),
+        ]
+
+    @property
+    def group_done(self) -> bool:
+        """True between groups of ``minibatch_repeats`` minibatches, where the schedule is evaluated."""
+        return self.steps % self.minibatch_repeats == 0
+
+    @property
+    def stage(self) -> Stage:
+        """The stage of the current group of minibatches (the next one's between groups)."""
+        return self.schedule.at(self.images_seen if self.group_done else self.stage_images)
+
+    def on_train_start(self) -> None:
+        self._serve(self.stage)
+        self._tick_wall_start = time.perf_counter()
+        if self.trainer.is_global_zero:
+            info = {
+                "target_resolution": self.generator.resolution,
+                "classes": self.classes,
+                "empty_fraction": self.empty_fraction,
+                "num_train": (getattr(getattr(self.trainer, "datamodule", None), "stats", None) or {}).get(
+                    "num_train"
+                ),
+                "started_at_kimg": self.images_seen / 1000.0,
+            }
+            write_text_atomic(self.run_dir / "pgan_run.json", json.dumps(info, indent=2))
+
+    def _serve(self, stage: Stage) -> None:
+        """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches)."""
+        wanted = (stage.resolution, stage.batch_size)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if wanted == self._served or datamodule is None:
+            return
+        if hasattr(datamodule, "set_resolution"):
+            datamodule.set_resolution(stage.resolution)
+        if hasattr(datamodule, "set_batch_size"):
+            datamodule.set_batch_size(stage.batch_size)
+        self._served = wanted
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _latents(self, count: int) -> Tensor:
+        return torch.randn(count, self.generator.latent_dim, generator=self.rng).to(self.device)
+
+    def _optimizers(self) -> tuple[LightningOptimizer, LightningOptimizer]:
+        opt_g, opt_d = cast(list[LightningOptimizer], self.optimizers())
+        return opt_g, opt_d
+
+    def _reset_optimizers(self) -> None:
+        for opt in self._optimizers():
+            opt.optimizer.state.clear()
+
+    def _prepare_reals(self, labels: Tensor, stage: Stage) -> Tensor:
+        """Class indices (N, h, w) -> faded network values (N, 1, r, r) at the stage's resolution.
+
+        Batches prefetched before a resolution change still come at the old size; they are resized here.
+        """
+        labels = resize_labels(labels, stage.resolution, self.classes)
+        reals = labels_to_net(labels, self.classes)
+        if stage.alpha < 1.0 and stage.resolution > 4:
+            low = resize_labels(majority_downsample(labels, 2, self.classes), stage.resolution, self.classes)
+            reals = torch.lerp(labels_to_net(low, self.classes), reals, stage.alpha)
+        return reals
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.ema_decay
+        for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
+            ema.lerp_(live, 1.0 - decay)
+
+    # ------------------------------------------------------------------------------------------- train
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.group_done:
+            self.stage_images = self.images_seen
+        stage = self.stage
+        if stage.phase != self.last_phase:
+            if self.last_phase is not None:
+                self._reset_optimizers()
+            self.last_phase = stage.phase
+        opt_g, opt_d = self._optimizers()
+        world = self.trainer.world_size
+        # A batch prefetched before the schedule shrank the minibatch is cut to the scheduled size.
+        reals = self._prepare_reals(batch["label"][: max(1, stage.batch_size // world)], stage)
+        count = reals.shape[0]
+        res, alpha = stage.resolution, stage.alpha
+
+        def critic(x: Tensor) -> Tensor:
+            return self.discriminator(x, alpha)
+
+        # Critic step.
+        self.toggle_optimizer(opt_d)
+        with torch.no_grad():
+            fakes = self.generator(self._latents(count), res, alpha)
+        mixing = torch.rand(count, 1, 1, 1, generator=self.rng).to(self.device)
+        d_terms = self.loss.discriminator(critic, reals, fakes, mixing)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_terms["loss"])
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        # Generator step, on fresh latents.
+        self.toggle_optimizer(opt_g)
+        g_terms = self.loss.generator(critic, self.generator(self._latents(count), res, alpha))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_terms["loss"])
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        self._update_ema()
+        self.images_seen += count * world
+        self.steps += 1
+        self.log_dict(
+            {
+                "train/loss_D": d_terms["loss"].detach(),
+                "train/loss_G": g_terms["loss"].detach(),
+                "train/D_real": d_terms["D_real"],
+                "train/D_fake": d_terms["D_fake"],
+                "train/wasserstein": d_terms["wasserstein"],
+                "train/gradient_penalty": d_terms["gradient_penalty"],
+                "train/drift": d_terms["drift"],
+            },
+            prog_bar=False,
+        )
+        self.log_dict(
+            {"train/kimg": self.images_seen / 1000.0, "train/resolution": float(res), "train/alpha": alpha},
+            prog_bar=True,
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.group_done:
+            return
+        # As the official loop: after each group, with the schedule the group was trained with.
+        trained = self.schedule.at(self.stage_images)
+        done = self.images_seen >= self.total_images
+        if done or self.images_seen >= self.tick_start_images + round(trained.tick_kimg * 1000):
+            self._tick(trained, done)
+        if done:
+            self.trainer.should_stop = True
+        else:
+            self._serve(self.stage)
+
+    # -------------------------------------------------------------------------------------------- ticks
+    def _tick(self, stage: Stage, done: bool) -> None:
+        # Training time of this tick per kimg, without the previous tick's maintenance (as the official log).
+        tick_seconds = time.perf_counter() - self._tick_wall_start
+        tick_kimg = (self.images_seen - self.tick_start_images) / 1000.0
+        self.tick += 1
+        self.tick_start_images = self.images_seen
+        kimg = self.images_seen / 1000.0
+        record: dict[str, Any] = {
+            "tick": self.tick,
+            "kimg": kimg,
+            "resolution": stage.resolution,
+            "alpha": stage.alpha,
+            "sec_per_kimg": tick_seconds / tick_kimg if tick_kimg > 0 else None,
+        }
+        if self.trainer.is_global_zero:
+            self._log_grid(stage)
+            snapshot_ticks = self.snapshot_ticks
+            if done or (snapshot_ticks > 0 and self.tick % snapshot_ticks == 0):
+                path = self.run_dir / "snapshots" / f"network-snapshot-{int(kimg):06d}.pt"
+                if path.exists():  # ticks shorter than 1 kimg (tests, demos) would share a name
+                    path = path.with_name(f"network-snapshot-{int(kimg):06d}-tick{self.tick:04d}.pt")
+                save_network(self.generator_ema, path, meta=self._snapshot_meta(stage))
+                record["snapshot"] = os.path.relpath(path, self.run_dir)
+            swd = self._measure_swd(stage) if self.swd_images > 0 else None
+            if swd is not None:
+                record.update({f"swd_{k}": v for k, v in swd.items()})
+                self.log_dict({f"swd/{k}": v for k, v in swd.items()}, rank_zero_only=True)
+            self.swd_history.append(record)
+            self._write_history()
+            if record["sec_per_kimg"] is not None:
+                self.log("timing/sec_per_kimg", record["sec_per_kimg"], rank_zero_only=True)
+            rank_zero_info(
+                f"tick {self.tick}  kimg {kimg:.3f}  res {stage.resolution}  alpha {stage.alpha:.3f}  "
+                f"sec/kimg {record['sec_per_kimg'] or 0:.1f}" + (f"  swd avg {swd['avg']:.4f}" if swd else "")
+            )
+        checkpoint_ticks = self.checkpoint_ticks
+        if checkpoint_ticks > 0 and (done or self.tick % checkpoint_ticks == 0):
+            self._save_full_checkpoint()
+        self._tick_wall_start = time.perf_counter()
+
+    def _dataset_size(self) -> int | None:
+        """Side length of the training slices on disk (None when the DataModule does not say)."""
+        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+        if train_set is not None and getattr(train_set, "sources", None):
+            return int(train_set.sources[0][1].shape[-1])
+        return None
+
+    def _snapshot_meta(self, stage: Stage) -> dict[str, Any]:
+        size = self._dataset_size()
+        return {
+            "tick": self.tick,
+            "kimg": self.images_seen / 1000.0,
+            "resolution": stage.resolution,
+            "alpha": stage.alpha,
+            "classes": self.classes,
+            "dataset_size": size or self.generator.resolution,
+            "ema_decay": self.ema_decay,
+        }
+
+    def _write_history(self) -> None:
+        keys: list[str] = []
+        for row in self.swd_history:
+            keys += [k for k in row if k not in keys]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.swd_history)
+        write_text_atomic(self.run_dir / "swd.csv", text.getvalue())
+
+    def _save_full_checkpoint(self) -> None:
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".last.{self.tick}.ckpt.partial"
+        self.trainer.save_checkpoint(tmp)
+        if not self.trainer.is_global_zero:
+            return
+        keep = self.keep_checkpoints
+        if keep > 0:
+            kept = folder / f"tick-{self.tick:04d}.ckpt"
+            try:
+                os.link(tmp, kept)  # a second name for the same file: no extra disk space
+            except OSError:
+                shutil.copyfile(tmp, kept)
+            for path in sorted(folder.glob("tick-*.ckpt"))[:-keep]:
+                path.unlink(missing_ok=True)
+        os.replace(tmp, folder / "last.ckpt")
+
+    @torch.no_grad()
+    def generate_labels(
+        self, count: int, stage: Stage, seed: int, size: int | None = None
+    ) -> Iterator[Tensor]:
+        """EMA samples as class indices (B, size, size) uint8 in batches, from a fixed latent seed."""
+        gen = torch.Generator().manual_seed(seed)
+        batch = self.swd_batch_size
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            z = torch.randn(n, self.generator.latent_dim, generator=gen).to(self.device)
+            labels = net_to_labels(self.generator_ema(z, stage.resolution, stage.alpha), self.classes)
+            yield resize_labels(labels, size or stage.resolution, self.classes)
+
+    def _log_grid(self, stage: Stage) -> None:
+        experiment = getattr(self.logger, "experiment", None) if self.logger else None
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        rows, cols = self.grid_size
+        tile = max(stage.resolution, 64)  # small stages are enlarged so they stay visible
+        labels = torch.cat(list(self.generate_labels(rows * cols, stage, self.seed + 1, tile)))
+        tiles = [label_rgb(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
+        image = grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])
+        experiment.add_image("samples/ema", image, self.global_step, dataformats="HWC")
+
+    def _measure_swd(self, stage: Stage) -> dict[str, float] | None:
+        """SWD (x1000) of EMA samples against training reals, both at the target resolution.
+
+        Samples of earlier stages are nearest-upsampled to the target resolution, as the official networks
+        output them, so the values of all ticks are on one scale and :mod:`synthseg.synth.select` can pick
+        the best snapshot among all of them.
+        """
+        size = self.generator.resolution
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train_set = getattr(datamodule, "train_set", None)
+        try:
+            from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein_from_batches
+        except ImportError:
+            train_set = None
+        if train_set is None or size < 16 or self.classes != 7:
+            if not self._swd_warned:
+                rank_zero_warn(
+                    "PGAN: SWD skipped (needs the SWD metric, 7 classes, a DataModule with "
+                    "train_set and a target resolution of at least 16)"
+                )
+                self._swd_warned = True
+            return None
+        count = min(self.swd_images, len(train_set))
+        batch = self.swd_batch_size
+
+        def reals() -> Iterator[Tensor]:
+            for start in range(0, count, batch):
+                items = [train_set[(i, size)]["label"] for i in range(start, min(start + batch, count))]
+                yield labels_to_uint8(torch.stack(items)[:, None])
+
+        def fakes() -> Iterator[Tensor]:
+            for labels in self.generate_labels(count, stage, self.seed + 2, size):
+                yield labels_to_uint8(labels[:, None])
+
+        return sliced_wasserstein_from_batches(reals(), fakes(), seed=self.seed, device=self.device)
+
+    # ----------------------------------------------------------------------------------------- state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pgan"] = {
+            "images_seen": int(self.images_seen),
+            "steps": int(self.steps),
+            "stage_images": int(self.stage_images),
+            "tick": int(self.tick),
+            "tick_start_images": int(self.tick_start_images),
+            "last_phase": list(self.last_phase) if self.last_phase is not None else None,
+            "rng_state": self.rng.get_state(),
+            "swd_history": [dict(row) for row in self.swd_history],
+            # Lets generate-masks rebuild the EMA generator from a full checkpoint (state_dict "generator_ema.*").
+            "generator_init_args": dict(self.generator.init_args),
+            "dataset_size": self._dataset_size() if self._trainer is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("pgan")
+        if state is None:
+            return
+        self.images_seen = int(state["images_seen"])
+        self.steps = int(state["steps"])
+        self.stage_images = int(state["stage_images"])
+        self.tick = int(state["tick"])
+        self.tick_start_images = int(state["tick_start_images"])
+        self.last_phase = tuple(state["last_phase"]) if state["last_phase"] is not None else None
+        self.rng.set_state(state["rng_state"])
+        if self._trainer is not None and self._trainer.world_size > 1:
+            # The saved stream is rank 0's; every process continues on its own, still reproducibly.
+            self.rng.manual_seed(self.seed + 1_000_003 * self.global_rank + self.images_seen)
+        self.swd_history = [dict(row) for row in state["swd_history"]]
+
+    def results_details(self) -> dict[str, Any]:
+        """Extra entries for the run's results.json."""
+        scored = [row for row in self.swd_history if "swd_avg" in row and "snapshot" in row]
+        best = min(scored, key=lambda row: row["swd_avg"]) if scored else None
+        return {
+            "pgan": {
+                "kimg": self.images_seen / 1000.0,
+                "ticks": self.tick,
+                "empty_fraction": self.empty_fraction,
+                "best_snapshot": best,
+            }
+        }
+
+    # Samples for callers outside training (notebooks, tests).
+    def sample(self, count: int, seed: int = 0) -> np.ndarray:
+        """``count`` EMA label maps (count, H, W) uint8 at the current stage."""
+        return torch.cat(list(self.generate_labels(count, self.stage, seed))).cpu().numpy()

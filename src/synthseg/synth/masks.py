@@ -1,0 +1,282 @@
+"""``synthseg generate-masks``: new 7-class label maps from a trained PGAN generator (its EMA weights).
+
+The output is a dataset folder (docs/dataset_layout.md) without images: ``labels/synth_<index:06d>.png``
+(8-bit grayscale, values 0..6, the size of the prepared labels), ``manifest.csv`` (``source=synthetic``,
+empty ``image`` column), ``stats.json`` (label statistics) and ``prepare.json`` (provenance). The filter
+and the image generation read it as it is.
+
+The generator runs at the growing stage its weights were saved at (a snapshot of an early tick makes
+coarse masks, nearest-upsampled, as the SWD of that tick saw them). Masks are made in batches under
+``torch.inference_mode``, written while the next batch is generated, and never held all at once, so memory
+stays constant whatever the count. Latents come in blocks of :data:`LATENT_BLOCK` seeded from
+``(seed, block)``: the same seed gives the same masks whatever the batch size or device (up to the device's
+floating-point differences).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from synthseg import __version__
+from synthseg.checkpoint import CheckpointError, load_network, safe_load
+from synthseg.data.labels import NUM_CLASSES, class_weights_from_counts
+from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS
+from synthseg.data.pngio import write_label8
+from synthseg.errors import InputError
+from synthseg.models.pgan import ProgressiveSchedule, net_to_labels, resize_labels
+from synthseg.networks.pgan import PGANGenerator
+from synthseg.synth.select import select_best
+from synthseg.utils.atomic import atomic_path, check_free_space
+
+LATENT_BLOCK = 1024
+BYTES_PER_MASK_ESTIMATE = 2_000  # PNG label maps compress to a few hundred bytes; generous margin
+
+
+def load_generator(checkpoint: str | os.PathLike[str]) -> tuple[PGANGenerator, dict[str, Any]]:
+    """The EMA generator from a snapshot, a full training checkpoint, or a run folder (best SWD snapshot).
+
+    Returns:
+        The generator (eval mode, CPU) and metadata: ``source`` (the file), ``tick``/``kimg`` when known,
+        ``resolution``/``alpha`` (the growing stage the weights were trained to: a snapshot taken at 32x32 of
+        a 256x256 generator must run at 32x32), ``dataset_size`` (side of the training slices) when known,
+        and ``selected`` for a run folder.
+    """
+    path = Path(checkpoint)
+    meta: dict[str, Any] = {}
+    if path.is_dir():
+        best = select_best(path)
+        meta["selected"] = best
+        path = Path(best["snapshot"])
+    obj = safe_load(path)
+    if "network" in obj:
+        net, snap_meta = load_network(path)
+        if not isinstance(net, PGANGenerator):
+            raise CheckpointError(f"{path}: holds a {type(net).__name__}, not a PGAN generator")
+        meta.update(snap_meta)
+    elif "state_dict" in obj and isinstance(obj.get("pgan"), dict) and "generator_init_args" in obj["pgan"]:
+        try:
+            net = PGANGenerator(**obj["pgan"]["generator_init_args"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot rebuild the generator ({err})") from None
+        prefix = "generator_ema."
+        weights = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{path}: EMA generator weights do not fit ({str(err).splitlines()[0]})"
+            ) from None
+        net.eval()
+        hparams = obj.get("hyper_parameters") or {}
+        stage = ProgressiveSchedule(
+            net.resolution,
+            int(hparams.get("initial_resolution", 4)),
+            float(hparams.get("stable_kimg", 600.0)),
+            float(hparams.get("transition_kimg", 600.0)),
+            hparams.get("batch_sizes"),
+            hparams.get("tick_kimg"),
+        ).at(int(obj["pgan"]["images_seen"]))
+        meta.update(
+            {
+                "kimg": stage.kimg,
+                "tick": obj["pgan"]["tick"],
+                "resolution": stage.resolution,
+                "alpha": stage.alpha,
+                "dataset_size": obj["pgan"].get("dataset_size"),
+            }
+        )
+    else:
+        raise CheckpointError(f"{path}: neither a PGAN snapshot nor a PGAN training checkpoint")
+    meta["source"] = str(path)
+    return net, meta
+
+
+def block_latents(seed: int, block: int, latent_dim: int) -> torch.Tensor:
+    """Latents of masks ``block * LATENT_BLOCK ...``: (LATENT_BLOCK, latent_dim), seeded by (seed, block)."""
+    state = int(np.random.SeedSequence([int(seed), int(block)]).generate_state(1, dtype=np.uint64)[0])
+    return torch.randn(LATENT_BLOCK, latent_dim, generator=torch.Generator().manual_seed(state))
+
+
+def latents(seed: int, start: int, stop: int, latent_dim: int) -> torch.Tensor:
+    """Latents of masks ``start .. stop - 1`` (stop - start, latent_dim), independent of how they are batched."""
+    parts = []
+    for block in range(start // LATENT_BLOCK, (stop - 1) // LATENT_BLOCK + 1):
+        lo = max(start, block * LATENT_BLOCK) - block * LATENT_BLOCK
+        hi = min(stop, (block + 1) * LATENT_BLOCK) - block * LATENT_BLOCK
+        parts.append(block_latents(seed, block, latent_dim)[lo:hi])
+    return torch.cat(parts)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device={name!r}: not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={name}: CUDA is not available on this machine")
+    return device
+
+
+def _write_batch(folder: Path, ids: list[str], masks: np.ndarray) -> None:
+    for sid, mask in zip(ids, masks, strict=True):
+        write_label8(folder / f"{sid}.png", mask)
+
+
+def generate_masks(
+    checkpoint: str | os.PathLike[str],
+    count: int,
+    output: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    size: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``count`` generated masks as a dataset folder; return the provenance written to prepare.json."""
+    if isinstance(count, bool) or int(count) <= 0:
+        raise InputError(f"count must be a positive number of masks, got {count}")
+    if int(count) > 999_999:
+        raise InputError(f"count={count}: ids have 6 digits (synth_000000 .. synth_999999)")
+    if int(batch_size) <= 0:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    count, batch_size = int(count), int(batch_size)
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"output={output}: already exists (pass overwrite=true to replace it)")
+    generator, meta = load_generator(checkpoint)
+    stage_resolution = int(meta.get("resolution") or generator.resolution)
+    alpha = float(meta.get("alpha", 1.0))
+    if stage_resolution not in generator.resolutions or not 0.0 <= alpha <= 1.0:
+        raise InputError(
+            f"checkpoint={checkpoint}: stage {stage_resolution}x{stage_resolution}, alpha {alpha} does not fit "
+            "the generator"
+        )
+    size = int(size or meta.get("dataset_size") or generator.resolution)
+    if size < 4 or size & (size - 1):
+        raise InputError(f"size={size}: must be a power of two")
+    if not (size % stage_resolution == 0 or stage_resolution % size == 0):
+        raise InputError(
+            f"size={size}: cannot be reached from the generator's {stage_resolution}x{stage_resolution}"
+        )
+    dev = _device(device)
+    generator = generator.to(dev)
+    check_free_space(
+        output.parent if output.parent.exists() else Path.cwd(),
+        count * BYTES_PER_MASK_ESTIMATE,
+        f"{count} masks",
+    )
+    class_counts = np.zeros(NUM_CLASSES, np.int64)
+    empty = 0
+    started = time.perf_counter()
+    with atomic_path(output, is_dir=True) as tmp, ThreadPoolExecutor(max_workers=1) as writer:
+        labels_dir = tmp / "labels"
+        labels_dir.mkdir()
+        pending: Future[None] | None = None
+        with open(tmp / MANIFEST, "w", newline="") as handle:
+            rows = csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS))
+            rows.writeheader()
+            bar = tqdm(total=count, desc="generating masks", unit="mask", disable=not progress)
+            for start in range(0, count, batch_size):
+                stop = min(count, start + batch_size)
+                with torch.inference_mode():
+                    z = latents(seed, start, stop, generator.latent_dim).to(dev)
+                    x = generator(z, stage_resolution, alpha)
+                    masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
+                ids = [f"synth_{i:06d}" for i in range(start, stop)]
+                if pending is not None:
+                    pending.result()  # one batch in flight: constant memory
+                pending = writer.submit(_write_batch, labels_dir, ids, masks)
+                counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
+                class_counts += counts.sum(axis=0)
+                for sid, mask_counts in zip(ids, counts, strict=True):
+                    is_empty = int(mask_counts[1:].sum() == 0)
+                    empty += is_empty
+                    rows.writerow(
+                        {
+                            "id": sid,
+                            "case": "synthetic",
+                            "slice": -1,
+                            "split": "train",
+                            "source": "synthetic",
+                            "reduced": 0,
+                            "empty": is_empty,
+                            "image": "",
+                            "label": f"labels/{sid}.png",
+                            **{f"count_{c}": int(mask_counts[c]) for c in range(NUM_CLASSES)},
+                        }
+                    )
+                bar.update(stop - start)
+            bar.close()
+            if pending is not None:
+                pending.result()
+        seconds = time.perf_counter() - started
+        stats: dict[str, Any] = {
+            "format": "synthseg-dataset/1",
+            "source": "synthetic",
+            "size": size,
+            "num_slices": count,
+            "splits": {"train": count, "val": 0, "test": 0},
+            "class_counts": class_counts.tolist(),
+            "class_frequencies": (class_counts / max(int(class_counts.sum()), 1)).tolist(),
+        }
+        if class_counts.sum() > 0:
+            stats["class_weights"] = class_weights_from_counts(class_counts).tolist()
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        provenance = {
+            "command": "generate-masks",
+            "version": __version__,
+            "checkpoint": meta.get("source"),
+            "selected": meta.get("selected"),
+            "tick": meta.get("tick"),
+            "kimg": meta.get("kimg"),
+            "generator": generator.init_args,
+            "stage_resolution": stage_resolution,
+            "alpha": alpha,
+            "count": count,
+            "seed": seed,
+            "batch_size": batch_size,
+            "size": size,
+            "device": str(dev),
+            "empty": empty,
+            "empty_fraction": empty / count,
+            "seconds": seconds,
+            "masks_per_second": count / seconds if seconds > 0 else None,
+        }
+        (tmp / "prepare.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def main(cfg: Any) -> dict[str, Any]:
+    """Hydra entry (``conf/generate_masks.yaml``)."""
+    result = generate_masks(
+        str(cfg.checkpoint),
+        cfg.count,
+        str(cfg.output),
+        seed=int(cfg.seed),
+        batch_size=int(cfg.batch_size),
+        size=None if cfg.size is None else int(cfg.size),
+        device=str(cfg.device),
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.get("progress", True)),
+    )
+    print(
+        f"wrote {result['count']} masks ({100 * result['empty_fraction']:.2f} % empty) of "
+        f"{result['size']}x{result['size']} to {cfg.output} in {result['seconds']:.1f} s "
+        f"({result['masks_per_second']:.0f} masks/s) from {result['checkpoint']}"
+    )
+    print(json.dumps({k: result[k] for k in ("count", "size", "seed", "checkpoint", "tick", "kimg")}))
+    return result

@@ -1,0 +1,109 @@
+"""``synthseg select run=DIR``: the PGAN snapshot with the lowest average SWD of a training run.
+
+Training logs one row per tick to ``<run>/swd.csv`` (tick, kimg, resolution, alpha, snapshot, ``swd_avg`` and
+one ``swd_<level>`` per pyramid level). The paper kept the snapshot with the lowest average SWD (tick 86,
+7,240 kimg, SWD 3.2130 on the full data); this command finds it the same way and says where it came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from synthseg.errors import InputError
+
+HISTORY = "swd.csv"
+
+
+def find_history(run: str | os.PathLike[str]) -> Path:
+    """``<run>/swd.csv``, or the only ``swd.csv`` below ``run``; ``run`` may also be the file itself."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise InputError(f"run={run}: folder not found")
+    if (run / HISTORY).is_file():
+        return run / HISTORY
+    found = sorted(run.rglob(HISTORY))
+    if not found:
+        raise InputError(f"run={run}: no {HISTORY} found (was the run trained with model.swd_images > 0?)")
+    if len(found) > 1:
+        listed = ", ".join(str(p.parent) for p in found[:3])
+        raise InputError(
+            f"run={run}: {len(found)} runs with {HISTORY} below it ({listed}...); name one of them"
+        )
+    return found[0]
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``swd.csv`` with numbers parsed (missing or non-finite values become None)."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "swd_avg" not in reader.fieldnames:
+            raise InputError(f"{path}: not an SWD history (no swd_avg column)")
+        rows = []
+        for raw in reader:
+            row: dict[str, Any] = {"snapshot": raw.get("snapshot") or None}
+            for key, value in raw.items():
+                if key != "snapshot":
+                    row[key] = _number(value)
+            rows.append(row)
+    return rows
+
+
+def select_best(run: str | os.PathLike[str]) -> dict[str, Any]:
+    """The snapshot with the lowest average SWD among the ticks whose snapshot file exists.
+
+    Returns:
+        ``{"snapshot": absolute path, "tick": int, "kimg": float, "resolution": int, "swd_avg": float,
+        "swd": {level: value}, "history": path of swd.csv, "ticks_scored": int}``.
+    """
+    history = find_history(run)
+    rows = read_history(history)
+    scored = [
+        row
+        for row in rows
+        if row["snapshot"] and row.get("swd_avg") is not None and (history.parent / row["snapshot"]).is_file()
+    ]
+    if not scored:
+        raise InputError(f"{history}: no tick has both an SWD value and a snapshot file on disk")
+    best = min(scored, key=lambda row: (row["swd_avg"], row.get("tick") or 0))
+    levels = {
+        key.removeprefix("swd_"): value
+        for key, value in best.items()
+        if key.startswith("swd_") and key != "swd_avg" and value is not None
+    }
+    return {
+        "snapshot": str((history.parent / best["snapshot"]).resolve()),
+        "tick": int(best["tick"]) if best.get("tick") is not None else None,
+        "kimg": best.get("kimg"),
+        "resolution": int(best["resolution"]) if best.get("resolution") is not None else None,
+        "swd_avg": best["swd_avg"],
+        "swd": levels,
+        "history": str(history),
+        "ticks_scored": len(scored),
+    }
+
+
+def main(cfg: Any) -> dict[str, Any]:
+    """Hydra entry (``conf/select.yaml``): print the choice, and the result as JSON on the last line."""
+    result = select_best(str(cfg.run))
+    print(
+        f"best snapshot: {result['snapshot']}\n"
+        f"  tick {result['tick']}, {result['kimg']} kimg, resolution {result['resolution']}, "
+        f"average SWD {result['swd_avg']:.4f} (x1000; lowest of {result['ticks_scored']} ticks)"
+    )
+    print(json.dumps(result))
+    return result

@@ -1,0 +1,238 @@
+"""``synthseg select`` and ``synthseg generate-masks``: best snapshot by SWD, mask files, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg.checkpoint import CheckpointError, save_network
+from synthseg.cli import run as cli_run
+from synthseg.data.manifest import read_manifest
+from synthseg.data.pngio import read_png
+from synthseg.errors import InputError
+from synthseg.models.pgan import net_to_labels
+from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_generator
+from synthseg.synth.select import select_best
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Small tensors gain nothing from threads, and on a busy machine thread hand-offs dominate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_generator(seed: int = 0) -> PGANGenerator:
+    torch.manual_seed(seed)
+    gen = PGANGenerator(resolution=16, latent_dim=8, fmap_base=32, fmap_max=8)
+    with torch.no_grad():  # spread the outputs over all classes
+        gen.to_rgb["b16"].bias.fill_(0.0)
+        gen.to_rgb["b16"].weight.mul_(3.0)
+    return gen.eval()
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    path = tmp_path / "snap.pt"
+    save_network(tiny_generator(), path, meta={"tick": 3, "kimg": 1.5, "dataset_size": 32, "resolution": 16})
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "labels").glob("*.png"))}
+
+
+def test_masks_have_the_prepared_label_properties_and_a_consistent_manifest(snapshot: Path, tmp_path: Path):
+    out = tmp_path / "masks"
+    info = generate_masks(snapshot, 10, out, batch_size=4, progress=False)
+    files = sorted((out / "labels").glob("*.png"))
+    assert [p.stem for p in files] == [f"synth_{i:06d}" for i in range(10)]
+    manifest = read_manifest(out)
+    assert list(manifest.ids) == [p.stem for p in files]
+    assert set(manifest.source) == {"synthetic"} and set(manifest.split) == {"train"}
+    total = np.zeros(7, np.int64)
+    for i, path in enumerate(files):
+        mask = read_png(path, bitdepth=8, shape=(32, 32))  # upsampled to the training data's 32x32
+        assert mask.dtype == np.uint8 and mask.max() <= 6
+        # Nearest upsampling from 16x16: every 2x2 block holds one value.
+        assert np.array_equal(mask, np.repeat(np.repeat(mask[::2, ::2], 2, 0), 2, 1))
+        counts = np.bincount(mask.ravel(), minlength=7)
+        assert manifest.counts[i].tolist() == counts.tolist()
+        assert manifest.empty[i] == (counts[1:].sum() == 0)
+        total += counts
+    assert len(np.flatnonzero(total)) >= 3  # the masks are not constant
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["class_counts"] == total.tolist() and stats["size"] == 32 and stats["num_slices"] == 10
+    provenance = json.loads((out / "prepare.json").read_text())
+    assert provenance["tick"] == 3 and provenance["kimg"] == 1.5 and provenance["seed"] == 0
+    assert info["count"] == 10 and info["size"] == 32
+
+
+def test_masks_equal_the_generator_output_for_the_documented_latents(snapshot: Path, tmp_path: Path):
+    generate_masks(snapshot, 3, tmp_path / "m", size=16, progress=False)
+    with torch.no_grad():
+        expected = net_to_labels(tiny_generator()(latents(0, 0, 3, 8)), 7).numpy()
+    for i in range(3):
+        assert np.array_equal(read_png(tmp_path / "m" / "labels" / f"synth_{i:06d}.png"), expected[i])
+
+
+def test_same_seed_same_masks_whatever_the_batch_size(snapshot: Path, tmp_path: Path):
+    generate_masks(snapshot, 9, tmp_path / "a", batch_size=2, progress=False)
+    generate_masks(snapshot, 9, tmp_path / "b", batch_size=9, progress=False)
+    generate_masks(snapshot, 9, tmp_path / "c", batch_size=4, seed=1, progress=False)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert _files(tmp_path / "a") != _files(tmp_path / "c")
+
+
+def test_latents_do_not_depend_on_how_they_are_split():
+    whole = latents(5, 0, 2 * LATENT_BLOCK + 10, 4)
+    parts = torch.cat(
+        [
+            latents(5, 0, 700, 4),
+            latents(5, 700, LATENT_BLOCK + 3, 4),
+            latents(5, LATENT_BLOCK + 3, 2 * LATENT_BLOCK + 10, 4),
+        ]
+    )
+    assert torch.equal(whole, parts)
+    assert not torch.equal(latents(6, 0, 10, 4), whole[:10])
+
+
+def test_full_training_checkpoint_gives_the_ema_generator(tmp_path: Path):
+    ema = tiny_generator(seed=1)
+    live = tiny_generator(seed=2)
+    state = {f"generator_ema.{k}": v for k, v in ema.state_dict().items()}
+    state.update({f"generator.{k}": v for k, v in live.state_dict().items()})
+    path = tmp_path / "last.ckpt"
+    torch.save(
+        {"state_dict": state, "pgan": {"generator_init_args": ema.init_args, "images_seen": 4000, "tick": 2}},
+        path,
+    )
+    net, meta = load_generator(path)
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(net(z), ema(z))
+    assert meta["kimg"] == 4.0 and meta["tick"] == 2
+
+
+def _run_folder(tmp_path: Path, rows: list[tuple[int, float, float | str, bool]]) -> Path:
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    with open(run / "swd.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tick", "kimg", "resolution", "alpha", "snapshot", "swd_16", "swd_avg"])
+        for tick, kimg, swd, exists in rows:
+            snap = f"snapshots/network-snapshot-{int(kimg):06d}.pt"
+            writer.writerow([tick, kimg, 16, 1.0, snap, swd, swd])
+            if exists:
+                save_network(tiny_generator(seed=tick), run / snap, meta={"tick": tick, "kimg": kimg})
+    return run
+
+
+def test_select_picks_lowest_average_swd_among_existing_snapshots(tmp_path: Path):
+    run = _run_folder(
+        tmp_path,
+        [
+            (1, 40.0, 9.5, True),
+            (2, 80.0, 3.2, False),
+            (3, 120.0, 4.1, True),
+            (4, 160.0, "nan", True),
+            (5, 200.0, 4.7, True),
+        ],
+    )
+    best = select_best(run)
+    # Tick 2 is lower but its snapshot is gone; tick 4 has no finite value.
+    assert (best["tick"], best["kimg"], best["swd_avg"]) == (3, 120.0, 4.1)
+    assert best["snapshot"].endswith("network-snapshot-000120.pt") and best["ticks_scored"] == 3
+    assert best["swd"] == {"16": 4.1}
+    assert select_best(tmp_path)["tick"] == 3  # a folder above the run works too
+
+
+def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):
+    run = _run_folder(tmp_path, [(1, 40.0, 5.0, True), (2, 80.0, 2.0, True)])
+    net, meta = load_generator(run)
+    assert meta["selected"]["tick"] == 2 and meta["kimg"] == 80.0
+    z = torch.randn(1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(net(z), tiny_generator(seed=2)(z))
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda s, t: generate_masks(s, 0, t / "x", progress=False), InputError),
+        (lambda s, t: generate_masks(s, 2, t, progress=False), InputError),  # exists, no overwrite
+        (lambda s, t: generate_masks(s, 2, t / "x", size=12, progress=False), InputError),
+        (lambda s, t: generate_masks(s, 2, t / "x", device="tpu:9", progress=False), InputError),
+        (lambda s, t: generate_masks(t / "missing.pt", 2, t / "x", progress=False), InputError),
+        (lambda s, t: select_best(t / "nowhere"), InputError),
+        (lambda s, t: select_best(t), InputError),  # no swd.csv below
+    ],
+)
+def test_bad_input_is_one_clear_error(snapshot: Path, tmp_path: Path, call, error):
+    with pytest.raises(error):
+        call(snapshot, tmp_path)
+
+
+def test_snapshot_of_another_network_is_refused(tmp_path: Path):
+    path = tmp_path / "disc.pt"
+    save_network(PGANDiscriminator(resolution=8, fmap_base=16, fmap_max=4), path)
+    with pytest.raises(CheckpointError, match="not a PGAN generator"):
+        load_generator(path)
+
+
+def test_commands_from_the_command_line(snapshot: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = _run_folder(tmp_path, [(1, 40.0, 5.0, True), (2, 80.0, 2.5, True)])
+    cli_run("select", [f"run={run}"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["tick"], result["kimg"], result["swd_avg"]) == (2, 80.0, 2.5)
+    cli_run(
+        "generate-masks", [f"checkpoint={run}", "count=5", f"output={tmp_path / 'out'}", "progress=false"]
+    )
+    assert len(list((tmp_path / "out" / "labels").glob("*.png"))) == 5
+    with pytest.raises(SystemExit) as stop:
+        cli_run("generate-masks", [f"checkpoint={run}", "count=5", f"output={tmp_path / 'out'}"])
+    assert stop.value.code == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_snapshot_of_an_early_stage_runs_at_that_stage(tmp_path: Path):
+    gen = tiny_generator()
+    save_network(gen, tmp_path / "early.pt", meta={"resolution": 8, "alpha": 0.5, "dataset_size": 16})
+    generate_masks(tmp_path / "early.pt", 2, tmp_path / "m", progress=False)
+    with torch.no_grad():
+        coarse = net_to_labels(gen(latents(0, 0, 2, 8), 8, 0.5), 7).numpy()
+    for i in range(2):
+        mask = read_png(tmp_path / "m" / "labels" / f"synth_{i:06d}.png", shape=(16, 16))
+        assert np.array_equal(mask, np.repeat(np.repeat(coarse[i], 2, 0), 2, 1))
+
+
+def test_full_checkpoint_runs_at_the_stage_of_its_schedule(tmp_path: Path):
+    ema = tiny_generator()
+    path = tmp_path / "mid.ckpt"
+    hparams = {"initial_resolution": 4, "stable_kimg": 1.0, "transition_kimg": 1.0}
+    state = {f"generator_ema.{k}": v for k, v in ema.state_dict().items()}
+    # 2,500 images into a schedule of 1 + 1 kimg: 8x8 is stable (2,000..3,000), 16x16 not started.
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": hparams,
+            "pgan": {
+                "generator_init_args": ema.init_args,
+                "images_seen": 2500,
+                "tick": 5,
+                "dataset_size": 64,
+            },
+        },
+        path,
+    )
+    _, meta = load_generator(path)
+    assert (meta["resolution"], meta["alpha"], meta["kimg"], meta["dataset_size"]) == (8, 1.0, 2.5, 64)
