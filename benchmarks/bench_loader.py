@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from synthseg.data.cache import build_cache
 from synthseg.data.datamodule import BraTSDataModule
 from synthseg.data.manifest import read_manifest
@@ -32,7 +31,9 @@ def write_temporary_dataset(root: Path, slices: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--slices", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)

@@ -74,19 +74,35 @@ def synthesize(
     work = output.parent / f"{output.name}.work"
     masks_dir, kept_dir = work / "masks", work / "kept"
     mask_record = generate_masks(
-        pgan, count, masks_dir, seed=seed, batch_size=mask_batch_size, device=device, overwrite=True,
+        pgan,
+        count,
+        masks_dir,
+        seed=seed,
+        batch_size=mask_batch_size,
+        device=device,
+        overwrite=True,
         progress=progress,
     )
     report = run_filter(
-        masks_dir, reference, kept_dir, reference_split=reference_split, threshold=threshold,
-        threshold_at=threshold_at, overwrite=True, progress=progress,
+        masks_dir,
+        reference,
+        kept_dir,
+        reference_split=reference_split,
+        threshold=threshold,
+        threshold_at=threshold_at,
+        overwrite=True,
+        progress=progress,
     )
     pgan_file = Path(mask_record.get("checkpoint") or pgan)
     provenance = {
         "command": "synthesize",
         "version": __version__,
-        "pgan": {"path": str(pgan_file), "sha256": file_sha256(pgan_file) if pgan_file.is_file() else None,
-                 "tick": mask_record.get("tick"), "kimg": mask_record.get("kimg")},
+        "pgan": {
+            "path": str(pgan_file),
+            "sha256": file_sha256(pgan_file) if pgan_file.is_file() else None,
+            "tick": mask_record.get("tick"),
+            "kimg": mask_record.get("kimg"),
+        },
         "spade": {"path": str(spade), "sha256": file_sha256(spade)},
         "reference": str(reference),
         "reference_split": reference_split,
@@ -96,8 +112,14 @@ def synthesize(
     }
     with atomic_path(output, is_dir=True) as tmp:
         image_record = generate_images(
-            spade, kept_dir, tmp / "dataset", batch_size=image_batch_size, device=device, seed=seed,
-            overwrite=True, progress=progress,
+            spade,
+            kept_dir,
+            tmp / "dataset",
+            batch_size=image_batch_size,
+            device=device,
+            seed=seed,
+            overwrite=True,
+            progress=progress,
         )
         for entry in (tmp / "dataset").iterdir():
             shutil.move(str(entry), tmp / entry.name)
