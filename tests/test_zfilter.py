@@ -363,3 +363,23 @@ def test_existing_output_is_refused(folders: dict, tmp_path: Path) -> None:
         zfilter.run_filter(
             folders["base"] / "generated", folders["base"] / "prepared", tmp_path / "out", progress=False
         )
+
+
+def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_path: Path) -> None:
+    from synthseg.data.dataset import downsample_labels
+    from synthseg.data.manifest import read_manifest
+    from tests.conftest import write_dataset
+
+    reference = write_dataset(tmp_path / "prepared", num_slices=30, size=32)
+    manifest = read_manifest(reference)
+    train = [read_png(reference / manifest.label[r]) for r in manifest.rows("train")]
+    reduced = [downsample_labels(m, 2) for m in train if m.any()]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i, mask in enumerate(reduced[:5]):
+        write_label8(masks / f"m{i}.png", mask)
+    report = zfilter.run_filter(masks, reference, tmp_path / "out", progress=False)
+    stats = zfilter.reference_statistics(iter(reduced))
+    expected = zfilter.zscore_norms(iter(reduced[:5]), stats)
+    np.testing.assert_allclose(report.norms, expected, rtol=1e-10)
+    assert report.threshold == pytest.approx(500 * 16 / 256)  # the faithful 500 scaled to the masks' side

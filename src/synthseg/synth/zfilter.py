@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from synthseg.data.dataset import downsample_labels
 from synthseg.data.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, class_weights_from_counts, colorize
 from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, read_manifest
 from synthseg.data.pngio import read_png
@@ -295,10 +296,32 @@ def reference_items(reference: str | os.PathLike[str], split: str = "train") -> 
 
 
 def _read_all(
-    items: Sequence[MaskItem], shape: tuple[int, int] | None, desc: str, progress: bool
+    items: Sequence[MaskItem],
+    shape: tuple[int, int] | None,
+    desc: str,
+    progress: bool,
+    *,
+    reduce: bool = False,
 ) -> Iterator[np.ndarray]:
+    """Read masks checking their size; with ``reduce``, larger reference masks are brought to ``shape``.
+
+    A reference prepared at 256x256 serves masks of a GAN trained at a lower resolution (the demo): it is
+    reduced by the DataModule's own rule (majority vote per block), so the filter sees the reals as the GAN did.
+    """
     for item in tqdm(items, desc=desc, unit="mask", disable=not progress, leave=False):
-        yield read_mask(item.label, shape)
+        if not reduce or shape is None:
+            yield read_mask(item.label, shape)
+            continue
+        mask = read_mask(item.label)
+        if mask.shape != shape:
+            factor = mask.shape[0] // shape[0]
+            if mask.shape != (shape[0] * factor, shape[1] * factor) or factor < 1:
+                raise InputError(
+                    f"{item.label}: reference mask is {mask.shape[0]}x{mask.shape[1]}, the masks are "
+                    f"{shape[0]}x{shape[1]} (not an integer reduction)"
+                )
+            mask = downsample_labels(mask, factor)
+        yield mask
 
 
 @dataclass
@@ -433,14 +456,20 @@ def run_filter(
     items = list_masks(masks)
     refs = reference_items(reference, reference_split)
 
-    # Pass 1 over the reference: which masks take part, and their statistics.
+    # Pass 1 over the reference: which masks take part, and their statistics (at the masks' size).
+    # Masks smaller than the reference by an integer factor (a GAN trained at a lower resolution) are
+    # compared at their own size; otherwise at the reference's, and any mask of another size is an error.
     shape = read_mask(refs[0].label).shape
+    first = read_mask(items[0].label).shape
+    if first[0] == first[1] and shape[0] == shape[1] and shape[0] % first[0] == 0:
+        shape = first
     used: list[MaskItem] = []
     empty_excluded = 0
 
     def reference_masks() -> Iterator[np.ndarray]:
         nonlocal empty_excluded
-        for item, mask in zip(refs, _read_all(refs, shape, "reference statistics", progress), strict=True):
+        reals = _read_all(refs, shape, "reference statistics", progress, reduce=True)
+        for item, mask in zip(refs, reals, strict=True):
             if not include_empty and not mask.any():
                 empty_excluded += 1
                 continue
@@ -452,7 +481,10 @@ def run_filter(
 
     # Pass 2: the real norms, for calibration (the reals are scored against statistics that include them).
     real_norms = zscore_norms(
-        _read_all(used, shape, "real norms", progress), stats, zero_std=zero_std, batch_size=batch_size
+        _read_all(used, shape, "real norms", progress, reduce=True),
+        stats,
+        zero_std=zero_std,
+        batch_size=batch_size,
     )
 
     if threshold_quantile is not None:
