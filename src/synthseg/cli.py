@@ -52,7 +52,9 @@ def run(command: str, overrides: list[str]) -> Any:
             print(f"synthseg {command}: error: {err}", file=sys.stderr)
             sys.exit(2)
 
-    sys.argv = [f"synthseg {command}", *overrides]
+    # Lightning's DDP launcher restarts the other ranks from sys.argv[0]: for training it must be a script.
+    program = str(config_dir().parent / "train.py") if command == "train" else f"synthseg {command}"
+    sys.argv = [program, *overrides]
     return app()
 
 

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from synthseg.data.cache import open_cache
+from synthseg.data.cache import build_cache, open_cache
 from synthseg.data.dataset import IMAGE_NORMS, SliceDataset
 from synthseg.data.labels import class_weights_from_counts, reduce_labels
 from synthseg.data.manifest import Manifest, read_manifest
@@ -136,6 +136,14 @@ class BraTSDataModule(pl.LightningDataModule):
         if self.drop_empty:
             keep &= ~manifest.empty
         return np.flatnonzero(keep)
+
+    def prepare_data(self) -> None:
+        # Lightning runs this once per node before setup() on every rank: the caches are built here so that
+        # processes never race to build the same one.
+        if self.root.is_dir():
+            build_cache(self.root)
+        if self.synthetic and self.synthetic.get("count", 0) and Path(self.synthetic["root"]).is_dir():
+            build_cache(self.synthetic["root"])
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
