@@ -191,6 +191,14 @@ def test_sampler_resumes_mid_epoch_exactly() -> None:
     assert uninterrupted[:4] != uninterrupted[4:]  # the next epoch is a new permutation
 
 
+def test_an_epoch_cut_short_is_followed_by_a_fresh_epoch() -> None:
+    sampler = ResumableBatchSampler(10, 2, seed=1)
+    first = _consume(sampler, 2)  # a consumer that stops after 2 of 5 batches (limit_train_batches)
+    second = _consume(sampler, 5)
+    assert sorted(i for b in second for i in b) == list(range(10))  # a whole epoch, not the rest of one
+    assert second[:2] != first
+
+
 def test_endless_sampler_crosses_epochs_with_full_batches() -> None:
     sampler = ResumableBatchSampler(5, 4, seed=0, endless=True)
     batches = _consume(sampler, 5)

@@ -293,7 +293,16 @@ class BraTSDataModule(pl.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict() if self.sampler is not None else dict(self._pending_state or {})
+        if self.sampler is None:
+            return dict(self._pending_state or {})
+        state = self.sampler.state_dict()
+        trainer = self.trainer
+        if trainer is not None and not self.endless and state["position"]:
+            # A checkpoint at the end of an epoch that its consumer cut short (limit_train_batches): the resumed
+            # run must start a fresh epoch, as the uninterrupted one does, not finish the permutation.
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                state = {**state, "epoch": state["epoch"] + 1, "position": 0}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = dict(state_dict)

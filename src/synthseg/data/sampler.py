@@ -51,6 +51,7 @@ class ResumableBatchSampler:
         self.resolution = resolution
         self.epoch = 0
         self.position = 0
+        self._resuming = False
         self.set_batch_size(batch_size)
 
     @staticmethod
@@ -80,6 +81,11 @@ class ResumableBatchSampler:
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         rank, world = self._rank_world()
+        if self.position and not self._resuming:
+            # The previous epoch was cut short by its consumer (e.g. Lightning's limit_train_batches): a new
+            # iteration is a new epoch. Only a restored state continues mid-epoch.
+            self.epoch, self.position = self.epoch + 1, 0
+        self._resuming = False
         epoch, position = self.epoch, self.position
         perm = self._permutation(epoch)
         while True:
@@ -119,6 +125,7 @@ class ResumableBatchSampler:
         self.position = int(state["position"])
         self.batch_size = int(state.get("batch_size", self.batch_size))
         self.resolution = int(state.get("resolution", self.resolution))
+        self._resuming = True
 
     def mark_consumed(self, epoch: int, position: int) -> None:
         """Record that training consumed the batch that ended at (epoch, position)."""

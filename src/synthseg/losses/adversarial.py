@@ -1,0 +1,101 @@
+"""Adversarial objectives with named terms: SPADE's hinge loss with feature matching (and the VAE KL term).
+
+The objective computes loss terms from discriminator outputs; the LightningModule runs the networks and the
+optimisers. Term names follow the official SPADE code so logs can be compared: ``GAN``, ``GAN_Feat``, ``KLD``
+for the generator and ``D_real``, ``D_fake`` for the discriminator.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Discriminator output: one list of feature maps per discriminator, the last map being the prediction.
+MultiscaleOutput = list[list[torch.Tensor]]
+
+
+def hinge_d_real(prediction: torch.Tensor) -> torch.Tensor:
+    """``mean(relu(1 - D(real)))``."""
+    return F.relu(1.0 - prediction).mean()
+
+
+def hinge_d_fake(prediction: torch.Tensor) -> torch.Tensor:
+    """``mean(relu(1 + D(fake)))``."""
+    return F.relu(1.0 + prediction).mean()
+
+
+def hinge_g(prediction: torch.Tensor) -> torch.Tensor:
+    """``-mean(D(fake))``."""
+    return -prediction.mean()
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) summed over the latent and the batch, as the official SPADE does."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+class SPADEObjective:
+    """Hinge GAN loss averaged over discriminators, plus feature matching and the optional KL term.
+
+    Args:
+        lambda_feat: feature-matching weight; each discriminator's L1 terms are weighted ``lambda_feat / num_D``
+            (0 switches feature matching off).
+        lambda_kld: weight of the KL term when the generator is a VAE.
+    """
+
+    def __init__(self, lambda_feat: float = 10.0, lambda_kld: float = 0.05):
+        if lambda_feat < 0 or lambda_kld < 0:
+            raise ValueError(
+                f"loss weights must be non-negative, got lambda_feat={lambda_feat}, lambda_kld={lambda_kld}"
+            )
+        self.lambda_feat = lambda_feat
+        self.lambda_kld = lambda_kld
+
+    @staticmethod
+    def _check(pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput) -> None:
+        if not pred_fake or len(pred_fake) != len(pred_real):
+            raise ValueError(
+                f"fake and real outputs must come from the same discriminators, got {len(pred_fake)} and {len(pred_real)}"
+            )
+
+    @staticmethod
+    def _gan(outputs: MultiscaleOutput, term) -> torch.Tensor:
+        return sum(term(features[-1]) for features in outputs) / len(outputs)
+
+    def feature_matching(self, pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput) -> torch.Tensor:
+        """L1 between fake and (detached) real features, every layer but the prediction, every discriminator."""
+        self._check(pred_fake, pred_real)
+        num_d = len(pred_fake)
+        loss = pred_fake[0][-1].new_zeros(())
+        for fake_features, real_features in zip(pred_fake, pred_real, strict=True):
+            for fake, real in zip(fake_features[:-1], real_features[:-1], strict=True):
+                loss = loss + F.l1_loss(fake, real.detach()) * (self.lambda_feat / num_d)
+        return loss
+
+    def generator_terms(
+        self,
+        pred_fake: MultiscaleOutput,
+        pred_real: MultiscaleOutput,
+        mu: torch.Tensor | None = None,
+        logvar: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named generator terms (already weighted): ``GAN``, ``GAN_Feat`` (if on), ``KLD`` (if mu given)."""
+        self._check(pred_fake, pred_real)
+        terms = {"GAN": self._gan(pred_fake, hinge_g)}
+        if self.lambda_feat > 0:
+            terms["GAN_Feat"] = self.feature_matching(pred_fake, pred_real)
+        if mu is not None and logvar is not None:
+            terms["KLD"] = kl_divergence(mu, logvar) * self.lambda_kld
+        return terms
+
+    def discriminator_terms(
+        self, pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput
+    ) -> dict[str, torch.Tensor]:
+        """Named discriminator terms: ``D_fake`` and ``D_real``, each averaged over discriminators."""
+        self._check(pred_fake, pred_real)
+        return {"D_fake": self._gan(pred_fake, hinge_d_fake), "D_real": self._gan(pred_real, hinge_d_real)}
+
+    @staticmethod
+    def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of the named terms."""
+        return sum(terms.values())

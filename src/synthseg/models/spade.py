@@ -1,0 +1,324 @@
+"""SPADE as a LightningModule: hinge + feature matching, TTUR, linear learning-rate decay, exact resume.
+
+One training iteration follows the official order: a generator step (hinge ``GAN`` + ``GAN_Feat`` [+ ``KLD``])
+then a discriminator step (``D_fake`` + ``D_real``) on a fresh, detached fake; real and fake go through the
+discriminator together in one batch. The learning rate of both optimisers stays constant for ``niter`` epochs
+and then falls linearly to zero over ``niter_decay`` epochs, as the official code does; it is a pure function
+of the epoch, so a resumed run gets exactly the rate of an uninterrupted one.
+
+Images arrive normalised to [-1, 1] with the training maximum (``data.image_norm: tanh``); the maximum is
+kept in the checkpoint so generation maps outputs back to the same 16-bit range.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.strategies import DDPStrategy
+from torch import nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from synthseg.errors import InputError
+from synthseg.losses.adversarial import SPADEObjective
+from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
+from synthseg.utils.visual import grid, label_rgb
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "synthseg_spade"
+
+
+def lr_factor(epoch: int, niter: int, niter_decay: int) -> float:
+    """Learning-rate multiplier of 0-based ``epoch``: 1 for ``niter`` epochs, then linear decay.
+
+    The official code lowers the rate by ``lr / niter_decay`` at the end of every epoch after ``niter``, so
+    epoch ``niter + k`` (0-based, k = 0 .. niter_decay - 1) trains at ``1 - k / niter_decay``.
+    """
+    if niter_decay <= 0:
+        return 1.0
+    return max(0.0, 1.0 - max(0, epoch - niter) / niter_decay)
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """(1, H, W) image in [-1, 1] -> (H, W, 3) uint8 on the fixed [-1, 1] scale (comparable across tiles)."""
+    gray = ((image[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).cpu().numpy()
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002 (the global state seed_everything sets)
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy/python states as tensors and lists, so the checkpoint stays loadable with weights_only=True.
+        "numpy": [
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class SPADEModule(pl.LightningModule):
+    """Trains a :class:`SPADEGenerator` against a :class:`MultiscaleDiscriminator` (manual optimisation).
+
+    Args:
+        generator: the generator, built.
+        discriminator: the multiscale discriminator, built (input: label channels + image channels).
+        optimizer_g: partial optimizer for the generator (and encoder); TTUR: Adam lr 1e-4, betas (0, 0.9).
+        optimizer_d: partial optimizer for the discriminator; TTUR: Adam lr 4e-4, betas (0, 0.9).
+        encoder: the VAE image encoder when the generator has ``use_vae`` (else None).
+        lambda_feat: feature-matching weight (10, divided among the discriminators).
+        lambda_kld: KL weight with the VAE (0.05).
+        niter: epochs at the initial learning rate.
+        niter_decay: epochs of linear decay to zero after ``niter``.
+        num_val_images: validation label maps shown as (label | generated | real) rows in TensorBoard.
+    """
+
+    def __init__(
+        self,
+        generator: SPADEGenerator,
+        discriminator: MultiscaleDiscriminator,
+        optimizer_g: Callable[..., torch.optim.Optimizer],
+        optimizer_d: Callable[..., torch.optim.Optimizer],
+        encoder: ConvEncoder | None = None,
+        lambda_feat: float = 10.0,
+        lambda_kld: float = 0.05,
+        niter: int = 50,
+        niter_decay: int = 0,
+        num_val_images: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            ignore=["generator", "discriminator", "encoder", "optimizer_g", "optimizer_d"]
+        )
+        if niter < 0 or niter_decay < 0:
+            raise InputError(
+                f"model.niter and model.niter_decay must be non-negative, got {niter} and {niter_decay}"
+            )
+        if generator.use_vae != (encoder is not None):
+            raise InputError("model.encoder must be given exactly when model.generator.use_vae is true")
+        expected_d_input = generator.label_nc + generator.output_nc
+        if discriminator.input_nc != expected_d_input:
+            raise InputError(
+                f"model.discriminator sees {discriminator.input_nc} channels, but label_nc + output_nc of the "
+                f"generator is {expected_d_input}"
+            )
+        self.automatic_optimization = False
+        self.generator = generator
+        self.discriminator = discriminator
+        self.encoder = encoder
+        self.optimizer_g_factory = optimizer_g
+        self.optimizer_d_factory = optimizer_d
+        self.objective = SPADEObjective(lambda_feat=lambda_feat, lambda_kld=lambda_kld)
+        self.label_nc = generator.label_nc
+        self.image_size = generator.image_size
+        # The training maximum of the 16-bit images, recorded for generation (set from the DataModule).
+        self.register_buffer("train_max", torch.tensor(0.0, dtype=torch.float64))
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self._val_grid: list[list[np.ndarray]] = []
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
+            # Each phase backpropagates through one network only (the other is toggled off), so DDP must not
+            # wait for the other's gradients. setup() runs before the strategy wraps the model.
+            ddp_kwargs["find_unused_parameters"] = True
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        norm = getattr(datamodule, "image_norm", "tanh")
+        if norm != "tanh":
+            raise InputError(f"model=spade needs data.image_norm=tanh (images in [-1, 1]), got {norm!r}")
+        classes = getattr(datamodule, "classes", self.label_nc)
+        if classes != self.label_nc:
+            raise InputError(f"data.classes={classes}, but the SPADE generator has label_nc={self.label_nc}")
+        stats = getattr(datamodule, "stats", None) or {}
+        if "train_max" in stats:
+            self.train_max.fill_(float(stats["train_max"]))
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        g_params = list(self.generator.parameters())
+        if self.encoder is not None:
+            g_params += list(self.encoder.parameters())
+        opt_g = self.optimizer_g_factory(params=g_params)
+        opt_d = self.optimizer_d_factory(params=self.discriminator.parameters())
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        return [opt_g, opt_d]
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        label, image = batch["label"], batch["image"]
+        if label.dim() == 3:  # class indices: make them one-hot
+            label = F.one_hot(label.long(), self.label_nc).permute(0, 3, 1, 2)
+        label = label.to(image.dtype)
+        expected = (self.label_nc, self.image_size, self.image_size)
+        if tuple(label.shape[1:]) != expected:
+            raise InputError(
+                f"batches of labels {tuple(label.shape[1:])} do not fit the generator's (label_nc, size, size) = "
+                f"{expected}: check data.classes and data.resolution against model.generator"
+            )
+        return label, image
+
+    def generate(
+        self, label: torch.Tensor, real: torch.Tensor | None = None, *, compute_kld: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Fake images for ``label``; with the VAE the code comes from ``real`` through the encoder."""
+        z = mu = logvar = None
+        if self.encoder is not None and real is not None:
+            mu, logvar = self.encoder(real)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        fake = self.generator(label, z)
+        return fake, (mu if compute_kld else None), (logvar if compute_kld else None)
+
+    def discriminate(
+        self, label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor
+    ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+        """Real and fake through the discriminator in one batch (fake first), split back apart."""
+        both = torch.cat([torch.cat([label, fake], dim=1), torch.cat([label, real], dim=1)], dim=0)
+        outputs = self.discriminator(both)
+        half = fake.shape[0]
+        pred_fake = [[f[:half] for f in features] for features in outputs]
+        pred_real = [[f[half:] for f in features] for features in outputs]
+        return pred_fake, pred_real
+
+    def _set_learning_rates(self) -> None:
+        factor = lr_factor(self.current_epoch, self.hparams.niter, self.hparams.niter_decay)
+        for opt in self.optimizers():
+            for group in opt.optimizer.param_groups if hasattr(opt, "optimizer") else opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+
+    # --------------------------------------------------------------------------------------------- train
+    def on_fit_start(self) -> None:
+        planned = self.hparams.niter + self.hparams.niter_decay
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs > 0 and max_epochs != planned:
+            log.warning(
+                "trainer.max_epochs=%s but model.niter + model.niter_decay = %s: the learning-rate schedule "
+                "is laid out for the latter",
+                max_epochs,
+                planned,
+            )
+
+    def on_train_epoch_start(self) -> None:
+        self._set_learning_rates()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        label, real = self._inputs(batch)
+        opt_g, opt_d = self.optimizers()
+
+        self.toggle_optimizer(opt_g)
+        fake, mu, logvar = self.generate(label, real, compute_kld=True)
+        pred_fake, pred_real = self.discriminate(label, fake, real)
+        g_terms = self.objective.generator_terms(pred_fake, pred_real, mu, logvar)
+        loss_g = self.objective.total(g_terms)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        self.toggle_optimizer(opt_d)
+        with torch.no_grad():
+            fake, _, _ = self.generate(label, real)
+        pred_fake, pred_real = self.discriminate(label, fake.detach(), real)
+        d_terms = self.objective.discriminator_terms(pred_fake, pred_real)
+        loss_d = self.objective.total(d_terms)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss_d)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        logs = {f"train/G_{k}": v.detach() for k, v in g_terms.items()}
+        logs.update({f"train/{k}": v.detach() for k, v in d_terms.items()})
+        logs["train/loss_G"] = loss_g.detach()
+        logs["train/loss_D"] = loss_d.detach()
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=real.shape[0], sync_dist=True)
+        self.log("train/lr_G", opt_g.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr_D", opt_d.param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    # ---------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        label, real = self._inputs(batch)
+        fake, _, _ = self.generate(label, real)
+        fake01, real01 = (fake.float() + 1) / 2, (real.float() + 1) / 2
+        self.val_ssim.update(fake01, real01)
+        self.val_psnr.update(fake01, real01)
+        needed = self.hparams.num_val_images - len(self._val_grid)
+        if needed > 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            indices = label.argmax(dim=1).cpu().numpy()
+            for i in range(min(needed, label.shape[0])):
+                self._val_grid.append(
+                    [label_rgb(indices[i], self.label_nc), to_display(fake[i]), to_display(real[i])]
+                )
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/ssim", self.val_ssim.compute(), sync_dist=False)
+        self.log("val/psnr", self.val_psnr.compute(), sync_dist=False)
+        self.val_ssim.reset()
+        self.val_psnr.reset()
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if self._val_grid and experiment is not None and hasattr(experiment, "add_image"):
+            # Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale.
+            experiment.add_image(
+                "val/label_generated_real", grid(self._val_grid), self.global_step, dataformats="HWC"
+            )
+        self._val_grid = []
+
+    # ---------------------------------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "generator": {
+                "network": f"{type(self.generator).__module__}.{type(self.generator).__qualname__}",
+                "init_args": dict(self.generator.init_args),
+            },
+            "train_max": float(self.train_max),
+            "rng": _rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY, {})
+        if "rng" in state:
+            _set_rng_state(state["rng"])
+
+    def forward(self, label: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate images (B, output_nc, H, W) in [-1, 1] from one-hot label maps (B, label_nc, H, W)."""
+        return self.generator(label, z)
+
+
+def generator_from_checkpoint(checkpoint: dict[str, Any], source: str) -> tuple[nn.Module, float]:
+    """Rebuild the generator and the training maximum from a SPADE training checkpoint dict."""
+    state = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(state, dict) or "generator" not in state:
+        raise InputError(f"{source}: not a SPADE training checkpoint (no {CHECKPOINT_KEY!r} entry)")
+    init_args = dict(state["generator"]["init_args"])
+    generator = SPADEGenerator(**init_args)
+    weights = {
+        k[len("generator.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")
+    }
+    generator.load_state_dict(weights)
+    return generator.eval(), float(state["train_max"])

@@ -1,0 +1,305 @@
+"""``synthseg generate-images``: paint a T1c image onto every label map of a folder with a trained SPADE.
+
+The output folder has the prepared-dataset layout (docs/dataset_layout.md): ``images/<id>.png`` 16-bit
+grayscale with the prepared images' properties, ``labels/<id>.png`` the input label maps, ``manifest.csv``
+(``source=synthetic``, ``split=train``), ``stats.json`` and ``prepare.json`` (provenance). Generator outputs in
+[-1, 1] go back to 16 bits with the training maximum recorded in the checkpoint, the inverse of the
+DataModule's ``image / train_max * 2 - 1``.
+
+Masks are read from a dataset folder (manifest order), from ``<masks>/labels/*.png`` or from ``<masks>/*.png``
+(name order). Ids already of the form ``synth_<n>`` are kept, so images pair with filtered masks by name;
+any other mask becomes ``synth_<index:06d>`` in input order (the source ids are listed in ``prepare.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from synthseg import __version__
+from synthseg.checkpoint import load_network, safe_load
+from synthseg.data.labels import NUM_CLASSES, class_weights_from_counts
+from synthseg.data.manifest import COUNT_COLUMNS, MANIFEST, REQUIRED_COLUMNS, read_manifest
+from synthseg.data.pngio import read_png, write_image16, write_label8
+from synthseg.errors import InputError
+from synthseg.models.spade import generator_from_checkpoint
+from synthseg.networks.spade import SPADEGenerator
+from synthseg.utils.atomic import atomic_path, check_free_space
+
+log = logging.getLogger(__name__)
+
+SYNTH_ID = re.compile(r"^synth_\d+$")
+
+
+def tanh_to_uint16(images: torch.Tensor | np.ndarray, train_max: float) -> np.ndarray:
+    """Generator outputs in [-1, 1] -> uint16 in [0, train_max]: the inverse of ``x / train_max * 2 - 1``.
+
+    Computed in float64 and rounded, so every uint16 value ``v <= train_max`` survives the round trip
+    ``v -> v / train_max * 2 - 1 (float32) -> v`` exactly.
+    """
+    if not 0 < train_max <= 65535:
+        raise ValueError(f"train_max must be in (0, 65535], got {train_max}")
+    x = (
+        images.detach().cpu().double().numpy()
+        if isinstance(images, torch.Tensor)
+        else np.asarray(images, np.float64)
+    )
+    return np.clip(np.rint((x + 1.0) * 0.5 * train_max), 0, train_max).astype(np.uint16)
+
+
+def load_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
+    """The generator (eval mode, CPU) and the training maximum from a SPADE training checkpoint or snapshot.
+
+    A training checkpoint (``last.ckpt``) carries both; a network snapshot (``synthseg.checkpoint``) must carry
+    ``train_max`` in its ``meta``. Everything loads with ``weights_only=True``.
+    """
+    path = Path(path)
+    obj = safe_load(path)
+    if "network" in obj and "init_args" in obj:
+        generator, meta = load_network(path)
+        if "train_max" not in meta:
+            raise InputError(
+                f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
+            )
+        train_max = float(meta["train_max"])
+    else:
+        generator, train_max = generator_from_checkpoint(obj, str(path))
+    if not isinstance(generator, SPADEGenerator):
+        raise InputError(f"{path}: holds a {type(generator).__name__}, not a SPADE generator")
+    if not 0 < train_max <= 65535:
+        raise InputError(
+            f"{path}: recorded training maximum {train_max} is not a 16-bit intensity (1..65535)"
+        )
+    return generator.eval(), train_max
+
+
+def list_masks(folder: Path) -> list[tuple[str, Path]]:
+    """(id, label path) of every mask: dataset folder in manifest order, else ``labels/*.png`` or ``*.png``."""
+    if not folder.is_dir():
+        raise InputError(f"masks={folder}: folder not found")
+    if (folder / MANIFEST).is_file():
+        manifest = read_manifest(folder)
+        items = [(str(manifest.ids[i]), folder / str(manifest.label[i])) for i in range(len(manifest))]
+    else:
+        labels = folder / "labels" if (folder / "labels").is_dir() else folder
+        items = [(path.stem, path) for path in sorted(labels.glob("*.png"))]
+    if not items:
+        raise InputError(
+            f"masks={folder}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)"
+        )
+    return items
+
+
+def output_ids(source_ids: list[str], keep_ids: bool = False) -> list[str]:
+    """Keep ``synth_<n>`` ids (pairing with filtered masks), number everything else in input order.
+
+    With ``keep_ids`` every input id is kept as it is (e.g. real test masks, to pair with their true images).
+    """
+    unique = len(set(source_ids)) == len(source_ids)
+    if keep_ids:
+        if not unique:
+            raise InputError("keep_ids=true needs unique mask ids, but some masks share an id")
+        return list(source_ids)
+    if unique and all(SYNTH_ID.match(sid) for sid in source_ids):
+        return list(source_ids)
+    return [f"synth_{index:06d}" for index in range(len(source_ids))]
+
+
+class MaskFolder(Dataset):
+    """Label-map PNGs checked for size and class range; items are (position, label (H, W) int64)."""
+
+    def __init__(self, paths: list[Path], size: int, label_nc: int):
+        self.paths, self.size, self.label_nc = paths, size, label_nc
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        path = self.paths[index]
+        mask = read_png(path, bitdepth=8)
+        if mask.shape != (self.size, self.size):
+            raise InputError(
+                f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, the generator was trained at {self.size}x{self.size}"
+            )
+        if mask.size and int(mask.max()) >= self.label_nc:
+            raise InputError(
+                f"{path}: label value {int(mask.max())} is outside the generator's classes 0..{self.label_nc - 1}"
+            )
+        return index, torch.from_numpy(mask.astype(np.int64))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device={name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def generate_images(
+    checkpoint: str | Path,
+    masks: str | Path,
+    output: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    num_workers: int = 0,
+    seed: int = 0,
+    autocast: str | None = None,
+    keep_ids: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generate one 16-bit image per mask into a dataset folder; return its ``prepare.json`` record.
+
+    Args:
+        checkpoint: SPADE training checkpoint or generator snapshot.
+        masks: folder of label maps (see module docstring).
+        output: dataset folder to write (atomically: the whole folder appears at the end).
+        batch_size: masks per generator call.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        num_workers: DataLoader workers reading the masks.
+        seed: seeds the latent codes of a VAE generator (without VAE the output does not depend on it).
+        autocast: ``bf16`` or ``fp16`` to generate under autocast (GPU), None for float32.
+        keep_ids: name every output after its mask's id, whatever it is (default: ``synth_<n>`` ids).
+        overwrite: replace an existing ``output``.
+        progress: show a progress bar.
+        config: the resolved command config, recorded in ``prepare.json``.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    if autocast not in (None, "bf16", "fp16"):
+        raise InputError(f"autocast must be null, bf16 or fp16, got {autocast!r}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise InputError(f"output={output} already exists (pass overwrite=true to replace it)")
+    start = time.time()
+    generator, train_max = load_generator(checkpoint)
+    items = list_masks(Path(masks))
+    ids = output_ids([sid for sid, _ in items], keep_ids)
+    size, label_nc = generator.image_size, generator.label_nc
+    # Upper bound: uncompressed 16-bit image + 8-bit label per slice.
+    check_free_space(output.parent, len(items) * size * size * 3, "generated images")
+    dev = _device(device)
+    generator.to(dev)
+    latent_gen = torch.Generator(device="cpu").manual_seed(seed)
+    loader = DataLoader(
+        MaskFolder([path for _, path in items], size, label_nc),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
+
+    written = 0
+    class_counts = np.zeros(NUM_CLASSES, np.int64)
+    maximum, total = 0, 0.0
+    with atomic_path(output, is_dir=True, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        # Manifest rows are written as they come, so memory does not grow with the number of masks.
+        with open(tmp / MANIFEST, "w", newline="") as manifest_file, torch.inference_mode():
+            writer = csv.DictWriter(manifest_file, fieldnames=list(REQUIRED_COLUMNS))
+            writer.writeheader()
+            bar = tqdm(total=len(items), desc="generate-images", unit="img", disable=not progress)
+            for positions, labels in loader:
+                one_hot = F.one_hot(labels, label_nc).permute(0, 3, 1, 2).float().to(dev)
+                z = None
+                if generator.use_vae:
+                    z = torch.randn(labels.shape[0], generator.z_dim, generator=latent_gen).to(dev)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    fake = generator(one_hot, z)
+                images = tanh_to_uint16(fake.float()[:, 0], train_max)
+                masks_np = labels.numpy().astype(np.uint8)
+                for position, image, mask in zip(positions.tolist(), images, masks_np, strict=True):
+                    sid = ids[position]
+                    write_image16(tmp / "images" / f"{sid}.png", image)
+                    write_label8(tmp / "labels" / f"{sid}.png", mask)
+                    counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+                    class_counts += counts
+                    maximum = max(maximum, int(image.max()))
+                    total += float(image.sum(dtype=np.float64))
+                    written += 1
+                    writer.writerow(
+                        {
+                            "id": sid,
+                            "case": "synthetic",
+                            "slice": -1,
+                            "split": "train",
+                            "source": "synthetic",
+                            "reduced": 0,
+                            "empty": int(not mask.any()),
+                            "image": f"images/{sid}.png",
+                            "label": f"labels/{sid}.png",
+                            **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
+                        }
+                    )
+                bar.update(len(positions))
+            bar.close()
+        frequencies = class_counts / max(int(class_counts.sum()), 1)
+        stats = {
+            "format": "synthseg-dataset/1",
+            "source": "synthetic",
+            "size": size,
+            "num_slices": written,
+            "splits": {"train": written, "val": 0, "test": 0},
+            "split_mode": "synthetic",
+            "seed": seed,
+            "reduced_fraction": 0.0,
+            "train_max": maximum,
+            "train_mean": total / maximum / (written * size * size) if maximum else 0.0,
+            "class_counts": class_counts.tolist(),
+            "class_frequencies": frequencies.tolist(),
+            "class_weights": class_weights_from_counts(class_counts).tolist() if class_counts.any() else [],
+        }
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+        elapsed = time.time() - start
+        record = {
+            "command": "generate-images",
+            "version": __version__,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "masks": str(Path(masks).resolve()),
+            "generator": dict(generator.init_args),
+            "checkpoint_train_max": train_max,
+            "device": str(dev),
+            "host": platform.node(),
+            "seconds": round(elapsed, 3),
+            "images_per_second": round(written / elapsed, 3) if elapsed > 0 else None,
+            "config": config or {},
+            "source_ids": [sid for sid, _ in items] if ids != [sid for sid, _ in items] else None,
+        }
+        (tmp / "prepare.json").write_text(json.dumps(record, indent=2))
+    log.info("wrote %d images to %s (%.1f images/s)", written, output, written / max(elapsed, 1e-9))
+    return record
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """``synthseg generate-images checkpoint=FILE masks=DIR output=DIR``."""
+    return generate_images(
+        cfg.checkpoint,
+        cfg.masks,
+        cfg.output,
+        batch_size=int(cfg.batch_size),
+        device=str(cfg.device),
+        num_workers=int(cfg.num_workers),
+        seed=int(cfg.seed),
+        autocast=cfg.get("autocast"),
+        keep_ids=bool(cfg.get("keep_ids", False)),
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.progress),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )

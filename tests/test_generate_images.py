@@ -1,0 +1,195 @@
+"""generate-images: the 16-bit round trip, the dataset layout of the output, determinism and bad masks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import torch
+
+from synthseg.checkpoint import save_network
+from synthseg.data.datamodule import BraTSDataModule
+from synthseg.data.dataset import SliceDataset
+from synthseg.data.manifest import read_manifest
+from synthseg.data.pngio import read_png, write_label8
+from synthseg.errors import InputError
+from synthseg.models.spade import CHECKPOINT_KEY
+from synthseg.networks.spade import SPADEGenerator
+from synthseg.synth.images import generate_images, load_generator, output_ids, tanh_to_uint16
+
+TRAIN_MAX = 1500.0
+
+
+def datamodule_tanh(values: np.ndarray, train_max: float) -> np.ndarray:
+    """The DataModule's own normalisation of raw uint16 values (image_norm=tanh), in float32 as it runs."""
+    dataset = SliceDataset(
+        [], np.zeros((0, 2)), classes=7, image_norm="tanh", train_max=train_max, train_mean=0.0
+    )
+    return dataset.normalize(values.astype(np.float32))
+
+
+@pytest.mark.parametrize("train_max", [65535, 4095, 1234, 1])
+def test_round_trip_of_every_16_bit_value_is_exact(train_max):
+    values = np.arange(train_max + 1, dtype=np.uint16)
+    normalized = datamodule_tanh(values, train_max)
+    assert normalized.dtype == np.float32
+    assert np.array_equal(tanh_to_uint16(torch.from_numpy(normalized), train_max), values)
+
+
+def test_conversion_by_hand():
+    # (x + 1) / 2 * 4095: -1 -> 0, 0 -> 2047.5 -> 2048 (round half to even), 1 -> 4095; outside range clipped.
+    out = tanh_to_uint16(np.array([-1.0, 0.0, 1.0, -1.5, 1.5]), 4095)
+    assert out.dtype == np.uint16
+    assert out.tolist() == [0, 2048, 4095, 0, 4095]
+    with pytest.raises(ValueError):
+        tanh_to_uint16(np.zeros(2), 0)
+
+
+def test_output_ids():
+    assert output_ids(["synth_000004", "synth_000009"]) == ["synth_000004", "synth_000009"]
+    assert output_ids(["Brats18_A_1_1_010", "synth_000001"]) == ["synth_000000", "synth_000001"]
+    assert output_ids(["synth_000001", "synth_000001"]) == ["synth_000000", "synth_000001"]
+    assert output_ids(["Brats18_A_1_1_010", "x"], keep_ids=True) == ["Brats18_A_1_1_010", "x"]
+    with pytest.raises(InputError, match="unique"):
+        output_ids(["a", "a"], keep_ids=True)
+
+
+def tiny_generator() -> SPADEGenerator:
+    torch.manual_seed(0)
+    return SPADEGenerator(label_nc=7, output_nc=1, ngf=2, image_size=32, hidden_channels=4).eval()
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    path = tmp_path / "generator.pt"
+    save_network(tiny_generator(), path, meta={"train_max": TRAIN_MAX})
+    return path
+
+
+def training_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint shaped like SPADEModule's (Lightning state_dict + our entry)."""
+    generator = tiny_generator()
+    path = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"generator.{k}": v for k, v in generator.state_dict().items()},
+            CHECKPOINT_KEY: {"generator": {"init_args": generator.init_args}, "train_max": TRAIN_MAX},
+        },
+        path,
+    )
+    return path
+
+
+def png_properties(path: Path) -> dict:
+    width, height, _, info = png.Reader(filename=str(path)).read()
+    return {
+        "size": (width, height),
+        **{k: info[k] for k in ("bitdepth", "greyscale", "alpha", "planes", "interlace")},
+    }
+
+
+def test_output_has_the_prepared_layout_and_loads_as_synthetic_data(tiny_dataset, snapshot, tmp_path):
+    out = tmp_path / "synthetic"
+    generate_images(snapshot, tiny_dataset, out, batch_size=7, device="cpu", progress=False)
+    source = read_manifest(tiny_dataset)
+    manifest = read_manifest(out)
+    assert len(manifest) == len(source)
+    assert list(manifest.ids) == [f"synth_{i:06d}" for i in range(len(source))]
+    assert set(manifest.source) == {"synthetic"} and set(manifest.split) == {"train"}
+    prepared_png = png_properties(tiny_dataset / source.image[0])
+    generator = tiny_generator()
+    for i in (0, len(source) - 1):
+        image_path, label_path = out / manifest.image[i], out / manifest.label[i]
+        # Exactly the prepared images' PNG properties: 16-bit grayscale, no alpha, same size.
+        assert png_properties(image_path) == prepared_png
+        mask = read_png(tiny_dataset / source.label[i])
+        assert np.array_equal(read_png(label_path), mask)
+        assert manifest.counts[i].tolist() == np.bincount(mask.ravel(), minlength=7).tolist()
+        assert manifest.empty[i] == (not mask.any())
+        # The image is the generator's output for this mask, mapped back with the recorded training max.
+        indices = torch.from_numpy(mask.astype(np.int64))
+        one_hot = torch.nn.functional.one_hot(indices, 7).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            expected = tanh_to_uint16(generator(one_hot.float())[0, 0], TRAIN_MAX)
+        image = read_png(image_path)
+        assert image.dtype == np.uint16 and image.max() <= TRAIN_MAX
+        assert np.abs(image.astype(np.int64) - expected.astype(np.int64)).max() <= 1  # batch vs single call
+    assert (out / "stats.json").is_file() and (out / "prepare.json").is_file()
+
+    dm = BraTSDataModule(
+        str(tiny_dataset), synthetic={"root": str(out), "count": 5}, image_norm="tanh", one_hot=True
+    )
+    dm.setup("fit")
+    assert dm.stats["num_synthetic"] == 5
+
+
+def test_training_checkpoint_and_snapshot_give_identical_files(tiny_dataset, snapshot, tmp_path):
+    checkpoint = training_checkpoint(tmp_path)
+    generator, train_max = load_generator(checkpoint)
+    assert train_max == TRAIN_MAX and generator.image_size == 32
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_images(checkpoint, tiny_dataset / "labels", a, batch_size=16, device="cpu", progress=False)
+    generate_images(snapshot, tiny_dataset / "labels", b, batch_size=16, device="cpu", progress=False)
+    files = sorted(p.relative_to(a) for p in (a / "images").iterdir())
+    assert files and files == sorted(p.relative_to(b) for p in (b / "images").iterdir())
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def bad_mask_folder(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    folder = tmp_path / f"masks_{kind}"
+    folder.mkdir()
+    write_label8(folder / "synth_000000.png", np.zeros((32, 32), np.uint8))
+    bad = folder / "synth_000001.png"
+    if kind == "value":
+        mask = np.zeros((32, 32), np.uint8)
+        mask[3, 4] = 7
+        write_label8(bad, mask)
+    else:
+        write_label8(bad, np.zeros((64, 64), np.uint8))
+    return folder, bad
+
+
+@pytest.mark.parametrize("kind, match", [("value", "label value 7 is outside"), ("size", "trained at 32x32")])
+def test_bad_masks_name_the_file_and_leave_no_output(snapshot, tmp_path, kind, match):
+    folder, bad = bad_mask_folder(tmp_path, kind)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=match) as info:
+        generate_images(snapshot, folder, out, batch_size=1, device="cpu", progress=False)
+    assert str(bad) in str(info.value)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out*"))  # no temporary folder left behind
+
+
+def test_existing_output_needs_overwrite(tiny_dataset, snapshot, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match="already exists"):
+        generate_images(snapshot, tiny_dataset, out, device="cpu", progress=False)
+
+
+def test_cli_reports_a_bad_mask_in_one_line(snapshot, tmp_path):
+    folder, bad = bad_mask_folder(tmp_path, "value")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from synthseg.cli import main; main()",
+            "generate-images",
+            f"checkpoint={snapshot}",
+            f"masks={folder}",
+            f"output={tmp_path / 'out'}",
+            "progress=false",
+            "device=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "label value 7" in lines[0]
