@@ -55,105 +55,195 @@ class Stage:
     skipped: bool = field(default=False)
 
 
-def _stage_cohort(cfg: DictConfig) -> Callable[[Path], Any]:
-    def run(out: Path) -> None:
-        from synthseg.data.demo_cohort import main as cohort_main
+def _train(overrides: list[str], output_dir: Path) -> dict[str, Any]:
+    from synthseg.train import train
 
-        cohort_main(
-            compose_config(
-                "demo_cohort", [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={cfg.seed}"]
-            )
-        )
-
-    return run
+    return train(compose_train([*overrides, "trainer.enable_model_summary=false"], output_dir))
 
 
-def _stage_prepare(cfg: DictConfig) -> Callable[[Path], Any]:
-    def run(out: Path) -> None:
-        from synthseg.data.prepare import main as prepare_main
-
-        prepare_main(
-            compose_config(
-                "prepare",
-                [
-                    f"source={out / 'cohort'}",
-                    f"output={out / 'prepared'}",
-                    f"seed={cfg.seed}",
-                    f"workers={cfg.workers}",
-                ],
-            )
-        )
-
-    return run
-
-
-def _stage_unet(cfg: DictConfig) -> Callable[[Path], Any]:
-    def run(out: Path) -> None:
-        from synthseg.train import train
-
-        for classes in cfg.unet.classes:
-            overrides = [
-                "model=unet",
-                "experiment=demo",
-                f"data.root={out / 'prepared'}",
-                f"data.classes={classes}",
-                f"seed={cfg.seed}",
-                f"trainer.max_epochs={cfg.unet.epochs}",
-                f"data.resolution={cfg.resolution}",
-                "trainer.enable_model_summary=false",
-            ]
-            train(compose_train(overrides, out / "unet" / f"classes{classes}"))
-
-    return run
+def _spade_checkpoint(out: Path) -> Path:
+    return out / "spade" / "checkpoints" / "last.ckpt"
 
 
 def build_stages(cfg: DictConfig) -> list[Stage]:
-    budgets = cfg.budgets
+    """The demo's stages, each the same code path as its command."""
+    budgets, seed = cfg.budgets, cfg.seed
+
+    def cohort(out: Path) -> None:
+        from synthseg.data.demo_cohort import main as cohort_main
+
+        cohort_main(
+            compose_config("demo_cohort", [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={seed}"])
+        )
+
+    def prepare(out: Path) -> None:
+        from synthseg.data.prepare import main as prepare_main
+
+        overrides = [
+            f"source={out / 'cohort'}",
+            f"output={out / 'prepared'}",
+            f"seed={seed}",
+            f"workers={cfg.workers}",
+        ]
+        prepare_main(compose_config("prepare", overrides))
+
+    def pgan(out: Path) -> None:
+        _train(["experiment=pgan_demo", f"data.root={out / 'prepared'}", f"seed={seed}"], out / "pgan")
+
+    def spade(out: Path) -> None:
+        overrides = [
+            "experiment=spade_demo",
+            f"data.root={out / 'prepared'}",
+            f"seed={seed}",
+            f"trainer.max_epochs={cfg.spade.epochs}",
+            f"model.niter={cfg.spade.epochs}",
+            "model.niter_decay=0",
+        ]
+        _train(overrides, out / "spade")
+
+    def synthetic(out: Path) -> None:
+        from synthseg.synth.synthesize import synthesize
+
+        synthesize(
+            out / "pgan",
+            _spade_checkpoint(out),
+            out / "prepared",
+            cfg.synthetic.count,
+            out / "synthetic",
+            threshold=cfg.synthetic.threshold,
+            mask_size=cfg.resolution,
+            seed=seed,
+            progress=True,
+        )
+
+    def spade_test(out: Path) -> None:
+        # The paper's Fig. 7: SPADE applied to real test label maps, beside the true images.
+        from synthseg.synth.images import generate_images
+
+        masks = _real_test_masks(
+            out / "prepared", out / "spade_test.masks", cfg.resolution, cfg.spade.test_images
+        )
+        generate_images(
+            _spade_checkpoint(out), masks, out / "spade_test", seed=seed, keep_ids=True, overwrite=True
+        )
+
+    def sweep(out: Path) -> None:
+        for mix in cfg.sweep.mixes:
+            for classes in cfg.sweep.classes:
+                overrides = [
+                    "experiment=table1_demo",
+                    f"mix={mix}",
+                    f"data.classes={classes}",
+                    f"data.root={out / 'prepared'}",
+                    f"paths.synthetic_full={out / 'synthetic'}",
+                    f"paths.synthetic_reduced={out / 'synthetic'}",
+                    f"seed={seed}",
+                    f"trainer.max_epochs={cfg.sweep.epochs}",
+                ]
+                _train(overrides, out / "table1" / f"{mix}_classes{classes}")
+
+    def report(out: Path) -> None:
+        from synthseg.report.table import write_report
+
+        figures = {
+            "real": str(out / "prepared"),
+            "masks_full": str(out / "synthetic.work" / "masks"),
+            "synthetic_full": str(out / "synthetic"),
+            "spade_test": [str(out / "spade_test")],
+        }
+        write_report({"runs": str(out / "table1"), "output": str(out / "report"), "figures": figures})
+
     return [
-        Stage("demo cohort", "cohort", _stage_cohort(cfg), budgets.cohort),
-        Stage("prepare", "prepared", _stage_prepare(cfg), budgets.prepare),
-        Stage("U-Net (real data)", "unet", _stage_unet(cfg), budgets.unet),
+        Stage("demo cohort", "cohort", cohort, budgets.cohort),
+        Stage("prepare", "prepared", prepare, budgets.prepare),
+        Stage("PGAN (label maps)", "pgan", pgan, budgets.pgan),
+        Stage("SPADE (label map -> T1c)", "spade", spade, budgets.spade),
+        Stage("synthetic pairs", "synthetic", synthetic, budgets.synthetic),
+        Stage("SPADE on real test masks", "spade_test", spade_test, budgets.spade_test),
+        Stage("Table 1 sweep (U-Net)", "table1", sweep, budgets.sweep),
+        Stage("report", "report", report, budgets.report),
     ]
 
 
+def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Path:
+    """The first ``count`` non-empty real test label maps, reduced to ``size`` like the DataModule does."""
+    import shutil
+
+    import numpy as np
+
+    from synthseg.data.dataset import downsample_labels
+    from synthseg.data.manifest import read_manifest
+    from synthseg.data.pngio import read_png, write_label8
+
+    manifest = read_manifest(prepared)
+    rows = [r for r in manifest.rows("test") if not manifest.empty[r]][:count]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for row in rows:
+        label = read_png(prepared / manifest.label[row])
+        write_label8(
+            folder / f"{manifest.ids[row]}.png",
+            downsample_labels(label, label.shape[0] // size).astype(np.uint8),
+        )
+    return folder
+
+
 def collect_results(out: Path) -> list[dict[str, Any]]:
+    """One row per U-Net run of the sweep: mix, classes, counts and the paper's Dice error (%)."""
     rows = []
-    for path in sorted(out.glob("unet/*/results.json")):
+    for path in sorted(out.glob("table1/*/results.json")):
         results = json.loads(path.read_text())
         rows.append(
             {
-                "run": path.parent.name,
+                "mix": results["config"].get("mix_name"),
                 "classes": results["config"]["data"]["classes"],
                 "real": results["data_stats"].get("num_real"),
                 "synthetic": results["data_stats"].get("num_synthetic"),
                 "dice_error_percent": 100 * results["metrics"]["test/dice_error"],
+                "dice_error_fixed_percent": 100 * results["metrics"]["test/dice_error_fixed"],
                 "results": str(path),
             }
         )
     return rows
 
 
+DONE = ".complete"
+
+
 def run_demo(cfg: DictConfig) -> dict[str, Any]:
-    """Run every stage of the demo into ``cfg.output``; print and return a summary."""
+    """Run every stage of the demo into ``cfg.output``; print and return a summary.
+
+    A stage whose output carries the completion marker is skipped (so an interrupted demo resumes); an
+    output without it is left over from an interrupted stage and is replaced.
+    """
+    import shutil
+
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = build_stages(cfg)
     start = time.perf_counter()
+    print(
+        "One GAN pair (PGAN + SPADE) is trained, on all training slices; at demo size the reduced rows of Table 1 "
+        "use the same synthetic pairs instead of a second pair trained on the reduced 20 %.",
+        flush=True,
+    )
     for index, stage in enumerate(stages, 1):
         target = out / stage.output
-        if target.exists() and not cfg.force:
+        if (target / DONE).is_file() and not cfg.force:
             stage.skipped = True
-            print(f"[{index}/{len(stages)}] {stage.name}: {target} exists, skipped")
+            print(f"[{index}/{len(stages)}] {stage.name}: {target} is complete, skipped")
             continue
+        shutil.rmtree(target, ignore_errors=True)
         print(f"[{index}/{len(stages)}] {stage.name} (budget {stage.budget_s:.0f} s) -> {target}", flush=True)
         t0 = time.perf_counter()
         stage.run(out)
         stage.seconds = time.perf_counter() - t0
-        over = " — over budget" if stage.seconds > stage.budget_s else ""
+        (target / DONE).write_text(f"{stage.seconds:.1f}\n")
+        over = " - over its budget" if stage.seconds > stage.budget_s else ""
         print(f"[{index}/{len(stages)}] {stage.name}: done in {stage.seconds:.0f} s{over}", flush=True)
     summary = {
         "output": str(out),
-        "total_seconds": time.perf_counter() - start,
+        "total_seconds": round(time.perf_counter() - start, 1),
         "stages": [
             {
                 "name": s.name,
@@ -167,13 +257,12 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    print("\nDemo finished in {:.0f} s. Files:".format(summary["total_seconds"]))
+    print(f"\nDemo finished in {summary['total_seconds']:.0f} s. Files:")
     for s in summary["stages"]:
-        print(f"  {s['name']:<22} {s['output']}  ({s['seconds']:.0f} s{', skipped' if s['skipped'] else ''})")
-    print(f"  {'summary':<22} {out / 'summary.json'}")
-    print("\nTest Dice error (%), the paper's weighted Dice loss over the test set:")
-    for row in summary["results"]:
-        print(
-            f"  {row['classes']} classes, real {row['real']}, synthetic {row['synthetic']}: {row['dice_error_percent']:.2f}"
-        )
+        print(f"  {s['name']:<26} {s['output']}  ({s['seconds']:.0f} s{', skipped' if s['skipped'] else ''})")
+    print(f"  {'summary':<26} {out / 'summary.json'}")
+    table = out / "report" / "table1.md"
+    if table.is_file():
+        print(f"\nTable 1 at demo size ({table}):\n")
+        print(table.read_text())
     return summary
