@@ -155,6 +155,22 @@ def test_select_picks_lowest_average_swd_among_existing_snapshots(tmp_path: Path
     assert select_best(tmp_path)["tick"] == 3  # a folder above the run works too
 
 
+def test_select_prefers_full_resolution_snapshots(tmp_path: Path):
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    rows = [(1, 8, 1.0, 1.5), (2, 16, 0.5, 2.0), (3, 16, 1.0, 6.0), (4, 16, 1.0, 5.0)]
+    with open(run / "swd.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tick", "kimg", "resolution", "alpha", "snapshot", "swd_avg"])
+        for tick, resolution, alpha, swd in rows:
+            snap = f"snapshots/network-snapshot-{tick:06d}.pt"
+            writer.writerow([tick, tick, resolution, alpha, snap, swd])
+            save_network(tiny_generator(seed=tick), run / snap)
+    # Ticks 1 (8x8) and 2 (still fading in) score lower but make upsampled masks.
+    assert select_best(run)["tick"] == 4
+    assert select_best(run, full_resolution_only=False)["tick"] == 1
+
+
 def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):
     run = _run_folder(tmp_path, [(1, 40.0, 5.0, True), (2, 80.0, 2.0, True)])
     net, meta = load_generator(run)

@@ -59,8 +59,8 @@ def read_png(
     try:
         width, height, rows, info = png.Reader(filename=str(path)).read()
         data = np.vstack([np.asarray(row) for row in rows]) if height else np.zeros((0, width))
-    except (png.Error, zlib.error, OSError, ValueError) as err:
-        raise PNGError(f"{path}: not a readable PNG ({err})") from None
+    except (png.Error, zlib.error, OSError, ValueError, EOFError) as err:  # EOFError: empty or cut file
+        raise PNGError(f"{path}: not a readable PNG ({err or type(err).__name__})") from None
     if not info.get("greyscale", False) or info.get("alpha", False):
         raise PNGError(f"{path}: expected a single-channel grayscale PNG")
     depth = int(info["bitdepth"])

@@ -33,7 +33,7 @@ from synthseg.report.runs import (
     subject_metrics,
 )
 from synthseg.report.stats import bootstrap, paired_bootstrap, resample_weights
-from synthseg.utils.atomic import atomic_path
+from synthseg.utils.atomic import atomic_path, check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,9 @@ def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     cells = table1_cells(groups)
     estimates = table2_estimates(groups, int(boot.get("samples", 2000)), level, int(boot.get("seed", 0)))
     files: list[dict[str, str]] = []
+    # An upper bound: ten figures of at most about 6 MB each (RGB, before PNG compression) and the tables.
+    figures_on = bool((cfg.get("figures") or {}).get("enabled", True))
+    check_free_space(output.parent, (60 if figures_on else 1) * 10**6, "the report")
     with atomic_path(output, is_dir=True, overwrite=True) as tmp:
         texts = {
             "table1.md": (table1_markdown(groups, cells), "Table 1: Dice error % per mix and class count"),

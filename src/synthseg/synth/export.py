@@ -145,8 +145,8 @@ def _image_header(path: Path) -> tuple[int, int]:
         raise InputError(f"{path}: file not found")
     try:
         width, height, _, info = png.Reader(filename=str(path)).read()
-    except (png.Error, OSError) as err:
-        raise InputError(f"{path}: not a readable PNG ({err})") from None
+    except (png.Error, OSError, EOFError) as err:  # EOFError: an empty or cut file
+        raise InputError(f"{path}: not a readable PNG ({err or type(err).__name__})") from None
     if not info.get("greyscale", False) or info.get("alpha", False) or int(info["bitdepth"]) != 16:
         raise InputError(f"{path}: expected a 16-bit single-channel grayscale PNG")
     return int(height), int(width)
@@ -215,9 +215,8 @@ def export_nnunet(
         raise InputError(f"no slices in splits {splits} of {[str(s) for s in sources]}")
     tests = select_cases(sources, ["test"]) if test else []
 
-    needed = sum(
-        c.image.stat().st_size + c.label.stat().st_size for c in (*train, *tests) if c.image.is_file()
-    )
+    # Missing files are left to _write_case, which names them in one line.
+    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (c.image, c.label) if p.is_file())
     check_free_space(Path(output), needed, "the nnU-Net dataset")
     with atomic_path(folder, is_dir=True) as tmp:
         groups = [("imagesTr", "labelsTr", train)]

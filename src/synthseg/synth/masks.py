@@ -11,13 +11,19 @@ coarse masks, nearest-upsampled, as the SWD of that tick saw them). Masks are ma
 stays constant whatever the count. Latents come in blocks of :data:`LATENT_BLOCK` seeded from
 ``(seed, block)``: the same seed gives the same masks whatever the batch size or device (up to the device's
 floating-point differences).
+
+A crash costs at most one batch: the work happens in ``<output>.partial-resume/`` with a progress record
+written after every batch whose files are on disk, a re-run with the same settings continues from there,
+and the finished folder is renamed into place (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -36,10 +42,50 @@ from synthseg.errors import InputError
 from synthseg.models.pgan import ProgressiveSchedule, net_to_labels, resize_labels
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.synth.select import select_best
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
 
 LATENT_BLOCK = 1024
 BYTES_PER_MASK_ESTIMATE = 2_000  # PNG label maps compress to a few hundred bytes; generous margin
+PROGRESS = "progress.json"
+
+
+def resume_folder(output: str | os.PathLike[str]) -> Path:
+    """The work folder of ``output``: ``<output>.partial-resume/``, kept across a crash so a re-run resumes.
+
+    Its name is fixed (atomic_path's stale-leftover cleanup, ``.<name>.*.partial``, does not match it), and it
+    holds the finished batches' label PNGs, their manifest rows and ``progress.json``.
+    """
+    output = Path(output)
+    return output.parent / f"{output.name}.partial-resume"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_progress(work: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The progress record of an interrupted run with the same settings, else a fresh one (work emptied)."""
+    fresh = {
+        "settings": settings,
+        "done": 0,
+        "class_counts": [0] * NUM_CLASSES,
+        "empty": 0,
+        "manifest_bytes": 0,
+    }
+    try:
+        state = json.loads((work / PROGRESS).read_text())
+        if state.get("settings") == json.loads(json.dumps(settings)):
+            return state
+    except (OSError, ValueError):
+        pass
+    if work.exists():  # another configuration (or no record): start over
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return fresh
 
 
 def load_generator(checkpoint: str | os.PathLike[str]) -> tuple[PGANGenerator, dict[str, Any]]:
@@ -179,50 +225,89 @@ def generate_masks(
         count * BYTES_PER_MASK_ESTIMATE,
         f"{count} masks",
     )
-    class_counts = np.zeros(NUM_CLASSES, np.int64)
-    empty = 0
+    work = resume_folder(output)
+    settings = {
+        "checkpoint_sha256": _file_digest(Path(meta["source"])),
+        "generator": generator.init_args,
+        "stage_resolution": stage_resolution,
+        "alpha": alpha,
+        "count": count,
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "size": size,
+    }
+    state = _load_progress(work, settings)
+    resumed_from = int(state["done"])
+    class_counts = np.asarray(state["class_counts"], np.int64)
+    empty = int(state["empty"])
+    labels_dir = work / "labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    manifest_part = work / "manifest.part.csv"
+    with open(manifest_part, "a+b") as raw:  # drop rows appended after the last progress record
+        raw.truncate(int(state["manifest_bytes"]))
     started = time.perf_counter()
-    with atomic_path(output, is_dir=True) as tmp, ThreadPoolExecutor(max_workers=1) as writer:
-        labels_dir = tmp / "labels"
-        labels_dir.mkdir()
-        pending: Future[None] | None = None
-        with open(tmp / MANIFEST, "w", newline="") as handle:
-            rows = csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS))
-            rows.writeheader()
-            bar = tqdm(total=count, desc="generating masks", unit="mask", disable=not progress)
-            for start in range(0, count, batch_size):
-                stop = min(count, start + batch_size)
-                with torch.inference_mode():
-                    z = latents(seed, start, stop, generator.latent_dim).to(dev)
-                    x = generator(z, stage_resolution, alpha)
-                    masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
-                ids = [f"synth_{i:06d}" for i in range(start, stop)]
-                if pending is not None:
-                    pending.result()  # one batch in flight: constant memory
-                pending = writer.submit(_write_batch, labels_dir, ids, masks)
-                counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
-                class_counts += counts.sum(axis=0)
-                for sid, mask_counts in zip(ids, counts, strict=True):
-                    is_empty = int(mask_counts[1:].sum() == 0)
-                    empty += is_empty
-                    rows.writerow(
-                        {
-                            "id": sid,
-                            "case": "synthetic",
-                            "slice": -1,
-                            "split": "train",
-                            "source": "synthetic",
-                            "reduced": 0,
-                            "empty": is_empty,
-                            "image": "",
-                            "label": f"labels/{sid}.png",
-                            **{f"count_{c}": int(mask_counts[c]) for c in range(NUM_CLASSES)},
-                        }
-                    )
-                bar.update(stop - start)
-            bar.close()
+    bar = tqdm(total=count, initial=resumed_from, desc="generating masks", unit="mask", disable=not progress)
+
+    def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int]) -> None:
+        # A batch counts as done only once its files are on disk: then its rows and the progress record.
+        future, stop, rows, counts, batch_empty = batch
+        future.result()
+        nonlocal empty
+        with open(manifest_part, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS)).writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        class_counts[:] += counts
+        empty += batch_empty
+        state.update(
+            done=stop,
+            class_counts=class_counts.tolist(),
+            empty=empty,
+            manifest_bytes=manifest_part.stat().st_size,
+        )
+        write_text_atomic(work / PROGRESS, json.dumps(state))
+        bar.update(len(rows))
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for start in range(resumed_from, count, batch_size):
+            stop = min(count, start + batch_size)
+            with torch.inference_mode():
+                z = latents(seed, start, stop, generator.latent_dim).to(dev)
+                x = generator(z, stage_resolution, alpha)
+                masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
+            ids = [f"synth_{i:06d}" for i in range(start, stop)]
             if pending is not None:
-                pending.result()
+                commit(pending)  # one batch in flight: constant memory
+            future = writer.submit(_write_batch, labels_dir, ids, masks)
+            counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
+            rows, batch_empty = [], 0
+            for sid, mask_counts in zip(ids, counts, strict=True):
+                is_empty = int(mask_counts[1:].sum() == 0)
+                batch_empty += is_empty
+                rows.append(
+                    {
+                        "id": sid,
+                        "case": "synthetic",
+                        "slice": -1,
+                        "split": "train",
+                        "source": "synthetic",
+                        "reduced": 0,
+                        "empty": is_empty,
+                        "image": "",
+                        "label": f"labels/{sid}.png",
+                        **{f"count_{c}": int(mask_counts[c]) for c in range(NUM_CLASSES)},
+                    }
+                )
+            pending = (future, stop, rows, counts.sum(axis=0), batch_empty)
+        if pending is not None:
+            commit(pending)
+    bar.close()
+    with atomic_path(output) as tmp:
+        header = ",".join(REQUIRED_COLUMNS) + "\r\n"  # csv's default line ending, as DictWriter writes it
+        (work / MANIFEST).write_bytes(header.encode() + manifest_part.read_bytes())
+        manifest_part.unlink()
+        (work / PROGRESS).unlink()
         seconds = time.perf_counter() - started
         stats: dict[str, Any] = {
             "format": "synthseg-dataset/1",
@@ -235,7 +320,7 @@ def generate_masks(
         }
         if class_counts.sum() > 0:
             stats["class_weights"] = class_weights_from_counts(class_counts).tolist()
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (work / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         provenance = {
             "command": "generate-masks",
             "version": __version__,
@@ -253,10 +338,12 @@ def generate_masks(
             "device": str(dev),
             "empty": empty,
             "empty_fraction": empty / count,
+            "resumed_from": resumed_from,
             "seconds": seconds,
-            "masks_per_second": count / seconds if seconds > 0 else None,
+            "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
         }
-        (tmp / "prepare.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        (work / "prepare.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        os.replace(work, tmp)  # the completed work folder becomes the output in one rename
     return provenance
 
 

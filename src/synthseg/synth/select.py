@@ -63,8 +63,14 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def select_best(run: str | os.PathLike[str]) -> dict[str, Any]:
+def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = True) -> dict[str, Any]:
     """The snapshot with the lowest average SWD among the ticks whose snapshot file exists.
+
+    With ``full_resolution_only`` (the default) only ticks at the run's final resolution with the fade-in
+    complete are candidates: a snapshot still growing makes masks upsampled from a lower resolution, and a
+    short run can score such blocky masks below its noisy first full-resolution ones. In the paper's run every
+    early tick scored far worse than tick 86 (just after reaching 256x256), so this does not change its choice;
+    ``full_resolution_only=false`` takes every tick, as the paper's wording does.
 
     Returns:
         ``{"snapshot": absolute path, "tick": int, "kimg": float, "resolution": int, "swd_avg": float,
@@ -77,6 +83,13 @@ def select_best(run: str | os.PathLike[str]) -> dict[str, Any]:
         for row in rows
         if row["snapshot"] and row.get("swd_avg") is not None and (history.parent / row["snapshot"]).is_file()
     ]
+    if full_resolution_only:
+        final = max((row["resolution"] for row in scored if row.get("resolution")), default=None)
+        scored = [
+            row
+            for row in scored
+            if final is None or (row.get("resolution") == final and (row.get("alpha") or 1.0) >= 1.0)
+        ]
     if not scored:
         raise InputError(f"{history}: no tick has both an SWD value and a snapshot file on disk")
     best = min(scored, key=lambda row: (row["swd_avg"], row.get("tick") or 0))
@@ -99,7 +112,7 @@ def select_best(run: str | os.PathLike[str]) -> dict[str, Any]:
 
 def main(cfg: Any) -> dict[str, Any]:
     """Hydra entry (``conf/select.yaml``): print the choice, and the result as JSON on the last line."""
-    result = select_best(str(cfg.run))
+    result = select_best(str(cfg.run), full_resolution_only=bool(cfg.get("full_resolution_only", True)))
     print(
         f"best snapshot: {result['snapshot']}\n"
         f"  tick {result['tick']}, {result['kimg']} kimg, resolution {result['resolution']}, "

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from synthseg import __version__
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path
+from synthseg.synth.masks import BYTES_PER_MASK_ESTIMATE
+from synthseg.utils.atomic import atomic_path, check_free_space
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -42,6 +43,7 @@ def synthesize(
     threshold: float = 500.0,
     threshold_at: int | None = 256,
     seed: int = 0,
+    mask_size: int | None = None,
     mask_batch_size: int = 256,
     image_batch_size: int = 16,
     device: str = "auto",
@@ -59,6 +61,9 @@ def synthesize(
         output: the synthetic dataset folder.
         reference_split: ``train`` (full instance) or ``reduced`` (the reduced instance's 20 %).
         threshold, threshold_at: the filter threshold and the side length it is stated for.
+        mask_size: side of the generated masks (None: the training data's); SPADE must have been trained at
+            this size. Masks smaller than the reference are filtered against the reference reduced to their
+            size.
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
     """
     from synthseg.synth.images import generate_images
@@ -71,6 +76,17 @@ def synthesize(
     for name, path in (("pgan", pgan), ("spade", spade), ("reference", reference)):
         if not Path(path).exists():
             raise InputError(f"{name}={path}: not found")
+    # Refuse before hours of generation when the disk cannot hold the result: generated and kept masks
+    # (the estimates of generate-masks) plus image and label of every pair (as generate-images estimates).
+    try:
+        side = int(json.loads((Path(reference) / "stats.json").read_text()).get("size") or 256)
+    except (OSError, ValueError, AttributeError):
+        side = 256
+    check_free_space(
+        output.parent if output.parent.exists() else Path.cwd(),
+        int(count) * (2 * BYTES_PER_MASK_ESTIMATE + side * side * 3),
+        f"{count} synthetic pairs and their masks",
+    )
     work = output.parent / f"{output.name}.work"
     masks_dir, kept_dir = work / "masks", work / "kept"
     mask_record = generate_masks(
@@ -79,6 +95,7 @@ def synthesize(
         masks_dir,
         seed=seed,
         batch_size=mask_batch_size,
+        size=mask_size,
         device=device,
         overwrite=True,
         progress=progress,

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from synthseg.errors import DiskSpaceError
+
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
@@ -39,7 +41,10 @@ def atomic_path(
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite=true to replace it)")
     # Leftovers of an earlier run of this output that was killed (SIGKILL skips every cleanup).
-    for stale in [*target.parent.glob(f".{target.name}.*.partial"), *target.parent.glob(f".{target.name}.*.old")]:
+    for stale in [
+        *target.parent.glob(f".{target.name}.*.partial"),
+        *target.parent.glob(f".{target.name}.*.old"),
+    ]:
         _remove(stale)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
     if is_dir:
@@ -80,7 +85,7 @@ def check_free_space(folder: str | os.PathLike[str], needed_bytes: int, what: st
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if needed_bytes * 1.05 > free:
-        raise OSError(
+        raise DiskSpaceError(
             f"not enough disk space for {what} in {folder}: needs about {needed_bytes / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB free"
         )

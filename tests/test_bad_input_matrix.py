@@ -1,0 +1,200 @@
+"""The bad-input matrix (docs/bad_input.md): rows not already covered by a stage's own tests. Each bad input
+gives one line that names the file (or the setting) and the problem, and leaves no half-written output."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg.cli import run as cli_run
+from synthseg.data.datamodule import BraTSDataModule
+from synthseg.data.manifest import read_manifest
+from synthseg.data.pngio import write_image16, write_label8
+from synthseg.errors import InputError
+from synthseg.synth.export import export_nnunet
+from synthseg.synth.masks import generate_masks
+from synthseg.synth.zfilter import run_filter
+from synthseg.train import train
+from tests.conftest import compose_train, write_dataset
+from tests.test_reliability_atomic import tiny_snapshot
+
+SIDE = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("clean") / "prepared", num_slices=20, size=SIDE)
+
+
+def one_line(err: BaseException, *needles: str) -> str:
+    line = str(err)
+    assert "\n" not in line.strip(), line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary or partial outputs anywhere below ``folder``."""
+    return [str(p) for p in folder.rglob("*") if p.name.endswith((".partial", ".old", ".partial-resume"))]
+
+
+# ------------------------------------------------------------------------ prepared-dataset PNG files
+def _victim(root: Path, column: str) -> Path:
+    return root / getattr(read_manifest(root), column)[2]
+
+
+CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    # name: (manifest column of the damaged file, damage, expected problem)
+    "unreadable image": ("image", lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\nnot really"), "not a readable PNG"),
+    "truncated label": ("label", lambda p: p.write_bytes(p.read_bytes()[:40]), "not a readable PNG"),
+    "zero-byte label": ("label", lambda p: p.write_bytes(b""), "not a readable PNG"),
+    "8-bit image": ("image", lambda p: write_label8(p, np.zeros((SIDE, SIDE), np.uint8)), "expected a 16-bit PNG, found 8-bit"),
+    "16-bit label": ("label", lambda p: write_image16(p, np.zeros((SIDE, SIDE), np.uint16)), "expected a 8-bit PNG, found 16-bit"),
+    "label of another size": ("label", lambda p: write_label8(p, np.zeros((SIDE, SIDE + 4), np.uint8)), "expected size 16x16, found 16x20"),
+    "image of another size": ("image", lambda p: write_image16(p, np.zeros((SIDE - 4, SIDE), np.uint16)), "12x16"),
+    "label value 9": ("label", lambda p: write_label8(p, np.full((SIDE, SIDE), 9, np.uint8)), "label value 9"),
+    "missing label": ("label", lambda p: p.unlink(), "file not found"),
+}  # fmt: skip
+
+
+def _damaged(clean: Path, tmp_path: Path, name: str) -> tuple[Path, Path, str]:
+    root = tmp_path / "prepared"
+    shutil.copytree(clean, root)
+    column, damage, problem = CORRUPTIONS[name]
+    victim = _victim(root, column)
+    damage(victim)
+    return root, victim, problem
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_training_data_module_names_the_bad_file_and_leaves_no_cache(clean, tmp_path, name) -> None:
+    root, victim, problem = _damaged(clean, tmp_path, name)
+    with pytest.raises(InputError) as err:
+        BraTSDataModule(str(root), batch_size=2, num_workers=0).setup("fit")
+    line = one_line(err.value, problem)
+    # The size error of an image can name its label partner instead; the pair is what is named.
+    assert victim.stem in line, line
+    assert not (root / "cache").exists() and leftovers(root) == []
+
+
+@pytest.mark.parametrize("name", [n for n in CORRUPTIONS if n != "image of another size"])
+def test_export_names_the_bad_file_and_writes_nothing(clean, tmp_path, name) -> None:
+    root, victim, problem = _damaged(clean, tmp_path, name)
+    if name == "8-bit image":  # the export reads only the image's header
+        problem = "expected a 16-bit single-channel grayscale PNG"
+    with pytest.raises(InputError) as err:
+        export_nnunet([root], tmp_path / "raw", progress=False)
+    one_line(err.value, problem, victim.name)
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+def test_export_image_of_another_size_names_the_pair(clean, tmp_path) -> None:
+    root, victim, _ = _damaged(clean, tmp_path, "image of another size")
+    with pytest.raises(InputError) as err:
+        export_nnunet([root], tmp_path / "raw", progress=False)
+    one_line(err.value, victim.name, "expected size 12x16, found 16x16")
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", [n for n, c in CORRUPTIONS.items() if c[0] == "label"])
+def test_filter_names_the_bad_mask_and_writes_nothing(clean, tmp_path, name) -> None:
+    root, victim, problem = _damaged(clean, tmp_path, name)
+    if name == "label value 9":
+        problem = "label value 9 is not one of the 7 classes"
+    with pytest.raises(InputError) as err:
+        run_filter(root, clean, tmp_path / "filtered", threshold_quantile=1.0, progress=False)
+    one_line(err.value, problem, victim.name)
+    assert not (tmp_path / "filtered").exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------ config values that cannot work
+TRAIN_CONFIGS = [
+    (["model=unet", "data.classes=3"], "data.classes must be one of 2, 4, 7, got 3"),
+    (["model=unet", "data.resolution=12"], "data.resolution must be a power of two >= 4, got 12"),
+    (["model=unet", "data.real=-5"], "data.real must not be negative, got -5"),
+    (["model=unet", "data.batch_size=0"], "data.batch_size must be positive, got 0"),
+    (["model=pgan", "model.generator.resolution=48", "model.generator.fmap_base=16"],
+     "model.generator: resolution must be a power of two from 8 to 1024, got 48"),
+    (["model=unet", "+data.synthetic={root: SYN, count: -2}"], "data.synthetic.count must not be negative, got -2"),
+    (["model=unet", "+data.synthetic={root: SYN, count: 21}"],
+     "data.synthetic.count=21 asks for 21 slices, but only 20"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), TRAIN_CONFIGS)
+def test_training_settings_that_cannot_work_are_one_line(clean, tmp_path, overrides, message) -> None:
+    synthetic = tmp_path / "synthetic"
+    if any("SYN" in o for o in overrides):
+        write_dataset(synthetic, num_slices=20, size=SIDE, source="synthetic", seed=1, empty_every=0)
+    overrides = [o.replace("SYN", str(synthetic)) for o in overrides]
+    width = ["model.net.base_width=2"] if "model=unet" in overrides else []
+    cfg = compose_train([f"data.root={clean}", *width, "trainer.max_epochs=1", *overrides], tmp_path)
+    with pytest.raises(InputError) as err:
+        train(cfg)
+    one_line(err.value, message)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_train_command_prints_one_line_for_a_setting_that_cannot_work(clean, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run("train", ["model=unet", f"data.root={clean}", "data.classes=5", f"paths.log_dir={tmp_path}",
+                          f"hydra.run.dir={tmp_path / 'run'}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "synthseg train: error: data.classes must be one of 2, 4, 7, got 5"
+    assert not any("Traceback" in line or "InstantiationException" in line for line in err)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"count": -5}, "count must be a positive number of masks, got -5"),
+        ({"count": 4, "size": 48}, "size=48: must be a power of two"),
+        ({"count": 4, "batch_size": -1}, "batch_size must be positive, got -1"),
+    ],
+)
+def test_generate_masks_settings_that_cannot_work(tmp_path, kwargs, message) -> None:
+    snap = tiny_snapshot(tmp_path / "snap.pt")
+    with pytest.raises(InputError) as err:
+        generate_masks(snap, output=tmp_path / "masks", progress=False, **kwargs)
+    one_line(err.value, message)
+    assert not any(p.name.startswith(("masks", ".masks")) for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"limit": -1}, "limit -1 is not between 0 and"),
+        ({"split": "nonsense"}, "unknown split"),
+    ],
+)
+def test_export_settings_that_cannot_work(clean, tmp_path, kwargs, message) -> None:
+    with pytest.raises(InputError) as err:
+        export_nnunet([clean], tmp_path / "raw", progress=False, **kwargs)
+    one_line(err.value, message)
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
+def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
+    root = tmp_path / "masks"
+    shutil.copytree(clean, root)
+    victim = _victim(root, "label")
+    victim.unlink()
+    with pytest.raises(InputError) as err:
+        run_filter(root, clean, tmp_path / "filtered", threshold_quantile=1.0, progress=False)
+    one_line(err.value, victim.name)
+    assert not (tmp_path / "filtered").exists() and leftovers(tmp_path) == []

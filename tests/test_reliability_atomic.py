@@ -1,0 +1,288 @@
+"""Atomic outputs: a stage killed midway (a real SIGKILL of the command) leaves the previous output intact, and
+a re-run completes; generate-masks resumes where it stopped instead of starting over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg.checkpoint import save_network
+from synthseg.networks.pgan import PGANGenerator
+from synthseg.synth import masks as masks_module
+from synthseg.synth.export import export_nnunet
+from synthseg.synth.masks import PROGRESS, generate_masks, resume_folder
+from synthseg.synth.zfilter import run_filter
+from tests.conftest import write_dataset
+
+SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_snapshot(path: Path, size: int = 32) -> Path:
+    torch.manual_seed(0)
+    gen = PGANGenerator(resolution=16, latent_dim=8, fmap_base=32, fmap_max=8)
+    with torch.no_grad():  # spread the outputs over all classes
+        gen.to_rgb["b16"].bias.fill_(0.0)
+        gen.to_rgb["b16"].weight.mul_(3.0)
+    save_network(gen.eval(), path, meta={"tick": 1, "kimg": 1.0, "dataset_size": size, "resolution": 16})
+    return path
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def kill_when(command: list[str], ready: Callable[[], bool], cwd: Path, timeout: float = 180) -> None:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` holds, and check that it really was killed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the command finished before it could be killed"
+
+
+def partial_of(target: Path) -> Callable[[], bool]:
+    return lambda: any(target.parent.glob(f".{target.name}.*.partial"))
+
+
+def no_leftovers(target: Path) -> bool:
+    return not [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
+
+
+# ------------------------------------------------------------------------- generate-masks: resume
+def test_interrupted_generation_resumes_to_identical_files_without_redoing_batches(tmp_path, monkeypatch):
+    snap = tiny_snapshot(tmp_path / "snap.pt")
+    whole = tmp_path / "whole"
+    generate_masks(snap, 23, whole, batch_size=5, progress=False)
+
+    out = tmp_path / "masks"
+    real_write = masks_module._write_batch
+    written: list[str] = []
+
+    def crash_in_fourth_batch(folder, ids, masks):
+        if ids[0] == "synth_000015":
+            raise RuntimeError("simulated crash")
+        written.extend(ids)
+        real_write(folder, ids, masks)
+
+    monkeypatch.setattr(masks_module, "_write_batch", crash_in_fourth_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        generate_masks(snap, 23, out, batch_size=5, progress=False)
+    assert not out.exists()
+    work = resume_folder(out)
+    assert json.loads((work / PROGRESS).read_text())["done"] == 15
+    first = (work / "labels" / "synth_000000.png").stat()
+
+    written.clear()
+    monkeypatch.setattr(
+        masks_module, "_write_batch", lambda f, i, m: (written.extend(i), real_write(f, i, m))
+    )
+    info = generate_masks(snap, 23, out, batch_size=5, progress=False)
+    assert info["resumed_from"] == 15
+    assert written == [f"synth_{i:06d}" for i in range(15, 23)]  # completed batches were not redone
+    again = (out / "labels" / "synth_000000.png").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    a, b = tree(whole), tree(out)
+    a.pop("prepare.json"), b.pop("prepare.json")  # timings differ
+    assert a == b
+    assert not work.exists() and no_leftovers(out)
+
+
+def test_a_different_configuration_starts_over(tmp_path, monkeypatch):
+    snap = tiny_snapshot(tmp_path / "snap.pt")
+    out = tmp_path / "masks"
+    real_write = masks_module._write_batch
+
+    def crash(folder, ids, masks):
+        if ids[0] == "synth_000010":
+            raise RuntimeError("simulated crash")
+        real_write(folder, ids, masks)
+
+    monkeypatch.setattr(masks_module, "_write_batch", crash)
+    with pytest.raises(RuntimeError):
+        generate_masks(snap, 12, out, batch_size=5, seed=0, progress=False)
+    monkeypatch.setattr(masks_module, "_write_batch", real_write)
+    info = generate_masks(snap, 12, out, batch_size=5, seed=1, progress=False)
+    assert info["resumed_from"] == 0
+    fresh = tmp_path / "fresh"
+    generate_masks(snap, 12, fresh, batch_size=5, seed=1, progress=False)
+    assert tree(out)["manifest.csv"] == tree(fresh)["manifest.csv"]
+    assert {k: v for k, v in tree(out).items() if k.startswith("labels")} == {
+        k: v for k, v in tree(fresh).items() if k.startswith("labels")
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_of_generate_masks_keeps_the_old_output_and_resumes(tmp_path: Path) -> None:
+    snap = tiny_snapshot(tmp_path / "snap.pt", size=64)
+    out = tmp_path / "masks"
+    generate_masks(snap, 3, out, progress=False)
+    before = tree(out)
+    work = resume_folder(out)
+
+    def some_batches_done() -> bool:
+        try:
+            return json.loads((work / PROGRESS).read_text())["done"] >= 100
+        except (OSError, ValueError):
+            return False
+
+    count = 2500
+    command = [SYNTHSEG, "generate-masks", f"checkpoint={snap}", f"count={count}", f"output={out}",
+               "batch_size=50", "overwrite=true", "progress=false", "device=cpu"]  # fmt: skip
+    kill_when(command, some_batches_done, tmp_path)
+    assert tree(out) == before  # the previous output, untouched
+    done = json.loads((work / PROGRESS).read_text())["done"]
+    assert 100 <= done < count
+
+    info = generate_masks(snap, count, out, batch_size=50, overwrite=True, progress=False, device="cpu")
+    assert info["resumed_from"] == done
+    whole = tmp_path / "whole"
+    generate_masks(snap, count, whole, batch_size=50, progress=False, device="cpu")
+    a, b = tree(whole), tree(out)
+    a.pop("prepare.json"), b.pop("prepare.json")
+    assert a == b
+    assert not work.exists() and no_leftovers(out)
+
+
+# --------------------------------------------------------------------------- filter, export, report
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A prepared dataset and a synthetic one, large enough that writing them out takes a moment."""
+    root = tmp_path_factory.mktemp("big")
+    return {
+        "prepared": write_dataset(root / "prepared", num_slices=60, size=32),
+        "synthetic": write_dataset(root / "synthetic", num_slices=1500, size=32, source="synthetic", seed=3),
+    }
+
+
+@pytest.mark.slow
+def test_sigkill_of_filter_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
+    out = tmp_path / "filtered"
+    options = {"threshold_quantile": 1.0, "progress": False}
+    run_filter(big["synthetic"], big["prepared"], out, **options)
+    before = tree(out)
+    command = [SYNTHSEG, "filter", f"masks={big['synthetic']}", f"reference={big['prepared']}",
+               f"output={out}", "overwrite=true", "progress=false", "threshold_quantile=0.5"]  # fmt: skip
+    kill_when(command, partial_of(out), tmp_path)
+    assert tree(out) == before
+    run_filter(
+        big["synthetic"], big["prepared"], out, overwrite=True, **{**options, "threshold_quantile": 0.5}
+    )
+    assert tree(out) != before and (out / "filter.json").is_file()
+    assert no_leftovers(out)
+
+
+@pytest.mark.slow
+def test_sigkill_of_export_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
+    out = tmp_path / "nnUNet_raw"
+    folder = export_nnunet([big["prepared"]], out, progress=False)
+    before = tree(folder)
+    command = [SYNTHSEG, "export", f"source=[{big['prepared']},{big['synthetic']}]", f"output={out}",
+               "overwrite=true", "progress=false"]  # fmt: skip
+    kill_when(command, partial_of(folder), tmp_path)
+    assert tree(folder) == before
+    export_nnunet([big["prepared"], big["synthetic"]], out, overwrite=True, progress=False)
+    assert len(list((folder / "imagesTr").glob("*.png"))) == 48 + 1500
+    assert no_leftovers(folder)
+
+
+@pytest.mark.slow
+def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: Path) -> None:
+    from synthseg.report.table import write_report
+    from tests.test_report import make_run
+
+    prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        make_run(runs / f"{seed}", mix="full_real", classes=7, seed=seed, dice_error=0.1 + seed / 100,
+                 data_root=prepared)  # fmt: skip
+    out = tmp_path / "report"
+    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 20},
+                  "figures": {"enabled": False}})  # fmt: skip
+    before = tree(out)
+    command = [SYNTHSEG, "report", f"runs={runs}", f"output={out}", "bootstrap.samples=20",
+               "figures.segmentation_slices=4", f"figures.masks_full={big_masks(tmp_path)}"]  # fmt: skip
+    kill_when(command, partial_of(out), tmp_path)
+    assert tree(out) == before
+    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 20},
+                  "figures": {"segmentation_slices": 4}})  # fmt: skip
+    assert (out / "fig8_segmentations_7class.png").is_file() and no_leftovers(out)
+
+
+def big_masks(tmp_path: Path) -> Path:
+    from synthseg.data.pngio import write_label8
+
+    folder = tmp_path / "fig_masks"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        write_label8(folder / f"m{i:02d}.png", rng.integers(0, 7, (256, 256), dtype=np.uint8))
+    return folder
+
+
+def tiny_spade_snapshot(path: Path) -> Path:
+    from synthseg.networks.spade import SPADEGenerator
+
+    torch.manual_seed(0)
+    generator = SPADEGenerator(label_nc=7, ngf=4, image_size=32, hidden_channels=8)
+    save_network(generator.eval(), path, meta={"train_max": 1500.0})
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_of_synthesize_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
+    from synthseg.synth.synthesize import synthesize
+
+    pgan = tiny_snapshot(tmp_path / "pgan.pt", size=32)
+    spade = tiny_spade_snapshot(tmp_path / "spade.pt")
+    out = tmp_path / "synthetic"
+    options = {"threshold": 1e9, "device": "cpu", "progress": False}
+    synthesize(pgan, spade, big["prepared"], 6, out, **options)
+    before = tree(out)
+    count = 1200
+    command = [SYNTHSEG, "synthesize", f"pgan={pgan}", f"spade={spade}", f"reference={big['prepared']}",
+               f"count={count}", f"output={out}", "threshold=1e9", "device=cpu", "overwrite=true",
+               "progress=false"]  # fmt: skip
+    kill_when(command, partial_of(out), tmp_path)
+    assert tree(out) == before
+    synthesize(pgan, spade, big["prepared"], count, out, overwrite=True, **options)
+    assert len(list((out / "images").glob("*.png"))) == len(list((out / "labels").glob("*.png"))) == count
+    assert no_leftovers(out)
+
+
+@pytest.mark.slow
+def test_sigkill_of_generate_images_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
+    from synthseg.synth.images import generate_images
+
+    spade = tiny_spade_snapshot(tmp_path / "spade.pt")
+    out = tmp_path / "images"
+    small = write_dataset(tmp_path / "small", num_slices=5, size=32, source="synthetic", seed=4)
+    generate_images(spade, small, out, device="cpu", progress=False)
+    before = tree(out)
+    command = [SYNTHSEG, "generate-images", f"checkpoint={spade}", f"masks={big['synthetic']}", f"output={out}",
+               "device=cpu", "overwrite=true", "progress=false"]  # fmt: skip
+    kill_when(command, partial_of(out), tmp_path)
+    assert tree(out) == before
+    generate_images(spade, big["synthetic"], out, device="cpu", overwrite=True, progress=False)
+    assert len(list((out / "images").glob("*.png"))) == 1500 and no_leftovers(out)
