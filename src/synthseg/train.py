@@ -161,6 +161,45 @@ def _primitive_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
 
 
+class ResultsWriter(pl.Callback):
+    """Writes ``results.json`` from the process that ran fit or test, on global rank 0.
+
+    Under ``ddp_spawn`` fit and test run in worker processes: only the metrics come back to the caller, not the
+    data statistics or the model's per-subject test statistics, so the file is written where they exist.
+    """
+
+    def __init__(self, cfg: DictConfig, path: Path) -> None:
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.task_name = str(cfg.task_name)
+        self.path = path
+        self.metrics: dict[str, float] = {}
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.metrics.update(_primitive_metrics(trainer.callback_metrics))
+        checkpoint = trainer.checkpoint_callback
+        results = {
+            "version": __version__,
+            "task_name": self.task_name,
+            "config": self.config,
+            "data_stats": getattr(trainer.datamodule, "stats", {}),
+            "best_checkpoint": getattr(checkpoint, "best_model_path", "") if checkpoint else "",
+            "metrics": self.metrics,
+        }
+        details = getattr(pl_module, "results_details", None)
+        if callable(details):
+            results.update(details())
+        write_text_atomic(self.path, json.dumps(results, indent=2, default=str))
+        log.info("results written to %s", self.path)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test the configured model; write ``results.json`` into the run's output folder.
 
@@ -178,6 +217,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: pl.LightningDataModule = _build(cfg.data, "data", _convert_="all")
     model: pl.LightningModule = _build(cfg.model, "model", _convert_="partial")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    results_writer = ResultsWriter(cfg, output_dir / "results.json")
+    callbacks.append(results_writer)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -189,26 +230,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(_primitive_metrics(trainer.callback_metrics))
+        results_writer.metrics.update(metrics)  # carried into a spawned test process
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     if cfg.get("test", False):
         test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
         trainer.test(model=model, datamodule=datamodule, ckpt_path=test_ckpt or None, weights_only=True)
         metrics.update(_primitive_metrics(trainer.callback_metrics))
 
-    if trainer.is_global_zero:
-        results = {
-            "version": __version__,
-            "task_name": cfg.task_name,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "data_stats": getattr(datamodule, "stats", {}),
-            "best_checkpoint": best,
-            "metrics": metrics,
-        }
-        details = getattr(model, "results_details", None)
-        if callable(details):
-            results.update(details())
-        write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2, default=str))
-        log.info("results written to %s", output_dir / "results.json")
     return metrics
 
 

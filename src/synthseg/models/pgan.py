@@ -547,7 +547,7 @@ class PGAN(pl.LightningModule):
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".last.{self.tick}.ckpt.partial"
-        self.trainer.save_checkpoint(tmp)
+        self.trainer.save_checkpoint(tmp, weights_only=False)  # the full training state, for resume
         if not self.trainer.is_global_zero:
             return
         keep = self.keep_checkpoints
