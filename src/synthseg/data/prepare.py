@@ -36,26 +36,15 @@ from synthseg.data.brats import (
     map_tumor_labels,
     read_fast_tissue,
 )
+from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.manifest import REQUIRED_COLUMNS, SPLITS
 from synthseg.data.nifti import check_same_grid, read_header, read_image, read_labels
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.utils.atomic import atomic_path, check_free_space
 
-NUM_CLASSES = 7
 DATASET_FORMAT = "synthseg-dataset/1"
-MANIFEST_COLUMNS = (
-    "id",
-    "case",
-    "slice",
-    "split",
-    "source",
-    "reduced",
-    "empty",
-    "image",
-    "label",
-    *(f"count_{c}" for c in range(NUM_CLASSES)),
-)
-SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = REQUIRED_COLUMNS  # the dataset contract (docs/dataset_layout.md), in its column order
 # Bytes per output pixel (image + label PNG) for the size estimate made before writing: the demo cohort
 # measures 0.25, 16-bit noise over a whole 240x240 slice 1.6; real T1c slices lie between.
 _BYTES_PER_PIXEL_ESTIMATE = 1.0
