@@ -128,6 +128,10 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         )
 
     def sweep(out: Path) -> None:
+        import shutil
+
+        from synthseg.errors import InputError
+
         for mix in cfg.sweep.mixes:
             for classes in cfg.sweep.classes:
                 overrides = [
@@ -140,7 +144,14 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
                     f"seed={seed}",
                     f"trainer.max_epochs={cfg.sweep.epochs}",
                 ]
-                _train(overrides, out / "table1" / f"{mix}_classes{classes}")
+                run_dir = out / "table1" / f"{mix}_classes{classes}"
+                try:
+                    _train(overrides, run_dir)
+                except InputError as err:
+                    # The filter may keep fewer synthetic pairs than a mix asks for: say so, run the rest.
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    print(f"  {mix}: skipped ({err})", flush=True)
+                    break
 
     def report(out: Path) -> None:
         from synthseg.report.table import write_report
