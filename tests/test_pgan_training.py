@@ -297,9 +297,9 @@ def test_experiments_compose_into_the_paper_settings(experiment, resolution, red
     assert cfg.model.generator.resolution == cfg.model.discriminator.resolution == resolution
     model = instantiate(cfg.model, _convert_="partial")
     assert model.schedule.at(0).resolution == 4
-    assert (
-        model.hparams.ema_decay == 0.999 and model.loss.gp_weight == 10.0 and model.loss.drift_weight == 0.001
-    )
+    # The demo's run is too short for the official EMA half-life (conf/experiment/pgan_demo.yaml).
+    assert model.hparams.ema_decay == (0.99 if experiment == "pgan_demo" else 0.999)
+    assert model.loss.gp_weight == 10.0 and model.loss.drift_weight == 0.001
     g_opt, d_opt = model.configure_optimizers()
     assert g_opt.defaults["betas"] == (0.0, 0.99) and d_opt.defaults["lr"] == 0.001
     if experiment != "pgan_demo":
