@@ -84,7 +84,7 @@ def test_the_sweep_covers_every_class_count_and_mix() -> None:
     assert cfg.model.optimizer.lr == 1e-4 and cfg.data.resolution is None
     assert cfg.data.stats_from == "train"  # the paper: statistics over real + synthetic training data
     demo = _compose_with_hydra(["experiment=table1_demo", "mix=reduced_syn20832"])
-    assert demo.task_name == "table1_demo" and demo.data.resolution == 64 and demo.model.net.base_width == 16
+    assert demo.task_name == "table1_demo" and demo.data.resolution == 64 and demo.model.net.base_width == 8
     assert demo.hydra.sweeper.params == params and demo.mix_name == "reduced_syn20832"
 
 
