@@ -13,24 +13,16 @@ from omegaconf import open_dict
 
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
-from tests.test_experiments import SHRINK
+from tests.test_experiments import shrink
 
 
-def _shrunk(experiment: str, data: Path, tmp_path: Path, *, ddp: bool, extra: list[str]):
-    overrides = [f"experiment={experiment}", f"data.root={data}", *extra]
-    if ddp:
-        overrides.append("trainer=ddp_sim")
-    cfg = compose_train(overrides, tmp_path)
+def _shrunk(experiment: str, data: Path, tmp_path: Path, *, extra: list[str]):
+    cfg = compose_train(
+        [f"experiment={experiment}", f"data.root={data}", "trainer=ddp_sim", *extra], tmp_path
+    )
+    shrink(cfg)
     with open_dict(cfg):
-        for key, value in SHRINK[cfg.model_name].items():
-            node, _, leaf = key.rpartition(".")
-            target = cfg
-            for part in node.split("."):
-                target = target[part]
-            target[leaf] = value
-        cfg.torch_threads = 1
-        if ddp:
-            cfg.trainer.devices = 2  # compose_train pins one device
+        cfg.trainer.devices = 2  # compose_train pins one device
     return cfg
 
 
@@ -44,7 +36,6 @@ def test_spade_trains_under_ddp_sim_and_its_checkpoint_loads(tmp_path: Path) -> 
                 "spade_demo",
                 data,
                 tmp_path,
-                ddp=True,
                 extra=["trainer.max_epochs=1", "data.real=8", "trainer.limit_val_batches=1"],
             )
         )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from synthseg.paths import config_dir
 from synthseg.train import train
@@ -39,6 +39,18 @@ SHRINK = {
 }
 
 
+def shrink(cfg: DictConfig) -> None:
+    """Apply the model's SHRINK overrides to a composed config, with one CPU thread."""
+    with open_dict(cfg):
+        for key, value in SHRINK[cfg.model_name].items():
+            node, _, leaf = key.rpartition(".")
+            target = cfg
+            for part in node.split("."):
+                target = target[part]
+            target[leaf] = value
+        cfg.torch_threads = 1
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("experiments")
@@ -66,14 +78,7 @@ def test_experiment_runs_one_step(experiment: str, datasets: tuple[Path, Path], 
         ],
         tmp_path,
     )
-    with open_dict(cfg):
-        for key, value in SHRINK[cfg.model_name].items():
-            node, _, leaf = key.rpartition(".")
-            cfg_node = cfg
-            for part in node.split("."):
-                cfg_node = cfg_node[part]
-            cfg_node[leaf] = value
-        cfg.torch_threads = 1
+    shrink(cfg)
     threads = torch.get_num_threads()
     try:
         train(cfg)
