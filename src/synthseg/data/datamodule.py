@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from synthseg.data.cache import build_cache, open_cache
@@ -310,10 +309,3 @@ class BraTSDataModule(pl.LightningDataModule):
             self.sampler.load_state_dict(state_dict)
             self.batch_size = self.sampler.batch_size
             self.resolution = self.sampler.resolution or self.resolution
-
-    def sample_batch(self, split: str = "val", count: int = 8) -> dict[str, torch.Tensor]:
-        """The first ``count`` slices of a split as one batch (for image grids)."""
-        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
-        count = min(count, len(dataset))
-        items = [dataset[i] for i in range(count)]
-        return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in ("image", "label")}
