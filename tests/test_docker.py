@@ -50,7 +50,9 @@ def project_targets(args: list[str]) -> list[str]:
 def readme_install_commands() -> list[list[str]]:
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
-    commands = [args for block in blocks for line in block.splitlines() for args in pip_installs(line)]
+    # A shell line continued with a trailing backslash is one command.
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    commands = [args for line in lines for args in pip_installs(line)]
     # The README's GPU note: the CUDA torch first, "and then `pip install -e .`".
     commands += [pip_installs(m)[0] for m in re.findall(r"`(pip install [^`]+)`", text)]
     return commands
