@@ -213,6 +213,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if "spawn" in str(cfg.trainer.get("strategy", "")):
+        # Spawned DDP workers receive the model through shared memory; with the default file-descriptor
+        # strategy PGAN's tensors fail to arrive ("unable to resize file"), with the file-system one they do.
+        torch.multiprocessing.set_sharing_strategy("file_system")
 
     datamodule: pl.LightningDataModule = _build(cfg.data, "data", _convert_="all")
     model: pl.LightningModule = _build(cfg.model, "model", _convert_="partial")

@@ -50,6 +50,7 @@ from torch import Tensor
 from synthseg.checkpoint import save_network
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
+from synthseg.models.ddp import allow_unused_parameters
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.visual import grid, label_rgb
@@ -297,6 +298,7 @@ class PGAN(pl.LightningModule):
         return Path(self.output_dir or self.trainer.default_root_dir)
 
     def setup(self, stage: str) -> None:
+        allow_unused_parameters(self.trainer)
         if self.trainer.world_size > 1:
             # Each process draws its own latents.
             self.rng.manual_seed(self.seed + 1_000_003 * self.global_rank)

@@ -21,12 +21,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
+from synthseg.models.ddp import allow_unused_parameters
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
 from synthseg.utils.visual import grid, label_rgb
 
@@ -141,12 +141,7 @@ class SPADEModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy
-        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
-            # Each phase backpropagates through one network only (the other is toggled off), so DDP must not
-            # wait for the other's gradients. setup() runs before the strategy wraps the model.
-            ddp_kwargs["find_unused_parameters"] = True
+        allow_unused_parameters(self.trainer)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return
