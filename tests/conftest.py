@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from synthseg.data.labels import class_weights_from_counts
 from synthseg.data.manifest import COUNT_COLUMNS, REQUIRED_COLUMNS
@@ -94,6 +95,17 @@ def write_dataset(
     }
     (root / "stats.json").write_text(json.dumps(stats))
     return root
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors gain nothing from threads, and on a busy machine thread hand-offs dominate.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

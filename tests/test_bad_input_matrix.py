@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from synthseg.cli import run as cli_run
 from synthseg.data.datamodule import BraTSDataModule
@@ -26,12 +25,7 @@ from tests.test_reliability_atomic import tiny_snapshot
 SIDE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

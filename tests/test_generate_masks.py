@@ -20,14 +20,7 @@ from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_generator
 from synthseg.synth.select import select_best
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_generator(seed: int = 0) -> PGANGenerator:

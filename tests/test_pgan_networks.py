@@ -18,14 +18,7 @@ from synthseg.networks.pgan import (
     pixel_norm,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def count(net: nn.Module) -> int:

@@ -22,14 +22,7 @@ from synthseg.networks.pgan import PGANGenerator
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------------------- schedule

@@ -27,12 +27,7 @@ from tests.conftest import write_dataset
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_snapshot(path: Path, size: int = 32) -> Path:

@@ -19,13 +19,7 @@ from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
 from tests.test_report import make_run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Payload:

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from synthseg.cli import run as cli_run
 from synthseg.errors import InputError
@@ -19,13 +18,7 @@ from tests.conftest import write_dataset
 from tests.test_reliability_atomic import tiny_snapshot
 from tests.test_report import make_run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture
