@@ -13,6 +13,8 @@ from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
 from tests.test_experiments import shrink
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # shrink() sets torch_threads=1; restored afterwards
+
 
 def _shrunk(experiment: str, data: Path, tmp_path: Path, *, extra: list[str], ddp: bool = True):
     overrides = [
@@ -33,18 +35,14 @@ def _shrunk(experiment: str, data: Path, tmp_path: Path, *, extra: list[str], dd
 def test_pgan_schedule_is_the_same_on_one_or_two_processes(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
     extra = ["model.stable_kimg=0.008", "model.transition_kimg=0.008", "model.total_kimg=0.048"]
-    threads = torch.get_num_threads()
     states = []
-    try:
-        for ddp in (False, True):
-            run = tmp_path / ("ddp" if ddp else "single")
-            train(_shrunk("pgan_demo", data, run, extra=extra, ddp=ddp))
-            checkpoint = torch.load(
-                run / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-            )
-            states.append(checkpoint["pgan"])
-    finally:
-        torch.set_num_threads(threads)
+    for ddp in (False, True):
+        run = tmp_path / ("ddp" if ddp else "single")
+        train(_shrunk("pgan_demo", data, run, extra=extra, ddp=ddp))
+        checkpoint = torch.load(
+            run / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        )
+        states.append(checkpoint["pgan"])
     single, ddp = states
     # kimg counts images over all processes: the same images shown, ticks and phase on 1 or 2 processes.
     assert ddp["images_seen"] == single["images_seen"] >= 48
@@ -55,18 +53,8 @@ def test_pgan_schedule_is_the_same_on_one_or_two_processes(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_spade_trains_under_ddp_sim_and_its_checkpoint_loads(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
-    threads = torch.get_num_threads()
-    try:
-        train(
-            _shrunk(
-                "spade_demo",
-                data,
-                tmp_path,
-                extra=["trainer.max_epochs=1", "data.real=8", "trainer.limit_val_batches=1"],
-            )
-        )
-    finally:
-        torch.set_num_threads(threads)
+    extra = ["trainer.max_epochs=1", "data.real=8", "trainer.limit_val_batches=1"]
+    train(_shrunk("spade_demo", data, tmp_path, extra=extra))
     checkpoint = torch.load(
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )

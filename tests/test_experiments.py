@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import DictConfig, open_dict
 
 from synthseg.paths import config_dir
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # shrink() sets torch_threads=1; restored afterwards
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 
@@ -79,8 +80,4 @@ def test_experiment_runs_one_step(experiment: str, datasets: tuple[Path, Path], 
         tmp_path,
     )
     shrink(cfg)
-    threads = torch.get_num_threads()
-    try:
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train(cfg)
