@@ -106,3 +106,24 @@ def read_stats(root: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def synthetic_row(sid: str, counts: np.ndarray, *, has_image: bool) -> dict[str, Any]:
+    """The manifest row of one synthetic slice (``split=train``, ``source=synthetic``, no case or slice index).
+
+    Args:
+        sid: slice id (file stem of ``labels/<sid>.png`` and, with ``has_image``, ``images/<sid>.png``).
+        counts: (7,) pixel count per class of its label map.
+    """
+    return {
+        "id": sid,
+        "case": "synthetic",
+        "slice": -1,
+        "split": "train",
+        "source": "synthetic",
+        "reduced": 0,
+        "empty": int(counts[1:].sum() == 0),
+        "image": f"images/{sid}.png" if has_image else "",
+        "label": f"labels/{sid}.png",
+        **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
+    }

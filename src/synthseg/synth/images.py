@@ -32,7 +32,7 @@ from tqdm import tqdm
 from synthseg import __version__
 from synthseg.checkpoint import load_network, safe_load
 from synthseg.data.labels import NUM_CLASSES, class_weights_from_counts
-from synthseg.data.manifest import COUNT_COLUMNS, MANIFEST, REQUIRED_COLUMNS, read_manifest
+from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, read_manifest, synthetic_row
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.models.spade import generator_from_checkpoint
@@ -234,20 +234,7 @@ def generate_images(
                     maximum = max(maximum, int(image.max()))
                     total += float(image.sum(dtype=np.float64))
                     written += 1
-                    writer.writerow(
-                        {
-                            "id": sid,
-                            "case": "synthetic",
-                            "slice": -1,
-                            "split": "train",
-                            "source": "synthetic",
-                            "reduced": 0,
-                            "empty": int(not mask.any()),
-                            "image": f"images/{sid}.png",
-                            "label": f"labels/{sid}.png",
-                            **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
-                        }
-                    )
+                    writer.writerow(synthetic_row(sid, counts, has_image=True))
                 bar.update(len(positions))
             bar.close()
         frequencies = class_counts / max(int(class_counts.sum()), 1)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from synthseg import __version__
 from synthseg.checkpoint import CheckpointError, load_network, safe_load
 from synthseg.data.labels import NUM_CLASSES, class_weights_from_counts
-from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS
+from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, synthetic_row
 from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from synthseg.models.pgan import ProgressiveSchedule, net_to_labels, resize_labels
@@ -285,20 +285,7 @@ def generate_masks(
             for sid, mask_counts in zip(ids, counts, strict=True):
                 is_empty = int(mask_counts[1:].sum() == 0)
                 batch_empty += is_empty
-                rows.append(
-                    {
-                        "id": sid,
-                        "case": "synthetic",
-                        "slice": -1,
-                        "split": "train",
-                        "source": "synthetic",
-                        "reduced": 0,
-                        "empty": is_empty,
-                        "image": "",
-                        "label": f"labels/{sid}.png",
-                        **{f"count_{c}": int(mask_counts[c]) for c in range(NUM_CLASSES)},
-                    }
-                )
+                rows.append(synthetic_row(sid, mask_counts, has_image=False))
             pending = (future, stop, rows, counts.sum(axis=0), batch_empty)
         if pending is not None:
             commit(pending)

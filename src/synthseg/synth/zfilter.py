@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from synthseg.data.dataset import downsample_labels
 from synthseg.data.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, class_weights_from_counts, colorize
-from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, read_manifest
+from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, read_manifest, synthetic_row
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.utils.atomic import atomic_path, check_free_space
@@ -401,19 +401,7 @@ def _plot_montage(path: Path, masks: list[np.ndarray], titles: list[str], column
 
 
 def _manifest_row(item: MaskItem, counts: np.ndarray, has_images: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": item.id,
-        "case": "synthetic",
-        "slice": -1,
-        "split": "train",
-        "source": "synthetic",
-        "reduced": 0,
-        "empty": int(counts[1:].sum() == 0),
-        "image": f"images/{item.id}.png" if has_images else "",
-        "label": f"labels/{item.id}.png",
-    }
-    row.update({f"count_{c}": int(counts[c]) for c in range(NUM_CLASSES)})
-    return row
+    return synthetic_row(item.id, counts, has_image=has_images)
 
 
 def run_filter(
