@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthseg.data.labels import reduce_labels
+from synthseg.data.labels import majority_downsample, reduce_labels
 
 IMAGE_NORMS = ("paper", "tanh", "raw")
 
@@ -23,19 +23,11 @@ def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def downsample_labels(labels: np.ndarray, factor: int, num_classes: int = 7) -> np.ndarray:
-    """Majority-vote downsampling of an (H, W) label map by an integer factor.
-
-    Averaging class indices (what image pyramids do) would invent classes that are not there; the majority
-    class of each block keeps labels valid. Ties go to the higher class index, so that thin tumor and CSF
-    structures are not lost to background at low resolutions.
-    """
+    """Majority-vote downsampling of an (H, W) label map by an integer factor (:func:`majority_downsample`)."""
     if factor == 1:
         return labels
-    h, w = labels.shape
-    blocks = labels.reshape(h // factor, factor, w // factor, factor)
-    counts = np.stack([(blocks == c).sum(axis=(1, 3)) for c in range(num_classes)], axis=0)
-    # argmax over reversed classes picks the highest class among equal counts.
-    return (num_classes - 1 - np.argmax(counts[::-1], axis=0)).astype(labels.dtype)
+    reduced = majority_downsample(torch.from_numpy(labels.astype(np.int64))[None], factor, num_classes)[0]
+    return reduced.numpy().astype(labels.dtype)
 
 
 class SliceDataset(Dataset):

@@ -75,6 +75,20 @@ def colorize(labels: np.ndarray, classes: int = 7) -> np.ndarray:
     return palette(classes)[np.clip(labels, 0, classes - 1)]
 
 
+def majority_downsample(labels: torch.Tensor, factor: int, classes: int) -> torch.Tensor:
+    """Majority vote per ``factor`` x ``factor`` block of (N, H, W) class indices; ties go to the higher class.
+
+    Averaging class indices (what image pyramids do) would invent classes that are not there; the majority
+    class keeps labels valid, and the tie rule keeps thin tumor and CSF structures at low resolutions. The one
+    rule for the DataModule's low-resolution labels, PGAN's faded reals and the filter's reduced reference.
+    """
+    if factor == 1:
+        return labels
+    onehot = torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float()
+    counts = torch.nn.functional.avg_pool2d(onehot, factor)
+    return (classes - 1 - counts.flip(1).argmax(dim=1)).to(labels.dtype)
+
+
 def class_weights_from_counts(counts: np.ndarray | list[float]) -> np.ndarray:
     """Weighted-Dice class weights: inverse class frequency, normalised to sum 1.
 

@@ -17,7 +17,7 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
 
 Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
 Low-resolution reals come from the DataModule by majority vote per block (see
-:func:`synthseg.data.dataset.downsample_labels`), not by the official 2x2 averaging, which would invent
+:func:`synthseg.data.labels.majority_downsample`), not by the official 2x2 averaging, which would invent
 fractional classes that no generated mask could be judged against. During a fade-in the reals are blended
 with their majority-vote half-resolution copy, nearest-upsampled, exactly as the generator blends its
 previous stage.
@@ -41,13 +41,13 @@ from typing import Any, cast
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.core.optimizer import LightningOptimizer
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from synthseg.checkpoint import save_network
+from synthseg.data.labels import majority_downsample
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.ddp import allow_unused_parameters
@@ -72,18 +72,6 @@ def net_to_labels(x: Tensor, classes: int) -> Tensor:
     """Network values (N, 1, H, W) -> class indices (N, H, W) uint8: linear map back, round, clip."""
     values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
     return values.round().clamp(0, classes - 1).to(torch.uint8)
-
-
-def majority_downsample(labels: Tensor, factor: int, classes: int) -> Tensor:
-    """Majority vote per ``factor`` x ``factor`` block of (N, H, W) class indices; ties go to the higher class.
-
-    The same rule as the DataModule's low-resolution labels (thin tumor and CSF structures survive).
-    """
-    if factor == 1:
-        return labels
-    onehot = F.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float()
-    counts = F.avg_pool2d(onehot, factor)
-    return (classes - 1 - counts.flip(1).argmax(dim=1)).to(labels.dtype)
 
 
 def resize_labels(labels: Tensor, size: int, classes: int) -> Tensor:
