@@ -77,6 +77,20 @@ def test_masks_equal_the_generator_output_for_the_documented_latents(snapshot: P
         assert np.array_equal(read_png(tmp_path / "m" / "labels" / f"synth_{i:06d}.png"), expected[i])
 
 
+def test_autocast_generation_is_recorded_and_moves_labels_by_at_most_one_class(
+    snapshot: Path, tmp_path: Path
+):
+    info = generate_masks(snapshot, 6, tmp_path / "bf16", size=16, autocast="bf16", progress=False)
+    assert info["autocast"] == "bf16"
+    with torch.no_grad():
+        values = tiny_generator()(latents(0, 0, 6, 8))
+    exact = net_to_labels(values, 7).numpy().astype(int)
+    mixed = np.stack([read_png(tmp_path / "bf16" / "labels" / f"synth_{i:06d}.png") for i in range(6)])
+    # bf16 keeps 8 bits of mantissa: a pixel changes class only by rounding across the nearest boundary.
+    assert np.abs(mixed.astype(int) - exact).max() <= 1
+    assert (mixed == exact).mean() > 0.5
+
+
 def test_same_seed_same_masks_whatever_the_batch_size(snapshot: Path, tmp_path: Path):
     generate_masks(snapshot, 9, tmp_path / "a", batch_size=2, progress=False)
     generate_masks(snapshot, 9, tmp_path / "b", batch_size=9, progress=False)
@@ -180,6 +194,7 @@ def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):
         (lambda s, t: generate_masks(s, 2, t, progress=False), InputError),  # exists, no overwrite
         (lambda s, t: generate_masks(s, 2, t / "x", size=12, progress=False), InputError),
         (lambda s, t: generate_masks(s, 2, t / "x", device="tpu:9", progress=False), InputError),
+        (lambda s, t: generate_masks(s, 2, t / "x", autocast="fp8", progress=False), InputError),
         (lambda s, t: generate_masks(t / "missing.pt", 2, t / "x", progress=False), InputError),
         (lambda s, t: select_best(t / "nowhere"), InputError),
         (lambda s, t: select_best(t), InputError),  # no swd.csv below

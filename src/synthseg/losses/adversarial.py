@@ -31,6 +31,7 @@ def hinge_g(prediction: torch.Tensor) -> torch.Tensor:
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)) summed over the latent and the batch, as the official SPADE does."""
+    mu, logvar = mu.float(), logvar.float()
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
 
@@ -60,16 +61,17 @@ class SPADEObjective:
 
     @staticmethod
     def _gan(outputs: MultiscaleOutput, term) -> torch.Tensor:
-        return sum(term(features[-1]) for features in outputs) / len(outputs)
+        # Terms in float32 under mixed precision (a no-op in float32).
+        return sum(term(features[-1].float()) for features in outputs) / len(outputs)
 
     def feature_matching(self, pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput) -> torch.Tensor:
         """L1 between fake and (detached) real features, every layer but the prediction, every discriminator."""
         self._check(pred_fake, pred_real)
         num_d = len(pred_fake)
-        loss = pred_fake[0][-1].new_zeros(())
+        loss = pred_fake[0][-1].new_zeros((), dtype=torch.float32)
         for fake_features, real_features in zip(pred_fake, pred_real, strict=True):
             for fake, real in zip(fake_features[:-1], real_features[:-1], strict=True):
-                loss = loss + F.l1_loss(fake, real.detach()) * (self.lambda_feat / num_d)
+                loss = loss + F.l1_loss(fake.float(), real.detach().float()) * (self.lambda_feat / num_d)
         return loss
 
     def generator_terms(

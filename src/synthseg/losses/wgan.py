@@ -33,15 +33,22 @@ class WGANGPLoss:
         self.drift_weight = float(drift_weight)
 
     def discriminator(
-        self, critic: Critic, reals: Tensor, fakes: Tensor, mixing: Tensor
+        self, critic: Critic, reals: Tensor, fakes: Tensor, mixing: Tensor, grad_scale: float = 1.0
     ) -> dict[str, Tensor]:
         """The critic's loss and its terms.
+
+        Under mixed precision the scores and every term are taken in float32. With fp16 the input gradient
+        of the penalty is taken from the scores' mean multiplied by ``grad_scale`` (the GradScaler's current
+        scale) and scaled back in float32, as PyTorch's AMP recipe for gradient penalties: unscaled, fp16
+        input gradients below 6e-8 would flush to zero. An overflow there makes the loss non-finite, and the
+        GradScaler then skips the step and lowers its scale, as for any other overflow.
 
         Args:
             critic: maps images (N, C, H, W) to scores (N, 1).
             reals: real images (N, C, H, W).
             fakes: generated images (N, C, H, W), detached from the generator.
             mixing: interpolation factors in [0, 1], shape (N, 1, 1, 1) (or broadcastable).
+            grad_scale: loss scale of the penalty's input gradient (1 without fp16 loss scaling).
 
         Returns:
             ``loss`` (scalar to minimise) and the batch means of ``D_real``, ``D_fake``, ``wasserstein``
@@ -50,12 +57,18 @@ class WGANGPLoss:
         """
         if reals.shape != fakes.shape:
             raise ValueError(f"reals {tuple(reals.shape)} and fakes {tuple(fakes.shape)} differ in shape")
-        real_scores = critic(reals)
-        fake_scores = critic(fakes)
+        if not grad_scale > 0:
+            raise ValueError(f"grad_scale must be positive, got {grad_scale}")
+        real_scores = critic(reals).float()
+        fake_scores = critic(fakes).float()
         mixed = (reals + (fakes - reals) * mixing).detach().requires_grad_(True)
-        mixed_scores = critic(mixed)
+        mixed_scores = critic(mixed).float()
         # create_graph: the penalty must itself be differentiated with respect to the critic's weights.
-        (grads,) = torch.autograd.grad(mixed_scores.sum(), mixed, create_graph=True)
+        # The scores' mean carries the scale, as the scaled loss (a batch mean) does: each sample's upstream
+        # gradient is grad_scale / N, which the GradScaler has tuned not to overflow.
+        count = mixed_scores.shape[0]
+        (scaled_grads,) = torch.autograd.grad(mixed_scores.mean() * grad_scale, mixed, create_graph=True)
+        grads = scaled_grads.float() * (count / grad_scale)
         grad_norm = grads.flatten(1).norm(dim=1)
         penalty = (grad_norm - self.gp_target).square() * (self.gp_weight / self.gp_target**2)
         drift = real_scores.flatten().square() * self.drift_weight
@@ -77,5 +90,5 @@ class WGANGPLoss:
             critic: maps images (N, C, H, W) to scores (N, 1).
             fakes: generated images (N, C, H, W), attached to the generator's graph.
         """
-        fake_scores = critic(fakes)
+        fake_scores = critic(fakes).float()
         return {"loss": -fake_scores.mean(), "D_fake": fake_scores.mean().detach()}

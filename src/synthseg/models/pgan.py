@@ -196,6 +196,11 @@ class PGAN(pl.LightningModule):
         keep_checkpoints: besides ``last.ckpt``, keep this many per-tick full checkpoints (0: none).
         seed: seed of latents and mixing factors (the training RNG stream, saved in checkpoints).
         output_dir: where snapshots, ``swd.csv`` and checkpoints go (default: the trainer's root dir).
+        channels_last: fast path: NHWC weights and activations (same values, faster convolutions).
+
+    Mixed precision comes from the trainer (``trainer.precision=bf16-mixed`` or ``16-mixed``): the networks
+    run under autocast, pixel norm and minibatch standard deviation stay in float32, and the gradient
+    penalty is computed with the GradScaler's scale (see :meth:`WGANGPLoss.discriminator`).
     """
 
     def __init__(
@@ -222,6 +227,7 @@ class PGAN(pl.LightningModule):
         keep_checkpoints: int = 0,
         seed: int = 0,
         output_dir: str | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # Primitive copies before save_hyperparameters, so checkpoints load with weights_only=True.
@@ -255,6 +261,10 @@ class PGAN(pl.LightningModule):
         self.keep_checkpoints = int(keep_checkpoints)
         self.seed = int(seed)
         self.output_dir = output_dir
+        if channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+            discriminator = discriminator.to(memory_format=torch.channels_last)
+        self.channels_last = bool(channels_last)
         self.generator = generator
         self.discriminator = discriminator
         # No batch norm or dropout: train/eval mode makes no difference to the EMA copy.
@@ -384,7 +394,12 @@ class PGAN(pl.LightningModule):
         if stage.alpha < 1.0 and stage.resolution > 4:
             low = resize_labels(majority_downsample(labels, 2, self.classes), stage.resolution, self.classes)
             reals = torch.lerp(labels_to_net(low, self.classes), reals, stage.alpha)
-        return reals
+        return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
+
+    def _penalty_grad_scale(self) -> float:
+        """The fp16 GradScaler's current scale (1 without loss scaling: fp32 and bf16)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -416,7 +431,8 @@ class PGAN(pl.LightningModule):
         with torch.no_grad():
             fakes = self.generator(self._latents(count), res, alpha)
         mixing = torch.rand(count, 1, 1, 1, generator=self.rng).to(self.device)
-        d_terms = self.loss.discriminator(critic, reals, fakes, mixing)
+        scale = self._penalty_grad_scale()
+        d_terms = self.loss.discriminator(critic, reals, fakes, mixing, grad_scale=scale)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_terms["loss"])
         opt_d.step()

@@ -93,6 +93,12 @@ class SPADEModule(pl.LightningModule):
         niter: epochs at the initial learning rate.
         niter_decay: epochs of linear decay to zero after ``niter``.
         num_val_images: validation label maps shown as (label | generated | real) rows in TensorBoard.
+        channels_last: fast path: NHWC weights and activations (same values, faster convolutions).
+        compile: fast path: run the generator and the discriminator through ``torch.compile`` (weights and
+            checkpoints unchanged).
+
+    Mixed precision comes from the trainer (``trainer.precision``): the networks run under autocast, the
+    spectral-norm power iteration and every loss term stay in float32.
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class SPADEModule(pl.LightningModule):
         niter: int = 50,
         niter_decay: int = 0,
         num_val_images: int = 8,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -125,9 +133,18 @@ class SPADEModule(pl.LightningModule):
                 f"generator is {expected_d_input}"
             )
         self.automatic_optimization = False
+        if channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+            discriminator = discriminator.to(memory_format=torch.channels_last)
         self.generator = generator
         self.discriminator = discriminator
         self.encoder = encoder
+        # Kept out of the module registry: the compiled wrappers share the networks' parameters, and
+        # registering them would add a second set of state-dict keys.
+        object.__setattr__(self, "run_generator", torch.compile(generator) if compile else generator)
+        object.__setattr__(
+            self, "run_discriminator", torch.compile(discriminator) if compile else discriminator
+        )
         self.optimizer_g_factory = optimizer_g
         self.optimizer_d_factory = optimizer_d
         self.objective = SPADEObjective(lambda_feat=lambda_feat, lambda_kld=lambda_kld)
@@ -172,6 +189,9 @@ class SPADEModule(pl.LightningModule):
         if label.dim() == 3:  # class indices: make them one-hot
             label = F.one_hot(label.long(), self.label_nc).permute(0, 3, 1, 2)
         label = label.to(image.dtype)
+        if self.hparams.channels_last:
+            label = label.contiguous(memory_format=torch.channels_last)
+            image = image.contiguous(memory_format=torch.channels_last)
         expected = (self.label_nc, self.image_size, self.image_size)
         if tuple(label.shape[1:]) != expected:
             raise InputError(
@@ -188,7 +208,7 @@ class SPADEModule(pl.LightningModule):
         if self.encoder is not None and real is not None:
             mu, logvar = self.encoder(real)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        fake = self.generator(label, z)
+        fake = self.run_generator(label, z)
         return fake, (mu if compute_kld else None), (logvar if compute_kld else None)
 
     def discriminate(
@@ -196,7 +216,7 @@ class SPADEModule(pl.LightningModule):
     ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
         """Real and fake through the discriminator in one batch (fake first), split back apart."""
         both = torch.cat([torch.cat([label, fake], dim=1), torch.cat([label, real], dim=1)], dim=0)
-        outputs = self.discriminator(both)
+        outputs = self.run_discriminator(both)
         half = fake.shape[0]
         pred_fake = [[f[:half] for f in features] for features in outputs]
         pred_real = [[f[half:] for f in features] for features in outputs]

@@ -37,7 +37,9 @@ def pixel_norm(x: Tensor, eps: float = PIXEL_NORM_EPS) -> Tensor:
     Args:
         x: (N, C, ...) features.
     """
-    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+    # In float32 under mixed precision: in fp16, eps 1e-8 underflows to 0 and squares above 256 overflow.
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.square().mean(dim=1, keepdim=True) + eps)).to(x.dtype)
 
 
 def _check_resolution(resolution: int, name: str = "resolution") -> int:
@@ -132,11 +134,12 @@ class MinibatchStdDev(nn.Module):
         group = min(self.group_size, n)
         while n % group:
             group -= 1
-        y = x.reshape(group, n // group, c, h, w)
+        # float32 under mixed precision: in fp16 the 1e-8 vanishes and sqrt(0) has an infinite gradient.
+        y = x.float().reshape(group, n // group, c, h, w)
         y = y - y.mean(dim=0, keepdim=True)
         y = torch.sqrt(y.square().mean(dim=0) + 1e-8)  # (M, C, H, W)
         y = y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1)  # (M, 1, 1, 1)
-        y = y.repeat(group, 1, h, w)  # sample g*M + m gets group m's value
+        y = y.repeat(group, 1, h, w).to(x.dtype)  # sample g*M + m gets group m's value
         return torch.cat([x, y], dim=1)
 
 

@@ -20,11 +20,38 @@ from torch import nn
 # The hook-based spectral norm (as the official code uses): unlike torch.nn.utils.parametrizations, modules
 # that carry it can be pickled, which DDP with spawned processes needs.
 from torch.nn.utils import spectral_norm
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from synthseg.networks.sync_norm import SyncBatchNorm2d
 
 PARAM_FREE_NORMS = ("batch", "instance")
 UPSAMPLING_LAYERS = (5, 6, 7)  # official "normal", "more", "most"
+
+
+class Float32SpectralNorm(SpectralNorm):
+    """torch's spectral-norm hook with the power iteration and sigma in float32, also under autocast.
+
+    Under fp16 autocast on CUDA ``torch.mv`` runs in half precision, so sigma (and with it every weight)
+    would carry about three significant digits and the power-iteration vectors would drift. The weights
+    stay float32 parameters; only the conv that uses the normalised weight runs in reduced precision.
+    """
+
+    def compute_weight(self, module: nn.Module, do_power_iteration: bool) -> torch.Tensor:
+        device_type = getattr(module, self.name + "_orig").device.type
+        if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
+            return super().compute_weight(module, do_power_iteration)
+        with torch.autocast(device_type, enabled=False):
+            return super().compute_weight(module, do_power_iteration)
+
+
+def spectral_norm_float32(layer: nn.Module) -> nn.Module:
+    """``torch.nn.utils.spectral_norm`` (same state-dict keys) whose hook computes in float32."""
+    layer = spectral_norm(layer)
+    for hook in layer._forward_pre_hooks.values():
+        if type(hook) is SpectralNorm:
+            # torch's SpectralNorm.apply builds its own class; the subclass only changes compute_weight.
+            hook.__class__ = Float32SpectralNorm
+    return layer
 
 
 def _init_conv(layer: nn.Module, gain: float) -> nn.Module:
@@ -47,7 +74,7 @@ def _conv(
 ) -> nn.Module:
     """A conv initialised before spectral norm wraps it, so the power iteration starts from the final weights."""
     layer = _init_conv(nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias), gain)
-    return spectral_norm(layer) if spectral else layer
+    return spectral_norm_float32(layer) if spectral else layer
 
 
 def _check_positive(**values: int) -> None:

@@ -38,6 +38,7 @@ from synthseg.errors import InputError
 from synthseg.models.spade import generator_from_checkpoint
 from synthseg.networks.spade import SPADEGenerator
 from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ def generate_images(
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
-    if autocast not in (None, "bf16", "fp16"):
-        raise InputError(f"autocast must be null, bf16 or fp16, got {autocast!r}")
+    amp_dtype = autocast_dtype(autocast)
     output = Path(output)
     if output.exists() and not overwrite:
         raise InputError(f"output={output} already exists (pass overwrite=true to replace it)")
@@ -203,8 +203,6 @@ def generate_images(
         shuffle=False,
         num_workers=num_workers,
     )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
-
     written = 0
     class_counts = np.zeros(NUM_CLASSES, np.int64)
     maximum, total = 0, 0.0
