@@ -1,6 +1,6 @@
-"""Mixed precision and memory-format fast paths of the GANs: numerics that stay in float32, the gradient
-penalty under fp16 loss scaling, spectral norm under autocast, and short runs through the real ``train()``
-with ``bf16-mixed`` and with fp16 + GradScaler (both run on CPU here)."""
+"""Fast paths of the models: numerics that stay in float32 under mixed precision (the gradient penalty under
+fp16 loss scaling, pixel norm, minibatch stddev, spectral norm), channels_last, torch.compile, fused Adam,
+and short runs through the real ``train()`` with ``bf16-mixed`` and with fp16 + GradScaler (on CPU here)."""
 
 from __future__ import annotations
 
@@ -277,3 +277,34 @@ def test_spade_trains_in_bf16_mixed_precision(tiny_dataset: Path, tmp_path: Path
     spectral = [k for k in weights if k.startswith("generator.") and k.endswith("weight_orig")]
     assert spectral and all(weights[k].dtype == torch.float32 for k in spectral)  # parameters stay float32
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_fused_adam_switch_reaches_every_optimizer_and_trains(gan_data: Path, tmp_path: Path):
+    from hydra.utils import instantiate
+
+    for model, keys in (
+        ("unet", ["optimizer"]),
+        ("spade", ["optimizer_g", "optimizer_d"]),
+        ("pgan", ["g_optimizer", "d_optimizer"]),
+    ):
+        overrides = [f"model={model}", f"data.root={gan_data}"]
+        overrides += [f"model.{key}.fused=true" for key in keys]
+        cfg = compose_train(overrides, tmp_path / model)
+        for key in keys:
+            optimizer = instantiate(cfg.model[key])(params=[nn.Parameter(torch.zeros(2))])
+            assert optimizer.defaults["fused"] is True
+    cfg = compose_train(
+        [
+            *PGAN_TINY,
+            f"data.root={gan_data}",
+            "model.total_kimg=0.032",
+            "model.swd_images=0",
+            "model.g_optimizer.fused=true",
+            "model.d_optimizer.fused=true",
+        ],
+        tmp_path / "run_fused",
+    )
+    train(cfg)
+    checkpoint = safe_load(tmp_path / "run_fused" / "run" / "checkpoints" / "last.ckpt")
+    assert checkpoint["pgan"]["images_seen"] == 32
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
