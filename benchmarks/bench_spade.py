@@ -1,35 +1,74 @@
-"""SPADE speed on this machine: seconds per training iteration and generation images/s.
+"""SPADE at 256x256: training and generation images/s, FLOPs per image, fraction of conv peak, peak memory.
 
-    python benchmarks/bench_spade.py [--size 256] [--batch 1] [--iters 3] [--gen-images 16] [--gen-batch 4]
-                                     [--ngf 64] [--device cpu|cuda] [--json FILE]
+At the paper's widths and the official batch 1; generation both by the generator alone and through the real
+generate_images path with PNG I/O; the achieved FLOP/s is taken as a fraction of this machine's 3x3-conv peak
+measured in the same run.
+
+    python benchmarks/bench_spade.py [--device cpu|cuda] [--threads 2] [--precision 32-true|bf16-mixed|16-mixed]
+                                     [--channels-last] [--compile] [--batch-size 1] [--size 256]
+                                     [--gen-batch 4] [--gen-images 16] [--ngf 64] [--ndf 64] [--json PATH]
 
 Training: one iteration is what SPADEModule.training_step computes (generator step with hinge + feature
-matching, then discriminator step on a fresh fake, real and fake through D in one batch, Adam TTUR), at the
-paper's widths by default; FLOPs are counted with ``torch.utils.flop_counter`` on one extra iteration.
-Generation: the real ``generate_images`` path (mask PNG read, generator under inference mode, 16-bit PNG and
-label write, manifest) on synthetic disc-shaped masks. Weights are random: speed does not depend on them.
+matching, discriminator frozen; then discriminator step on a fresh fake made under no_grad; real and fake go
+through the two-scale discriminator in one batch; Adam TTUR, G 1e-4 / D 4e-4, betas (0, 0.9)), at the paper's
+widths (SPADEGenerator label_nc 7, output_nc 1, ngf 64; MultiscaleDiscriminator num_D 2, ndf 64, n_layers 4).
+Train images/s = batch / iteration. FLOPs (torch.utils.flop_counter: convolutions and matmuls, 2 per
+multiply-add) are counted on the fp32 networks over the whole iteration (both generator forwards, the
+discriminator on both batches twice, both backwards; Adam adds none), and given per iteration and per image.
+Inputs are tensors already on the device (disc-shaped one-hot masks, random images).
+
+Generation: the generator alone in eval mode at --gen-batch under inference mode (its FLOPs and fraction of
+peak), then the real ``generate_images`` path (mask PNG read, generator, 16-bit PNG and label write, manifest)
+on --gen-images synthetic masks; that one uses the precision (bf16/fp16 autocast) but not --channels-last or
+--compile, which generate_images does not take. Weights are random: speed does not depend on them.
+
+--compile compiles both networks. --precision 16-mixed (CUDA only) scales both losses with one GradScaler.
+Peak memory on CUDA is the allocator's peak; on CPU the process's peak resident set size (inference is
+measured first, so each figure is that workload's high-water mark). The fraction of peak is taken per timed
+step against a 3x3-conv peak measured just before that step, median over steps; peaks are also measured
+before and after. The paper's SPADE trained at about 5.9 images/s on two V100 (about 2.9 per GPU).
+The JSON result (hardware, peaks, figures, top operators) is printed, and written to --json if given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from peak import (
+    BenchRun,
+    add_common_arguments,
+    adversarial_step,
+    combine_peaks,
+    count_flops,
+    describe_hardware,
+    emit,
+    hardware_line,
+    measure_peaks,
+    operator_lines,
+    paper_comparison,
+    peaks_line,
+    summary_line,
+    throughput_record,
+    top_operators,
+)
 
 from synthseg.checkpoint import save_network
 from synthseg.data.pngio import write_label8
 from synthseg.losses.adversarial import SPADEObjective
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.synth.images import generate_images
+
+PAPER_IMAGES_PER_S = 5.9
+PAPER_HARDWARE = "two V100 (DDP), about 2.9 images/s per GPU"
+GENERATE_AUTOCAST = {"32-true": None, "bf16-mixed": "bf16", "16-mixed": "fp16"}
+CLASSES = 7
 
 
 def disc_mask(size: int, seed: int) -> np.ndarray:
@@ -46,71 +85,24 @@ def disc_mask(size: int, seed: int) -> np.ndarray:
     return mask
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def one_hot_masks(count: int, size: int, run: BenchRun) -> torch.Tensor:
+    masks = torch.from_numpy(np.stack([disc_mask(size, i) for i in range(count)]).astype(np.int64))
+    label = F.one_hot(masks, CLASSES).permute(0, 3, 1, 2).float()
+    return label.to(run.device).contiguous(memory_format=run.memory_format)
 
 
-def training_iteration(g, d, opt_g, opt_d, objective, label, real) -> None:
-    def discriminate(fake):
-        both = torch.cat([torch.cat([label, fake], 1), torch.cat([label, real], 1)], 0)
-        outputs = d(both)
-        half = fake.shape[0]
-        return [[f[:half] for f in o] for o in outputs], [[f[half:] for f in o] for o in outputs]
-
-    for p in d.parameters():
-        p.requires_grad_(False)
-    pred_fake, pred_real = discriminate(g(label))
-    loss_g = objective.total(objective.generator_terms(pred_fake, pred_real))
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_g.step()
-    for p in d.parameters():
-        p.requires_grad_(True)
-    with torch.no_grad():
-        fake = g(label)
-    pred_fake, pred_real = discriminate(fake.detach())
-    loss_d = objective.total(objective.discriminator_terms(pred_fake, pred_real))
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
-
-
-def bench_training(args, device: torch.device) -> dict:
+def build(args: argparse.Namespace, run: BenchRun) -> tuple[SPADEGenerator, MultiscaleDiscriminator]:
     torch.manual_seed(0)
-    g = SPADEGenerator(ngf=args.ngf, image_size=args.size).to(device)
-    d = MultiscaleDiscriminator(ndf=args.ndf).to(device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.0, 0.9))
-    opt_d = torch.optim.Adam(d.parameters(), lr=4e-4, betas=(0.0, 0.9))
-    objective = SPADEObjective()
-    masks = torch.from_numpy(np.stack([disc_mask(args.size, i) for i in range(args.batch)]).astype(np.int64))
-    label = F.one_hot(masks, 7).permute(0, 3, 1, 2).float().to(device)
-    real = torch.rand(args.batch, 1, args.size, args.size, device=device) * 2 - 1
-    times = []
-    for i in range(args.warmup + args.iters):
-        sync(device)
-        start = time.perf_counter()
-        training_iteration(g, d, opt_g, opt_d, objective, label, real)
-        sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        training_iteration(g, d, opt_g, opt_d, objective, label, real)
-    flops = counter.get_total_flops()
-    median = statistics.median(times)
-    return {
-        "seconds_per_iteration": median,
-        "all_seconds": times,
-        "images_per_second": args.batch / median,
-        "tflop_per_iteration": flops / 1e12,
-        "achieved_gflops": flops / median / 1e9,
-        "generator_parameters": sum(p.numel() for p in g.parameters()),
-        "discriminator_parameters": sum(p.numel() for p in d.parameters()),
-    }
+    generator = SPADEGenerator(label_nc=CLASSES, output_nc=1, ngf=args.ngf, image_size=args.size)
+    discriminator = MultiscaleDiscriminator(label_nc=CLASSES, output_nc=1, num_D=2, ndf=args.ndf, n_layers=4)
+    return (
+        generator.to(run.device, memory_format=run.memory_format),
+        discriminator.to(run.device, memory_format=run.memory_format),
+    )
 
 
-def bench_generation(args, device: torch.device) -> dict:
+def bench_generation(args: argparse.Namespace, run: BenchRun) -> dict[str, Any]:
+    """Images/s of generate_images over PNG masks, PNG reading and writing included."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         torch.manual_seed(0)
@@ -119,74 +111,149 @@ def bench_generation(args, device: torch.device) -> dict:
         (tmp / "masks").mkdir()
         for i in range(args.gen_images):
             write_label8(tmp / "masks" / f"synth_{i:06d}.png", disc_mask(args.size, i))
+        options = dict(device=str(run.device), autocast=GENERATE_AUTOCAST[args.precision], progress=False)
         # Warm-up call on a copy of one mask, then the timed run over all of them.
         (tmp / "warm").mkdir()
         write_label8(tmp / "warm" / "synth_000000.png", disc_mask(args.size, 0))
-        generate_images(
-            tmp / "generator.pt", tmp / "warm", tmp / "out_warm", device=str(device), progress=False
-        )
+        generate_images(tmp / "generator.pt", tmp / "warm", tmp / "out_warm", **options)
         start = time.perf_counter()
         generate_images(
-            tmp / "generator.pt",
-            tmp / "masks",
-            tmp / "out",
-            batch_size=args.gen_batch,
-            device=str(device),
-            progress=False,
+            tmp / "generator.pt", tmp / "masks", tmp / "out", batch_size=args.gen_batch, **options
         )
         elapsed = time.perf_counter() - start
     return {
         "images": args.gen_images,
         "batch_size": args.gen_batch,
         "seconds": elapsed,
-        "images_per_second": args.gen_images / elapsed,
+        "images_per_s": args.gen_images / elapsed,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--batch-size", "--batch", type=int, default=1, help="official default: 1")
+    parser.add_argument("--iters", dest="repeats", type=int, help="same as --repeats")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--ndf", type=int, default=64)
-    parser.add_argument("--gen-images", type=int, default=16)
-    parser.add_argument("--gen-batch", type=int, default=4)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--gen-batch", type=int, default=4, help="generation batch")
+    parser.add_argument("--gen-images", type=int, default=16, help="masks through generate_images")
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--skip-generation", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--skip-generation", action="store_true", help="skip the generate_images (PNG) run")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    result = {
-        "machine": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "size": args.size,
-        "ngf": args.ngf,
-        "ndf": args.ndf,
+    run = BenchRun(args)
+    device, b, e, s = run.device, args.batch_size, args.gen_batch, args.size
+    peaks_before = measure_peaks(device, run.peak_dtype)
+
+    generator, discriminator = build(args, run)
+    run_g = torch.compile(generator) if args.compile else generator
+    run_d = torch.compile(discriminator) if args.compile else discriminator
+    opt_g = run.adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    opt_d = run.adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    objective = SPADEObjective()
+    label = one_hot_masks(b, s, run)
+    real = (torch.rand(b, 1, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    real = real.contiguous(memory_format=run.memory_format)
+    eval_label = one_hot_masks(e, s, run)
+
+    def discriminate(d: torch.nn.Module, fake: torch.Tensor) -> tuple[list, list]:
+        both = torch.cat([torch.cat([label, fake], 1), torch.cat([label, real], 1)], 0)
+        outputs = d(both)
+        return [[f[:b] for f in o] for o in outputs], [[f[b:] for f in o] for o in outputs]
+
+    def generator_loss(g: torch.nn.Module, d: torch.nn.Module) -> torch.Tensor:
+        return objective.total(objective.generator_terms(*discriminate(d, g(label))))
+
+    def discriminator_loss(g: torch.nn.Module, d: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            fake = g(label)
+        return objective.total(objective.discriminator_terms(*discriminate(d, fake.detach())))
+
+    def phases(g: torch.nn.Module, d: torch.nn.Module, optimize: bool) -> list:
+        return [
+            (lambda: generator_loss(g, d), opt_g if optimize else None, discriminator),
+            (lambda: discriminator_loss(g, d), opt_d if optimize else None, generator),
+        ]
+
+    def train_step() -> None:
+        adversarial_step(phases(run_g, run_d, optimize=True), run)
+
+    def infer_step() -> None:
+        with torch.inference_mode(), run.autocast():
+            run_g(eval_label)
+
+    # FLOPs of the plain fp32 networks (precision and memory layout do not change the arithmetic). Inference
+    # is counted and timed before training: on CPU the peak RSS is a high-water mark.
+    generator.eval()
+    with torch.no_grad():
+        forward_flops = count_flops(lambda: generator(eval_label)) / e
+    infer_timing, infer_mem = run.timed(infer_step, forward_flops * e)
+    generator.train()
+    inference = throughput_record(infer_timing, e, forward_flops, infer_mem, seconds_key="batch_s")
+    result: dict[str, Any] = {
+        "benchmark": "spade",
+        "hardware": describe_hardware(device),
+        "settings": {
+            **run.settings(args),
+            "batch_size": b,
+            "eval_batch_size": e,
+            "size": s,
+            "ngf": args.ngf,
+            "ndf": args.ndf,
+        },
+        "flops_per_image": {"forward": forward_flops},
+        "parameters": {
+            "generator": sum(p.numel() for p in generator.parameters()),
+            "discriminator": sum(p.numel() for p in discriminator.parameters()),
+        },
     }
+    operators: list[dict] = []
     if not args.skip_training:
-        result["training"] = bench_training(args, device)
-        t = result["training"]
-        print(
-            f"training {args.size}x{args.size} batch {args.batch}: {t['seconds_per_iteration']:.2f} s/iteration, "
-            f"{t['tflop_per_iteration']:.3f} TFLOP/iteration, {t['achieved_gflops']:.1f} GFLOP/s"
+        iteration_flops = count_flops(
+            lambda: adversarial_step(phases(generator, discriminator, optimize=False))
         )
+        generator.zero_grad(set_to_none=True)
+        discriminator.zero_grad(set_to_none=True)
+        train_timing, train_mem = run.timed(train_step, iteration_flops)
+        if not args.no_profile:
+            operators = top_operators(train_step, device, steps=5 if run.cuda else 1, warm=False)
+        result["flops_per_image"]["train"] = iteration_flops / b
+        result["flops_per_iteration"] = iteration_flops
+        result["train"] = throughput_record(train_timing, b, iteration_flops / b, train_mem)
+        result.update(
+            paper_comparison(result["train"]["images_per_s"], PAPER_IMAGES_PER_S, PAPER_HARDWARE, device)
+        )
+        if "ratio_to_paper" in result:  # the paper's figure is for two GPUs, this run uses one
+            result["ratio_to_paper_per_gpu"] = 2 * result["ratio_to_paper"]
+    result["inference"] = inference
     if not args.skip_generation:
-        result["generation"] = bench_generation(args, device)
-        g = result["generation"]
-        print(
-            f"generation {args.size}x{args.size} batch {args.gen_batch}: {g['images_per_second']:.3f} images/s"
+        result["generation_png"] = bench_generation(args, run)
+    peaks = combine_peaks(peaks_before, measure_peaks(device, run.peak_dtype))
+    result["peaks"] = peaks
+    if "train" in result:
+        result["train"]["fraction_of_matmul_peak"] = (
+            result["train"]["flop_per_s"] / peaks["matmul"]["flop_per_s"]
         )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    result["top_operators_train"] = operators
+
+    summary = [
+        f"SPADE {s}x{s} batch {b}, {run.describe(args)} on {hardware_line(result['hardware'])}",
+        peaks_line(peaks),
+        f"FLOPs/image: forward {forward_flops / 1e9:.1f} G",
+    ]
+    if "train" in result:
+        summary[-1] += f", train {result['flops_per_image']['train'] / 1e9:.1f} G"
+        summary.append(summary_line("train:", result["train"], result["flops_per_image"]["train"]))
+    summary.append(summary_line("generate:", inference, forward_flops))
+    if "generation_png" in result:
+        png = result["generation_png"]
+        summary.append(
+            f"generate_images with PNG I/O, batch {png['batch_size']}: {png['images_per_s']:.3f} images/s"
+        )
+    if "ratio_to_paper" in result:
+        summary.append(f"ratio to the paper's {PAPER_IMAGES_PER_S} images/s: {result['ratio_to_paper']:.2f}")
+    emit(result, summary + operator_lines(operators[:8]), args.json)
 
 
 if __name__ == "__main__":

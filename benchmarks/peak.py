@@ -11,6 +11,7 @@ FLOPs follow torch.utils.flop_counter: 2 per multiply-add, matmuls and convoluti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +49,8 @@ def describe_hardware(device: torch.device) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # The vector ISA torch dispatches to (AVX2, AVX512, ...): it sets the CPU peak more than the model name.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -200,9 +204,25 @@ def _timed(fn: Callable[[], Any], device: torch.device, calls: int) -> tuple[flo
 
 
 # -------------------------------------------------------------------------------------------------- FLOPs
+class _TotalsOnly:
+    """Stands in for FlopCounterMode's per-module tracker, so that only the total is kept: the tracker's
+    backward hooks fail under torch.autograd.grad ("A leaf node was passed to _will_engine_execute_node"),
+    which a gradient penalty calls."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _TotalsOnly:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of everything ``fn`` runs (forward and, if it calls it, backward)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of everything ``fn`` runs (forward and, if it calls it, backward; double backward too)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _TotalsOnly()  # type: ignore[assignment]
+    with counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -272,6 +292,197 @@ def top_operators(
         }
         for e in events[:top]
     ]
+
+
+# ------------------------------------------------------------------------- shared by the model benchmarks
+AUTOCAST: dict[str, torch.dtype | None] = {
+    "32-true": None,
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every model benchmark takes (bench_pgan.py, bench_spade.py; bench_unet.py has the same)."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--precision", choices=sorted(AUTOCAST), default="32-true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--fused-adam", action="store_true", help="Adam(fused=True), as model.*.fused=true")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default: CPU 1, CUDA 5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: CPU 2, CUDA 20)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the operator profile")
+    parser.add_argument("--json", type=Path, default=None)
+
+
+class BenchRun:
+    """What the common flags decide: device, step counts, autocast dtype, memory format, gradient scaler."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        if args.precision == "16-mixed" and not self.cuda:
+            # fp16 autocast on CPU is neither what the paper ran nor fast there; bf16-mixed is the CPU option.
+            raise SystemExit("--precision 16-mixed needs --device cuda (use bf16-mixed on CPU)")
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        self.warmup = args.warmup if args.warmup is not None else (5 if self.cuda else 1)
+        self.repeats = args.repeats if args.repeats is not None else (20 if self.cuda else 2)
+        self.autocast_dtype = AUTOCAST[args.precision]
+        # Peaks in the precision the model computes in: fp32, or the autocast dtype.
+        self.peak_dtype = self.autocast_dtype or torch.float32
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "16-mixed")
+
+        self.fused_adam = bool(args.fused_adam)
+
+    def adam(self, params: Any, **kwargs: Any) -> torch.optim.Adam:
+        """Adam as the model configs build it, fused with --fused-adam (else torch's default kernel)."""
+        return torch.optim.Adam(params, fused=True if self.fused_adam else None, **kwargs)
+
+    def settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The common settings for the JSON record."""
+        return {
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+            "compile": args.compile,
+            "fused_adam": self.fused_adam,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+        }
+
+    def describe(self, args: argparse.Namespace) -> str:
+        """Precision and fast paths in a few words, for the summary line."""
+        extras = [
+            ("channels_last", args.channels_last),
+            ("compile", args.compile),
+            ("fused Adam", self.fused_adam),
+        ]
+        return " ".join([args.precision, *(name for name, on in extras if on)])
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def timed(self, fn: Callable[[], Any], flops: float) -> tuple[dict[str, Any], float]:
+        """``fn`` timed against the conv peak (see time_against_peak), and the peak memory it reached."""
+        reset_peak_memory(self.device)
+        timing = time_against_peak(
+            fn, flops, self.device, self.peak_dtype, warmup=self.warmup, repeats=self.repeats
+        )
+        return timing, peak_memory_mib(self.device)
+
+
+Phase = tuple[Callable[[], torch.Tensor], torch.optim.Optimizer | None, torch.nn.Module]
+
+
+def adversarial_step(phases: list[Phase], run: BenchRun | None = None) -> None:
+    """One GAN iteration: per phase (loss, its optimizer, the other network), the other network is frozen
+    (as Lightning's toggle_optimizer does), the loss is computed under autocast and backpropagated through
+    the run's GradScaler, and the optimizer steps. Without ``run`` (FLOP counting) there is no autocast and
+    no scaling; a phase without an optimizer only backpropagates."""
+    scaler = run.scaler if run else torch.amp.GradScaler("cpu", enabled=False)
+    for loss_fn, optimizer, frozen in phases:
+        frozen.requires_grad_(False)
+        with run.autocast() if run else contextlib.nullcontext():
+            loss = loss_fn()
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if optimizer is not None:
+            scaler.step(optimizer)
+        frozen.requires_grad_(True)
+    scaler.update()
+
+
+def combine_peaks(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Peaks measured before and after the model: their mean, with both kept."""
+    return {
+        name: {
+            **{k: v for k, v in before[name].items() if k != "seconds"},
+            "flop_per_s": (before[name]["flop_per_s"] + after[name]["flop_per_s"]) / 2,
+            "flop_per_s_before": before[name]["flop_per_s"],
+            "flop_per_s_after": after[name]["flop_per_s"],
+        }
+        for name in before
+    }
+
+
+def throughput_record(
+    timing: dict[str, Any],
+    images: int,
+    flops_per_image: float,
+    memory_mib: float,
+    seconds_key: str = "step_s",
+) -> dict[str, Any]:
+    """A time_against_peak result as the benchmarks' JSON record of one workload."""
+    images_per_s = images / timing["seconds"]
+    return {
+        seconds_key: timing["seconds"],
+        "images_per_s": images_per_s,
+        "flop_per_s": flops_per_image * images_per_s,
+        "fraction_of_conv_peak": timing["fraction_of_conv_peak"],
+        "conv_peak_during": timing["conv_peak_flop_per_s"],
+        "fractions_per_step": timing["fractions"],
+        "fraction_of_conv_peak_cpu_time": timing.get("fraction_of_conv_peak_cpu_time"),
+        "peak_memory_mib": memory_mib,
+    }
+
+
+def paper_comparison(
+    images_per_s: float, paper_images_per_s: float, paper_hardware: str, device: torch.device
+) -> dict[str, Any]:
+    """The paper's training throughput, and our ratio to it on a GPU (a CPU ratio would mean nothing)."""
+    out: dict[str, Any] = {"paper_images_per_s": paper_images_per_s, "paper_hardware": paper_hardware}
+    if device.type == "cuda":
+        out["ratio_to_paper"] = images_per_s / paper_images_per_s
+    return out
+
+
+def hardware_line(hardware: dict[str, Any]) -> str:
+    return hardware.get("gpu") or f"{hardware['cpu']}, {hardware['torch_threads']} threads"
+
+
+def summary_line(label: str, record: dict[str, Any], flops_per_image: float) -> str:
+    """One line of a workload's figures for the human-readable summary."""
+    cpu = record.get("fraction_of_conv_peak_cpu_time")
+    cpu_note = "" if cpu is None else f" ({100 * cpu:.1f} % in CPU time)"
+    return (
+        f"{label:10s} {record['images_per_s']:8.2f} images/s  {format_si(record['flop_per_s'], 'FLOP/s')}"
+        f"  = {100 * record['fraction_of_conv_peak']:.1f} % of conv peak{cpu_note}"
+        f"  peak mem {record['peak_memory_mib']:.0f} MiB  ({format_si(flops_per_image, 'FLOP')}/image)"
+    )
+
+
+def peaks_line(peaks: dict[str, Any]) -> str:
+    conv = peaks["conv3x3"]
+    return (
+        f"peaks (mean of before/after): conv3x3 {format_si(conv['flop_per_s'], 'FLOP/s')}"
+        f" ({format_si(conv['flop_per_s_before'], 'FLOP/s')} /"
+        f" {format_si(conv['flop_per_s_after'], 'FLOP/s')}),"
+        f" matmul {format_si(peaks['matmul']['flop_per_s'], 'FLOP/s')}"
+    )
+
+
+def operator_lines(operators: list[dict]) -> list[str]:
+    return [
+        f"  {op['share'] * 100:5.1f} %  {op['self_ms_per_step']:9.2f} ms/step  {op['name']}"
+        for op in operators
+    ]
+
+
+def emit(result: dict[str, Any], summary: list[str], path: Path | None) -> None:
+    """The JSON record to stdout (and to ``path``), the summary to stderr."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    print("\n".join(summary), file=sys.stderr)
 
 
 def format_si(value: float, unit: str) -> str:
