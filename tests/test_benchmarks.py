@@ -1,0 +1,58 @@
+"""``benchmarks/run_all.py``: the one command runs the model benchmarks, writes their JSON records and the
+table, and reports a failed benchmark instead of stopping. Smoke sizes (``--quick``): the figures themselves
+are not checked, only that they are measured and consistent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_ALL = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+
+
+def _run_all(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(RUN_ALL), "--quick", "--threads", "1", "--out", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_run_all_measures_every_model_and_writes_records_and_table(tmp_path: Path) -> None:
+    done = _run_all(tmp_path, "--only", "peak", "unet", "pgan", "spade", "--fused-adam")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "all.json").read_text())
+    assert summary["hardware"]["device"] == "cpu" and summary["hardware"]["cpu_capability"]
+    records = summary["records"]
+    assert set(records) == {"peak", "unet", "pgan", "spade"}
+    for name in ("unet", "pgan", "spade"):
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["settings"]["fused_adam"] is True
+        flops = record["flops_per_image"]
+        assert flops["train"] > 2 * flops["forward"] > 0  # a training step at least forward + backward
+        for workload in ("train", "inference"):
+            figures = record[workload]
+            assert figures["images_per_s"] > 0 and figures["fraction_of_conv_peak"] > 0
+            assert figures["flop_per_s"] == pytest.approx(
+                figures["images_per_s"] * flops["train" if workload == "train" else "forward"]
+            )
+        assert record["peaks"]["conv3x3"]["flop_per_s"] > 0
+        assert record["paper_images_per_s"] > 0 and "ratio_to_paper" not in record  # ratios only on GPU
+        assert record["top_operators_train"] and record["top_operators_train"][0]["share"] > 0
+    # The gradient penalty's double backward is counted: PGAN's critic step costs more than its generator's.
+    pgan = json.loads((tmp_path / "pgan.json").read_text())["flops_per_image"]
+    assert pgan["critic_step"] > pgan["generator_step"] > 0
+    table = (tmp_path / "table.md").read_text()
+    for title in ("U-Net 64x64", "PGAN 32x32", "SPADE 64x64"):
+        assert f"| {title} |" in table
+    assert "fused Adam" in table
+
+
+def test_run_all_reports_a_failed_benchmark_and_exits_non_zero(tmp_path: Path) -> None:
+    done = _run_all(tmp_path, "--only", "pgan", "--timeout", "0.5")
+    assert done.returncode == 1
+    assert "FAILED" in (tmp_path / "table.md").read_text()
+    assert "timed out" in json.loads((tmp_path / "all.json").read_text())["records"]["pgan"]["error"]
+    assert (tmp_path / "pgan.log").is_file()
