@@ -48,7 +48,6 @@ from peak import (
     BenchRun,
     add_common_arguments,
     adversarial_step,
-    combine_peaks,
     count_flops,
     describe_hardware,
     emit,
@@ -57,9 +56,8 @@ from peak import (
     operator_lines,
     paper_comparison,
     peaks_line,
+    profile_and_records,
     summary_line,
-    throughput_record,
-    top_operators,
 )
 
 from synthseg.losses.wgan import WGANGPLoss
@@ -157,14 +155,15 @@ def main() -> None:
     generator.zero_grad(set_to_none=True)
     discriminator.zero_grad(set_to_none=True)
     train_timing, train_mem = run.timed(train_step, train_flops * b)
-    operators = (
-        [] if args.no_profile else top_operators(train_step, device, steps=5 if run.cuda else 1, warm=False)
+    records = profile_and_records(
+        run,
+        args,
+        train_step,
+        peaks_before,
+        train=(train_timing, train_mem, b, train_flops),
+        inference=(gen_timing, gen_mem, e, generate_flops),
     )
-    peaks = combine_peaks(peaks_before, measure_peaks(device, run.peak_dtype))
-
-    train = throughput_record(train_timing, b, train_flops, train_mem)
-    train["fraction_of_matmul_peak"] = train["flop_per_s"] / peaks["matmul"]["flop_per_s"]
-    inference = throughput_record(gen_timing, e, generate_flops, gen_mem, seconds_key="batch_s")
+    train, inference, peaks = records["train"], records["inference"], records["peaks"]
     result: dict[str, Any] = {
         "benchmark": "pgan",
         "hardware": describe_hardware(device),
@@ -175,7 +174,6 @@ def main() -> None:
             "size": r,
             "alpha": alpha,
         },
-        "peaks": peaks,
         "flops_per_image": {
             "forward": generate_flops,
             "train": train_flops,
@@ -186,10 +184,8 @@ def main() -> None:
             "generator": sum(p.numel() for p in generator.parameters()),
             "discriminator": sum(p.numel() for p in discriminator.parameters()),
         },
-        "train": train,
-        "inference": inference,
+        **records,
         **paper_comparison(train["images_per_s"], PAPER_IMAGES_PER_S, PAPER_HARDWARE, device),
-        "top_operators_train": operators,
     }
 
     summary = [
@@ -202,7 +198,7 @@ def main() -> None:
     ]
     if "ratio_to_paper" in result:
         summary.append(f"ratio to the paper's {PAPER_IMAGES_PER_S} images/s: {result['ratio_to_paper']:.2f}")
-    emit(result, summary + operator_lines(operators[:8]), args.json)
+    emit(result, summary + operator_lines(records["top_operators_train"][:8]), args.json)
 
 
 if __name__ == "__main__":

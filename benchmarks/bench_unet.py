@@ -22,7 +22,6 @@ import torch
 from peak import (
     BenchRun,
     add_common_arguments,
-    combine_peaks,
     count_flops,
     describe_hardware,
     emit,
@@ -32,9 +31,8 @@ from peak import (
     operator_lines,
     paper_comparison,
     peaks_line,
+    profile_and_records,
     summary_line,
-    throughput_record,
-    top_operators,
 )
 
 from synthseg.losses.dice import weighted_dice_loss
@@ -112,14 +110,15 @@ def main() -> None:
     infer_timing, infer_mem = run.timed(infer_step, forward_flops * e)
     net.train()
     train_timing, train_mem = run.timed(train_step, train_flops * b)
-    operators = (
-        [] if args.no_profile else top_operators(train_step, device, steps=5 if run.cuda else 1, warm=False)
+    records = profile_and_records(
+        run,
+        args,
+        train_step,
+        peaks_before,
+        train=(train_timing, train_mem, b, train_flops),
+        inference=(infer_timing, infer_mem, e, forward_flops),
     )
-    peaks = combine_peaks(peaks_before, measure_peaks(device, run.peak_dtype))
-
-    train = throughput_record(train_timing, b, train_flops, train_mem)
-    train["fraction_of_matmul_peak"] = train["flop_per_s"] / peaks["matmul"]["flop_per_s"]
-    inference = throughput_record(infer_timing, e, forward_flops, infer_mem, seconds_key="batch_s")
+    train, inference, peaks = records["train"], records["inference"], records["peaks"]
     result: dict[str, Any] = {
         "benchmark": "unet",
         "hardware": describe_hardware(device),
@@ -131,12 +130,9 @@ def main() -> None:
             "classes": c,
             "base_width": args.base_width,
         },
-        "peaks": peaks,
         "flops_per_image": {"forward": forward_flops, "train": train_flops},
-        "train": train,
-        "inference": inference,
+        **records,
         **paper_comparison(train["images_per_s"], PAPER_IMAGES_PER_S, PAPER_HARDWARE, device),
-        "top_operators_train": operators,
     }
     summary = [
         f"U-Net {s}x{s} batch {b}, {run.describe(args)} on {hardware_line(result['hardware'])}",
@@ -147,7 +143,7 @@ def main() -> None:
     ]
     if "ratio_to_paper" in result:
         summary.append(f"ratio to the paper's {PAPER_IMAGES_PER_S} images/s: {result['ratio_to_paper']:.2f}")
-    emit(result, summary + operator_lines(operators[:8]), args.json)
+    emit(result, summary + operator_lines(records["top_operators_train"][:8]), args.json)
 
 
 if __name__ == "__main__":

@@ -433,6 +433,36 @@ def throughput_record(
     }
 
 
+def profile_and_records(
+    run: BenchRun,
+    args: argparse.Namespace,
+    train_step: Callable[[], Any],
+    peaks_before: dict[str, Any],
+    train: tuple[dict[str, Any], float, int, float],
+    inference: tuple[dict[str, Any], float, int, float],
+) -> dict[str, Any]:
+    """After the timed runs: the top operators of ``train_step``, the peaks (before and after), and the
+    ``train`` and ``inference`` records from their (timing, peak memory, images per step, FLOPs per image)."""
+    operators = (
+        []
+        if args.no_profile
+        else top_operators(train_step, run.device, steps=5 if run.cuda else 1, warm=False)
+    )
+    peaks = combine_peaks(peaks_before, measure_peaks(run.device, run.peak_dtype))
+    train_timing, train_mem, train_images, train_flops = train
+    train_record = throughput_record(train_timing, train_images, train_flops, train_mem)
+    train_record["fraction_of_matmul_peak"] = train_record["flop_per_s"] / peaks["matmul"]["flop_per_s"]
+    infer_timing, infer_mem, infer_images, infer_flops = inference
+    return {
+        "peaks": peaks,
+        "train": train_record,
+        "inference": throughput_record(
+            infer_timing, infer_images, infer_flops, infer_mem, seconds_key="batch_s"
+        ),
+        "top_operators_train": operators,
+    }
+
+
 def paper_comparison(
     images_per_s: float, paper_images_per_s: float, paper_hardware: str, device: torch.device
 ) -> dict[str, Any]:
