@@ -251,7 +251,7 @@ def test_rerun_identical_and_workers_agree(tmp_path: Path) -> None:
         }
         assert set(files) == set(first)
         differing = [str(p) for p in first if files[p] != first[p]]
-        assert differing == ["prepare.json"]  # timings live only there
+        assert set(differing) <= {"prepare.json"}  # timings live only there (equal when they round alike)
     prepare_dataset(settings(tmp_path / "src", tmp_path / "c", seed=8))
     assert (tmp_path / "c/manifest.csv").read_bytes() != first[Path("manifest.csv")]
 

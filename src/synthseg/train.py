@@ -22,6 +22,7 @@ from synthseg import __version__
 from synthseg.checkpoint import CheckpointError, check_init_args, safe_load
 from synthseg.errors import InputError
 from synthseg.utils.atomic import write_text_atomic
+from synthseg.utils.ckpt_io import LastCheckpointAtEnd
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     results_writer = ResultsWriter(cfg, output_dir / "results.json")
     callbacks.append(results_writer)
+    callbacks.append(LastCheckpointAtEnd())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
