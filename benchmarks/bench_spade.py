@@ -61,7 +61,7 @@ from peak import (
 
 from synthseg.checkpoint import save_network
 from synthseg.data.pngio import write_label8
-from synthseg.losses.adversarial import SPADEObjective
+from synthseg.models.spade import SPADEModule
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.synth.images import generate_images
 
@@ -147,41 +147,41 @@ def main() -> None:
     peaks_before = measure_peaks(device, run.peak_dtype)
 
     generator, discriminator = build(args, run)
-    run_g = torch.compile(generator) if args.compile else generator
-    run_d = torch.compile(discriminator) if args.compile else discriminator
+    # The module's own generate/discriminate (fake and real through the discriminator in one batch), with its
+    # compile switch; the optimizers are built here, as Lightning would from configure_optimizers.
+    module = SPADEModule(generator, discriminator, torch.optim.Adam, torch.optim.Adam, compile=args.compile)
+    # FLOPs are counted on the plain networks (the compiled graph hides its operators from the counter).
+    plain = (
+        SPADEModule(generator, discriminator, torch.optim.Adam, torch.optim.Adam) if args.compile else module
+    )
     opt_g = run.adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
     opt_d = run.adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
-    objective = SPADEObjective()
     label = one_hot_masks(b, s, run)
     real = (torch.rand(b, 1, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     real = real.contiguous(memory_format=run.memory_format)
     eval_label = one_hot_masks(e, s, run)
 
-    def discriminate(d: torch.nn.Module, fake: torch.Tensor) -> tuple[list, list]:
-        both = torch.cat([torch.cat([label, fake], 1), torch.cat([label, real], 1)], 0)
-        outputs = d(both)
-        return [[f[:b] for f in o] for o in outputs], [[f[b:] for f in o] for o in outputs]
+    def generator_loss(m: SPADEModule) -> torch.Tensor:
+        fake = m.generate(label)[0]
+        return m.objective.total(m.objective.generator_terms(*m.discriminate(label, fake, real)))
 
-    def generator_loss(g: torch.nn.Module, d: torch.nn.Module) -> torch.Tensor:
-        return objective.total(objective.generator_terms(*discriminate(d, g(label))))
-
-    def discriminator_loss(g: torch.nn.Module, d: torch.nn.Module) -> torch.Tensor:
+    def discriminator_loss(m: SPADEModule) -> torch.Tensor:
         with torch.no_grad():
-            fake = g(label)
-        return objective.total(objective.discriminator_terms(*discriminate(d, fake.detach())))
+            fake = m.generate(label)[0]
+        return m.objective.total(m.objective.discriminator_terms(*m.discriminate(label, fake, real)))
 
-    def phases(g: torch.nn.Module, d: torch.nn.Module, optimize: bool) -> list:
+    def phases(m: SPADEModule, optimize: bool) -> list:
         return [
-            (lambda: generator_loss(g, d), opt_g if optimize else None, discriminator),
-            (lambda: discriminator_loss(g, d), opt_d if optimize else None, generator),
+            (lambda: generator_loss(m), opt_g if optimize else None, discriminator),
+            (lambda: discriminator_loss(m), opt_d if optimize else None, generator),
         ]
 
     def train_step() -> None:
-        adversarial_step(phases(run_g, run_d, optimize=True), run)
+        adversarial_step(phases(module, optimize=True), run)
 
     def infer_step() -> None:
         with torch.inference_mode(), run.autocast():
-            run_g(eval_label)
+            module.run_generator(eval_label)
 
     # FLOPs of the plain fp32 networks (precision and memory layout do not change the arithmetic). Inference
     # is counted and timed before training: on CPU the peak RSS is a high-water mark.
@@ -210,9 +210,7 @@ def main() -> None:
     }
     operators: list[dict] = []
     if not args.skip_training:
-        iteration_flops = count_flops(
-            lambda: adversarial_step(phases(generator, discriminator, optimize=False))
-        )
+        iteration_flops = count_flops(lambda: adversarial_step(phases(plain, optimize=False)))
         generator.zero_grad(set_to_none=True)
         discriminator.zero_grad(set_to_none=True)
         train_timing, train_mem = run.timed(train_step, iteration_flops)
