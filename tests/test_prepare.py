@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from synthseg.data import prepare as prep
+from synthseg.data import slices
 from synthseg.data.pngio import read_png
 from synthseg.data.prepare import PrepareSettings, prepare_dataset
 from synthseg.errors import InputError
@@ -265,7 +266,7 @@ def test_failure_midway_leaves_no_output_or_old_intact(
 ) -> None:
     make_cohort(tmp_path / "src", 3, shape=(6, 5, 4))
     calls = {"n": 0}
-    real_write = prep.write_label8
+    real_write = slices.write_label8
 
     def failing_write(path: Path, array: np.ndarray) -> None:
         calls["n"] += 1
@@ -273,16 +274,16 @@ def test_failure_midway_leaves_no_output_or_old_intact(
             raise OSError("disk on fire")
         real_write(path, array)
 
-    monkeypatch.setattr(prep, "write_label8", failing_write)
+    monkeypatch.setattr(slices, "write_label8", failing_write)
     with pytest.raises(OSError, match="disk on fire"):
         prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
-    monkeypatch.setattr(prep, "write_label8", real_write)
+    monkeypatch.setattr(slices, "write_label8", real_write)
     prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
     before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     calls["n"] = 0
-    monkeypatch.setattr(prep, "write_label8", failing_write)
+    monkeypatch.setattr(slices, "write_label8", failing_write)
     with pytest.raises(OSError):
         prepare_dataset(settings(tmp_path / "src", tmp_path / "out", seed=5))
     after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
@@ -561,12 +562,12 @@ def test_real_size_case(tmp_path: Path) -> None:
 
 _KILLABLE = """
 import sys, time
-from synthseg.data import prepare as prep
-real = prep.write_label8
+from synthseg.data import prepare as prep, slices
+real = slices.write_label8
 def slow(path, array):
     real(path, array)
     time.sleep(0.05)
-prep.write_label8 = slow
+slices.write_label8 = slow
 prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1, progress=False, seed=9))
 """
 
