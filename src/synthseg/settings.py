@@ -12,6 +12,7 @@ The configs themselves stay plain YAML, composable with Hydra's compose API with
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -75,6 +76,8 @@ def _coerce(hint: Any, value: Any) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # Python callers pass paths
+            return os.fspath(value)
         raise _Mismatch
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
@@ -117,8 +120,12 @@ class Settings:
         """Range and consistency checks (raise InputError naming the key); types are checked by from_config."""
 
     @classmethod
-    def from_config(cls: type[S], cfg: Any, prefix: str = "") -> S:
+    def from_config(cls: type[S], cfg: Any, prefix: str = "", *, partial: bool = False) -> S:
         """Validate the composed config ``cfg`` once and build the settings.
+
+        A command's ``main()`` passes its whole composed config: every key must be there (the YAML holds the
+        defaults). ``partial=True`` is for Python callers passing a few keys: the others take the dataclass
+        defaults.
 
         Raises:
             InputError: one line naming the first key that is unknown, missing, required, of the wrong type or
@@ -133,18 +140,25 @@ class Settings:
         kwargs: dict[str, Any] = {}
         for name in fields:
             key = prefix + name
+            hint = hints[name]
+            nested = isinstance(hint, type) and issubclass(hint, Settings)
             if name not in values:
-                raise InputError(f"setting {key} is missing from the config")
+                if not partial:
+                    raise InputError(f"setting {key} is missing from the config")
+                if nested:
+                    kwargs[name] = hint.from_config({}, prefix=f"{key}.", partial=True)
+                elif name in cls.REQUIRED:
+                    raise InputError(f"{key}={cls.REQUIRED[name]} is required")
+                continue
             value = values[name]
             if name in cls.REQUIRED and (value is None or value == _MISSING or value == ""):
                 raise InputError(f"{key}={cls.REQUIRED[name]} is required")
             if value == _MISSING:
                 raise InputError(f"{key} has no value (???): set {key}=...")
-            hint = hints[name]
-            if isinstance(hint, type) and issubclass(hint, Settings):
+            if nested:
                 if not isinstance(value, Mapping):
                     raise InputError(f"{key} must be a mapping, got {value!r}")
-                kwargs[name] = hint.from_config(value, prefix=f"{key}.")
+                kwargs[name] = hint.from_config(value, prefix=f"{key}.", partial=partial)
                 continue
             try:
                 kwargs[name] = _coerce(hint, value)

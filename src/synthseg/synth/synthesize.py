@@ -191,5 +191,5 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry (``conf/synthesize.yaml``)."""
     settings = SynthesizeSettings.from_config(cfg)
     provenance = synthesize(**asdict(settings))
-    print(f"synthetic dataset: {cfg.output} ({json.dumps(provenance['filter'])})")
+    print(f"synthetic dataset: {settings.output} ({json.dumps(provenance['filter'])})")
     return provenance
