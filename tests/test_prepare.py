@@ -22,6 +22,7 @@ import pytest
 
 from synthseg.data import prepare as prep
 from synthseg.data import slices
+from synthseg.data.manifest import DATASET_FORMAT
 from synthseg.data.pngio import read_png
 from synthseg.data.prepare import PrepareSettings, prepare_dataset
 from synthseg.errors import InputError
@@ -186,7 +187,12 @@ def test_stats_against_hand_computation(prepared: tuple[Path, dict, dict]) -> No
     mean = float(np.mean([s.astype(np.float64) / train_max for s in slices]))
     counts = np.sum([np.bincount(lab.ravel(), minlength=7) for lab in labels], axis=0)
     inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-    assert stats["format"] == "synthseg-dataset/1" and stats["source"] == "real" and stats["size"] == SIZE
+    assert (
+        stats["format"] == DATASET_FORMAT
+        and DATASET_FORMAT.endswith("-dataset/1")
+        and stats["source"] == "real"
+        and stats["size"] == SIZE
+    )
     assert stats["num_slices"] == 30 and stats["splits"] == {"train": 24, "val": 3, "test": 3}
     assert stats["split_mode"] == "paper" and stats["seed"] == 0 and stats["reduced_fraction"] == 0.2
     assert stats["train_max"] == train_max

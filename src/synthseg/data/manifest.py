@@ -230,18 +230,19 @@ class MaskItem:
     image: Path | None = None
 
 
-def list_masks(folder: str | os.PathLike[str], what: str = "masks") -> list[MaskItem]:
+def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[MaskItem]:
     """The masks of a dataset folder (manifest order) or of a plain folder of PNGs (name order).
 
     A dataset folder has ``manifest.csv``; a folder with ``labels/`` but no manifest is read from ``labels/``
     (images from ``images/<id>.png`` when present); otherwise every ``*.png`` of the folder is a mask.
 
     Args:
-        what: how errors name the folder (e.g. ``masks=DIR``).
+        key: the setting that named the folder, for errors (``masks`` -> ``masks=DIR: ...``).
     """
     folder = Path(folder)
+    named = f"{key}={folder}" if key else str(folder)
     if not folder.is_dir():
-        raise InputError(f"{what}={folder}: masks folder not found")
+        raise InputError(f"{named}: masks folder not found")
     items: list[MaskItem] = []
     if is_dataset_folder(folder):
         manifest = read_manifest(folder)
@@ -260,9 +261,7 @@ def list_masks(folder: str | os.PathLike[str], what: str = "masks") -> list[Mask
             image = folder / "images" / path.name if labels != folder else None
             items.append(MaskItem(path.stem, path, image if image is not None and image.is_file() else None))
     if not items:
-        raise InputError(
-            f"{what}={folder}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)"
-        )
+        raise InputError(f"{named}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)")
     return items
 
 

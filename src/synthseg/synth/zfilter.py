@@ -306,7 +306,7 @@ def run_filter(
     """
     masks, reference, output = Path(masks), Path(reference), Path(output)
     _check_arguments(masks, reference, output, zero_std, threshold_quantile, batch_size, overwrite)
-    items = list_masks(masks, "masks")
+    items = list_masks(masks)
     refs = reference_items(reference, reference_split)
     shape = _comparison_shape(refs, items)
     side = shape[0]
