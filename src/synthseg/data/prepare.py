@@ -27,6 +27,7 @@ from synthseg.data.brats import Case, find_cases
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     DATASET_FORMAT,
+    PROVENANCE,
     REQUIRED_COLUMNS,
     SPLITS,
     dataset_stats,
@@ -148,7 +149,7 @@ def _check_paths(settings: PrepareSettings) -> tuple[Path, Path]:
         raise InputError(f"{output}: already exists (pass overwrite=true to replace it)")
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder")
-    if output.exists() and not (output / "prepare.json").is_file() and any(output.iterdir()):
+    if output.exists() and not (output / PROVENANCE).is_file() and any(output.iterdir()):
         # Never replace a folder this command did not make.
         raise InputError(f"{output}: exists and is not a prepared dataset; choose an empty or new folder")
     return source, output

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from synthseg import __version__
-from synthseg.data.manifest import read_stats
+from synthseg.data.manifest import read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.synth.masks import BYTES_PER_MASK_ESTIMATE
@@ -147,8 +147,7 @@ def synthesize(
         provenance["images"] = {
             k: image_record.get(k) for k in ("checkpoint_train_max", "seconds", "images_per_second")
         }
-        record = json.loads((tmp / "prepare.json").read_text()) if (tmp / "prepare.json").exists() else {}
-        (tmp / "prepare.json").write_text(json.dumps({**record, "synthesize": provenance}, indent=2) + "\n")
+        write_provenance(tmp, {**(read_provenance(tmp) or {}), "synthesize": provenance})
     if not keep_intermediate:
         shutil.rmtree(work, ignore_errors=True)
     return provenance

@@ -39,6 +39,7 @@ from synthseg.data.dataset import downsample_labels
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     MANIFEST,
+    PROVENANCE,
     MaskItem,
     dataset_stats,
     list_masks,
@@ -366,7 +367,7 @@ def run_filter(
                 for k in ("threshold", "zero_std", "reference", "reference_split", "kept", "discarded")
             },
         }
-        if (masks / "prepare.json").is_file():
+        if (masks / PROVENANCE).is_file():
             provenance["input"] = read_provenance(masks)
         from synthseg import __version__
 
