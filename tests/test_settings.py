@@ -72,7 +72,7 @@ def test_the_yaml_defaults_pass_the_checks(command: str, tmp_path: Path) -> None
     ("command", "overrides", "message"),
     [
         ("filter", ["masks=M", "reference=R", "output=O", "threshold=high"], "threshold must be a number, got 'high'"),
-        ("filter", ["masks=M", "reference=R", "output=O", "zero_std=zero"], "zero_std must be one of floor, exclude"),
+        ("filter", ["masks=M", "reference=R", "output=O", "zero_std=zero"], "zero_std must be one of ('floor', 'exclude')"),
         ("filter", ["reference=R", "output=O"], "masks=DIR is required"),
         ("swd", ["a=A", "b=B", "num_images=0"], "num_images must be positive, got 0"),
         ("swd", ["a=A", "b=B", "progress=maybe"], "progress must be true/false, got 'maybe'"),

@@ -172,17 +172,14 @@ class Settings:
             raise
 
 
-def as_tuple(value: Any) -> tuple[Any, ...]:
-    """One value or a list of them, as a tuple (for keys such as ``source=DIR`` or ``source=[A,B]``)."""
-    return tuple(value) if isinstance(value, list | tuple) else (value,)
-
-
 def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming ``key``."""
     if value not in choices:
         raise InputError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def check_positive(key: str, value: float | None, *, allow_zero: bool = False) -> None:
+    """Refuse a negative (or, without ``allow_zero``, zero) ``value``, naming ``key``; None passes."""
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):

@@ -156,16 +156,17 @@ class FilterReport:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_arguments(
-    masks: Path, reference: Path, output: Path, zero_std: str, threshold_quantile: float | None, batch_size: int,
-    overwrite: bool,
-) -> None:  # fmt: skip
+def _check_values(zero_std: str, threshold_quantile: float | None, batch_size: int) -> None:
+    """The value checks shared by :class:`FilterSettings` (the command) and :func:`run_filter` (Python callers)."""
     if zero_std not in ZERO_STD_MODES:
         raise InputError(f"zero_std must be one of {ZERO_STD_MODES}, got {zero_std!r}")
     if threshold_quantile is not None and not 0.0 < float(threshold_quantile) <= 1.0:
         raise InputError(f"threshold_quantile must be in (0, 1], got {threshold_quantile}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _check_folders(masks: Path, reference: Path, output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
         raise InputError(f"{output} already exists (pass overwrite=true to replace it)")
     if output.resolve() in (masks.resolve(), reference.resolve()):
@@ -306,7 +307,8 @@ def run_filter(
     discarded masks in the paper's colours, its Fig. 4).
     """
     masks, reference, output = Path(masks), Path(reference), Path(output)
-    _check_arguments(masks, reference, output, zero_std, threshold_quantile, batch_size, overwrite)
+    _check_values(zero_std, threshold_quantile, batch_size)
+    _check_folders(masks, reference, output, overwrite)
     items = list_masks(masks)
     refs = reference_items(reference, reference_split)
     shape = _comparison_shape(refs, items)
@@ -417,12 +419,8 @@ class FilterSettings(Settings):
 
     def check(self) -> None:
         check_choice("reference_split", self.reference_split, REFERENCE_SPLITS)
-        check_choice("zero_std", self.zero_std, ZERO_STD_MODES)
+        _check_values(self.zero_std, self.threshold_quantile, self.batch_size)
         check_positive("threshold_at", self.threshold_at)
-        if self.threshold_quantile is not None and not 0.0 < self.threshold_quantile <= 1.0:
-            raise InputError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         check_positive("montage", self.montage, allow_zero=True)
 
 
