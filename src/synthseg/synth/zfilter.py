@@ -205,10 +205,19 @@ def _reference_pass(
 
 
 def _summary(
-    masks: Path, reference: Path, settings: dict[str, Any], stats: ReferenceStats, empty_excluded: int,
-    items: list[MaskItem], keep: np.ndarray, norms: np.ndarray, real_norms: np.ndarray, threshold: float,
-    side: int, has_images: bool,
-) -> dict[str, Any]:  # fmt: skip
+    masks: Path,
+    reference: Path,
+    settings: dict[str, Any],
+    stats: ReferenceStats,
+    empty_excluded: int,
+    items: list[MaskItem],
+    keep: np.ndarray,
+    norms: np.ndarray,
+    real_norms: np.ndarray,
+    threshold: float,
+    side: int,
+    has_images: bool,
+) -> dict[str, Any]:
     """The content of filter.json."""
     discarded = [i for i, k in enumerate(keep) if not k]
     return {
@@ -249,9 +258,14 @@ def _summary(
 
 
 def _write_kept(
-    tmp: Path, items: list[MaskItem], keep: np.ndarray, counts: np.ndarray, norms: np.ndarray, side: int,
+    tmp: Path,
+    items: list[MaskItem],
+    keep: np.ndarray,
+    counts: np.ndarray,
+    norms: np.ndarray,
+    side: int,
     has_images: bool,
-) -> None:  # fmt: skip
+) -> None:
     """The kept masks (and their images) copied byte for byte, their manifest, stats and every norm."""
     (tmp / "labels").mkdir()
     if has_images:
@@ -349,9 +363,19 @@ def run_filter(
         "zero_std": zero_std,
     }
     summary = _summary(
-        masks, reference, setting, stats, empty_excluded, items, keep, norms, real_norms, used_threshold, side,
+        masks,
+        reference,
+        setting,
+        stats,
+        empty_excluded,
+        items,
+        keep,
+        norms,
+        real_norms,
+        used_threshold,
+        side,
         has_images,
-    )  # fmt: skip
+    )
 
     needed = sum(
         item.label.stat().st_size + (item.image.stat().st_size if has_images and item.image else 0)
