@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from synthseg.data.labels import class_weights_from_counts
-from synthseg.data.manifest import COUNT_COLUMNS, REQUIRED_COLUMNS
+from synthseg.checkpoint import save_network
+from synthseg.data.manifest import COUNT_COLUMNS, dataset_stats, write_manifest, write_stats
 from synthseg.data.pngio import write_image16, write_label8
+from synthseg.networks.pgan import PGANGenerator
+from synthseg.networks.unet import UNet
 
 
 def synthetic_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,57 +47,97 @@ def write_dataset(
     source: str = "real",
     seed: int = 0,
     empty_every: int = 7,
+    labels: Sequence[np.ndarray] | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    ids: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    reduced: Sequence[int] | None = None,
+    cases: Sequence[str] | None = None,
+    slices: Sequence[int] | None = None,
 ) -> Path:
-    """Write a small dataset folder: 80/10/10 paper-style splits, the first 20 % of train rows reduced."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    n_train = num_slices if source == "synthetic" else int(num_slices * 0.8)
-    n_val = (num_slices - n_train) // 2
+    """The one test writer of a dataset folder (docs/dataset_layout.md), through the project's own writer.
+
+    Without ``labels``, ``num_slices`` plausible slices of ``size`` x ``size`` are made from ``seed`` (every
+    ``empty_every``-th one empty), split 80/10/10 paper-style (synthetic: all train), the first 20 % of the training
+    rows reduced, ids in the BraTS 2018 style (synthetic: ``synth_<n>``). With ``labels`` (and optionally
+    ``images``; none: the ``image`` column is empty), those are written; ``ids``, ``splits``, ``reduced``, ``cases``
+    and ``slices`` override the per-row defaults.
+    """
+    if labels is None:
+        rng = np.random.default_rng(seed)
+        pairs = [synthetic_slice(rng, size) for _ in range(num_slices)]
+        for i, (image, label) in enumerate(pairs):
+            if empty_every and i % empty_every == empty_every - 1:
+                image[:], label[:] = 0, 0
+        images = [image for image, _ in pairs]
+        labels = [label for _, label in pairs]
+    n = len(labels)
+    synthetic = source == "synthetic"
+    if splits is None:
+        n_train = n if synthetic else int(n * 0.8)
+        n_val = (n - n_train) // 2
+        splits = ["train" if i < n_train else ("val" if i < n_train + n_val else "test") for i in range(n)]
+    if reduced is None:
+        n_reduced = max(1, int(0.2 * splits.count("train")))
+        reduced = [int(split == "train" and i < n_reduced) for i, split in enumerate(splits)]
+    if ids is None:
+        ids = [f"synth_{i:06d}" if synthetic else f"Brats18_T_{i // 5}_1_{i % 5:03d}" for i in range(n)]
+    if cases is None:
+        cases = ["synthetic" if synthetic else f"Brats18_T_{i // 5}_1" for i in range(n)]
+    if slices is None:
+        slices = [-1 if synthetic else i % 5 for i in range(n)]
+    (root / "labels").mkdir(parents=True)
+    if images is not None:
+        (root / "images").mkdir()
     rows, counts_train, max_train, sum_train = [], np.zeros(7, np.int64), 0, 0.0
-    for i in range(num_slices):
-        image, label = synthetic_slice(rng, size)
-        if empty_every and i % empty_every == empty_every - 1:
-            image[:], label[:] = 0, 0
-        split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-        sid = f"synth_{i:06d}" if source == "synthetic" else f"Brats18_T_{i // 5}_1_{i % 5:03d}"
-        write_image16(root / "images" / f"{sid}.png", image)
-        write_label8(root / "labels" / f"{sid}.png", label)
+    for i, (sid, label) in enumerate(zip(ids, labels, strict=True)):
+        write_label8(root / "labels" / f"{sid}.png", label.astype(np.uint8))
         counts = np.bincount(label.ravel(), minlength=7)
-        if split == "train":
+        if images is not None:
+            write_image16(root / "images" / f"{sid}.png", images[i])
+        if splits[i] == "train":
             counts_train += counts
-            max_train = max(max_train, int(image.max()))
-            sum_train += float(image.sum())
+            if images is not None:
+                max_train = max(max_train, int(images[i].max()))
+                sum_train += float(images[i].sum())
         rows.append(
             {
                 "id": sid,
-                "case": "synthetic" if source == "synthetic" else f"Brats18_T_{i // 5}_1",
-                "slice": -1 if source == "synthetic" else i % 5,
-                "split": split,
+                "case": cases[i],
+                "slice": slices[i],
+                "split": splits[i],
                 "source": source,
-                "reduced": int(split == "train" and i < max(1, int(0.2 * n_train))),
+                "reduced": reduced[i],
                 "empty": int(not label.any()),
-                "image": f"images/{sid}.png",
+                "image": f"images/{sid}.png" if images is not None else "",
                 "label": f"labels/{sid}.png",
                 **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
             }
         )
-    with open(root / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    stats = {
-        "format": "synthseg-dataset/1",
-        "source": source,
-        "size": size,
-        "num_slices": num_slices,
-        "train_max": max_train,
-        "train_mean": sum_train / max(max_train, 1) / (n_train * size * size),
-        "class_counts": counts_train.tolist(),
-        "class_weights": class_weights_from_counts(counts_train).tolist(),
-    }
-    (root / "stats.json").write_text(json.dumps(stats))
+    write_manifest(root, rows)
+    n_train = splits.count("train")
+    image_stats = (
+        {"train_max": max_train, "train_mean": sum_train / max(max_train, 1) / (n_train * size * size)}
+        if images is not None
+        else {}
+    )
+    write_stats(
+        root,
+        dataset_stats(
+            source=source,
+            size=int(labels[0].shape[0]),
+            splits={split: splits.count(split) for split in ("train", "val", "test")},
+            class_counts=counts_train,
+            **image_stats,
+        ),
+    )
     return root
+
+
+@pytest.fixture(scope="session")
+def make_dataset() -> Callable[..., Path]:
+    """:func:`write_dataset` as a fixture, for tests that take their helpers as arguments."""
+    return write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +181,93 @@ def compose_train(overrides: list[str], tmp_path: Path):
         cfg.trainer.enable_model_summary = False
     GlobalHydra.instance().clear()
     return cfg
+
+
+# ------------------------------------------------------------------- fake runs and snapshots (report, reliability)
+# Two test subjects of a 2-class problem (background, tumor); regions: WT only.
+SUBJECT_A = {"soft": ([90, 8], [200, 20]), "hard": ([92, 8], [200, 20]), "region": ([8], [20])}
+SUBJECT_B = {"soft": ([95, 3], [200, 10]), "hard": ([96, 3], [200, 10]), "region": ([3], [10])}
+WEIGHTS_2 = [0.25, 0.75]
+
+
+def case_sums(
+    subject: dict[str, tuple[list[float], list[float]]], scale: float = 1.0
+) -> dict[str, list[float]]:
+    return {
+        "soft_intersection": [v * scale for v in subject["soft"][0]],
+        "soft_total": subject["soft"][1],
+        "hard_intersection": [v * scale for v in subject["hard"][0]],
+        "hard_total": subject["hard"][1],
+        "region_intersection": [v * scale for v in subject["region"][0]],
+        "region_total": subject["region"][1],
+    }
+
+
+def make_run(
+    folder: Path,
+    *,
+    mix: str,
+    classes: int,
+    seed: int,
+    dice_error: float,
+    data_root: Path,
+    per_case: dict[str, Any] | None = None,
+    favour: int | None = None,
+    resolution: int | None = 16,
+) -> Path:
+    """A fake run folder: results.json plus a tiny U-Net checkpoint (``favour``: always predict that class)."""
+    folder.mkdir(parents=True)
+    net = UNet(1, classes, base_width=2)
+    if favour is not None:
+        with torch.no_grad():
+            net.head.weight.zero_()
+            net.head.bias.copy_(torch.arange(classes) == favour)
+    ckpt = folder / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    if per_case is None:
+        per_case = {"Brats18_T_7_1": case_sums(SUBJECT_A if classes == 2 else _multi_class(classes))}
+    results = {
+        "config": {
+            "mix_name": mix,
+            "seed": seed,
+            "data": {
+                "classes": classes,
+                "root": str(data_root),
+                "resolution": resolution,
+                "image_norm": "paper",
+            },
+            "model": {
+                "net": {
+                    "_target_": "synthseg.networks.unet.UNet",
+                    "in_channels": 1,
+                    "num_classes": classes,
+                    "base_width": 2,
+                }
+            },  # fmt: skip
+        },
+        "data_stats": {"num_real": 32, "num_synthetic": 0, "train_max": 1500.0, "train_mean": 0.1},
+        "best_checkpoint": str(ckpt),
+        "metrics": {"test/dice_error": dice_error},
+        "real_class_weights": WEIGHTS_2 if classes == 2 else [1 / classes] * classes,
+        "regions": ["WT"] if classes == 2 else ["WT", "TC", "ET"],
+        "per_case": per_case,
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def _multi_class(classes: int) -> dict[str, tuple[list[float], list[float]]]:
+    inter = [90.0, *range(1, classes)]
+    total = [200.0] + [10.0] * (classes - 1)
+    return {"soft": (inter, total), "hard": (inter, total), "region": ([6, 4, 3], [30, 20, 10])}
+
+
+def tiny_snapshot(path: Path, size: int = 32) -> Path:
+    torch.manual_seed(0)
+    gen = PGANGenerator(resolution=16, latent_dim=8, fmap_base=32, fmap_max=8)
+    with torch.no_grad():  # spread the outputs over all classes
+        gen.to_rgb["b16"].bias.fill_(0.0)
+        gen.to_rgb["b16"].weight.mul_(3.0)
+    save_network(gen.eval(), path, meta={"tick": 1, "kimg": 1.0, "dataset_size": size, "resolution": 16})
+    return path

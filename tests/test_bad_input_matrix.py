@@ -19,8 +19,7 @@ from synthseg.synth.export import export_nnunet
 from synthseg.synth.masks import generate_masks
 from synthseg.synth.zfilter import run_filter
 from synthseg.train import train
-from tests.conftest import compose_train, write_dataset
-from tests.test_reliability_atomic import tiny_snapshot
+from tests.conftest import compose_train, tiny_snapshot, write_dataset
 
 SIDE = 16
 

@@ -11,11 +11,11 @@ import numpy as np
 import png
 import pytest
 
-from synthseg.data.manifest import REQUIRED_COLUMNS
-from synthseg.data.pngio import read_png, write_image16, write_label8
+from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.synth import export
 from synthseg.synth.export import export_nnunet
+from tests.conftest import write_dataset
 
 SIDE = 16
 # Every class once in the first row, so the reductions can be checked by hand.
@@ -23,52 +23,39 @@ BASE = np.zeros((SIDE, SIDE), np.uint8)
 BASE[0, :7] = [0, 1, 2, 3, 4, 5, 6]
 
 
-def write_dataset(
-    root: Path, n: int, *, splits: list[str], source: str, prefix: str, images: bool = True
-) -> list[str]:
-    """A dataset folder (labels/, images/ with 16-bit values above 255, manifest.csv); returns the ids."""
-    (root / "labels").mkdir(parents=True)
-    (root / "images").mkdir()
-    ids, rows = [], []
-    for i in range(n):
-        sid = f"{prefix}_{i:03d}"
-        label = BASE.copy()
-        label[5 + i % 8, 5] = 3
-        write_label8(root / "labels" / f"{sid}.png", label)
-        if images:
-            write_image16(root / "images" / f"{sid}.png", np.full((SIDE, SIDE), 40000 + i, np.uint16))
-        counts = np.bincount(label.ravel(), minlength=7)
-        row = {
-            "id": sid,
-            "case": "synthetic" if source == "synthetic" else f"Brats18_X_{i // 3}_1",
-            "slice": -1 if source == "synthetic" else i,
-            "split": splits[i],
-            "source": source,
-            "reduced": int(i < 2),
-            "empty": 0,
-            "image": f"images/{sid}.png",
-            "label": f"labels/{sid}.png",
-        }
-        row.update({f"count_{c}": int(counts[c]) for c in range(7)})
-        rows.append(row)
-        ids.append(sid)
-    with open(root / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+def _label(i: int) -> np.ndarray:
+    label = BASE.copy()
+    label[5 + i % 8, 5] = 3
+    return label
+
+
+def write_folder(root: Path, n: int, *, splits: list[str], source: str, prefix: str) -> list[str]:
+    """A dataset folder with 16-bit images above 255 (the shared writer); returns the ids."""
+    ids = [f"{prefix}_{i:03d}" for i in range(n)]
+    write_dataset(
+        root,
+        labels=[_label(i) for i in range(n)],
+        images=[np.full((SIDE, SIDE), 40000 + i, np.uint16) for i in range(n)],
+        ids=ids,
+        splits=splits,
+        reduced=[int(i < 2) for i in range(n)],
+        source=source,
+        cases=["synthetic" if source == "synthetic" else f"Brats18_X_{i // 3}_1" for i in range(n)],
+        slices=[-1 if source == "synthetic" else i for i in range(n)],
+    )
     return ids
 
 
 @pytest.fixture()
 def sources(tmp_path: Path) -> dict:
-    real = write_dataset(
+    real = write_folder(
         tmp_path / "prepared",
         8,
         splits=["train"] * 5 + ["val", "test", "test"],
         source="real",
         prefix="Brats18_2013_2_1",
     )
-    synthetic = write_dataset(
+    synthetic = write_folder(
         tmp_path / "synthetic", 4, splits=["train"] * 4, source="synthetic", prefix="synth"
     )
     return {

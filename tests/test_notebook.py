@@ -9,8 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 from synthseg.report.table import write_report
-from tests.conftest import write_dataset
-from tests.test_report import make_run
+from tests.conftest import make_run, write_dataset
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb"
 

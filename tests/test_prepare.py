@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from synthseg.data import prepare as prep
+from synthseg.data import slices
+from synthseg.data.manifest import DATASET_FORMAT
 from synthseg.data.pngio import read_png
 from synthseg.data.prepare import PrepareSettings, prepare_dataset
 from synthseg.errors import InputError
@@ -185,7 +187,12 @@ def test_stats_against_hand_computation(prepared: tuple[Path, dict, dict]) -> No
     mean = float(np.mean([s.astype(np.float64) / train_max for s in slices]))
     counts = np.sum([np.bincount(lab.ravel(), minlength=7) for lab in labels], axis=0)
     inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-    assert stats["format"] == "synthseg-dataset/1" and stats["source"] == "real" and stats["size"] == SIZE
+    assert (
+        stats["format"] == DATASET_FORMAT
+        and DATASET_FORMAT.endswith("-dataset/1")
+        and stats["source"] == "real"
+        and stats["size"] == SIZE
+    )
     assert stats["num_slices"] == 30 and stats["splits"] == {"train": 24, "val": 3, "test": 3}
     assert stats["split_mode"] == "paper" and stats["seed"] == 0 and stats["reduced_fraction"] == 0.2
     assert stats["train_max"] == train_max
@@ -265,7 +272,7 @@ def test_failure_midway_leaves_no_output_or_old_intact(
 ) -> None:
     make_cohort(tmp_path / "src", 3, shape=(6, 5, 4))
     calls = {"n": 0}
-    real_write = prep.write_label8
+    real_write = slices.write_label8
 
     def failing_write(path: Path, array: np.ndarray) -> None:
         calls["n"] += 1
@@ -273,16 +280,16 @@ def test_failure_midway_leaves_no_output_or_old_intact(
             raise OSError("disk on fire")
         real_write(path, array)
 
-    monkeypatch.setattr(prep, "write_label8", failing_write)
+    monkeypatch.setattr(slices, "write_label8", failing_write)
     with pytest.raises(OSError, match="disk on fire"):
         prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
-    monkeypatch.setattr(prep, "write_label8", real_write)
+    monkeypatch.setattr(slices, "write_label8", real_write)
     prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
     before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     calls["n"] = 0
-    monkeypatch.setattr(prep, "write_label8", failing_write)
+    monkeypatch.setattr(slices, "write_label8", failing_write)
     with pytest.raises(OSError):
         prepare_dataset(settings(tmp_path / "src", tmp_path / "out", seed=5))
     after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
@@ -561,12 +568,12 @@ def test_real_size_case(tmp_path: Path) -> None:
 
 _KILLABLE = """
 import sys, time
-from synthseg.data import prepare as prep
-real = prep.write_label8
+from synthseg.data import prepare as prep, slices
+real = slices.write_label8
 def slow(path, array):
     real(path, array)
     time.sleep(0.05)
-prep.write_label8 = slow
+slices.write_label8 = slow
 prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1, progress=False, seed=9))
 """
 

@@ -17,27 +17,16 @@ import pytest
 import torch
 
 from synthseg.checkpoint import save_network
-from synthseg.networks.pgan import PGANGenerator
 from synthseg.synth import masks as masks_module
 from synthseg.synth.export import export_nnunet
 from synthseg.synth.masks import PROGRESS, generate_masks, resume_folder
 from synthseg.synth.zfilter import run_filter
-from tests.conftest import write_dataset
+from tests.conftest import tiny_snapshot, write_dataset
 
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def tiny_snapshot(path: Path, size: int = 32) -> Path:
-    torch.manual_seed(0)
-    gen = PGANGenerator(resolution=16, latent_dim=8, fmap_base=32, fmap_max=8)
-    with torch.no_grad():  # spread the outputs over all classes
-        gen.to_rgb["b16"].bias.fill_(0.0)
-        gen.to_rgb["b16"].weight.mul_(3.0)
-    save_network(gen.eval(), path, meta={"tick": 1, "kimg": 1.0, "dataset_size": size, "resolution": 16})
-    return path
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -205,7 +194,7 @@ def test_sigkill_of_export_keeps_the_old_output_and_a_rerun_completes(big, tmp_p
 @pytest.mark.slow
 def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: Path) -> None:
     from synthseg.report.table import write_report
-    from tests.test_report import make_run
+    from tests.conftest import make_run
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
     runs = tmp_path / "runs"

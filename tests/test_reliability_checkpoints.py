@@ -16,8 +16,7 @@ from synthseg.networks.pgan import PGANGenerator
 from synthseg.report.table import write_report
 from synthseg.synth.masks import generate_masks
 from synthseg.train import train
-from tests.conftest import compose_train, write_dataset
-from tests.test_report import make_run
+from tests.conftest import compose_train, make_run, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

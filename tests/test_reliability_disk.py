@@ -14,9 +14,7 @@ from synthseg.report.table import write_report
 from synthseg.synth.export import export_nnunet
 from synthseg.synth.masks import generate_masks, resume_folder
 from synthseg.synth.zfilter import run_filter
-from tests.conftest import write_dataset
-from tests.test_reliability_atomic import tiny_snapshot
-from tests.test_report import make_run
+from tests.conftest import make_run, tiny_snapshot, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

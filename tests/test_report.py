@@ -7,96 +7,18 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import png
 import pytest
-import torch
 
 from synthseg.data.labels import PALETTE
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
-from synthseg.networks.unet import UNet
 from synthseg.report.stats import RatioMetrics, bootstrap, paired_bootstrap, resample_weights
 from synthseg.report.table import write_report
-from tests.conftest import write_dataset
-
-# Two test subjects of a 2-class problem (background, tumor); regions: WT only.
-SUBJECT_A = {"soft": ([90, 8], [200, 20]), "hard": ([92, 8], [200, 20]), "region": ([8], [20])}
-SUBJECT_B = {"soft": ([95, 3], [200, 10]), "hard": ([96, 3], [200, 10]), "region": ([3], [10])}
-WEIGHTS_2 = [0.25, 0.75]
-
-
-def _case(subject: dict[str, tuple[list[float], list[float]]], scale: float = 1.0) -> dict[str, list[float]]:
-    return {
-        "soft_intersection": [v * scale for v in subject["soft"][0]],
-        "soft_total": subject["soft"][1],
-        "hard_intersection": [v * scale for v in subject["hard"][0]],
-        "hard_total": subject["hard"][1],
-        "region_intersection": [v * scale for v in subject["region"][0]],
-        "region_total": subject["region"][1],
-    }
-
-
-def make_run(
-    folder: Path,
-    *,
-    mix: str,
-    classes: int,
-    seed: int,
-    dice_error: float,
-    data_root: Path,
-    per_case: dict[str, Any] | None = None,
-    favour: int | None = None,
-    resolution: int | None = 16,
-) -> Path:
-    """A fake run folder: results.json plus a tiny U-Net checkpoint (``favour``: always predict that class)."""
-    folder.mkdir(parents=True)
-    net = UNet(1, classes, base_width=2)
-    if favour is not None:
-        with torch.no_grad():
-            net.head.weight.zero_()
-            net.head.bias.copy_(torch.arange(classes) == favour)
-    ckpt = folder / "checkpoints" / "best.ckpt"
-    ckpt.parent.mkdir()
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ckpt)
-    if per_case is None:
-        per_case = {"Brats18_T_7_1": _case(SUBJECT_A if classes == 2 else _multi(classes))}
-    results = {
-        "config": {
-            "mix_name": mix,
-            "seed": seed,
-            "data": {
-                "classes": classes,
-                "root": str(data_root),
-                "resolution": resolution,
-                "image_norm": "paper",
-            },
-            "model": {
-                "net": {
-                    "_target_": "synthseg.networks.unet.UNet",
-                    "in_channels": 1,
-                    "num_classes": classes,
-                    "base_width": 2,
-                }
-            },  # fmt: skip
-        },
-        "data_stats": {"num_real": 32, "num_synthetic": 0, "train_max": 1500.0, "train_mean": 0.1},
-        "best_checkpoint": str(ckpt),
-        "metrics": {"test/dice_error": dice_error},
-        "real_class_weights": WEIGHTS_2 if classes == 2 else [1 / classes] * classes,
-        "regions": ["WT"] if classes == 2 else ["WT", "TC", "ET"],
-        "per_case": per_case,
-    }
-    (folder / "results.json").write_text(json.dumps(results))
-    return folder
-
-
-def _multi(classes: int) -> dict[str, tuple[list[float], list[float]]]:
-    inter = [90.0, *range(1, classes)]
-    total = [200.0] + [10.0] * (classes - 1)
-    return {"soft": (inter, total), "hard": (inter, total), "region": ([6, 4, 3], [30, 20, 10])}
+from tests.conftest import SUBJECT_A, SUBJECT_B, make_run, write_dataset
+from tests.conftest import case_sums as _case
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

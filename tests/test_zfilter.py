@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from synthseg.data.labels import PALETTE
-from synthseg.data.manifest import REQUIRED_COLUMNS
-from synthseg.data.pngio import read_png, write_image16, write_label8
+from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.synth import zfilter
 from synthseg.synth.zfilter import (
@@ -23,52 +22,9 @@ from synthseg.synth.zfilter import (
     scaled_threshold,
     zscore_norms,
 )
+from tests.conftest import write_dataset
 
 SIDE = 32
-
-
-def write_dataset(
-    root: Path,
-    masks: list[np.ndarray],
-    *,
-    splits: list[str] | None = None,
-    reduced: list[int] | None = None,
-    source: str = "real",
-    images: bool = True,
-    prefix: str = "case",
-) -> list[str]:
-    """A dataset folder in the project's layout: labels/, images/ (16-bit), manifest.csv. Returns the ids."""
-    (root / "labels").mkdir(parents=True)
-    if images:
-        (root / "images").mkdir()
-    splits = splits or ["train"] * len(masks)
-    reduced = reduced or [0] * len(masks)
-    ids, rows = [], []
-    for i, mask in enumerate(masks):
-        sid = f"{prefix}_{i:03d}"
-        ids.append(sid)
-        write_label8(root / "labels" / f"{sid}.png", mask.astype(np.uint8))
-        if images:
-            write_image16(root / "images" / f"{sid}.png", (mask.astype(np.uint16) * 700 + 1000 + i))
-        counts = np.bincount(mask.ravel(), minlength=7)
-        row = {
-            "id": sid,
-            "case": "synthetic" if source == "synthetic" else f"case{i // 4}",
-            "slice": -1 if source == "synthetic" else i,
-            "split": splits[i],
-            "source": source,
-            "reduced": reduced[i],
-            "empty": int(not mask.any()),
-            "image": f"images/{sid}.png" if images else "",
-            "label": f"labels/{sid}.png",
-        }
-        row.update({f"count_{c}": int(counts[c]) for c in range(7)})
-        rows.append(row)
-    with open(root / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-    return ids
 
 
 def brain_mask(rng: np.random.Generator, side: int = SIDE) -> np.ndarray:
@@ -195,7 +151,16 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
         real[i] = np.zeros((SIDE, SIDE), np.uint8)  # empty slices, as BraTS has them
     splits = ["train"] * 32 + ["val"] * 4 + ["test"] * 4
     reduced = [1] * 8 + [0] * 32
-    write_dataset(base / "prepared", real, splits=splits, reduced=reduced)
+    write_dataset(
+        base / "prepared",
+        labels=real,
+        images=[mask.astype(np.uint16) * 700 + 1000 + i for i, mask in enumerate(real)],
+        ids=[f"case_{i:03d}" for i in range(len(real))],
+        splits=splits,
+        reduced=reduced,
+        cases=[f"case{i // 4}" for i in range(len(real))],
+        slices=list(range(len(real))),
+    )
 
     # Plausible synthetic masks: copies of reference masks (a memorising generator); their norms are the reals'.
     synthetic = [real[i].copy() for i in (0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12)]
@@ -205,7 +170,14 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
         synthetic[i] = synthetic[i].copy()
         synthetic[i][:6, :6] = 3
         corrupt.append(i)
-    ids = write_dataset(base / "generated", synthetic, source="synthetic", prefix="synth")
+    ids = [f"synth_{i:03d}" for i in range(len(synthetic))]
+    write_dataset(
+        base / "generated",
+        labels=synthetic,
+        images=[mask.astype(np.uint16) * 700 + 1000 + i for i, mask in enumerate(synthetic)],
+        ids=ids,
+        source="synthetic",
+    )
     return {
         "base": base,
         "real": real,
@@ -368,7 +340,6 @@ def test_existing_output_is_refused(folders: dict, tmp_path: Path) -> None:
 def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_path: Path) -> None:
     from synthseg.data.dataset import downsample_labels
     from synthseg.data.manifest import read_manifest
-    from tests.conftest import write_dataset
 
     reference = write_dataset(tmp_path / "prepared", num_slices=30, size=32)
     manifest = read_manifest(reference)

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "synthseg.pipeline:run_demo"),
     "demo-cohort": ("demo_cohort", "synthseg.data.demo_cohort:main"),
     "prepare": ("prepare", "synthseg.data.prepare:main"),
-    "swd": ("swd", "synthseg.metrics.swd:main"),
+    "swd": ("swd", "synthseg.metrics.swd_cli:main"),
     "select": ("select", "synthseg.synth.select:main"),
     "generate-masks": ("generate_masks", "synthseg.synth.masks:main"),
     "generate-images": ("generate_images", "synthseg.synth.images:main"),

@@ -11,13 +11,15 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
+from synthseg.errors import InputError
 from synthseg.paths import config_dir
+from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,76 @@ def _spade_checkpoint(out: Path) -> Path:
     return out / "spade" / "checkpoints" / "last.ckpt"
 
 
-def build_stages(cfg: DictConfig) -> list[Stage]:
+@dataclass(frozen=True)
+class DemoSpade(Settings):
+    epochs: int = 4
+    test_images: int = 18
+
+    def check(self) -> None:
+        check_positive("epochs", self.epochs)
+        check_positive("test_images", self.test_images)
+
+
+@dataclass(frozen=True)
+class DemoSynthetic(Settings):
+    count: int = 4000
+    threshold: float = 500.0
+
+    def check(self) -> None:
+        check_positive("count", self.count)
+
+
+@dataclass(frozen=True)
+class DemoSweep(Settings):
+    mixes: tuple[str, ...] = ("full_real", "full_syn23960", "reduced_real", "reduced_syn20832")
+    classes: tuple[int, ...] = (7, 4, 2)
+    epochs: int = 4
+
+    def check(self) -> None:
+        for classes in self.classes:
+            check_choice("classes", classes, (2, 4, 7))
+        check_positive("epochs", self.epochs)
+
+
+@dataclass(frozen=True)
+class DemoBudgets(Settings):
+    """Seconds per stage; going over is reported, not fatal."""
+
+    cohort: float = 60
+    prepare: float = 90
+    pgan: float = 300
+    spade: float = 240
+    synthetic: float = 60
+    spade_test: float = 20
+    sweep: float = 480
+    report: float = 60
+
+
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    """``conf/demo.yaml``."""
+
+    REQUIRED = {"output": "DIR"}
+
+    output: str
+    force: bool = False
+    cases: int = 10
+    seed: int = 0
+    workers: int = 2
+    resolution: int = 64
+    spade: DemoSpade = field(default_factory=DemoSpade)
+    synthetic: DemoSynthetic = field(default_factory=DemoSynthetic)
+    sweep: DemoSweep = field(default_factory=DemoSweep)
+    budgets: DemoBudgets = field(default_factory=DemoBudgets)
+
+    def check(self) -> None:
+        check_positive("cases", self.cases)
+        check_positive("workers", self.workers)
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            raise InputError(f"resolution must be a power of two >= 4, got {self.resolution}")
+
+
+def build_stages(cfg: DemoSettings) -> list[Stage]:
     """The demo's stages, each the same code path as its command."""
     budgets, seed = cfg.budgets, cfg.seed
 
@@ -221,13 +292,15 @@ def collect_results(out: Path) -> list[dict[str, Any]]:
 DONE = ".complete"
 
 
-def run_demo(cfg: DictConfig) -> dict[str, Any]:
+def run_demo(config: DictConfig | DemoSettings) -> dict[str, Any]:
     """Run every stage of the demo into ``cfg.output``; print and return a summary.
 
     A stage whose output carries the completion marker is skipped (so an interrupted demo resumes); an
     output without it is left over from an interrupted stage and is replaced.
     """
     import shutil
+
+    cfg = config if isinstance(config, DemoSettings) else DemoSettings.from_config(config)
 
     out = Path(cfg.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +338,7 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
             for s in stages
         ],
         "results": collect_results(out),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": asdict(cfg),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     print(f"\nDemo finished in {summary['total_seconds']:.0f} s. Files:")

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from synthseg.errors import InputError
+from synthseg.settings import Settings
 from synthseg.utils.atomic import atomic_path
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -484,11 +485,21 @@ def generate_cohort(
     return folders
 
 
+@dataclass(frozen=True)
+class DemoCohortSettings(Settings):
+    """``conf/demo_cohort.yaml``."""
+
+    REQUIRED = {"output": "DIR"}
+
+    output: str
+    cases: int = 8
+    seed: int = 0
+    montage: bool = True
+    progress: bool = True
+
+
 def main(cfg: Any) -> None:
     """``synthseg demo-cohort output=DIR cases=N seed=S [montage=true]``."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_missing(cfg, "output"):
-        raise InputError("output=DIR is required: the folder to write the demo cohort into")
-    folders = generate_cohort(cfg.output, cfg.cases, cfg.seed, montage=cfg.montage, progress=cfg.progress)
-    print(f"demo cohort: {len(folders)} cases in {Path(cfg.output) / 'HGG'}")
+    s = DemoCohortSettings.from_config(cfg)
+    folders = generate_cohort(s.output, s.cases, s.seed, montage=s.montage, progress=s.progress)
+    print(f"demo cohort: {len(folders)} cases in {Path(s.output) / 'HGG'}")

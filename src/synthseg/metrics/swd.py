@@ -23,24 +23,19 @@ directions are still drawn in 147 dimensions (the official distribution) while m
 Descriptors are accumulated per level from batches (:class:`SWDAccumulator`), so large sets (the official
 evaluation uses 16,384 images per set) never need to be held in memory as images.
 
-Command line (``synthseg swd a=DIR b=DIR``, config ``conf/swd.yaml``): see :func:`main` and ``docs/swd.md``.
+Command line (``synthseg swd a=DIR b=DIR``, config ``conf/swd.yaml``): :mod:`synthseg.metrics.swd_cli` and
+``docs/swd.md``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from synthseg.errors import InputError
 
 NHOOD_SIZE = 7
 # The official descriptors are always RGB: grayscale is repeated to 3 channels before sampling.
@@ -530,147 +525,8 @@ def sliced_wasserstein(
     )
 
 
-# ----------------------------------------------------------------------------------------- command line
-
-
-def _png_files(root: Path, inputs: str) -> list[Path]:
-    """The PNG files a folder stands for: a prepared dataset's training labels (or images), else its PNGs."""
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
-    manifest = root / "manifest.csv"
-    if manifest.is_file() and (root / "labels").is_dir():
-        column = "image" if inputs == "images" else "label"
-        with open(manifest, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and (column not in rows[0] or "split" not in rows[0]):
-            raise InputError(f"{manifest}: missing the 'split' or '{column}' column")
-        files = [root / row[column] for row in rows if row["split"] == "train"]
-        if not files:
-            raise InputError(f"{manifest}: no training rows")
-        return files
-    files = sorted(root.glob("*.png"))
-    if not files:
-        raise InputError(f"{root}: no PNG files (expected a folder of PNGs or a prepared dataset folder)")
-    return files
-
-
-def _read(path: Path, kind: str, shape: tuple[int, int] | None) -> np.ndarray:
-    """One PNG as a float32 (H, W) array of the values the metric sees."""
-    from synthseg.data.pngio import read_png
-
-    array = read_png(path, shape=shape)
-    if kind == "labels":
-        if array.dtype != np.uint8 or int(array.max(initial=0)) > LABEL_MAX:
-            raise InputError(
-                f"{path}: not a 7-class label map (values 0..{LABEL_MAX} in an 8-bit PNG); "
-                "use inputs=images to compare images"
-            )
-        return LABEL_TO_UINT8[array].astype(np.float32)
-    return array.astype(np.float32)
-
-
-def _kind_of(path: Path, inputs: str) -> str:
-    """'labels' or 'images' for the files of one folder (``inputs=auto``: 8-bit PNG = label map)."""
-    if inputs in ("labels", "images"):
-        return inputs
-    if inputs != "auto":
-        raise InputError(f"inputs must be auto, labels or images, got {inputs!r}")
-    from synthseg.data.pngio import read_png
-
-    return "labels" if read_png(path).dtype == np.uint8 else "images"
-
-
-def _select(files: list[Path], count: int, seed: int) -> list[Path]:
-    """A seeded random subset of ``count`` files, in their original order."""
-    if count == len(files):
-        return files
-    keep = np.sort(np.random.default_rng(seed).permutation(len(files))[:count])
-    return [files[i] for i in keep]
-
-
-def _file_batches(
-    files: list[Path], kind: str, shape: tuple[int, int], batch_size: int, progress: Any
-) -> Iterator[Tensor]:
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        arrays = [_read(path, kind, shape) for path in chunk]
-        progress.update(len(chunk))
-        yield torch.from_numpy(np.stack(arrays)[:, None])
-
-
 def main(cfg: Any) -> dict[str, float]:
-    """``synthseg swd a=DIR b=DIR``: print the SWD between two folders as one JSON object on the last line.
+    """``synthseg swd``: see :func:`synthseg.metrics.swd_cli.main` (kept here for callers of the old name)."""
+    from synthseg.metrics.swd_cli import main as swd_main
 
-    A folder is either a folder of PNGs or a prepared (or synthetic) dataset folder, which stands for the
-    label maps (``inputs=images``: the images) of its training split. 8-bit label maps are scaled with
-    :func:`labels_to_uint8`; 16-bit images are used at full precision (see ``docs/swd.md``).
-    """
-    from omegaconf import OmegaConf
-    from tqdm import tqdm
-
-    for key in ("a", "b"):
-        if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
-            raise InputError(f"{key}=DIR is required: usage: synthseg swd a=DIR b=DIR")
-    inputs = str(cfg.get("inputs", "auto"))
-    seed = int(cfg.get("seed", 0))
-    files_a = _png_files(Path(str(cfg.a)), inputs)
-    files_b = _png_files(Path(str(cfg.b)), inputs)
-    kind_a, kind_b = _kind_of(files_a[0], inputs), _kind_of(files_b[0], inputs)
-    if kind_a != kind_b:
-        raise InputError(
-            f"{cfg.a} holds {kind_a} and {cfg.b} holds {kind_b}; compare like with like (or set inputs=)"
-        )
-    available = min(len(files_a), len(files_b))
-    count = cfg.get("num_images")
-    count = available if count is None else int(count)
-    if count < 1 or count > available:
-        raise InputError(
-            f"num_images={count}: the folders hold {len(files_a)} and {len(files_b)} images (at most {available})"
-        )
-    # Different seeds for the two subsets, so the same folder on both sides gives two different draws.
-    files_a = _select(files_a, count, seed)
-    files_b = _select(files_b, count, seed + 1)
-
-    from synthseg.data.pngio import read_png
-
-    first = read_png(files_a[0])
-    shape = (int(first.shape[0]), int(first.shape[1]))
-    device_name = str(cfg.get("device", "auto"))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device_name)
-    except RuntimeError as err:
-        raise InputError(f"device={device_name!r}: {err}") from None
-    batch_size = int(cfg.get("batch_size", 256))
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    try:
-        levels = level_resolutions(shape[0], int(cfg.get("min_resolution", 16)))
-    except ValueError as err:
-        raise InputError(f"{files_a[0]}: {err}") from None
-    print(
-        f"swd: {count} {kind_a} from {cfg.a} vs {count} from {cfg.b}, {shape[0]}x{shape[1]}, "
-        f"levels {'/'.join(map(str, levels))}, device {device}",
-        flush=True,
-    )
-    with tqdm(
-        total=2 * count, desc="swd", unit="img", file=sys.stderr, disable=not bool(cfg.get("progress", True))
-    ) as progress:
-        try:
-            result = sliced_wasserstein_from_batches(
-                _file_batches(files_a, kind_a, shape, batch_size, progress),
-                _file_batches(files_b, kind_b, shape, batch_size, progress),
-                seed=seed,
-                descriptors_per_image=int(cfg.get("descriptors_per_image", 128)),
-                directions=int(cfg.get("directions", 128)),
-                repeats=int(cfg.get("repeats", 4)),
-                min_resolution=int(cfg.get("min_resolution", 16)),
-                device=device,
-            )
-        except ValueError as err:
-            if isinstance(err, InputError):
-                raise
-            raise InputError(str(err)) from None
-    print(json.dumps({key: round(value, 6) for key, value in result.items()}), flush=True)
-    return result
+    return swd_main(cfg)

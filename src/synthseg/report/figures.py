@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from synthseg.checkpoint import CheckpointError, safe_load
 from synthseg.data.dataset import SliceDataset
-from synthseg.data.manifest import Manifest, read_manifest
+from synthseg.data.manifest import Manifest, list_masks, read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.report.runs import Run, mix_order
@@ -78,12 +78,8 @@ def synthetic_pairs_figure(root: Path, count: int, seed: int, columns: int = 8) 
 
 
 def _mask_files(folder: Path) -> list[Path]:
-    """Mask PNGs of a dataset folder (its labels/) or of a plain folder of PNGs, in name order."""
-    labels = folder / "labels"
-    files = sorted((labels if labels.is_dir() else folder).glob("*.png"))
-    if not files:
-        raise InputError(f"{folder}: no mask PNGs found (expected labels/*.png or *.png)")
-    return files
+    """Mask PNGs of a dataset folder or of a plain folder of PNGs, in name order (the figures' draw order)."""
+    return sorted((item.label for item in list_masks(folder)), key=lambda path: path.name)
 
 
 def masks_figure(folder: Path, count: int, seed: int, columns: int = 8) -> np.ndarray:

@@ -14,12 +14,12 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from synthseg.errors import InputError
 from synthseg.report.runs import (
@@ -33,6 +33,7 @@ from synthseg.report.runs import (
     subject_metrics,
 )
 from synthseg.report.stats import bootstrap, paired_bootstrap, resample_weights
+from synthseg.settings import Settings, check_positive
 from synthseg.utils.atomic import atomic_path, check_free_space
 
 log = logging.getLogger(__name__)
@@ -294,8 +295,60 @@ def table2_csv(estimates: list[Estimate]) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- main
-def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BootstrapSettings(Settings):
+    """``bootstrap:`` of ``conf/report.yaml``."""
+
+    samples: int = 2000
+    level: float = 0.95
+    seed: int = 0
+
+    def check(self) -> None:
+        check_positive("samples", self.samples)
+        if not 0.0 < self.level < 1.0:
+            raise InputError(f"level must be in (0, 1), got {self.level}")
+
+
+@dataclass(frozen=True)
+class FigureSettings(Settings):
+    """``figures:`` of ``conf/report.yaml`` (which figures, from which folders)."""
+
+    enabled: bool = True
+    seed: int = 0
+    segmentation_slices: int = 10
+    pairs: int = 24
+    masks: int = 48
+    spade_examples: int = 18
+    real: str | None = None
+    masks_full: str | None = None
+    masks_reduced: str | None = None
+    synthetic_full: str | None = None
+    synthetic_reduced: str | None = None
+    spade_test: str | tuple[str, ...] | None = None
+
+    def check(self) -> None:
+        for key in ("segmentation_slices", "pairs", "masks", "spade_examples"):
+            check_positive(key, getattr(self, key), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    """``conf/report.yaml``."""
+
+    REQUIRED = {"runs": "DIR", "output": "DIR"}
+
+    runs: str
+    output: str
+    overwrite: bool = True
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    figures: FigureSettings = field(default_factory=FigureSettings)
+
+
+def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Collect the runs under ``cfg.runs`` and write the report folder ``cfg.output`` atomically.
+
+    Args:
+        cfg: the settings; a mapping may give only some keys (the others take their defaults).
 
     Returns:
         The content of ``report.json``: the runs read, the files written (relative to the output folder)
@@ -303,19 +356,19 @@ def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """
     from synthseg.report import figures
 
-    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    output = Path(str(cfg.output))
-    if output.exists() and not cfg.get("overwrite", True):
+    settings = cfg if isinstance(cfg, ReportSettings) else ReportSettings.from_config(cfg, partial=True)
+    output = Path(settings.output)
+    if output.exists() and not settings.overwrite:
         raise InputError(f"output={output} exists (pass overwrite=true to replace it)")
-    runs = find_runs(cfg.runs)
+    runs = find_runs(settings.runs)
     groups = group_runs(runs)
-    boot = cfg.get("bootstrap") or {}
-    level = float(boot.get("level", 0.95))
+    boot = settings.bootstrap
+    level = boot.level
     cells = table1_cells(groups)
-    estimates = table2_estimates(groups, int(boot.get("samples", 2000)), level, int(boot.get("seed", 0)))
+    estimates = table2_estimates(groups, boot.samples, level, boot.seed)
     files: list[dict[str, str]] = []
     # An upper bound: ten figures of at most about 6 MB each (RGB, before PNG compression) and the tables.
-    figures_on = bool((cfg.get("figures") or {}).get("enabled", True))
+    figures_on = settings.figures.enabled
     check_free_space(output.parent, (60 if figures_on else 1) * 10**6, "the report")
     with atomic_path(output, is_dir=True, overwrite=True) as tmp:
         texts = {
@@ -327,7 +380,10 @@ def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         for name, (text, caption) in texts.items():
             (tmp / name).write_text(text)
             files.append({"file": name, "caption": caption})
-        written, skipped = figures.write_figures(tmp, groups, cfg.get("figures") or {})
+        figure_options = asdict(settings.figures)
+        if isinstance(settings.figures.spade_test, tuple):
+            figure_options["spade_test"] = list(settings.figures.spade_test)
+        written, skipped = figures.write_figures(tmp, groups, figure_options)
         files += written
         summary = {
             "runs": [str(r.path) for r in runs],
@@ -341,8 +397,9 @@ def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry of ``synthseg report``."""
-    summary = write_report(cfg)
-    print(f"synthseg report: {len(summary['runs'])} runs, {summary['cells']} cells -> {cfg.output}")
+    settings = ReportSettings.from_config(cfg)
+    summary = write_report(settings)
+    print(f"synthseg report: {len(summary['runs'])} runs, {summary['cells']} cells -> {settings.output}")
     for item in summary["files"]:
         print(f"  {item['file']}: {item['caption']}")
     for item in summary["figures_skipped"]:

@@ -33,6 +33,7 @@ from synthseg.data.labels import NUM_CLASSES, check_num_classes, class_names, re
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
+from synthseg.settings import Settings
 from synthseg.utils.atomic import atomic_path, check_free_space
 
 FORMATS = ("nnunet",)
@@ -254,26 +255,48 @@ def export_nnunet(
     return folder
 
 
+@dataclass(frozen=True)
+class ExportSettings(Settings):
+    """``conf/export.yaml``: the arguments of :func:`export_nnunet`."""
+
+    REQUIRED = {"source": "DIR", "output": "DIR"}
+
+    source: str | tuple[str, ...]
+    output: str
+    format: str = "nnunet"
+    classes: int = 7
+    split: str | tuple[str, ...] = "train"
+    test: bool = False
+    limit: int | tuple[int | None, ...] | None = None
+    dataset_id: int = 501
+    name: str = "SynthSeg"
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.format not in FORMATS:
+            raise InputError(f"format must be one of {FORMATS}, got {self.format!r}")
+        try:
+            check_num_classes(self.classes)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+
+
 def main(cfg: Any) -> str:
     """``synthseg export``: the composed config of ``conf/export.yaml``."""
-    if str(cfg.format) not in FORMATS:
-        raise InputError(f"format must be one of {FORMATS}, got {cfg.format!r}")
-    try:
-        classes = check_num_classes(int(cfg.classes))
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    limit = cfg.get("limit")
+    s = ExportSettings.from_config(cfg)
+    classes = s.classes
     folder = export_nnunet(
-        _as_list(cfg.source),
-        cfg.output,
+        _as_list(s.source),
+        s.output,
         classes=classes,
-        split=_as_list(cfg.split),
-        test=bool(cfg.test),
-        limit=int(limit) if isinstance(limit, int) else _as_list(limit) or None,
-        dataset_id=int(cfg.dataset_id),
-        name=str(cfg.name),
-        overwrite=bool(cfg.overwrite),
-        progress=bool(cfg.get("progress", True)),
+        split=_as_list(s.split),
+        test=s.test,
+        limit=s.limit if isinstance(s.limit, int) else _as_list(s.limit) or None,
+        dataset_id=s.dataset_id,
+        name=s.name,
+        overwrite=s.overwrite,
+        progress=s.progress,
     )
     info = json.loads((folder / "dataset.json").read_text())
     print(f"synthseg export: {info['numTraining']} training cases, {classes} classes -> {folder}")

@@ -13,30 +13,38 @@ any other mask becomes ``synth_<index:06d>`` in input order (the source ids are 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import platform
 import re
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from synthseg import __version__
 from synthseg.checkpoint import load_network, safe_load
-from synthseg.data.labels import NUM_CLASSES, class_weights_from_counts
-from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, read_manifest, synthetic_row
+from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.manifest import (
+    MANIFEST,
+    dataset_stats,
+    list_masks,
+    manifest_writer,
+    synthetic_row,
+    write_provenance,
+    write_stats,
+)
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.models.spade import generator_from_checkpoint
 from synthseg.networks.spade import SPADEGenerator
+from synthseg.settings import Settings, check_positive
 from synthseg.utils.atomic import atomic_path, check_free_space
 from synthseg.utils.precision import autocast_dtype
 
@@ -85,23 +93,6 @@ def load_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
             f"{path}: recorded training maximum {train_max} is not a 16-bit intensity (1..65535)"
         )
     return generator.eval(), train_max
-
-
-def list_masks(folder: Path) -> list[tuple[str, Path]]:
-    """(id, label path) of every mask: dataset folder in manifest order, else ``labels/*.png`` or ``*.png``."""
-    if not folder.is_dir():
-        raise InputError(f"masks={folder}: folder not found")
-    if (folder / MANIFEST).is_file():
-        manifest = read_manifest(folder)
-        items = [(str(manifest.ids[i]), folder / str(manifest.label[i])) for i in range(len(manifest))]
-    else:
-        labels = folder / "labels" if (folder / "labels").is_dir() else folder
-        items = [(path.stem, path) for path in sorted(labels.glob("*.png"))]
-    if not items:
-        raise InputError(
-            f"masks={folder}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)"
-        )
-    return items
 
 
 def output_ids(source_ids: list[str], keep_ids: bool = False) -> list[str]:
@@ -189,8 +180,8 @@ def generate_images(
         raise InputError(f"output={output} already exists (pass overwrite=true to replace it)")
     start = time.time()
     generator, train_max = load_generator(checkpoint)
-    items = list_masks(Path(masks))
-    ids = output_ids([sid for sid, _ in items], keep_ids)
+    items = list_masks(masks, "masks")
+    ids = output_ids([item.id for item in items], keep_ids)
     size, label_nc = generator.image_size, generator.label_nc
     # Upper bound: uncompressed 16-bit image + 8-bit label per slice.
     check_free_space(output.parent, len(items) * size * size * 3, "generated images")
@@ -198,7 +189,7 @@ def generate_images(
     generator.to(dev)
     latent_gen = torch.Generator(device="cpu").manual_seed(seed)
     loader = DataLoader(
-        MaskFolder([path for _, path in items], size, label_nc),
+        MaskFolder([item.label for item in items], size, label_nc),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -210,9 +201,7 @@ def generate_images(
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         # Manifest rows are written as they come, so memory does not grow with the number of masks.
-        with open(tmp / MANIFEST, "w", newline="") as manifest_file, torch.inference_mode():
-            writer = csv.DictWriter(manifest_file, fieldnames=list(REQUIRED_COLUMNS))
-            writer.writeheader()
+        with manifest_writer(tmp / MANIFEST) as writer, torch.inference_mode():
             bar = tqdm(total=len(items), desc="generate-images", unit="img", disable=not progress)
             for positions, labels in loader:
                 one_hot = F.one_hot(labels, label_nc).permute(0, 3, 1, 2).float().to(dev)
@@ -235,23 +224,18 @@ def generate_images(
                     writer.writerow(synthetic_row(sid, counts, has_image=True))
                 bar.update(len(positions))
             bar.close()
-        frequencies = class_counts / max(int(class_counts.sum()), 1)
-        stats = {
-            "format": "synthseg-dataset/1",
-            "source": "synthetic",
-            "size": size,
-            "num_slices": written,
-            "splits": {"train": written, "val": 0, "test": 0},
-            "split_mode": "synthetic",
-            "seed": seed,
-            "reduced_fraction": 0.0,
-            "train_max": maximum,
-            "train_mean": total / maximum / (written * size * size) if maximum else 0.0,
-            "class_counts": class_counts.tolist(),
-            "class_frequencies": frequencies.tolist(),
-            "class_weights": class_weights_from_counts(class_counts).tolist() if class_counts.any() else [],
-        }
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+        stats = dataset_stats(
+            source="synthetic",
+            size=size,
+            splits={"train": written},
+            class_counts=class_counts,
+            split_mode="synthetic",
+            seed=seed,
+            reduced_fraction=0.0,
+            train_max=maximum,
+            train_mean=total / maximum / (written * size * size) if maximum else 0.0,
+        )
+        write_stats(tmp, stats)
         elapsed = time.time() - start
         record = {
             "command": "generate-images",
@@ -265,26 +249,37 @@ def generate_images(
             "seconds": round(elapsed, 3),
             "images_per_second": round(written / elapsed, 3) if elapsed > 0 else None,
             "config": config or {},
-            "source_ids": [sid for sid, _ in items] if ids != [sid for sid, _ in items] else None,
+            "source_ids": [item.id for item in items] if ids != [item.id for item in items] else None,
         }
-        (tmp / "prepare.json").write_text(json.dumps(record, indent=2))
+        write_provenance(tmp, record)
     log.info("wrote %d images to %s (%.1f images/s)", written, output, written / max(elapsed, 1e-9))
     return record
 
 
+@dataclass(frozen=True)
+class GenerateImagesSettings(Settings):
+    """``conf/generate_images.yaml``: the keyword arguments of :func:`generate_images`."""
+
+    REQUIRED = {"checkpoint": "FILE", "masks": "DIR", "output": "DIR"}
+
+    checkpoint: str
+    masks: str
+    output: str
+    batch_size: int = 16
+    device: str = "auto"
+    num_workers: int = 0
+    autocast: str | None = None
+    seed: int = 0
+    keep_ids: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        check_positive("batch_size", self.batch_size)
+        check_positive("num_workers", self.num_workers, allow_zero=True)
+
+
 def main(cfg: DictConfig) -> dict[str, Any]:
     """``synthseg generate-images checkpoint=FILE masks=DIR output=DIR``."""
-    return generate_images(
-        cfg.checkpoint,
-        cfg.masks,
-        cfg.output,
-        batch_size=int(cfg.batch_size),
-        device=str(cfg.device),
-        num_workers=int(cfg.num_workers),
-        seed=int(cfg.seed),
-        autocast=cfg.get("autocast"),
-        keep_ids=bool(cfg.get("keep_ids", False)),
-        overwrite=bool(cfg.overwrite),
-        progress=bool(cfg.progress),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    settings = GenerateImagesSettings.from_config(cfg)
+    return generate_images(**asdict(settings), config=asdict(settings))

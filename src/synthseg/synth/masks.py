@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,21 @@ from tqdm import tqdm
 
 from synthseg import __version__
 from synthseg.checkpoint import CheckpointError, load_network, safe_load
-from synthseg.data.labels import NUM_CLASSES, class_weights_from_counts
-from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, synthetic_row
+from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.manifest import (
+    MANIFEST,
+    REQUIRED_COLUMNS,
+    dataset_stats,
+    manifest_header,
+    synthetic_row,
+    write_provenance,
+    write_stats,
+)
 from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from synthseg.models.pgan import ProgressiveSchedule, net_to_labels, resize_labels
 from synthseg.networks.pgan import PGANGenerator
+from synthseg.settings import Settings, check_positive
 from synthseg.synth.select import select_best
 from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
 from synthseg.utils.precision import autocast_dtype
@@ -300,23 +310,14 @@ def generate_masks(
             commit(pending)
     bar.close()
     with atomic_path(output) as tmp:
-        header = ",".join(REQUIRED_COLUMNS) + "\r\n"  # csv's default line ending, as DictWriter writes it
-        (work / MANIFEST).write_bytes(header.encode() + manifest_part.read_bytes())
+        (work / MANIFEST).write_bytes(manifest_header().encode() + manifest_part.read_bytes())
         manifest_part.unlink()
         (work / PROGRESS).unlink()
         seconds = time.perf_counter() - started
-        stats: dict[str, Any] = {
-            "format": "synthseg-dataset/1",
-            "source": "synthetic",
-            "size": size,
-            "num_slices": count,
-            "splits": {"train": count, "val": 0, "test": 0},
-            "class_counts": class_counts.tolist(),
-            "class_frequencies": (class_counts / max(int(class_counts.sum()), 1)).tolist(),
-        }
-        if class_counts.sum() > 0:
-            stats["class_weights"] = class_weights_from_counts(class_counts).tolist()
-        (work / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_stats(
+            work,
+            dataset_stats(source="synthetic", size=size, splits={"train": count}, class_counts=class_counts),
+        )
         provenance = {
             "command": "generate-masks",
             "version": __version__,
@@ -339,28 +340,42 @@ def generate_masks(
             "seconds": seconds,
             "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
         }
-        (work / "prepare.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        write_provenance(work, provenance)
         os.replace(work, tmp)  # the completed work folder becomes the output in one rename
     return provenance
 
 
+@dataclass(frozen=True)
+class GenerateMasksSettings(Settings):
+    """``conf/generate_masks.yaml``: the arguments of :func:`generate_masks`."""
+
+    REQUIRED = {"checkpoint": "PATH", "count": "N", "output": "DIR"}
+
+    checkpoint: str
+    count: int
+    output: str
+    seed: int = 0
+    batch_size: int = 256
+    size: int | None = None
+    device: str = "auto"
+    autocast: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise InputError(f"count must be a positive number of masks, got {self.count}")
+        check_positive("batch_size", self.batch_size)
+        check_positive("size", self.size)
+
+
 def main(cfg: Any) -> dict[str, Any]:
     """Hydra entry (``conf/generate_masks.yaml``)."""
-    result = generate_masks(
-        str(cfg.checkpoint),
-        cfg.count,
-        str(cfg.output),
-        seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size),
-        size=None if cfg.size is None else int(cfg.size),
-        device=str(cfg.device),
-        autocast=cfg.get("autocast"),
-        overwrite=bool(cfg.overwrite),
-        progress=bool(cfg.get("progress", True)),
-    )
+    settings = GenerateMasksSettings.from_config(cfg)
+    result = generate_masks(**asdict(settings))
     print(
         f"wrote {result['count']} masks ({100 * result['empty_fraction']:.2f} % empty) of "
-        f"{result['size']}x{result['size']} to {cfg.output} in {result['seconds']:.1f} s "
+        f"{result['size']}x{result['size']} to {settings.output} in {result['seconds']:.1f} s "
         f"({result['masks_per_second']:.0f} masks/s) from {result['checkpoint']}"
     )
     print(json.dumps({k: result[k] for k in ("count", "size", "seed", "checkpoint", "tick", "kimg")}))

@@ -11,10 +11,12 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synthseg.errors import InputError
+from synthseg.settings import Settings
 
 HISTORY = "swd.csv"
 
@@ -110,9 +112,20 @@ def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = Tru
     }
 
 
+@dataclass(frozen=True)
+class SelectSettings(Settings):
+    """``conf/select.yaml``."""
+
+    REQUIRED = {"run": "DIR"}
+
+    run: str
+    full_resolution_only: bool = True
+
+
 def main(cfg: Any) -> dict[str, Any]:
     """Hydra entry (``conf/select.yaml``): print the choice, and the result as JSON on the last line."""
-    result = select_best(str(cfg.run), full_resolution_only=bool(cfg.get("full_resolution_only", True)))
+    settings = SelectSettings.from_config(cfg)
+    result = select_best(settings.run, full_resolution_only=settings.full_resolution_only)
     print(
         f"best snapshot: {result['snapshot']}\n"
         f"  tick {result['tick']}, {result['kimg']} kimg, resolution {result['resolution']}, "

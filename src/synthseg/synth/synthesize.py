@@ -12,13 +12,16 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from synthseg import __version__
+from synthseg.data.manifest import read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
+from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.synth.masks import BYTES_PER_MASK_ESTIMATE
 from synthseg.utils.atomic import atomic_path, check_free_space
 
@@ -79,8 +82,8 @@ def synthesize(
     # Refuse before hours of generation when the disk cannot hold the result: generated and kept masks
     # (the estimates of generate-masks) plus image and label of every pair (as generate-images estimates).
     try:
-        side = int(json.loads((Path(reference) / "stats.json").read_text()).get("size") or 256)
-    except (OSError, ValueError, AttributeError):
+        side = int(read_stats(reference).get("size") or 256)
+    except (InputError, ValueError, AttributeError):
         side = 256
     check_free_space(
         output.parent if output.parent.exists() else Path.cwd(),
@@ -144,17 +147,48 @@ def synthesize(
         provenance["images"] = {
             k: image_record.get(k) for k in ("checkpoint_train_max", "seconds", "images_per_second")
         }
-        record = json.loads((tmp / "prepare.json").read_text()) if (tmp / "prepare.json").exists() else {}
-        (tmp / "prepare.json").write_text(json.dumps({**record, "synthesize": provenance}, indent=2) + "\n")
+        write_provenance(tmp, {**(read_provenance(tmp) or {}), "synthesize": provenance})
     if not keep_intermediate:
         shutil.rmtree(work, ignore_errors=True)
     return provenance
 
 
+@dataclass(frozen=True)
+class SynthesizeSettings(Settings):
+    """``conf/synthesize.yaml``: the keyword arguments of :func:`synthesize`."""
+
+    REQUIRED = {"pgan": "PATH", "spade": "PATH", "reference": "DIR", "output": "DIR"}
+
+    pgan: str
+    spade: str
+    reference: str
+    output: str
+    count: int = 100000
+    reference_split: str = "train"
+    threshold: float = 500.0
+    threshold_at: int | None = 256
+    seed: int = 0
+    mask_size: int | None = None
+    mask_batch_size: int = 256
+    image_batch_size: int = 16
+    device: str = "auto"
+    overwrite: bool = False
+    keep_intermediate: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        check_positive("count", self.count)
+        check_choice("reference_split", self.reference_split, ("train", "reduced"))
+        check_positive("threshold", self.threshold, allow_zero=True)
+        check_positive("threshold_at", self.threshold_at)
+        check_positive("mask_size", self.mask_size)
+        check_positive("mask_batch_size", self.mask_batch_size)
+        check_positive("image_batch_size", self.image_batch_size)
+
+
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry (``conf/synthesize.yaml``)."""
-    options = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(options, dict)
-    provenance = synthesize(**options)
-    print(f"synthetic dataset: {cfg.output} ({json.dumps(provenance['filter'])})")
+    settings = SynthesizeSettings.from_config(cfg)
+    provenance = synthesize(**asdict(settings))
+    print(f"synthetic dataset: {settings.output} ({json.dumps(provenance['filter'])})")
     return provenance

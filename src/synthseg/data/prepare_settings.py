@@ -1,0 +1,85 @@
+"""The settings of ``synthseg prepare`` (``conf/prepare.yaml``, docs/prepare.md), checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synthseg.data.brats import BratsConvention, make_convention
+from synthseg.errors import InputError
+from synthseg.settings import Settings
+
+
+@dataclass(frozen=True)
+class PrepareSettings(Settings):
+    """Everything ``synthseg prepare`` takes (see ``conf/prepare.yaml`` and docs/prepare.md).
+
+    Attributes:
+        source: BraTS-layout root.
+        output: the prepared dataset folder to write.
+        convention: ``brats2018`` or ``brats2023``; ``groups``, ``image_suffix``, ``seg_suffix``,
+            ``enhancing`` override it when not None.
+        size: slices are zero-padded, centred, to ``size`` x ``size``.
+        split: ``paper`` (shuffle all slices, split 80/10/10) or ``subject`` (split cases).
+        split_fractions: train, val, test fractions (sum 1).
+        reduced_fraction: the reduced set is this first fraction of the shuffled training slices.
+        seed: shuffling seed (and the built-in tissue segmentation's).
+        workers: parallel processes over cases (1: in this process).
+        on_error: ``stop`` (nothing is written) or ``skip`` (the case is left out, with a warning).
+        tissue: ``auto`` (FAST outputs when present, else built-in), ``fast`` (FAST outputs required) or
+            ``builtin`` (ignore FAST outputs).
+        overwrite: replace an existing output folder.
+        progress: show a progress bar.
+    """
+
+    source: str
+    output: str
+    convention: str = "brats2018"
+    groups: str | tuple[str, ...] | None = None
+    image_suffix: str | None = None
+    seg_suffix: str | None = None
+    enhancing: int | None = None
+    size: int = 256
+    split: str = "paper"
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    reduced_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 2
+    on_error: str = "stop"
+    tissue: str = "auto"
+    overwrite: bool = True
+    progress: bool = True
+
+    REQUIRED = {"source": "DIR", "output": "DIR"}
+
+    def check(self) -> None:
+        if isinstance(self.groups, str):  # groups=HGG on the command line means one group
+            object.__setattr__(self, "groups", (self.groups,))
+        elif self.groups is not None:
+            object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        if self.split not in ("paper", "subject"):
+            raise InputError(f"split must be 'paper' or 'subject', got {self.split!r}")
+        if self.on_error not in ("stop", "skip"):
+            raise InputError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
+        if self.tissue not in ("auto", "fast", "builtin"):
+            raise InputError(f"tissue must be 'auto', 'fast' or 'builtin', got {self.tissue!r}")
+        if int(self.size) < 1:
+            raise InputError(f"size must be a positive number of pixels, got {self.size}")
+        if int(self.workers) < 1:
+            raise InputError(f"workers must be at least 1, got {self.workers}")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise InputError(
+                f"split_fractions must be three positive numbers summing to 1, got {list(fractions)}"
+            )
+        if not 0.0 < float(self.reduced_fraction) <= 1.0:
+            raise InputError(f"reduced_fraction must be in (0, 1], got {self.reduced_fraction}")
+
+    def brats_convention(self) -> BratsConvention:
+        return make_convention(
+            self.convention,
+            groups=self.groups,
+            image_suffix=self.image_suffix,
+            seg_suffix=self.seg_suffix,
+            enhancing=self.enhancing,
+        )

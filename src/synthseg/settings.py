@@ -1,0 +1,186 @@
+"""Typed command settings: the one pattern every ``synthseg <command>`` entry point uses.
+
+Each command declares a frozen dataclass of its settings (mirroring its ``conf/<command>.yaml``) and calls
+``Settings.from_config(cfg)`` first thing in ``main()``: every key is type-checked and range-checked there, before
+any work or write, and a bad value is one line naming the key. The YAML stays the one place holding the
+command's defaults: ``from_config`` takes every value from the composed config (a key the YAML lacks is an
+error), and the dataclass defaults only serve Python callers building settings by hand.
+
+The configs themselves stay plain YAML, composable with Hydra's compose API without importing synthseg.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar, Union
+
+from synthseg.errors import InputError
+
+S = TypeVar("S", bound="Settings")
+
+_MISSING = "???"
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if hint is type(None):
+        return "null"
+    if hint is Any:
+        return "anything"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin in (tuple, list):
+        return f"a list of ({_describe(typing.get_args(hint)[0])})"
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return "a mapping"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """``value`` as type ``hint`` (ints widen to float, lists become tuples), or raise _Mismatch."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(option, value)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):  # Python callers pass paths
+            return os.fspath(value)
+        raise _Mismatch
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise _Mismatch
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v) for v in value)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _Mismatch
+    raise TypeError(f"settings type {hint!r} is not supported")
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A composed DictConfig (or any mapping) as a plain dict, interpolations resolved, ``???`` kept."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    else:
+        values = dict(cfg)
+    assert isinstance(values, dict)
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Base of every command's settings. Subclasses add fields and may override :meth:`check`.
+
+    ``REQUIRED`` maps the fields that must be given to what they hold (``{"source": "DIR"}``): ``???``, null
+    or an empty value is refused as ``source=DIR is required``.
+    """
+
+    REQUIRED: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Range and consistency checks (raise InputError naming the key); types are checked by from_config."""
+
+    @classmethod
+    def from_config(cls: type[S], cfg: Any, prefix: str = "", *, partial: bool = False) -> S:
+        """Validate the composed config ``cfg`` once and build the settings.
+
+        A command's ``main()`` passes its whole composed config: every key must be there (the YAML holds the
+        defaults). ``partial=True`` is for Python callers passing a few keys: the others take the dataclass
+        defaults.
+
+        Raises:
+            InputError: one line naming the first key that is unknown, missing, required, of the wrong type or
+                out of range.
+        """
+        values = _plain(cfg)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise InputError(f"unknown setting(s): {', '.join(prefix + str(k) for k in unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for name in fields:
+            key = prefix + name
+            hint = hints[name]
+            nested = isinstance(hint, type) and issubclass(hint, Settings)
+            if name not in values:
+                if not partial:
+                    raise InputError(f"setting {key} is missing from the config")
+                if nested:
+                    kwargs[name] = hint.from_config({}, prefix=f"{key}.", partial=True)
+                elif name in cls.REQUIRED:
+                    raise InputError(f"{key}={cls.REQUIRED[name]} is required")
+                continue
+            value = values[name]
+            if name in cls.REQUIRED and (value is None or value == _MISSING or value == ""):
+                raise InputError(f"{key}={cls.REQUIRED[name]} is required")
+            if value == _MISSING:
+                raise InputError(f"{key} has no value (???): set {key}=...")
+            if nested:
+                if not isinstance(value, Mapping):
+                    raise InputError(f"{key} must be a mapping, got {value!r}")
+                kwargs[name] = hint.from_config(value, prefix=f"{key}.", partial=partial)
+                continue
+            try:
+                kwargs[name] = _coerce(hint, value)
+            except _Mismatch:
+                raise InputError(f"{key} must be {_describe(hint)}, got {value!r}") from None
+        try:
+            return cls(**kwargs)
+        except InputError as err:
+            if prefix and not str(err).startswith(prefix):
+                raise InputError(f"{prefix}{err}") from None
+            raise
+
+
+def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming ``key``."""
+    if value not in choices:
+        raise InputError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_positive(key: str, value: float | None, *, allow_zero: bool = False) -> None:
+    """Refuse a negative (or, without ``allow_zero``, zero) ``value``, naming ``key``; None passes."""
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InputError(f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value}")

@@ -1,0 +1,141 @@
+"""The one entry-point pattern: every command's typed settings are checked once, before any work or write, and a
+bad value is one line naming the key."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from synthseg.cli import COMMANDS
+from synthseg.cli import main as cli_main
+from synthseg.errors import InputError
+from synthseg.paths import config_dir
+from synthseg.settings import Settings
+
+# command -> (its Settings class, "module:Class"); train is configured by its own config tree.
+SETTINGS = {
+    "demo": "synthseg.pipeline:DemoSettings",
+    "demo-cohort": "synthseg.data.demo_cohort:DemoCohortSettings",
+    "prepare": "synthseg.data.prepare:PrepareSettings",
+    "swd": "synthseg.metrics.swd_cli:SWDSettings",
+    "select": "synthseg.synth.select:SelectSettings",
+    "generate-masks": "synthseg.synth.masks:GenerateMasksSettings",
+    "generate-images": "synthseg.synth.images:GenerateImagesSettings",
+    "filter": "synthseg.synth.zfilter:FilterSettings",
+    "synthesize": "synthseg.synth.synthesize:SynthesizeSettings",
+    "export": "synthseg.synth.export:ExportSettings",
+    "report": "synthseg.report.table:ReportSettings",
+}
+
+
+def _settings_class(command: str) -> type[Settings]:
+    module, _, name = SETTINGS[command].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _compose(name: str, overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides or [])
+
+
+def test_every_command_but_train_has_settings() -> None:
+    assert set(SETTINGS) == set(COMMANDS) - {"train"}
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS))
+def test_the_yaml_and_the_settings_hold_the_same_keys(command: str) -> None:
+    cls = _settings_class(command)
+    cfg = _compose(COMMANDS[command][0])
+    assert set(cfg.keys()) == {f.name for f in fields(cls)}
+    # Every key the YAML leaves as ??? is one the settings require, named in the error.
+    missing = {key for key in cfg.keys() if OmegaConf.is_missing(cfg, key)}
+    assert missing <= set(cls.REQUIRED)
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS))
+def test_the_yaml_defaults_pass_the_checks(command: str, tmp_path: Path) -> None:
+    cls = _settings_class(command)
+    cfg = _compose(COMMANDS[command][0], [f"{key}={tmp_path}" for key in cls.REQUIRED if key != "count"])
+    if "count" in cls.REQUIRED:
+        cfg.count = 4
+    settings = cls.from_config(cfg)
+    assert isinstance(settings, cls)
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "message"),
+    [
+        ("filter", ["masks=M", "reference=R", "output=O", "threshold=high"], "threshold must be a number, got 'high'"),
+        ("filter", ["masks=M", "reference=R", "output=O", "zero_std=zero"], "zero_std must be one of ('floor', 'exclude')"),
+        ("filter", ["reference=R", "output=O"], "masks=DIR is required"),
+        ("swd", ["a=A", "b=B", "num_images=0"], "num_images must be positive, got 0"),
+        ("swd", ["a=A", "b=B", "progress=maybe"], "progress must be true/false, got 'maybe'"),
+        ("prepare", ["source=S", "output=O", "workers=0"], "workers must be at least 1, got 0"),
+        ("prepare", ["source=S", "output=O", "size=big"], "size must be an integer, got 'big'"),
+        ("generate-masks", ["checkpoint=C", "output=O", "count=-5"], "count must be a positive number of masks, got -5"),
+        ("generate-images", ["checkpoint=C", "masks=M", "output=O", "batch_size=0"], "batch_size must be positive, got 0"),
+        ("export", ["source=S", "output=O", "classes=3"], "classes"),
+        ("export", ["source=S", "output=O", "limit=[1,x]"], "limit must be"),
+        ("report", ["runs=R", "output=O", "bootstrap.level=2"], "bootstrap.level must be in (0, 1), got 2.0"),
+        ("report", ["runs=R", "output=O", "figures.pairs=x"], "figures.pairs must be an integer, got 'x'"),
+        ("demo", ["sweep.classes=[7,3]"], "sweep.classes must be one of 2, 4, 7, got 3"),
+        ("demo", ["+colour=red"], "unknown setting(s): colour"),
+        ("synthesize", ["pgan=P", "spade=S", "reference=R", "output=O", "reference_split=val"], "reference_split"),
+        ("select", ["run=R", "full_resolution_only=1"], "full_resolution_only must be true/false, got 1"),
+        ("demo-cohort", ["output=O", "cases=many"], "cases must be an integer, got 'many'"),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_is_one_line_naming_the_key(command: str, overrides: list[str], message: str) -> None:
+    cls = _settings_class(command)
+    with pytest.raises(InputError) as err:
+        cls.from_config(_compose(COMMANDS[command][0], overrides))
+    line = str(err.value)
+    assert "\n" not in line and message in line, line
+
+
+def test_a_bad_setting_stops_the_command_before_it_writes(tmp_path: Path, capsys, monkeypatch) -> None:
+    # The masks folder does not exist, but the bad threshold is what is reported: settings come first.
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            ["filter", f"masks={tmp_path / 'nope'}", f"reference={tmp_path}", f"output={out}", "montage=-1"]
+        )
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "synthseg filter: error: montage must be non-negative, got -1"
+    assert not out.exists()
+
+
+def test_python_callers_may_give_some_keys() -> None:
+    from synthseg.report.table import ReportSettings
+
+    settings = ReportSettings.from_config(
+        {"runs": "R", "output": "O", "bootstrap": {"samples": 5}}, partial=True
+    )
+    assert settings.bootstrap.samples == 5 and settings.bootstrap.level == 0.95 and settings.figures.enabled
+    with pytest.raises(InputError, match="setting bootstrap is missing"):
+        ReportSettings.from_config({"runs": "R", "output": "O", "overwrite": True, "figures": {}})
+
+
+def test_command_help_lists_the_command_keys_not_the_training_groups(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--help"])
+    out = capsys.readouterr().out
+    assert "dataset_id: 501" in out
+    for group in ("trainer", "model", "experiment", "callbacks", "Configuration groups"):
+        assert group not in out, group
+
+
+def test_command_configs_share_one_hydra_block() -> None:
+    for name, _ in COMMANDS.values():
+        text = (config_dir() / f"{name}.yaml").read_text()
+        if name == "train":
+            continue
+        assert "- hydra: command" in text and "\nhydra:" not in text, name
