@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
-from synthseg.networks.unet import UNet
+from synthseg.networks.unet import UNet, UpConvBN
 
 
 def expected_unet_parameters(classes: int, width: int = 64, in_channels: int = 1) -> int:
@@ -29,8 +29,9 @@ def expected_unet_parameters(classes: int, width: int = 64, in_channels: int = 1
 
 
 @pytest.mark.parametrize("classes", [7, 4, 2])
-def test_parameter_count_matches_architecture(classes: int) -> None:
-    net = UNet(in_channels=1, num_classes=classes, base_width=64)
+@pytest.mark.parametrize("alignment", ["keras", "torch"])
+def test_parameter_count_matches_architecture(classes: int, alignment: str) -> None:
+    net = UNet(in_channels=1, num_classes=classes, base_width=64, up_alignment=alignment)
     assert sum(p.numel() for p in net.parameters()) == expected_unet_parameters(classes)
 
 
@@ -50,7 +51,17 @@ def test_output_shapes(kwargs: dict, shape: tuple, expected: tuple) -> None:
     assert torch.allclose(probs.sum(1), torch.ones(expected[0], *expected[2:]), atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [{"num_classes": 1}, {"in_channels": 0}, {"base_width": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_classes": 1},
+        {"in_channels": 0},
+        {"base_width": 0},
+        {"up_alignment": "center"},
+        {"bn_eps": 0.0},
+        {"bn_momentum": 1.5},
+    ],
+)
 def test_impossible_arguments_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         UNet(**kwargs)
@@ -62,12 +73,62 @@ def test_input_size_not_multiple_of_16_raises() -> None:
 
 
 def test_he_normal_init_std() -> None:
+    torch.manual_seed(0)
     net = UNet(base_width=16)
-    conv = net.encoders[1][0][0]  # 3x3, 16 -> 32 channels: fan_in 144
-    std = conv.weight.std().item()
-    # Truncated at 2 std, the normal's spread shrinks by ~0.88.
-    assert 0.80 * (2 / 144) ** 0.5 < std < 0.95 * (2 / 144) ** 0.5
+    conv = net.bridge[0]  # 3x3, 128 -> 256 channels: fan_in 1152, 294,912 weights
+    target = (2 / 1152) ** 0.5
+    # Keras >= 2.2.3: the truncated normal's std is divided by 0.8796..., so the weights' std is sqrt(2/fan_in)
+    # itself (without the correction it would be 0.88 of it) ...
+    assert 0.98 * target < conv.weight.std().item() < 1.02 * target
+    # ... and the truncation is at 2 of the widened std, beyond 2 * sqrt(2/fan_in).
+    bound = 2 * target / 0.87962566
+    assert conv.weight.abs().max().item() <= bound
+    assert conv.weight.abs().max().item() > 0.99 * bound
     assert torch.count_nonzero(conv.bias) == 0
+    up = net.ups[0][0]  # transposed 3x3, 256 -> 128: Keras' fan-in counts the output channels (9 * 128)
+    assert 0.98 * target < up.weight.std().item() < 1.02 * target
+
+
+def test_batch_norms_use_keras_epsilon_and_momentum() -> None:
+    net = UNet(1, 7)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 21  # 8 encoder convs, the bridge, 4 transposed convs, 8 decoder convs
+    assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)
+    # Keras' momentum 0.99 keeps 99 % of the running mean: one training batch moves it 1 % of the way.
+    block = UNet(1, 2, base_width=2).encoders[0][0]
+    x = torch.randn(4, 1, 16, 16)
+    block.train()(x)
+    batch_mean = block[0](x).mean(dim=(0, 2, 3)).detach()
+    torch.testing.assert_close(block[1].running_mean, 0.01 * batch_mean)
+    assert UNet(1, 2, base_width=2, bn_eps=1e-5, bn_momentum=0.1).bridge[1].momentum == 0.1
+
+
+def _full_transposed(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The full stride-2 transposed convolution of a 2-D map, from its definition: each input pixel (p, q)
+    adds ``x[p, q] * kernel`` at rows 2p..2p+2 and columns 2q..2q+2 of a (2n+1) x (2m+1) map."""
+    n, m = x.shape
+    full = torch.zeros(2 * n + 1, 2 * m + 1)
+    for p in range(n):
+        for q in range(m):
+            full[2 * p : 2 * p + 3, 2 * q : 2 * q + 3] += x[p, q] * kernel
+    return full
+
+
+@pytest.mark.parametrize(("alignment", "start"), [("keras", 0), ("torch", 1)])
+def test_transposed_conv_keeps_the_keras_pixels(alignment: str, start: int) -> None:
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    kernel = torch.arange(1.0, 10.0).reshape(3, 3)  # asymmetric: a one-pixel shift changes every value
+    up = UpConvBN(1, 1, alignment=alignment).eval()
+    with torch.no_grad():
+        up[0].weight.copy_(kernel.reshape(1, 1, 3, 3))
+        up[0].bias.zero_()
+        up[1].running_var.fill_(1.0 - up[1].eps)  # the batch norm passes values through unchanged
+    out = up(x.reshape(1, 1, 2, 2)).detach()[0, 0]
+    # Keras' Conv2DTranspose(3, strides=2, padding='same') keeps full[0:2n]; padding=1 with output_padding=1
+    # keeps full[1:2n+1].
+    expected = _full_transposed(x, kernel)[start : start + 4, start : start + 4]
+    torch.testing.assert_close(out, expected)
+    assert UNet(1, 2, base_width=2).ups[0].crop  # the default is Keras'
 
 
 def test_weighted_dice_loss_hand_computed() -> None:

@@ -21,16 +21,53 @@ class WGANGPLoss:
         gp_weight: weight of the gradient penalty (lambda, official 10).
         gp_target: target gradient norm (official 1).
         drift_weight: weight of the drift term that keeps D(real) near 0 (epsilon, official 0.001).
+        penalty_subbatch: fast path, not official: take the penalty on the first ``K`` interpolates only (as
+            some ports do; the penalty's double backward is the costliest part of the critic step). Its mean
+            over those ``K`` replaces the batch mean; the critic sees a ``K``-sample batch there, so minibatch
+            statistics differ. None (default): the whole batch, as the official code.
     """
 
-    def __init__(self, gp_weight: float = 10.0, gp_target: float = 1.0, drift_weight: float = 0.001) -> None:
+    def __init__(
+        self,
+        gp_weight: float = 10.0,
+        gp_target: float = 1.0,
+        drift_weight: float = 0.001,
+        penalty_subbatch: int | None = None,
+    ) -> None:
         if gp_weight < 0 or drift_weight < 0:
             raise ValueError(f"loss weights must not be negative, got gp {gp_weight}, drift {drift_weight}")
         if gp_target <= 0:
             raise ValueError(f"gp_target must be positive, got {gp_target}")
+        if penalty_subbatch is not None and (isinstance(penalty_subbatch, bool) or int(penalty_subbatch) < 1):
+            raise ValueError(f"penalty_subbatch must be a positive int or None, got {penalty_subbatch!r}")
         self.gp_weight = float(gp_weight)
         self.gp_target = float(gp_target)
         self.drift_weight = float(drift_weight)
+        self.penalty_subbatch = None if penalty_subbatch is None else int(penalty_subbatch)
+
+    def gradient_penalty(
+        self, critic: Critic, reals: Tensor, fakes: Tensor, mixing: Tensor, grad_scale: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """The weighted penalty and the gradient norm per interpolate, each of shape (K,).
+
+        ``K`` is the batch, or ``penalty_subbatch`` when smaller. Differentiable with respect to the critic's
+        weights (the input gradient is taken with create_graph). Arguments as :meth:`discriminator`.
+        """
+        if self.penalty_subbatch is not None and self.penalty_subbatch < reals.shape[0]:
+            k = self.penalty_subbatch
+            reals, fakes = reals[:k], fakes[:k]
+            mixing = mixing[:k] if mixing.ndim and mixing.shape[0] > 1 else mixing
+        mixed = (reals + (fakes - reals) * mixing).detach().requires_grad_(True)
+        mixed_scores = critic(mixed).float()
+        # create_graph: the penalty must itself be differentiated with respect to the critic's weights.
+        # The scores' mean carries the scale, as the scaled loss (a batch mean) does: each sample's upstream
+        # gradient is grad_scale / N, which the GradScaler has tuned not to overflow.
+        count = mixed_scores.shape[0]
+        (scaled_grads,) = torch.autograd.grad(mixed_scores.mean() * grad_scale, mixed, create_graph=True)
+        grads = scaled_grads.float() * (count / grad_scale)
+        grad_norm = grads.flatten(1).norm(dim=1)
+        penalty = (grad_norm - self.gp_target).square() * (self.gp_weight / self.gp_target**2)
+        return penalty, grad_norm
 
     def discriminator(
         self, critic: Critic, reals: Tensor, fakes: Tensor, mixing: Tensor, grad_scale: float = 1.0
@@ -61,20 +98,15 @@ class WGANGPLoss:
             raise ValueError(f"grad_scale must be positive, got {grad_scale}")
         real_scores = critic(reals).float()
         fake_scores = critic(fakes).float()
-        mixed = (reals + (fakes - reals) * mixing).detach().requires_grad_(True)
-        mixed_scores = critic(mixed).float()
-        # create_graph: the penalty must itself be differentiated with respect to the critic's weights.
-        # The scores' mean carries the scale, as the scaled loss (a batch mean) does: each sample's upstream
-        # gradient is grad_scale / N, which the GradScaler has tuned not to overflow.
-        count = mixed_scores.shape[0]
-        (scaled_grads,) = torch.autograd.grad(mixed_scores.mean() * grad_scale, mixed, create_graph=True)
-        grads = scaled_grads.float() * (count / grad_scale)
-        grad_norm = grads.flatten(1).norm(dim=1)
-        penalty = (grad_norm - self.gp_target).square() * (self.gp_weight / self.gp_target**2)
+        penalty, grad_norm = self.gradient_penalty(critic, reals, fakes, mixing, grad_scale)
         drift = real_scores.flatten().square() * self.drift_weight
-        per_sample = fake_scores.flatten() - real_scores.flatten() + penalty + drift
+        if penalty.shape[0] == real_scores.shape[0]:
+            per_sample = fake_scores.flatten() - real_scores.flatten() + penalty + drift
+            total = per_sample.mean()
+        else:  # penalty_subbatch: the penalty's mean over its own samples
+            total = (fake_scores.flatten() - real_scores.flatten() + drift).mean() + penalty.mean()
         return {
-            "loss": per_sample.mean(),
+            "loss": total,
             "D_real": real_scores.mean().detach(),
             "D_fake": fake_scores.mean().detach(),
             "wasserstein": (real_scores.mean() - fake_scores.mean()).detach(),

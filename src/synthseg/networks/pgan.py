@@ -12,6 +12,12 @@ parameters and the discriminator 23,047,361, as the official networks.
 
 Every weight uses the equalized learning rate: it is stored as N(0, 1) and scaled at run time by
 ``gain / sqrt(fan_in)``, so Adam sees all layers on one scale.
+
+Fused scaling (``fused_scale=True``, the official default at every resolution from 8x8 up): the generator's
+nearest x2 upsampling + 3x3 conv runs as one stride-2 transposed conv with a 4x4 kernel, and the
+discriminator's 3x3 conv + 2x2 average pool as one stride-2 conv with a 4x4 kernel. Both kernels are built
+at run time from the stored 3x3 weight (scaled by the 3x3 fan-in, as the official layers), so the parameters,
+the state-dict keys and the function are the same either way; fused needs 16/36 of the multiply-adds.
 """
 
 from __future__ import annotations
@@ -143,6 +149,35 @@ class MinibatchStdDev(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
+def _shift_sum(weight: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 4, 4): the kernel zero-padded and summed over its four one-pixel shifts."""
+    padded = F.pad(weight, (1, 1, 1, 1))
+    return padded[..., 1:, 1:] + padded[..., :-1, 1:] + padded[..., 1:, :-1] + padded[..., :-1, :-1]
+
+
+def upscale_conv_kernel(weight: Tensor) -> Tensor:
+    """The ``conv_transpose2d`` kernel (in, out, 4, 4) of nearest x2 upsampling + 'same' 3x3 ``conv2d``.
+
+    ``conv_transpose2d(x, kernel, stride=2, padding=1)`` then equals ``conv2d(up2(x), weight, padding=1)``.
+    A transposed conv scatters where ``conv2d`` gathers, so the 3x3 kernel is flipped before the shift sum.
+
+    Args:
+        weight: ``conv2d`` kernel (out, in, 3, 3).
+    """
+    return _shift_sum(weight.flip(-2, -1)).transpose(0, 1)
+
+
+def conv_downscale_kernel(weight: Tensor) -> Tensor:
+    """The ``conv2d`` kernel (out, in, 4, 4) of 'same' 3x3 ``conv2d`` + 2x2 average pooling.
+
+    ``conv2d(x, kernel, stride=2, padding=1)`` then equals ``avg_pool2d(conv2d(x, weight, padding=1), 2)``.
+
+    Args:
+        weight: ``conv2d`` kernel (out, in, 3, 3).
+    """
+    return _shift_sum(weight) * 0.25
+
+
 class _GeneratorInput(nn.Module):
     """Latent (N, latent_dim) -> 4x4 features (N, C, 4, 4): dense, bias, LReLU, pixel norm, conv 3x3."""
 
@@ -161,16 +196,25 @@ class _GeneratorInput(nn.Module):
 
 
 class _GeneratorBlock(nn.Module):
-    """(N, in, H, W) -> (N, out, 2H, 2W): nearest x2, two conv 3x3, each with LReLU and pixel norm."""
+    """(N, in, H, W) -> (N, out, 2H, 2W): nearest x2, two conv 3x3, each with LReLU and pixel norm.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    With ``fused_scale`` the upsampling and the first conv are one stride-2 transposed conv (same function).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, fused_scale: bool = True) -> None:
         super().__init__()
         self.conv0 = EqualizedConv2d(in_channels, out_channels, 3)
         self.conv1 = EqualizedConv2d(out_channels, out_channels, 3)
+        self.fused_scale = fused_scale
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = pixel_norm(F.leaky_relu(self.conv0(x), LEAKY_SLOPE))
+        conv0 = self.conv0
+        if self.fused_scale:
+            kernel = upscale_conv_kernel(conv0.weight * conv0.scale)
+            x = F.conv_transpose2d(x, kernel, conv0.bias, stride=2, padding=1)
+        else:
+            x = conv0(F.interpolate(x, scale_factor=2, mode="nearest"))
+        x = pixel_norm(F.leaky_relu(x, LEAKY_SLOPE))
         return pixel_norm(F.leaky_relu(self.conv1(x), LEAKY_SLOPE))
 
 
@@ -195,6 +239,8 @@ class PGANGenerator(nn.Module):
         fmap_base: feature-map budget of ``nf(stage) = min(fmap_base / 2**stage, fmap_max)``.
         fmap_max: most feature maps of any stage.
         normalize_latents: pixel-normalise the latent vector first (official default).
+        fused_scale: upsample + conv as one stride-2 transposed conv (official default; same weights and
+            function, fewer FLOPs). False: upsample, then conv.
 
     ``forward(z, resolution=None, alpha=1.0)``: z (N, latent_dim) -> (N, channels, r, r) with
     ``r = resolution or self.resolution``. While a stage fades in (``alpha < 1``) the output is
@@ -209,6 +255,7 @@ class PGANGenerator(nn.Module):
         fmap_base: int = 8192,
         fmap_max: int = 512,
         normalize_latents: bool = True,
+        fused_scale: bool = True,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
@@ -224,6 +271,7 @@ class PGANGenerator(nn.Module):
             fmap_base=fmap_base,
             fmap_max=fmap_max,
             normalize_latents=normalize_latents,
+            fused_scale=bool(fused_scale),
         )
         self.resolution = resolution
         self.channels = channels
@@ -237,7 +285,7 @@ class PGANGenerator(nn.Module):
         self.blocks = nn.ModuleDict({"b4": _GeneratorInput(latent_dim, nf(1))})
         self.to_rgb = nn.ModuleDict({"b4": EqualizedConv2d(nf(1), channels, 1, gain=1.0)})
         for r in range(3, log2 + 1):
-            self.blocks[f"b{2**r}"] = _GeneratorBlock(nf(r - 2), nf(r - 1))
+            self.blocks[f"b{2**r}"] = _GeneratorBlock(nf(r - 2), nf(r - 1), bool(fused_scale))
             self.to_rgb[f"b{2**r}"] = EqualizedConv2d(nf(r - 1), channels, 1, gain=1.0)
 
     @property
@@ -270,18 +318,25 @@ class PGANGenerator(nn.Module):
 class _DiscriminatorBlock(nn.Module):
     """(N, in, H, W) -> (N, out, H/2, W/2): conv 3x3 + LReLU, then conv 3x3, 2x2 average pool, bias, LReLU.
 
-    Pooling before bias and activation is the official fused conv-downscale.
+    Pooling before bias and activation, as the official conv-downscale. With ``fused_scale`` the second conv
+    and the pooling are one stride-2 conv with the averaged 4x4 kernel (same function).
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, fused_scale: bool = True) -> None:
         super().__init__()
         self.conv0 = EqualizedConv2d(in_channels, in_channels, 3)
         self.conv1 = EqualizedConv2d(in_channels, out_channels, 3, bias=False)
         self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.fused_scale = fused_scale
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.leaky_relu(self.conv0(x), LEAKY_SLOPE)
-        x = F.avg_pool2d(self.conv1(x), 2) + self.bias.reshape(1, -1, 1, 1)
+        conv1 = self.conv1
+        if self.fused_scale:
+            x = F.conv2d(x, conv_downscale_kernel(conv1.weight * conv1.scale), stride=2, padding=1)
+        else:
+            x = F.avg_pool2d(conv1(x), 2)
+        x = x + self.bias.reshape(1, -1, 1, 1)
         return F.leaky_relu(x, LEAKY_SLOPE)
 
 
@@ -310,6 +365,8 @@ class PGANDiscriminator(nn.Module):
         fmap_base: feature-map budget of ``nf(stage) = min(fmap_base / 2**stage, fmap_max)``.
         fmap_max: most feature maps of any stage.
         mbstd_group_size: group size of the minibatch standard deviation (official: 4).
+        fused_scale: conv + average pool as one stride-2 conv (official default; same weights and function,
+            fewer FLOPs). False: conv, then pool.
 
     ``forward(x, alpha=1.0)``: x (N, channels, r, r) with r a stage (4 ... resolution) -> (N, 1). While a
     stage fades in, the features after its block are ``lerp(fromRGB_{r/2}(avgpool2(x)), block_r(fromRGB_r(x)),
@@ -323,6 +380,7 @@ class PGANDiscriminator(nn.Module):
         fmap_base: int = 8192,
         fmap_max: int = 512,
         mbstd_group_size: int = 4,
+        fused_scale: bool = True,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
@@ -337,6 +395,7 @@ class PGANDiscriminator(nn.Module):
             fmap_base=fmap_base,
             fmap_max=fmap_max,
             mbstd_group_size=mbstd_group_size,
+            fused_scale=bool(fused_scale),
         )
         self.resolution = resolution
         self.channels = channels
@@ -349,7 +408,7 @@ class PGANDiscriminator(nn.Module):
         self.blocks = nn.ModuleDict({"b4": _DiscriminatorOutput(nf(1), nf(0), mbstd_group_size)})
         for r in range(3, log2 + 1):
             self.from_rgb[f"b{2**r}"] = EqualizedConv2d(channels, nf(r - 1), 1)
-            self.blocks[f"b{2**r}"] = _DiscriminatorBlock(nf(r - 1), nf(r - 2))
+            self.blocks[f"b{2**r}"] = _DiscriminatorBlock(nf(r - 1), nf(r - 2), bool(fused_scale))
 
     @property
     def resolutions(self) -> list[int]:
