@@ -29,17 +29,27 @@ import numpy as np
 from synthseg.data.brats import (
     BratsConvention,
     Case,
+    apply_cavity,
     check_case,
     combine_labels,
     find_cases,
-    make_convention,
-    map_tumor_labels,
+    kept_slices,
     read_fast_tissue,
+    read_sequence,
+    read_tumor,
 )
+from synthseg.data.label_check import check_sample
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import REQUIRED_COLUMNS, SPLITS
-from synthseg.data.nifti import check_same_grid, read_header, read_image, read_labels
+from synthseg.data.nifti import read_header, rescale_if_scaled
 from synthseg.data.pngio import write_image16, write_label8
+from synthseg.data.releases import (
+    CAVITY_MODES,
+    CONVENTIONS,
+    release_lines,
+    release_record,
+    resolve_convention,
+)
 from synthseg.errors import InputError
 from synthseg.utils.atomic import atomic_path, check_free_space
 
@@ -58,8 +68,11 @@ class PrepareSettings:
     Attributes:
         source: BraTS-layout root.
         output: the prepared dataset folder to write.
-        convention: ``brats2018`` or ``brats2023``; ``groups``, ``image_suffix``, ``seg_suffix``,
-            ``enhancing`` override it when not None.
+        convention: ``auto`` (recognise the release) or a preset (docs/prepare.md); ``groups``,
+            ``image_suffix``, ``seg_suffix``, ``enhancing`` and ``labels`` (``{value: class name}``) override
+            it when not None.
+        cavity: BraTS 2024's resection cavity becomes ``csf``, ``background``, its slices are dropped
+            (``drop_slice``) or its cases refused (``refuse``).
         size: slices are zero-padded, centred, to ``size`` x ``size``.
         split: ``paper`` (shuffle all slices, split 80/10/10) or ``subject`` (split cases).
         split_fractions: train, val, test fractions (sum 1).
@@ -75,11 +88,13 @@ class PrepareSettings:
 
     source: str
     output: str
-    convention: str = "brats2018"
+    convention: str = "auto"
     groups: tuple[str, ...] | None = None
     image_suffix: str | None = None
     seg_suffix: str | None = None
     enhancing: int | None = None
+    labels: dict[int, str] | None = None
+    cavity: str = "csf"
     size: int = 256
     split: str = "paper"
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -96,6 +111,10 @@ class PrepareSettings:
             raise InputError(f"split must be 'paper' or 'subject', got {self.split!r}")
         if self.on_error not in ("stop", "skip"):
             raise InputError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
+        if self.convention not in CONVENTIONS:
+            raise InputError(f"convention must be one of {', '.join(CONVENTIONS)}, got {self.convention!r}")
+        if self.cavity not in CAVITY_MODES:
+            raise InputError(f"cavity must be one of {', '.join(CAVITY_MODES)}, got {self.cavity!r}")
         if self.tissue not in ("auto", "fast", "builtin"):
             raise InputError(f"tissue must be 'auto', 'fast' or 'builtin', got {self.tissue!r}")
         if int(self.size) < 1:
@@ -131,13 +150,16 @@ class PrepareSettings:
             values["split_fractions"] = tuple(values["split_fractions"])
         return cls(**values)
 
-    def brats_convention(self) -> BratsConvention:
-        return make_convention(
+    def brats_convention(self, source: str | Path | None = None) -> tuple[BratsConvention, str]:
+        """The convention (recognised from ``source`` under ``auto``) and the line saying which."""
+        return resolve_convention(
+            source if source is not None else self.source,
             self.convention,
             groups=self.groups,
             image_suffix=self.image_suffix,
             seg_suffix=self.seg_suffix,
             enhancing=self.enhancing,
+            labels=self.labels,
         )
 
 
@@ -154,6 +176,8 @@ class CaseResult:
         counts: per slice, pixel count of each class; Z x 7.
         seconds: wall time of reading, tissue and writing.
         error: the one-line error when the case failed (then nothing else is set).
+        slices: axial indices written (all but under ``cavity=drop_slice``).
+        notes: per-case facts for prepare.json (cavity voxels, annotation alias, intensity scaling).
     """
 
     case: str
@@ -165,6 +189,8 @@ class CaseResult:
     counts: list[list[int]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    slices: list[int] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def to_uint16(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
@@ -255,32 +281,31 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
     t0 = time.perf_counter()
     kind, files = check_inputs(case, convention, settings)
     assert case.t1c is not None and case.seg is not None
-    raw, affine = read_image(case.t1c)
+    raw, affine = read_sequence(case, "t1c", convention)
+    raw, scaling = rescale_if_scaled(raw)
     image, negatives = to_uint16(raw, case.t1c)
     del raw
     if not image.any():
         raise InputError(f"{case.t1c}: no positive intensities (all values round to 0 or below)")
-    seg, seg_affine = read_labels(case.seg)
-    check_same_grid(case.t1c, image.shape, affine, case.seg, seg.shape, seg_affine)
-    tumor = map_tumor_labels(seg, convention, case.seg)
-    del seg
+    tumor = read_tumor(case, convention, image.shape, affine, settings.cavity)
     t1 = time.perf_counter()
     tissue = (
         read_fast_tissue(kind, files)
         if kind != "builtin"
-        else _segment_builtin(image, tumor > 0, settings.seed)
+        else _segment_builtin(image, tumor.excluded, settings.seed)
     )
     if tissue.shape != image.shape:
         raise InputError(f"{case.name}: tissue map shape {tissue.shape} does not match the T1c {image.shape}")
-    label = combine_labels(tumor, tissue)
-    images = pad_center(image, settings.size, case.t1c)
-    labels = pad_center(label, settings.size, case.seg)
+    label = apply_cavity(combine_labels(tumor.tumor, tissue), tumor.cavity, settings.cavity)
+    keep = kept_slices(tumor.cavity, settings.cavity, image.shape[2])
+    images = pad_center(image, settings.size, case.t1c)[keep]
+    labels = pad_center(label, settings.size, case.seg)[keep]
     t2 = time.perf_counter()
 
     written: list[Path] = []
     try:
-        for k in range(images.shape[0]):
-            stem = slice_id(case.name, k)
+        for k, index in enumerate(keep):
+            stem = slice_id(case.name, index)
             for path, writer, array in (
                 (out / "images" / f"{stem}.png", write_image16, images[k]),
                 (out / "labels" / f"{stem}.png", write_label8, labels[k]),
@@ -302,6 +327,8 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
         slice_sum=[int(v) for v in images.sum(axis=(1, 2), dtype=np.int64)],
         counts=counts.astype(int).tolist(),
         seconds={"read": t1 - t0, "tissue": t2 - t1, "write": t3 - t2},
+        slices=keep,
+        notes={**tumor.notes, "intensity_scaling": scaling},
     )
 
 
@@ -387,7 +414,9 @@ def build_manifest(results: list[CaseResult], settings: PrepareSettings) -> tupl
     depths = [len(r.slice_max) for r in results]
     order, split, reduced = assign_splits(names, depths, settings)
     case_index = np.repeat(np.arange(len(results)), depths)
-    slice_index = np.concatenate([np.arange(d) for d in depths])
+    slice_index = np.concatenate(
+        [np.asarray(r.slices or range(d), dtype=np.int64) for r, d in zip(results, depths, strict=True)]
+    )
     counts = np.concatenate([np.asarray(r.counts, dtype=np.int64).reshape(-1, NUM_CLASSES) for r in results])
     maxima = np.concatenate([np.asarray(r.slice_max, dtype=np.int64) for r in results])
     sums = [s for r in results for s in r.slice_sum]
@@ -528,7 +557,8 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
     """
     start = time.perf_counter()
     source, output = _check_paths(settings)
-    convention = settings.brats_convention()
+    convention, recognised = settings.brats_convention(source)
+    print(recognised, flush=True)
     cases = find_cases(source, convention)
 
     # Header pass: catch missing, foreign and mismatched files in seconds, before any voxel is read.
@@ -548,6 +578,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
             skipped.append({"case": case.name, "reason": str(err)})
     if not usable:
         raise InputError(f"{source}: no usable case ({len(skipped)} skipped)")
+    check_sample(usable, convention)  # a swapped label map stops here, under any on_error
     check_seconds = time.perf_counter() - start
 
     estimate = int(depth_total * settings.size * settings.size * _BYTES_PER_PIXEL_ESTIMATE)
@@ -583,6 +614,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
             "format": "synthseg-prepare/1",
             "config": {**asdict(settings), "source": str(source), "output": str(output)},
             "convention": asdict(convention),
+            "release": release_record(convention, recognised, results, settings.cavity),
             "code": _code_version(),
             "cases": [
                 {
@@ -593,6 +625,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
                     "tissue": r.tissue,
                     "negatives_clipped": r.negatives_clipped,
                     "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
+                    **r.notes,
                 }
                 for r in results
             ],
@@ -623,6 +656,7 @@ def summarize(record: dict[str, Any]) -> str:
     for case in record["cases"]:
         if case["negatives_clipped"]:
             lines.append(f"  {case['case']}: {case['negatives_clipped']} negative voxels clipped to 0")
+    lines.extend(release_lines(record))
     if record["skipped"]:
         lines.append(f"skipped {len(record['skipped'])} cases:")
         lines.extend(f"  {s['case']}: {s['reason']}" for s in record["skipped"])
