@@ -66,7 +66,7 @@ def _swapped(convention: BratsConvention) -> str:
     swap = {"edema": "ncr", "ncr": "edema"}
     labels = tuple(sorted((v, swap.get(n, n)) for v, n in convention.labels))
     words = {"ncr": "NCR/NET", "edema": "edema", "enhancing": "enhancing", CAVITY: "cavity"}
-    listing = ", ".join(f"{v} {words[n]}" for v, n in labels if n != "background")
+    listing = ", ".join(f"{v} {words[n]}" for v, n in labels if n not in ("background", CAVITY))
     same = [
         p.name
         for p in PRESETS.values()

@@ -43,13 +43,8 @@ from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import REQUIRED_COLUMNS, SPLITS
 from synthseg.data.nifti import read_header, rescale_if_scaled
 from synthseg.data.pngio import write_image16, write_label8
-from synthseg.data.releases import (
-    CAVITY_MODES,
-    CONVENTIONS,
-    release_lines,
-    release_record,
-    resolve_convention,
-)
+from synthseg.data.release_summary import release_lines, release_record
+from synthseg.data.releases import CAVITY_MODES, CONVENTIONS, resolve_convention
 from synthseg.errors import InputError
 from synthseg.utils.atomic import atomic_path, check_free_space
 
@@ -569,7 +564,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
         try:
             check_inputs(case, convention, settings)
             assert case.t1c is not None
-            depth_total += read_header(case.t1c).shape[2]
+            depth_total += read_header(case.t1c, channel=convention.channel("t1c")).shape[2]
             usable.append(case)
         except InputError as err:
             if settings.on_error == "stop":

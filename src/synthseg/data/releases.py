@@ -320,7 +320,8 @@ def recognise(root: str | Path) -> Recognition:
     if not found:
         subs = _subfolders(root)
         if len(subs) == 1:
-            found, seen = _survey(subs[0], subs[0].name + "/")
+            found, inner = _survey(subs[0], subs[0].name + "/")
+            seen = inner if found else seen
     choose = f"choose convention= one of {', '.join(c for c in CONVENTIONS if c != 'auto')}"
     if not found:
         listing = "; ".join(seen) or "no case folders, HGG/ LGG/, imagesTr/ or dataset.json"
@@ -402,6 +403,8 @@ def make_convention(
     if labels:
         try:
             changes["labels"] = tuple(sorted((int(k), class_name(v)) for k, v in dict(labels).items()))
+        except InputError:
+            raise
         except (TypeError, ValueError):
             raise InputError(f"labels must map on-disk values to class names, got {labels}") from None
     if enhancing is not None:
@@ -441,17 +444,27 @@ def resolve_convention(
     source = Path(source)
     message = ""
     preset = convention
+    where: tuple[str, ...] | None = None  # where the archive put the cases, when recognised
     if convention == "auto":
         found = recognise(source)
-        preset, message = found.preset, found.message
-        if groups is None:
-            groups = found.groups
+        preset, message, where = found.preset, found.message, found.groups
+    elif groups is None and convention in PRESETS:
+        # An explicit preset still finds its cases where the archive put them (training_data1_v2/, ...).
+        try:
+            found = recognise(source)
+        except InputError:
+            found = None
+        family = {"gli": ("brats2023", "brats2024"), "brats2024": ("brats2023", "brats2024")}
+        if found is not None and convention in family.get(found.preset, (found.preset,)):
+            where = found.groups
     overrides = {"groups": groups, "image_suffix": image_suffix, "seg_suffix": seg_suffix}
     if preset == "gli":
         result = make_convention("brats2024", enhancing=enhancing, labels=labels, **overrides)
         result = dataclasses.replace(result, name="brats2023/2024", title="BraTS 2023/2024 GLI")
     else:
         result = make_convention(preset, enhancing=enhancing, labels=labels, **overrides)
+    if groups is None and where is not None:
+        result = dataclasses.replace(result, groups=where)
     if not message:
         message = f"convention {result.name} ({result.title})"
     if result.layout == "msd":
@@ -465,71 +478,3 @@ def resolve_convention(
             result = dataclasses.replace(result, **changes)
         message += f" (T1c = channel {result.channel('t1c')}; imagesTs/ ignored: it has no labels)"
     return result, message
-
-
-def release_record(
-    convention: BratsConvention, recognised: str, results: list[Any], cavity: str
-) -> dict[str, Any]:
-    """prepare.json's ``release``: what was recognised and decided, and the release's quirks met.
-
-    Args:
-        convention: the convention the cases were read with.
-        recognised: the line :func:`resolve_convention` gave.
-        results: the processed cases (objects with ``case`` and ``notes``).
-        cavity: the ``cavity`` setting.
-    """
-    voxels = {r.case: int(r.notes.get("cavity_voxels", 0)) for r in results}
-    with_cavity = sorted(c for c, n in voxels.items() if n)
-    preset = convention.name
-    if preset == "brats2023/2024":
-        preset = "brats2024" if with_cavity else "brats2023"
-    record: dict[str, Any] = {"recognised": recognised, "preset": preset}
-    if convention.cavity_values:
-        record.update(cavity=cavity, cavity_voxels=sum(voxels.values()), cases_with_cavity=len(with_cavity))
-    aliases = {r.case: r.notes["seg_alias"] for r in results if r.notes.get("seg_alias")}
-    if aliases:
-        record["seg_aliases"] = aliases
-    record["rescaled_cases"] = sum(1 for r in results if r.notes.get("intensity_scaling"))
-    return record
-
-
-_CAVITY_WORDS = {
-    "csf": "mapped to CSF",
-    "background": "mapped to background",
-    "drop_slice": "their slices dropped",
-    "refuse": "refused",
-}
-
-
-def release_lines(record: dict[str, Any]) -> list[str]:
-    """Summary lines about the release: recognised, 2023 or 2024, cavity voxels, aliases, rescaled images."""
-    release = record.get("release")
-    if not release:
-        return []
-    lines = [release["recognised"]]
-    if str(record.get("convention", {}).get("name")) == "brats2023/2024":
-        if release["preset"] == "brats2024":
-            lines.append(
-                f"BraTS 2024: {release['cases_with_cavity']} annotations hold label 4 (resection cavity)"
-            )
-        else:
-            lines.append("BraTS 2023: no annotation holds label 4")
-    cases = record.get("cases", [])
-    if release.get("cases_with_cavity"):
-        lines.append(
-            f"resection cavity: {release['cavity_voxels']} voxels in {release['cases_with_cavity']} cases, "
-            f"{_CAVITY_WORDS[release['cavity']]} (per case: cavity_voxels in prepare.json)"
-        )
-        shown = [c for c in cases if c.get("cavity_voxels")]
-        if len(shown) <= 20:
-            lines.extend(f"  {c['case']}: {c['cavity_voxels']} cavity voxels" for c in shown)
-    for case, name in release.get("seg_aliases", {}).items():
-        lines.append(f"  {case}: annotation read from {name} (the release's known misnamed file)")
-    for c in cases:
-        scaling = c.get("intensity_scaling")
-        if scaling:
-            lines.append(
-                f"  {c['case']}: float image already scaled, rescaled to 1..65535 "
-                f"(offset {scaling['offset']:g}, factor {scaling['factor']:g})"
-            )
-    return lines
