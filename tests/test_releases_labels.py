@@ -167,3 +167,18 @@ def test_recognise_descends_into_the_archive_folder(tmp_path: Path) -> None:
         found.message
         == "recognised BraTS 2021 layout: 2 case folders BraTS2021_Training_Data/BraTS2021_NNNNN"
     )
+
+
+def test_shares_do_not_depend_on_the_volume_around_the_tumor() -> None:
+    masks = glioma((20, 20, 12), 4, 6, 9)
+    seg = on_disk(masks, BRATS)
+    big = np.zeros((80, 80, 40), np.int64)
+    big[10:50, 20:60, 5:29] = seg
+    edge = seg[14:, :, :]  # cut through the tumor: the cut face is outside
+    assert outside_shares(big, PRESETS["brats2018"]) == outside_shares(seg, PRESETS["brats2018"])
+    from synthseg.data.label_check import contacts
+
+    lookup = np.array([0, 1, 2, 0, 1])
+    assert outside_shares(edge, PRESETS["brats2018"]) == pytest.approx(
+        tuple(contacts(lookup[edge])[g, 0] / contacts(lookup[edge])[g].sum() for g in (1, 2))
+    )
