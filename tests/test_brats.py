@@ -165,3 +165,40 @@ def test_check_case_mismatch_and_missing(tmp_path: Path) -> None:
     (case,) = find_cases(tmp_path, PRESETS["brats2018"])
     with pytest.raises(InputError, match=r"missing T1c: expected .*Brats18_E_5_1_t1ce\.nii\.gz"):
         check_case(case, PRESETS["brats2018"])
+
+
+def test_every_preset_names_every_sequence_and_label() -> None:
+    from synthseg.data.releases import SEQUENCES
+
+    names = {
+        name: tuple(p.suffix(s) for s in SEQUENCES) for name, p in PRESETS.items() if p.layout == "folders"
+    }
+    assert names == {
+        "brats2018": ("_t1", "_t1ce", "_t2", "_flair"),
+        "brats2020": ("_t1", "_t1ce", "_t2", "_flair"),
+        "brats2021": ("_t1", "_t1ce", "_t2", "_flair"),
+        "brats2023": ("-t1n", "-t1c", "-t2w", "-t2f"),
+        "brats2024": ("-t1n", "-t1c", "-t2w", "-t2f"),
+    }
+    assert PRESETS["brats2024"].label_map == {
+        0: "background",
+        1: "ncr",
+        2: "edema",
+        3: "enhancing",
+        4: "cavity",
+    }
+    assert PRESETS["msd"].label_map == {0: "background", 1: "edema", 2: "ncr", 3: "enhancing"}
+    assert [PRESETS["msd"].channel(s) for s in SEQUENCES] == [1, 2, 3, 0]
+    assert [PRESETS[p].groups for p in ("brats2018", "brats2020", "brats2021")] == [("HGG", "LGG"), (), ()]
+
+
+def test_other_sequences_resolved_not_required(tmp_path: Path) -> None:
+    folder = tmp_path / "BraTS-GLI-00001-000"
+    save(folder / "BraTS-GLI-00001-000-t1c.nii.gz", ones())
+    save(folder / "BraTS-GLI-00001-000-seg.nii.gz", ones())
+    save(folder / "BraTS-GLI-00001-000-t2f.nii.gz", ones())
+    (case,) = find_cases(tmp_path, PRESETS["brats2023"])
+    assert case.file("flair") == folder / "BraTS-GLI-00001-000-t2f.nii.gz" and case.file("t1") is None
+    check_case(case, PRESETS["brats2023"])  # T1c only: the missing T1 does not matter
+    with pytest.raises(InputError, match=r"missing T1: expected .*BraTS-GLI-00001-000-t1n\.nii\.gz"):
+        check_case(case, PRESETS["brats2023"], sequences=("t1c", "t1"))

@@ -9,7 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data.nifti import check_same_grid, find_nifti, read_header, read_image, read_labels
+from synthseg.data.nifti import (
+    check_same_grid,
+    find_nifti,
+    read_header,
+    read_image,
+    read_labels,
+    rescale_if_scaled,
+)
 from synthseg.errors import InputError
 
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -168,3 +175,51 @@ def test_check_same_grid(tmp_path: Path) -> None:
         InputError, match=r"b\.nii\.gz: affine does not match a\.nii\.gz \(largest difference 2"
     ):
         check_same_grid(a, (2, 3, 4), AFFINE, b, (2, 3, 4), shifted)
+
+
+def test_four_d_image_read_by_channel(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    channels = [volume(rng, np.float32) for _ in range(4)]
+    path = save(tmp_path / "BRATS_001.nii.gz", np.stack(channels, axis=-1))
+    assert read_header(path, channel=2).shape == (9, 8, 5)
+    out, _ = read_image(path, channel=2)
+    np.testing.assert_array_equal(out, channels[2])
+    with pytest.raises(
+        InputError, match=r"BRATS_001\.nii\.gz: expected a 3-D volume, found shape \(9, 8, 5, 4\)"
+    ):
+        read_image(path)
+    with pytest.raises(InputError, match=r"BRATS_001\.nii\.gz: expected a 4-D image with channel 4"):
+        read_header(path, channel=4)
+    flat = save(tmp_path / "flat.nii.gz", channels[0])
+    with pytest.raises(InputError, match=r"flat\.nii\.gz: expected a 4-D image with channel 0"):
+        read_image(flat, channel=0)
+
+
+@pytest.mark.parametrize("kind", ["unit", "zscore"])
+def test_scaled_float_spread_over_16_bits(kind: str) -> None:
+    rng = np.random.default_rng(4)
+    brain = np.zeros((9, 8, 5), bool)
+    brain[1:-1, 1:-1] = True
+    values = rng.random(brain.shape) if kind == "unit" else rng.normal(0.0, 1.0, brain.shape)
+    data = np.where(brain, values, 0.0).astype(np.float32)
+    out, scaling = rescale_if_scaled(data)
+    assert scaling is not None
+    inside = data[brain].astype(np.float64)
+    expected = (inside - scaling["offset"]) * scaling["factor"]
+    np.testing.assert_allclose(out[brain], expected)
+    assert np.rint(out[brain]).min() == 1 and np.rint(out[brain]).max() == 65535
+    assert (out[~brain] == 0).all()  # the background stays background
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.array([0, 120, 3000, 17], np.int16),  # integer type
+        np.array([0, 120.0, 3000.0, 17.0], np.float32),  # integer-valued float (MSD)
+        np.array([0, 0.5, 428.25, 17.75], np.float32),  # raw units with fractions
+        np.array([0, 0, 0, 0], np.float32),  # nothing inside
+    ],
+)
+def test_other_images_left_as_they_are(data: np.ndarray) -> None:
+    out, scaling = rescale_if_scaled(data)
+    assert scaling is None and out is data

@@ -1,15 +1,11 @@
-"""The BraTS folder layout: finding cases, their files, the tumor label convention and tissue maps.
+"""BraTS and MSD trees: finding cases, their files, reading the tumor labels by name, and tissue maps.
 
-BraTS 2018 (the default)::
+BraTS 2018/2019 (``<root>/HGG/<case>/<case>_{t1ce,seg}.nii[.gz]``), 2020 and 2021 (flat case folders),
+2023/2024 GLI (``<case>-{t1c,seg}.nii.gz``) and MSD Task01 (``imagesTr/<case>.nii.gz``, 4-D); the presets,
+their label maps and the recognition of a tree are in :mod:`synthseg.data.releases`.
 
-    <root>/HGG/Brats18_<inst>_<id>_1/Brats18_<inst>_<id>_1_{t1ce,seg}.nii[.gz]      (and LGG/)
-
-BraTS 2023 (preset ``brats2023``)::
-
-    <root>/BraTS-GLI-<id>-<tp>/BraTS-GLI-<id>-<tp>-{t1c,seg}.nii.gz
-
-Tumor labels on disk: 0 background, 1 NCR/NET, 2 edema and enhancing tumor as 4 (2018-2021) or 3 (2023);
-they map to the 7-class indices 0, 1, 2, 3. Tissue (WM 4, GM 5, CSF 6) comes from FSL FAST outputs beside
+Tumor labels on disk are mapped by their class names onto the 7-class indices 0 background, 1 NCR/NET,
+2 edema, 3 enhancing; BraTS 2024's resection cavity becomes CSF by default (setting ``cavity``). Tissue (WM 4, GM 5, CSF 6) comes from FSL FAST outputs beside
 the case when present, otherwise from the built-in segmentation in :mod:`synthseg.data.tissue`.
 
 File names are built exactly from the case name and the configured suffixes, never globbed, so FAST's hard
@@ -18,15 +14,32 @@ segmentation ``<case>_t1ce_seg`` can never be taken for the tumor annotation ``<
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthseg.data.nifti import NIFTI_EXTENSIONS, check_same_grid, find_nifti, read_header, read_labels
+from synthseg.data.nifti import (
+    NIFTI_EXTENSIONS,
+    check_same_grid,
+    find_nifti,
+    read_header,
+    read_image,
+    read_labels,
+)
+from synthseg.data.releases import (
+    CAVITY_MODES,
+    IGNORED_FOLDERS,
+    PRESETS,
+    SEQUENCES,
+    TUMOR_CLASS,
+    BratsConvention,
+    make_convention,
+)
 from synthseg.errors import InputError
+
+__all__ = ["PRESETS", "BratsConvention", "Case", "find_cases", "check_case", "make_convention"]
 
 # 7-class indices of the tissue classes, indexed by FAST's class code (0 none, 1 CSF, 2 GM, 3 WM).
 FAST_TO_CLASS = np.array([0, 6, 5, 4], dtype=np.uint8)
@@ -35,94 +48,20 @@ PVE_CLASSES = ("CSF", "GM", "WM")
 
 
 @dataclass(frozen=True)
-class BratsConvention:
-    """File naming and label convention of a BraTS release.
-
-    Attributes:
-        name: preset name (``brats2018``, ``brats2023``) or ``custom``.
-        groups: sub-folders of the root that hold case folders (``HGG``, ``LGG``); empty: cases lie directly
-            under the root.
-        image_suffix: the T1c file is ``<case><image_suffix>.nii[.gz]``.
-        seg_suffix: the tumor annotation is ``<case><seg_suffix>.nii[.gz]``.
-        enhancing: on-disk value of enhancing tumor (4 in 2018-2021, 3 in 2023).
-    """
-
-    name: str = "brats2018"
-    groups: tuple[str, ...] = ("HGG", "LGG")
-    image_suffix: str = "_t1ce"
-    seg_suffix: str = "_seg"
-    enhancing: int = 4
-
-    def __post_init__(self) -> None:
-        if self.enhancing not in (3, 4):
-            raise InputError(
-                f"enhancing must be 3 or 4 (the on-disk value of enhancing tumor), got {self.enhancing}"
-            )
-        if not self.image_suffix or not self.seg_suffix or self.image_suffix == self.seg_suffix:
-            raise InputError(
-                f"image_suffix and seg_suffix must be different and non-empty, got {self.image_suffix!r} "
-                f"and {self.seg_suffix!r}"
-            )
-
-    @property
-    def label_values(self) -> tuple[int, ...]:
-        """The on-disk tumor values, in the order of the 7-class indices 0, 1, 2, 3."""
-        return (0, 1, 2, self.enhancing)
-
-    def fast_stem(self, case: str, output: str) -> str:
-        """File stem of FAST output ``output`` (``pve_0``, ``pveseg``, ``seg``) for the case's T1c."""
-        return f"{case}{self.image_suffix}_{output}"
-
-
-PRESETS: dict[str, BratsConvention] = {
-    "brats2018": BratsConvention(),
-    "brats2023": BratsConvention(
-        name="brats2023", groups=(), image_suffix="-t1c", seg_suffix="-seg", enhancing=3
-    ),
-}
-
-
-def make_convention(
-    preset: str = "brats2018",
-    *,
-    groups: list[str] | tuple[str, ...] | None = None,
-    image_suffix: str | None = None,
-    seg_suffix: str | None = None,
-    enhancing: int | None = None,
-) -> BratsConvention:
-    """A preset with some settings overridden (None keeps the preset's value).
-
-    Raises:
-        InputError: for an unknown preset or impossible settings.
-    """
-    if preset not in PRESETS:
-        raise InputError(f"convention must be one of {sorted(PRESETS)}, got {preset!r}")
-    changes: dict[str, Any] = {}
-    if groups is not None:
-        changes["groups"] = tuple(str(g) for g in groups)
-    if image_suffix is not None:
-        changes["image_suffix"] = str(image_suffix)
-    if seg_suffix is not None:
-        changes["seg_suffix"] = str(seg_suffix)
-    if enhancing is not None:
-        changes["enhancing"] = int(enhancing)
-    if not changes:
-        return PRESETS[preset]
-    return dataclasses.replace(PRESETS[preset], name=f"{preset}+custom", **changes)
-
-
-@dataclass(frozen=True)
 class Case:
-    """One case folder.
+    """One case.
 
     Attributes:
-        name: the case name (the folder name, e.g. ``Brats18_2013_2_1``).
+        name: the case name (the folder name, e.g. ``Brats18_2013_2_1``; MSD: the file name ``BRATS_001``).
         group: the group folder it was found in (``HGG``), or ``""``.
-        folder: the case folder.
+        folder: the case folder (MSD: ``imagesTr``).
         t1c: the T1c file, or None when missing.
         seg: the tumor annotation, or None when missing.
         tissue: ``(kind, files)`` of the FAST outputs found: kind ``pve`` (3 files: CSF, GM, WM), ``pveseg`` or
             ``fastseg`` (1 file), or ``("builtin", ())`` when there are none.
+        files: ``(sequence, file or None)`` of every canonical sequence, resolved through the preset; a file
+            is read only when its sequence is requested.
+        seg_alias: the annotation is the release's known misnamed file (BraTS 2020 case 355).
     """
 
     name: str
@@ -131,6 +70,12 @@ class Case:
     t1c: Path | None
     seg: Path | None
     tissue: tuple[str, tuple[Path, ...]] = field(default=("builtin", ()))
+    files: tuple[tuple[str, Path | None], ...] = ()
+    seg_alias: bool = False
+
+    def file(self, sequence: str) -> Path | None:
+        """The file of a canonical sequence (``t1``, ``t1c``, ``t2``, ``flair``), or None when missing."""
+        return self.t1c if sequence == "t1c" else dict(self.files).get(sequence)
 
 
 def _fast_files(folder: Path, case: str, convention: BratsConvention) -> tuple[str, tuple[Path, ...]]:
@@ -147,11 +92,60 @@ def _fast_files(folder: Path, case: str, convention: BratsConvention) -> tuple[s
     return "builtin", ()
 
 
+def _seg_alias(folder: Path) -> Path | None:
+    """BraTS 2020 case 355's annotation: the folder's only ``*Segm*.nii[.gz]`` file."""
+    found = [
+        p for p in folder.iterdir() if "Segm" in p.name and p.name.endswith(NIFTI_EXTENSIONS) and p.is_file()
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _folder_case(folder: Path, group: str, convention: BratsConvention) -> Case:
+    name = folder.name
+    seg = find_nifti(folder, f"{name}{convention.seg_suffix}")
+    alias = None
+    if seg is None and convention.seg_alias:
+        alias = _seg_alias(folder)
+    files = tuple(
+        (seq, find_nifti(folder, f"{name}{convention.suffix(seq)}"))
+        for seq in SEQUENCES
+        if seq != "t1c" and seq in dict(convention.suffixes)
+    )
+    return Case(
+        name=name,
+        group=group,
+        folder=folder,
+        t1c=find_nifti(folder, f"{name}{convention.image_suffix}"),
+        seg=alias or seg,
+        tissue=_fast_files(folder, name, convention),
+        files=files,
+        seg_alias=alias is not None,
+    )
+
+
+def _msd_cases(base: Path, group: str) -> list[Case]:
+    """MSD: ``imagesTr/<case>.nii.gz`` (4-D, every sequence) and ``labelsTr/<case>.nii.gz``; macOS ``._*``
+    files and ``imagesTs/`` (no labels) are not cases."""
+    images = base / "imagesTr"
+    if not images.is_dir():
+        raise InputError(f"{base}: no imagesTr/ folder (MSD layout)")
+    cases = []
+    for path in sorted(images.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not path.name.endswith(NIFTI_EXTENSIONS):
+            continue
+        name = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.name[: -len(".nii")]
+        files = tuple((seq, path) for seq in SEQUENCES if seq != "t1c")
+        seg = find_nifti(base / "labelsTr", name)
+        cases.append(Case(name=name, group=group, folder=images, t1c=path, seg=seg, files=files))
+    return cases
+
+
 def find_cases(root: str | Path, convention: BratsConvention) -> list[Case]:
-    """All case folders under ``root``, sorted by group then name.
+    """All cases under ``root``, sorted by group then name.
 
     A case folder is any non-hidden sub-folder of a group folder (or of the root when there are no groups);
-    its T1c and seg may be missing (:func:`check_case` reports that).
+    its T1c and seg may be missing (:func:`check_case` reports that). Files (sidecar tables, ``dataset.json``)
+    are never cases. MSD: every image in ``imagesTr/``.
 
     Raises:
         InputError: when the root or all of its group folders are missing, or no case folder is found.
@@ -171,18 +165,15 @@ def find_cases(root: str | Path, convention: BratsConvention) -> list[Case]:
         group_dirs = [("", root)]
     cases = []
     for group, gdir in group_dirs:
-        for folder in sorted(p for p in gdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            name = folder.name
-            cases.append(
-                Case(
-                    name=name,
-                    group=group,
-                    folder=folder,
-                    t1c=find_nifti(folder, f"{name}{convention.image_suffix}"),
-                    seg=find_nifti(folder, f"{name}{convention.seg_suffix}"),
-                    tissue=_fast_files(folder, name, convention),
-                )
-            )
+        if convention.layout == "msd":
+            cases.extend(_msd_cases(gdir, group))
+            continue
+        for folder in sorted(
+            p
+            for p in gdir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS
+        ):
+            cases.append(_folder_case(folder, group, convention))
     if not cases:
         where = ", ".join(str(d) for _, d in group_dirs)
         raise InputError(f"no case folders found in {where}")
@@ -197,42 +188,72 @@ def _expected(folder: Path, stem: str) -> str:
     return f"{folder / stem}{NIFTI_EXTENSIONS[0]} (or {NIFTI_EXTENSIONS[1]})"
 
 
-def check_case(case: Case, convention: BratsConvention, *, use_fast: bool = True) -> None:
+def check_case(
+    case: Case,
+    convention: BratsConvention,
+    *,
+    use_fast: bool = True,
+    sequences: tuple[str, ...] = ("t1c",),
+) -> None:
     """Check a case's files and geometry from their headers only (fast, reads no voxels).
 
+    Only the requested ``sequences`` are looked at: a broken FLAIR does not stop a T1c-only run.
+
     Raises:
-        InputError: naming the file, for a missing T1c or seg, an unreadable or foreign file, or a shape or
+        InputError: naming the file, for a missing sequence or seg, an unreadable or foreign file, or a shape or
             affine that differs from the T1c's.
     """
-    if case.t1c is None:
-        raise InputError(
-            f"missing T1c: expected {_expected(case.folder, case.name + convention.image_suffix)}"
-        )
+    for sequence in ("t1c", *(s for s in sequences if s != "t1c")):
+        if case.file(sequence) is None:
+            label = "T1c" if sequence == "t1c" else sequence.upper()
+            raise InputError(
+                f"missing {label}: expected {_expected(case.folder, case.name + convention.suffix(sequence))}"
+            )
     if case.seg is None:
         hint = ""
         fastseg = find_nifti(case.folder, convention.fast_stem(case.name, "seg"))
         if fastseg is not None:
             hint = f"; {fastseg.name} is FSL FAST's tissue segmentation, not the tumor annotation"
-        raise InputError(
-            f"missing seg: expected {_expected(case.folder, case.name + convention.seg_suffix)}{hint}"
-        )
-    ref = read_header(case.t1c)
-    others = [case.seg, *(case.tissue[1] if use_fast else ())]
-    for path in others:
-        head = read_header(path)
+        where = case.folder.parent / "labelsTr" if convention.layout == "msd" else case.folder
+        raise InputError(f"missing seg: expected {_expected(where, case.name + convention.seg_suffix)}{hint}")
+    assert case.t1c is not None
+    ref = read_header(case.t1c, channel=convention.channel("t1c"))
+    others = [
+        *((case.file(s), convention.channel(s)) for s in sequences if s != "t1c"),
+        (case.seg, None),
+        *((p, None) for p in (case.tissue[1] if use_fast else ())),
+    ]
+    for path, channel in others:
+        assert path is not None
+        head = read_header(path, channel=channel)
         check_same_grid(ref.path, ref.shape, ref.affine, head.path, head.shape, head.affine)
 
 
-def map_tumor_labels(seg: np.ndarray, convention: BratsConvention, path: Path | str) -> np.ndarray:
-    """On-disk tumor labels -> 7-class tumor indices (0 none, 1 NCR/NET, 2 edema, 3 enhancing).
+def read_sequence(case: Case, sequence: str, convention: BratsConvention) -> tuple[np.ndarray, np.ndarray]:
+    """Read one sequence's volume (X, Y, Z) and affine (MSD: its channel of the 4-D image).
+
+    Raises:
+        InputError: naming the file (see :func:`synthseg.data.nifti.read_image`).
+    """
+    path = case.file(sequence)
+    if path is None:
+        raise InputError(f"{case.folder}: missing {sequence} for case {case.name}")
+    return read_image(path, channel=convention.channel(sequence))
+
+
+def tumor_and_cavity(
+    seg: np.ndarray, convention: BratsConvention, path: Path | str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """On-disk labels -> 7-class tumor indices by class name, and the resection-cavity mask.
 
     Args:
         seg: integer labels (X, Y, Z).
-        convention: gives the on-disk value of enhancing tumor.
+        convention: its label map ``{value: class name}``.
         path: the file, named in errors.
 
     Returns:
-        uint8 array (X, Y, Z) with values 0..3.
+        ``(tumor, cavity)``: uint8 (X, Y, Z) with 0 none, 1 NCR/NET, 2 edema, 3 enhancing (cavity voxels 0),
+        and a bool mask of cavity voxels, or None when the convention has no cavity label.
 
     Raises:
         InputError: naming the file, every unexpected value and its voxel count.
@@ -247,9 +268,82 @@ def map_tumor_labels(seg: np.ndarray, convention: BratsConvention, path: Path | 
             f"{path}: unexpected label {listing} (expected {expected}, convention {convention.name})"
         )
     table = np.zeros(max(convention.label_values) + 1, dtype=np.uint8)
-    for index, value in enumerate(convention.label_values):
-        table[value] = index
-    return table[seg]
+    for value, name in convention.labels:
+        table[value] = TUMOR_CLASS.get(name, 0)
+    cavity = np.isin(seg, convention.cavity_values) if convention.cavity_values else None
+    return table[seg], cavity
+
+
+def map_tumor_labels(seg: np.ndarray, convention: BratsConvention, path: Path | str) -> np.ndarray:
+    """On-disk tumor labels -> 7-class tumor indices (0 none, 1 NCR/NET, 2 edema, 3 enhancing); see
+    :func:`tumor_and_cavity` (cavity voxels become 0 here)."""
+    return tumor_and_cavity(seg, convention, path)[0]
+
+
+@dataclass
+class TumorLabels:
+    """A case's annotation, read and checked: tumor classes, cavity mask and what to report about it."""
+
+    tumor: np.ndarray
+    cavity: np.ndarray | None
+    notes: dict[str, Any]
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """Voxels the tissue segmentation must leave out: tumor and cavity."""
+        return self.tumor > 0 if self.cavity is None else (self.tumor > 0) | self.cavity
+
+
+def read_tumor(
+    case: Case,
+    convention: BratsConvention,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    cavity: str = "csf",
+) -> TumorLabels:
+    """Read the case's annotation on the T1c's grid, cross-check it against the label map and map it.
+
+    Raises:
+        InputError: naming the file, for a grid mismatch, unexpected values, labels that contradict the
+            convention (:mod:`synthseg.data.label_check`), or a cavity under ``cavity=refuse``.
+    """
+    from synthseg.data.label_check import check_label_order
+
+    assert case.seg is not None and case.t1c is not None
+    seg, seg_affine = read_labels(case.seg)
+    check_same_grid(case.t1c, shape, affine, case.seg, seg.shape, seg_affine)
+    tumor, mask = tumor_and_cavity(seg, convention, case.seg)
+    check_label_order(seg, convention, case.seg)
+    notes: dict[str, Any] = {}
+    if case.seg_alias:
+        notes["seg_alias"] = case.seg.name
+    if mask is not None:
+        n = int(mask.sum())
+        notes["cavity_voxels"] = n
+        if n and cavity == "refuse":
+            raise InputError(
+                f"{case.seg}: {n} voxels of resection cavity (label {convention.cavity_values[0]}); "
+                "cavity=refuse (csf, background or drop_slice read them)"
+            )
+    return TumorLabels(tumor, mask, notes)
+
+
+def apply_cavity(label: np.ndarray, cavity: np.ndarray | None, mode: str) -> np.ndarray:
+    """The 7-class label with the resection cavity as CSF (``csf``, and ``drop_slice`` before its slices
+    go) or background (``background``)."""
+    if mode not in CAVITY_MODES:
+        raise InputError(f"cavity must be one of {', '.join(CAVITY_MODES)}, got {mode!r}")
+    if cavity is None or not cavity.any():
+        return label
+    value = 0 if mode == "background" else 6  # 6: CSF, a fluid-filled cavity inside the brain
+    return np.where(cavity, np.uint8(value), label).astype(np.uint8)
+
+
+def kept_slices(cavity: np.ndarray | None, mode: str, depth: int) -> list[int]:
+    """Axial slice indices to write: all, except under ``drop_slice`` those holding resection cavity."""
+    if mode != "drop_slice" or cavity is None:
+        return list(range(depth))
+    return [k for k in range(depth) if not cavity[:, :, k].any()]
 
 
 def read_fast_tissue(kind: str, files: tuple[Path, ...]) -> np.ndarray:
@@ -266,8 +360,6 @@ def read_fast_tissue(kind: str, files: tuple[Path, ...]) -> np.ndarray:
     Raises:
         InputError: naming the file, for unreadable files or codes outside 0..3.
     """
-    from synthseg.data.nifti import read_image
-
     if kind == "pve":
         maps = []
         for path in files:

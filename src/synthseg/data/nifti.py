@@ -91,8 +91,17 @@ def _load(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     return image
 
 
-def _shape3(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Drop trailing singleton dimensions; anything but a 3-D volume is an error."""
+def _shape3(path: Path, shape: tuple[int, ...], channel: int | None = None) -> tuple[int, int, int]:
+    """Drop trailing singleton dimensions; anything but a 3-D volume is an error.
+
+    With ``channel``, the file must be 4-D (X, Y, Z, C) with more than ``channel`` channels (MSD images).
+    """
+    if channel is not None:
+        if len(shape) != 4 or not 0 <= channel < shape[3]:
+            raise InputError(
+                f"{path}: expected a 4-D image with channel {channel} (X, Y, Z, C), found shape {tuple(shape)}"
+            )
+        shape = tuple(shape[:3])
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
@@ -103,11 +112,12 @@ def _shape3(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (int(dims[0]), int(dims[1]), int(dims[2]))
 
 
-def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
+def read_header(path: str | os.PathLike[str], channel: int | None = None) -> VolumeHeader:
     """Read the geometry of a NIfTI volume without decompressing its voxels.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
+        channel: for a 4-D image (MSD), the channel that will be read; its 3-D grid is returned.
 
     Returns:
         Its :class:`VolumeHeader`.
@@ -118,15 +128,15 @@ def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
     """
     path = Path(path)
     image = _load(path)
-    shape = _shape3(path, image.shape)
+    shape = _shape3(path, image.shape, channel)
     return VolumeHeader(path, shape, np.asarray(image.affine, dtype=np.float64), image.get_data_dtype())
 
 
-def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_array(path: Path, channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     image = _load(path)
-    shape = _shape3(path, image.shape)
+    shape = _shape3(path, image.shape, channel)
     try:
-        data = np.asanyarray(image.dataobj)
+        data = np.asanyarray(image.dataobj if channel is None else image.dataobj[..., channel])
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise InputError(f"{path}: truncated or corrupt file ({err})") from None
     except OSError as err:
@@ -148,11 +158,12 @@ def _check_finite(path: Path, data: np.ndarray) -> None:
             raise InputError(f"{path}: {n_nan} NaN and {n_inf} infinite voxel values")
 
 
-def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+def read_image(path: str | os.PathLike[str], channel: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an intensity volume of any on-disk type.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
+        channel: for a 4-D image (MSD: sequences on the last axis), the channel to read.
 
     Returns:
         ``(data, affine)``: the voxels (X, Y, Z) in their on-disk type (float when the header scales them)
@@ -163,7 +174,7 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
             infinite values, or an all-zero volume.
     """
     path = Path(path)
-    data, affine = _read_array(path)
+    data, affine = _read_array(path, channel)
     _check_finite(path, data)
     if not data.any():
         raise InputError(f"{path}: all-zero volume (no image data)")
@@ -235,3 +246,35 @@ def find_nifti(folder: Path, stem: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+# A float image whose brain voxels span less than this many units is taken to be scaled already
+# ([0, 1], z-scored): rounding it would leave a handful of grey levels.
+SCALED_SPAN = 100.0
+_TOP = 65535.0
+
+
+def rescale_if_scaled(data: np.ndarray) -> tuple[np.ndarray, dict[str, float] | None]:
+    """Spread an already-scaled float image over the 16-bit range; leave every other image as it is.
+
+    Rescaled: a float image with fractional values whose brain voxels (the non-zero ones) span less than
+    :data:`SCALED_SPAN`. Brain voxels become ``(value - offset) * factor``, from 1 (the smallest) to 65535
+    (the largest); the rest stay 0. Integer-valued floats (as MSD ships) and raw-unit floats (0-428 with
+    fractions) are returned unchanged, to be rounded as always.
+
+    Returns:
+        ``(data, scaling)``: the (float64) rescaled voxels and ``{"offset", "factor"}``, or the input and None.
+    """
+    if data.dtype.kind != "f":
+        return data, None
+    brain = data != 0
+    values = data[brain].astype(np.float64)
+    if values.size == 0 or np.array_equal(values, np.round(values)):
+        return data, None
+    low, high = float(values.min()), float(values.max())
+    if high - low >= SCALED_SPAN:
+        return data, None
+    factor = (_TOP - 1.0) / (high - low) if high > low else 1.0
+    offset = low - 1.0 / factor
+    out = np.where(brain, (data.astype(np.float64) - offset) * factor, 0.0)
+    return np.minimum(out, _TOP), {"offset": offset, "factor": factor}

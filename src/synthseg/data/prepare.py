@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from synthseg.data.brats import Case, find_cases
+from synthseg.data.label_check import check_sample
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     DATASET_FORMAT,
@@ -38,6 +39,7 @@ from synthseg.data.manifest import (
 from synthseg.data.nifti import read_header
 from synthseg.data.prepare_runner import run_cases
 from synthseg.data.prepare_settings import PrepareSettings
+from synthseg.data.release_summary import release_lines, release_record
 from synthseg.data.slices import CaseResult, check_inputs, pad_center, process_case, slice_id, to_uint16
 from synthseg.data.splits import assign_splits, split_counts
 from synthseg.errors import InputError
@@ -80,7 +82,9 @@ def build_manifest(
     depths = [len(r.slice_max) for r in results]
     order, split, reduced = assign_splits(names, depths, settings)
     case_index = np.repeat(np.arange(len(results)), depths)
-    slice_index = np.concatenate([np.arange(d) for d in depths])
+    slice_index = np.concatenate(
+        [np.asarray(r.slices or range(d), dtype=np.int64) for r, d in zip(results, depths, strict=True)]
+    )
     counts = np.concatenate([np.asarray(r.counts, dtype=np.int64).reshape(-1, NUM_CLASSES) for r in results])
     maxima = np.concatenate([np.asarray(r.slice_max, dtype=np.int64) for r in results])
     sums = [s for r in results for s in r.slice_sum]
@@ -171,7 +175,8 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
     """
     start = time.perf_counter()
     source, output = _check_paths(settings)
-    convention = settings.brats_convention()
+    convention, recognised = settings.brats_convention(source)
+    print(recognised, flush=True)
     cases = find_cases(source, convention)
 
     # Header pass: catch missing, foreign and mismatched files in seconds, before any voxel is read.
@@ -182,7 +187,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
         try:
             check_inputs(case, convention, settings)
             assert case.t1c is not None
-            depth_total += read_header(case.t1c).shape[2]
+            depth_total += read_header(case.t1c, channel=convention.channel("t1c")).shape[2]
             usable.append(case)
         except InputError as err:
             if settings.on_error == "stop":
@@ -191,6 +196,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
             skipped.append({"case": case.name, "reason": str(err)})
     if not usable:
         raise InputError(f"{source}: no usable case ({len(skipped)} skipped)")
+    check_sample(usable, convention)  # a swapped label map stops here, under any on_error
     check_seconds = time.perf_counter() - start
 
     estimate = int(depth_total * settings.size * settings.size * _BYTES_PER_PIXEL_ESTIMATE)
@@ -224,6 +230,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
             "format": "synthseg-prepare/1",
             "config": {**asdict(settings), "source": str(source), "output": str(output)},
             "convention": asdict(convention),
+            "release": release_record(convention, recognised, results, settings.cavity),
             "code": _code_version(),
             "cases": [
                 {
@@ -234,6 +241,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
                     "tissue": r.tissue,
                     "negatives_clipped": r.negatives_clipped,
                     "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
+                    **r.notes,
                 }
                 for r in results
             ],
@@ -264,6 +272,7 @@ def summarize(record: dict[str, Any]) -> str:
     for case in record["cases"]:
         if case["negatives_clipped"]:
             lines.append(f"  {case['case']}: {case['negatives_clipped']} negative voxels clipped to 0")
+    lines.extend(release_lines(record))
     if record["skipped"]:
         lines.append(f"skipped {len(record['skipped'])} cases:")
         lines.extend(f"  {s['case']}: {s['reason']}" for s in record["skipped"])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from synthseg.data.brats import BratsConvention, make_convention
+from synthseg.data.brats import BratsConvention
+from synthseg.data.releases import CAVITY_MODES, CONVENTIONS, resolve_convention
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 
@@ -16,8 +18,11 @@ class PrepareSettings(Settings):
     Attributes:
         source: BraTS-layout root.
         output: the prepared dataset folder to write.
-        convention: ``brats2018`` or ``brats2023``; ``groups``, ``image_suffix``, ``seg_suffix``,
-            ``enhancing`` override it when not None.
+        convention: ``auto`` (recognise the release) or a preset (docs/prepare.md); ``groups``,
+            ``image_suffix``, ``seg_suffix``, ``enhancing`` and ``labels`` (``{value: class name}``) override
+            it when not None.
+        cavity: BraTS 2024's resection cavity becomes ``csf``, ``background``, its slices are dropped
+            (``drop_slice``) or its cases refused (``refuse``).
         size: slices are zero-padded, centred, to ``size`` x ``size``.
         split: ``paper`` (shuffle all slices, split 80/10/10) or ``subject`` (split cases).
         split_fractions: train, val, test fractions (sum 1).
@@ -33,11 +38,13 @@ class PrepareSettings(Settings):
 
     source: str
     output: str
-    convention: str = "brats2018"
+    convention: str = "auto"
     groups: str | tuple[str, ...] | None = None
     image_suffix: str | None = None
     seg_suffix: str | None = None
     enhancing: int | None = None
+    labels: dict[int, str] | None = None
+    cavity: str = "csf"
     size: int = 256
     split: str = "paper"
     split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
@@ -61,6 +68,10 @@ class PrepareSettings(Settings):
             raise InputError(f"split must be 'paper' or 'subject', got {self.split!r}")
         if self.on_error not in ("stop", "skip"):
             raise InputError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
+        if self.convention not in CONVENTIONS:
+            raise InputError(f"convention must be one of {', '.join(CONVENTIONS)}, got {self.convention!r}")
+        if self.cavity not in CAVITY_MODES:
+            raise InputError(f"cavity must be one of {', '.join(CAVITY_MODES)}, got {self.cavity!r}")
         if self.tissue not in ("auto", "fast", "builtin"):
             raise InputError(f"tissue must be 'auto', 'fast' or 'builtin', got {self.tissue!r}")
         if int(self.size) < 1:
@@ -75,11 +86,14 @@ class PrepareSettings(Settings):
         if not 0.0 < float(self.reduced_fraction) <= 1.0:
             raise InputError(f"reduced_fraction must be in (0, 1], got {self.reduced_fraction}")
 
-    def brats_convention(self) -> BratsConvention:
-        return make_convention(
+    def brats_convention(self, source: str | Path | None = None) -> tuple[BratsConvention, str]:
+        """The convention (recognised from ``source`` under ``auto``) and the line saying which."""
+        return resolve_convention(
+            source if source is not None else self.source,
             self.convention,
             groups=self.groups,
             image_suffix=self.image_suffix,
             seg_suffix=self.seg_suffix,
             enhancing=self.enhancing,
+            labels=self.labels,
         )

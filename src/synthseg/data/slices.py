@@ -11,19 +11,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from synthseg.data.brats import (
     BratsConvention,
     Case,
+    apply_cavity,
     check_case,
     combine_labels,
-    map_tumor_labels,
+    kept_slices,
     read_fast_tissue,
+    read_sequence,
+    read_tumor,
 )
 from synthseg.data.labels import NUM_CLASSES
-from synthseg.data.nifti import check_same_grid, read_image, read_labels
+from synthseg.data.nifti import rescale_if_scaled
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.data.prepare_settings import PrepareSettings
 from synthseg.errors import InputError
@@ -44,6 +48,8 @@ class CaseResult:
         counts: per slice, pixel count of each class; Z x 7.
         seconds: wall time of reading, tissue and writing.
         error: the one-line error when the case failed (then nothing else is set).
+        slices: axial indices written (all but under ``cavity=drop_slice``).
+        notes: per-case facts for prepare.json (cavity voxels, annotation alias, intensity scaling).
     """
 
     case: str
@@ -55,6 +61,8 @@ class CaseResult:
     counts: list[list[int]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    slices: list[int] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def to_uint16(data: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
@@ -145,32 +153,31 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
     t0 = time.perf_counter()
     kind, files = check_inputs(case, convention, settings)
     assert case.t1c is not None and case.seg is not None
-    raw, affine = read_image(case.t1c)
+    raw, affine = read_sequence(case, "t1c", convention)
+    raw, scaling = rescale_if_scaled(raw)
     image, negatives = to_uint16(raw, case.t1c)
     del raw
     if not image.any():
         raise InputError(f"{case.t1c}: no positive intensities (all values round to 0 or below)")
-    seg, seg_affine = read_labels(case.seg)
-    check_same_grid(case.t1c, image.shape, affine, case.seg, seg.shape, seg_affine)
-    tumor = map_tumor_labels(seg, convention, case.seg)
-    del seg
+    tumor = read_tumor(case, convention, image.shape, affine, settings.cavity)
     t1 = time.perf_counter()
     tissue = (
         read_fast_tissue(kind, files)
         if kind != "builtin"
-        else _segment_builtin(image, tumor > 0, settings.seed)
+        else _segment_builtin(image, tumor.excluded, settings.seed)
     )
     if tissue.shape != image.shape:
         raise InputError(f"{case.name}: tissue map shape {tissue.shape} does not match the T1c {image.shape}")
-    label = combine_labels(tumor, tissue)
-    images = pad_center(image, settings.size, case.t1c)
-    labels = pad_center(label, settings.size, case.seg)
+    label = apply_cavity(combine_labels(tumor.tumor, tissue), tumor.cavity, settings.cavity)
+    keep = kept_slices(tumor.cavity, settings.cavity, image.shape[2])
+    images = pad_center(image, settings.size, case.t1c)[keep]
+    labels = pad_center(label, settings.size, case.seg)[keep]
     t2 = time.perf_counter()
 
     written: list[Path] = []
     try:
-        for k in range(images.shape[0]):
-            stem = slice_id(case.name, k)
+        for k, index in enumerate(keep):
+            stem = slice_id(case.name, index)
             for path, writer, array in (
                 (out / "images" / f"{stem}.png", write_image16, images[k]),
                 (out / "labels" / f"{stem}.png", write_label8, labels[k]),
@@ -192,6 +199,8 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
         slice_sum=[int(v) for v in images.sum(axis=(1, 2), dtype=np.int64)],
         counts=counts.astype(int).tolist(),
         seconds={"read": t1 - t0, "tissue": t2 - t1, "write": t3 - t2},
+        slices=keep,
+        notes={**tumor.notes, "intensity_scaling": scaling},
     )
 
 
