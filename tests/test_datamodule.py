@@ -11,7 +11,8 @@ import torch
 
 from synthseg.data.cache import build_cache, cache_is_current
 from synthseg.data.datamodule import BraTSDataModule
-from synthseg.data.dataset import downsample_image, downsample_labels
+from synthseg.data.dataset import downsample_image
+from synthseg.data.labels import resize_labels
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png, write_label8
 from synthseg.data.sampler import ResumableBatchSampler
@@ -152,7 +153,7 @@ def test_cache_is_reused_and_rebuilt_when_manifest_changes(tiny_dataset: Path) -
 def test_downsampling_majority_and_area() -> None:
     labels = np.array([[1, 1, 0, 6], [1, 0, 6, 6], [2, 3, 4, 4], [3, 2, 5, 5]], np.uint8)
     # blocks: [1,1,1,0] -> 1; [0,6,6,6] -> 6; [2,3,3,2] tie -> 3 (higher class); [4,4,5,5] tie -> 5
-    assert downsample_labels(labels, 2).tolist() == [[1, 6], [3, 5]]
+    assert resize_labels(labels, labels.shape[-1] // 2).tolist() == [[1, 6], [3, 5]]
     image = np.arange(16, dtype=np.uint16).reshape(4, 4)
     assert downsample_image(image, 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from synthseg.checkpoint import safe_load
-from synthseg.models.pgan import ProgressiveSchedule
+from synthseg.progressive import ProgressiveSchedule
 from tests.conftest import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

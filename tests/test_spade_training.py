@@ -12,9 +12,10 @@ from omegaconf import DictConfig, open_dict
 
 from synthseg.data.datamodule import BraTSDataModule
 from synthseg.errors import InputError
-from synthseg.models.spade import SPADEModule, generator_from_checkpoint, lr_factor
+from synthseg.models.spade import SPADEModule, lr_factor
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.paths import config_dir
+from synthseg.synth.images import load_image_generator
 from synthseg.train import train
 
 TINY = [
@@ -92,10 +93,10 @@ def _check_logs_and_checkpoint(metrics: dict, run: Path, dataset: Path) -> None:
     assert metrics["train/lr_D"] == pytest.approx(2e-4)
 
     last = run / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    torch.load(last, map_location="cpu", weights_only=True)  # loads with weights_only
     dm = BraTSDataModule(str(dataset), image_norm="tanh", one_hot=True)
     dm.setup("fit")
-    generator, train_max = generator_from_checkpoint(checkpoint, str(last))
+    generator, train_max = load_image_generator(last)
     assert train_max == dm.stats["train_max"] > 0
     assert generator.image_size == 32 and generator.label_nc == 7
 

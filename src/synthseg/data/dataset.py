@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthseg.data.labels import majority_downsample, reduce_labels
+from synthseg.data.labels import reduce_labels, resize_labels
 
 IMAGE_NORMS = ("paper", "tanh", "raw")
 
@@ -23,11 +23,8 @@ def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def downsample_labels(labels: np.ndarray, factor: int, num_classes: int = 7) -> np.ndarray:
-    """Majority-vote downsampling of an (H, W) label map by an integer factor (:func:`majority_downsample`)."""
-    if factor == 1:
-        return labels
-    reduced = majority_downsample(torch.from_numpy(labels.astype(np.int64))[None], factor, num_classes)[0]
-    return reduced.numpy().astype(labels.dtype)
+    """Kept for older importers: :func:`synthseg.data.labels.resize_labels` by an integer factor."""
+    return resize_labels(labels, labels.shape[-1] // factor, num_classes)
 
 
 class SliceDataset(Dataset):
@@ -103,7 +100,7 @@ class SliceDataset(Dataset):
             raise ValueError(f"resolution {size} does not divide the slice size {image.shape[-1]}")
         factor = image.shape[-1] // size
         image = downsample_image(image, factor)
-        label = downsample_labels(label, factor)
+        label = resize_labels(label, size)
         label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
         out: dict[str, Any] = {
             "image": torch.from_numpy(self.normalize(image).astype(np.float32))[None],

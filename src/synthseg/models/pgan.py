@@ -17,7 +17,7 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
 
 Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
 Low-resolution reals come from the DataModule by majority vote per block (see
-:func:`synthseg.data.labels.majority_downsample`), not by the official 2x2 averaging, which would invent
+:func:`synthseg.data.labels.resize_labels`), not by the official 2x2 averaging, which would invent
 fractional classes that no generated mask could be judged against. During a fade-in the reals are blended
 with their majority-vote half-resolution copy, nearest-upsampled, exactly as the generator blends its
 previous stage.
@@ -29,12 +29,10 @@ import copy
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,129 +44,15 @@ from pytorch_lightning.core.optimizer import LightningOptimizer
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from synthseg.checkpoint import save_network
-from synthseg.data.labels import majority_downsample
+from synthseg.checkpoint import network_entry, save_network
+from synthseg.data.labels import labels_to_net, net_to_labels, resize_labels
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.ddp import allow_unused_parameters
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.visual import grid, label_rgb
-
-# Official one-GPU presets (images per minibatch, kimg per tick), by resolution.
-PAPER_BATCH_SIZES: dict[int, int] = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}
-PAPER_TICK_KIMG: dict[int, float] = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40}
-DEFAULT_BATCH_SIZE = 16  # official minibatch_base, for resolutions missing from the table
-DEFAULT_TICK_KIMG = 160.0  # official tick_kimg_base
-
-
-# ----------------------------------------------------------------------------------------- label range
-def labels_to_net(labels: Tensor, classes: int) -> Tensor:
-    """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1] (0 -> -1, classes-1 -> 1)."""
-    return (labels.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)
-
-
-def net_to_labels(x: Tensor, classes: int) -> Tensor:
-    """Network values (N, 1, H, W) -> class indices (N, H, W) uint8: linear map back, round, clip."""
-    values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
-    return values.round().clamp(0, classes - 1).to(torch.uint8)
-
-
-def resize_labels(labels: Tensor, size: int, classes: int) -> Tensor:
-    """(N, H, H) class indices -> (N, size, size): majority vote down, nearest up."""
-    current = labels.shape[-1]
-    if current > size:
-        return majority_downsample(labels, current // size, classes)
-    if current < size:
-        factor = size // current
-        return labels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    return labels
-
-
-# -------------------------------------------------------------------------------------------- schedule
-@dataclass(frozen=True)
-class Stage:
-    """Where training stands after ``images`` images: the official TrainingSchedule's values."""
-
-    images: int
-    lod: float  # level of detail: log2(target / resolution), fractional while fading in
-    resolution: int  # current (largest active) resolution
-    alpha: float  # fade-in of ``resolution``: 0 just started, 1 done
-    batch_size: int
-    tick_kimg: float
-
-    @property
-    def kimg(self) -> float:
-        return self.images / 1000.0
-
-    @property
-    def phase(self) -> tuple[int, int]:
-        """Changes exactly when a resolution starts or ends its fade-in (the Adam reset points)."""
-        return math.floor(self.lod), math.ceil(self.lod)
-
-
-class ProgressiveSchedule:
-    """The progressive-growing schedule in images shown.
-
-    Args:
-        target_resolution: final resolution (power of two).
-        initial_resolution: first resolution (official 4).
-        stable_kimg: kimg of stable training per resolution (official lod_training_kimg 600).
-        transition_kimg: kimg of each fade-in (official lod_transition_kimg 600).
-        batch_sizes: minibatch per resolution (missing ones: 16, the official base).
-        tick_kimg: tick length per resolution (missing ones: 160 kimg, the official base).
-    """
-
-    def __init__(
-        self,
-        target_resolution: int,
-        initial_resolution: int = 4,
-        stable_kimg: float = 600.0,
-        transition_kimg: float = 600.0,
-        batch_sizes: Mapping[int, int] | None = None,
-        tick_kimg: Mapping[int, float] | None = None,
-    ) -> None:
-        for name, res in (
-            ("target_resolution", target_resolution),
-            ("initial_resolution", initial_resolution),
-        ):
-            if res < 4 or res & (res - 1):
-                raise ValueError(f"{name} must be a power of two >= 4, got {res}")
-        if initial_resolution > target_resolution:
-            raise ValueError(f"initial_resolution {initial_resolution} exceeds target {target_resolution}")
-        if stable_kimg < 0 or transition_kimg < 0 or stable_kimg + transition_kimg <= 0:
-            raise ValueError(
-                f"stable_kimg/transition_kimg must be >= 0 with a positive sum, got "
-                f"{stable_kimg}/{transition_kimg}"
-            )
-        self.target_log2 = int(math.log2(target_resolution))
-        self.initial_log2 = int(math.log2(initial_resolution))
-        self.stable_kimg = float(stable_kimg)
-        self.transition_kimg = float(transition_kimg)
-        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
-        self.tick_kimg = {int(k): float(v) for k, v in (tick_kimg or PAPER_TICK_KIMG).items()}
-        if any(v <= 0 for v in self.batch_sizes.values()) or any(v <= 0 for v in self.tick_kimg.values()):
-            raise ValueError("batch sizes and tick lengths must be positive")
-
-    def at(self, images: int) -> Stage:
-        """The stage after ``images`` images have been shown."""
-        # Whole images, not float kimg, so phase boundaries fall exactly where they are configured.
-        stable, transition = round(self.stable_kimg * 1000), round(self.transition_kimg * 1000)
-        phase, within = divmod(int(images), stable + transition)
-        lod = float(self.target_log2 - self.initial_log2 - phase)
-        if transition > 0:
-            lod -= max(within - stable, 0) / transition
-        lod = max(lod, 0.0)
-        resolution = 2 ** (self.target_log2 - math.floor(lod))
-        alpha = 1.0 - (lod - math.floor(lod))
-        return Stage(
-            images=int(images),
-            lod=lod,
-            resolution=resolution,
-            alpha=alpha,
-            batch_size=self.batch_sizes.get(resolution, DEFAULT_BATCH_SIZE),
-            tick_kimg=self.tick_kimg.get(resolution, DEFAULT_TICK_KIMG),
-        )
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -341,7 +225,7 @@ class PGAN(pl.LightningModule):
         return self.steps % self.minibatch_repeats == 0
 
     @property
-    def stage(self) -> Stage:
+    def stage(self) -> GrowthStage:
         """The stage of the current group of minibatches (the next one's between groups)."""
         return self.schedule.at(self.images_seen if self.group_done else self.stage_images)
 
@@ -360,7 +244,7 @@ class PGAN(pl.LightningModule):
             }
             write_text_atomic(self.run_dir / "pgan_run.json", json.dumps(info, indent=2))
 
-    def _serve(self, stage: Stage) -> None:
+    def _serve(self, stage: GrowthStage) -> None:
         """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches)."""
         wanted = (stage.resolution, stage.batch_size)
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -384,7 +268,7 @@ class PGAN(pl.LightningModule):
         for opt in self._optimizers():
             opt.optimizer.state.clear()
 
-    def _prepare_reals(self, labels: Tensor, stage: Stage) -> Tensor:
+    def _prepare_reals(self, labels: Tensor, stage: GrowthStage) -> Tensor:
         """Class indices (N, h, w) -> faded network values (N, 1, r, r) at the stage's resolution.
 
         Batches prefetched before a resolution change still come at the old size; they are resized here.
@@ -392,7 +276,8 @@ class PGAN(pl.LightningModule):
         labels = resize_labels(labels, stage.resolution, self.classes)
         reals = labels_to_net(labels, self.classes)
         if stage.alpha < 1.0 and stage.resolution > 4:
-            low = resize_labels(majority_downsample(labels, 2, self.classes), stage.resolution, self.classes)
+            half = resize_labels(labels, stage.resolution // 2, self.classes)
+            low = resize_labels(half, stage.resolution, self.classes)
             reals = torch.lerp(labels_to_net(low, self.classes), reals, stage.alpha)
         return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
 
@@ -480,7 +365,7 @@ class PGAN(pl.LightningModule):
             self._serve(self.stage)
 
     # -------------------------------------------------------------------------------------------- ticks
-    def _tick(self, stage: Stage, done: bool) -> None:
+    def _tick(self, stage: GrowthStage, done: bool) -> None:
         # Training time of this tick per kimg, without the previous tick's maintenance (as the official log).
         tick_seconds = time.perf_counter() - self._tick_wall_start
         tick_kimg = (self.images_seen - self.tick_start_images) / 1000.0
@@ -527,7 +412,7 @@ class PGAN(pl.LightningModule):
             return int(train_set.sources[0][1].shape[-1])
         return None
 
-    def _snapshot_meta(self, stage: Stage) -> dict[str, Any]:
+    def _snapshot_meta(self, stage: GrowthStage) -> dict[str, Any]:
         size = self._dataset_size()
         return {
             "tick": self.tick,
@@ -569,7 +454,7 @@ class PGAN(pl.LightningModule):
 
     @torch.no_grad()
     def generate_labels(
-        self, count: int, stage: Stage, seed: int, size: int | None = None
+        self, count: int, stage: GrowthStage, seed: int, size: int | None = None
     ) -> Iterator[Tensor]:
         """EMA samples as class indices (B, size, size) uint8 in batches, from a fixed latent seed."""
         gen = torch.Generator().manual_seed(seed)
@@ -580,7 +465,7 @@ class PGAN(pl.LightningModule):
             labels = net_to_labels(self.generator_ema(z, stage.resolution, stage.alpha), self.classes)
             yield resize_labels(labels, size or stage.resolution, self.classes)
 
-    def _log_grid(self, stage: Stage) -> None:
+    def _log_grid(self, stage: GrowthStage) -> None:
         experiment = getattr(self.logger, "experiment", None) if self.logger else None
         if experiment is None or not hasattr(experiment, "add_image"):
             return
@@ -591,7 +476,7 @@ class PGAN(pl.LightningModule):
         image = grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])
         experiment.add_image("samples/ema", image, self.global_step, dataformats="HWC")
 
-    def _measure_swd(self, stage: Stage) -> dict[str, float] | None:
+    def _measure_swd(self, stage: GrowthStage) -> dict[str, float] | None:
         """SWD (x1000) of EMA samples against training reals, both at the target resolution.
 
         Samples of earlier stages are nearest-upsampled to the target resolution, as the official networks
@@ -638,10 +523,21 @@ class PGAN(pl.LightningModule):
             "last_phase": list(self.last_phase) if self.last_phase is not None else None,
             "rng_state": self.rng.get_state(),
             "swd_history": [dict(row) for row in self.swd_history],
-            # Lets generate-masks rebuild the EMA generator from a full checkpoint (state_dict "generator_ema.*").
-            "generator_init_args": dict(self.generator.init_args),
             "dataset_size": self._dataset_size() if self._trainer is not None else None,
         }
+        # Lets generate-masks rebuild the EMA generator (state_dict "generator_ema.*") at the stage it
+        # was trained to, without re-running the schedule.
+        reached = self.schedule.at(self.images_seen)
+        checkpoint["pgan"]["generator"] = network_entry(
+            self.generator,
+            meta={
+                "tick": int(self.tick),
+                "kimg": self.images_seen / 1000.0,
+                "resolution": reached.resolution,
+                "alpha": reached.alpha,
+                "dataset_size": checkpoint["pgan"]["dataset_size"],
+            },
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("pgan")

@@ -21,9 +21,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, network_entry
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
 from synthseg.models.ddp import allow_unused_parameters
@@ -32,7 +32,7 @@ from synthseg.utils.visual import grid, label_rgb
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "synthseg_spade"
+CHECKPOINT_KEY = SPADE_CHECKPOINT_KEY  # the entry generate-images rebuilds the generator from
 
 
 def lr_factor(epoch: int, niter: int, niter_decay: int) -> float:
@@ -307,10 +307,7 @@ class SPADEModule(pl.LightningModule):
     # ---------------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "generator": {
-                "network": f"{type(self.generator).__module__}.{type(self.generator).__qualname__}",
-                "init_args": dict(self.generator.init_args),
-            },
+            "generator": network_entry(self.generator),
             "train_max": float(self.train_max),
             "rng": _rng_state(),
         }
@@ -323,17 +320,3 @@ class SPADEModule(pl.LightningModule):
     def forward(self, label: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Generate images (B, output_nc, H, W) in [-1, 1] from one-hot label maps (B, label_nc, H, W)."""
         return self.generator(label, z)
-
-
-def generator_from_checkpoint(checkpoint: dict[str, Any], source: str) -> tuple[nn.Module, float]:
-    """Rebuild the generator and the training maximum from a SPADE training checkpoint dict."""
-    state = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(state, dict) or "generator" not in state:
-        raise InputError(f"{source}: not a SPADE training checkpoint (no {CHECKPOINT_KEY!r} entry)")
-    init_args = dict(state["generator"]["init_args"])
-    generator = SPADEGenerator(**init_args)
-    weights = {
-        k[len("generator.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")
-    }
-    generator.load_state_dict(weights)
-    return generator.eval(), float(state["train_max"])

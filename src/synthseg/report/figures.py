@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from synthseg.checkpoint import CheckpointError, safe_load
+from synthseg.checkpoint import CheckpointError, load_network
 from synthseg.data.dataset import SliceDataset
 from synthseg.data.manifest import Manifest, read_manifest
 from synthseg.data.pngio import read_png
@@ -138,23 +138,8 @@ def load_unet(run: Run) -> torch.nn.Module:
         if not path.name or not candidate.is_file():
             raise InputError(f"{run.path}: best checkpoint {path} not found")
         path = candidate
-    state = safe_load(path).get("state_dict")  # weights_only: a crafted pickle is refused, runs nothing
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a training checkpoint (no state_dict)")
     net = instantiate(OmegaConf.create(run.config["model"]["net"]))
-    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
-    own = net.state_dict()
-    for key, want in own.items():
-        have = weights.get(key)
-        if have is None:
-            raise CheckpointError(f"{path}: not a checkpoint of this run's U-Net (no weight net.{key})")
-        if have.shape != want.shape:
-            raise CheckpointError(
-                f"{path}: checkpoint has net.{key} of shape {tuple(have.shape)}, the run's config "
-                f"({run.path}) asks for {tuple(want.shape)}"
-            )
-    net.load_state_dict(weights)
-    return net.eval()
+    return load_network(path, into=net, weights_prefix="net.")[0]
 
 
 def segment(run: Run, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
