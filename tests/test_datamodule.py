@@ -62,6 +62,42 @@ def test_paper_normalization_uses_training_statistics(tiny_dataset: Path) -> Non
     assert np.allclose(dm.train_set[0]["image"][0].numpy(), raw / maximum - mean, atol=1e-6)
 
 
+def test_summary_is_the_typed_contract_models_receive(tiny_dataset: Path) -> None:
+    import dataclasses
+
+    dm = make(tiny_dataset, classes=4, image_norm="tanh", reduced=True, resolution=16)
+    manifest = read_manifest(tiny_dataset)
+    data = dm.summary()
+    assert (data.classes, data.sequences, data.image_norm, data.size, data.resolution) == (
+        4,
+        ("t1c",),
+        "tanh",
+        32,
+        16,
+    )
+    assert data.train_max == dm.stats["train_max"] and data.train_mean == dm.stats["train_mean"]
+    assert list(data.class_weights) == dm.stats["class_weights"] and len(data.class_weights) == 4
+    assert list(data.real_class_weights) == dm.stats["real_class_weights"]
+    considered = (manifest.split == "train") & manifest.reduced
+    assert data.num_train == dm.stats["num_train"] == int(considered.sum())
+    assert data.train_label_maps == int(considered.sum())
+    assert data.empty_label_maps == int((considered & manifest.empty).sum())
+    assert data.empty_fraction == data.empty_label_maps / data.train_label_maps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.classes = 7  # type: ignore[misc]
+    with pytest.raises(RuntimeError, match="setup"):
+        BraTSDataModule(str(tiny_dataset)).summary()
+
+
+def test_test_batches_carry_the_case_id(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset, batch_size=4, eval_batch_size=5)
+    manifest = read_manifest(tiny_dataset)
+    batch = next(iter(dm.test_dataloader()))
+    rows = dm.test_set.items[batch["index"].numpy(), 1]
+    assert list(batch["case"]) == [str(c) for c in manifest.case[rows]] and len(rows) > 1
+    assert "case" in dm.val_set[0]
+
+
 def test_counts_fractions_and_mixing(tiny_dataset: Path, tiny_synthetic: Path) -> None:
     dm = make(tiny_dataset, real=10, synthetic={"root": str(tiny_synthetic), "count": 0.25})
     # 32 real training slices: the fraction 0.25 of them is 8 synthetic slices.

@@ -41,9 +41,12 @@ class SliceDataset(Dataset):
         augment: ``augment(image, label, rng) -> (image, label)`` applied at native size before resizing;
             its generator is seeded by (seed, epoch, index), so a resumed run sees the same augmentations.
         seed: seed of the augmentation generators.
+        cases: per source, the case (subject) id of every row; items then carry ``"case"`` (test metrics are
+            gathered per subject).
 
     Items are ``{"image": (1, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
-    (plus ``"position"``: (2,) int64 epoch and sampler position when the key came from the sampler).
+    (plus ``"case"``: str with ``cases``, and ``"position"``: (2,) int64 epoch and sampler position when the
+    key came from the sampler).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class SliceDataset(Dataset):
         one_hot: bool = False,
         augment: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
         seed: int = 0,
+        cases: Sequence[np.ndarray] | None = None,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -72,6 +76,7 @@ class SliceDataset(Dataset):
         self.one_hot = one_hot
         self.augment = augment
         self.seed = seed
+        self.cases = None if cases is None else [np.asarray(c) for c in cases]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -109,6 +114,8 @@ class SliceDataset(Dataset):
             else label_t,
             "index": int(index),
         }
+        if self.cases is not None:
+            out["case"] = str(self.cases[source][row])
         if position:
             out["position"] = torch.tensor(position, dtype=torch.int64)
         return out

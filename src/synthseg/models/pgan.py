@@ -45,9 +45,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from synthseg.checkpoint import network_entry, save_network
+from synthseg.data.datamodule import DataSummary
 from synthseg.data.labels import labels_to_net, net_to_labels, resize_labels
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
+from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
@@ -173,6 +175,9 @@ class PGAN(pl.LightningModule):
         self._served: tuple[int, int] | None = None
         self._tick_wall_start = time.perf_counter()
         self._swd_warned = False
+        self.data: DataSummary | None = None
+        self._reals: Any = None  # the training set (SWD reals), from setup()
+        self._feed: Any = None  # the DataModule that serves the schedule's resolution and minibatch
 
     # ------------------------------------------------------------------------------------------- set-up
     @property
@@ -184,28 +189,25 @@ class PGAN(pl.LightningModule):
         if self.trainer.world_size > 1:
             # Each process draws its own latents.
             self.rng.manual_seed(self.seed + 1_000_003 * self.global_rank)
+        self.data = data_summary(self.trainer)
+        # The one other place the DataModule is touched: training reals for the SWD, and the schedule's
+        # resolution and minibatch (see _serve).
         datamodule = getattr(self.trainer, "datamodule", None)
-        size = self._dataset_size()
-        if size is not None and size % self.generator.resolution:
+        self._reals = getattr(datamodule, "train_set", None)
+        self._feed = datamodule if hasattr(datamodule, "set_resolution") else None
+        if self.data is None:
+            return
+        if self.data.size % self.generator.resolution:
             raise InputError(
                 f"model.generator.resolution={self.generator.resolution} does not divide the dataset's "
-                f"slice size {size}: train at a resolution the slices can be reduced to"
+                f"slice size {self.data.size}: train at a resolution the slices can be reduced to"
             )
-        manifest = getattr(datamodule, "manifest", None)
-        if manifest is not None:
-            train = manifest.split == "train"
-            if getattr(datamodule, "reduced", False):
-                train = train & manifest.reduced
-            total = int(train.sum())
-            empty = int((train & manifest.empty).sum())
-            self.empty_fraction = empty / total if total else 0.0
-            excluded = (
-                "excluded" if getattr(datamodule, "drop_empty", False) else "NOT excluded (data.drop_empty)"
-            )
-            rank_zero_info(
-                f"PGAN: {empty} of {total} training label maps are empty ({100 * self.empty_fraction:.2f} %), "
-                f"{excluded}"
-            )
+        self.empty_fraction = self.data.empty_fraction
+        excluded = "excluded" if self.data.drop_empty else "NOT excluded (data.drop_empty)"
+        rank_zero_info(
+            f"PGAN: {self.data.empty_label_maps} of {self.data.train_label_maps} training label maps are empty "
+            f"({100 * self.empty_fraction:.2f} %), {excluded}"
+        )
 
     def configure_callbacks(self) -> list[pl.Callback]:
         # This module writes full checkpoints at ticks (the schedule is in kimg; an endless epoch never
@@ -237,9 +239,7 @@ class PGAN(pl.LightningModule):
                 "target_resolution": self.generator.resolution,
                 "classes": self.classes,
                 "empty_fraction": self.empty_fraction,
-                "num_train": (getattr(getattr(self.trainer, "datamodule", None), "stats", None) or {}).get(
-                    "num_train"
-                ),
+                "num_train": self.data.num_train if self.data is not None else None,
                 "started_at_kimg": self.images_seen / 1000.0,
             }
             write_text_atomic(self.run_dir / "pgan_run.json", json.dumps(info, indent=2))
@@ -247,13 +247,10 @@ class PGAN(pl.LightningModule):
     def _serve(self, stage: GrowthStage) -> None:
         """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches)."""
         wanted = (stage.resolution, stage.batch_size)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if wanted == self._served or datamodule is None:
+        if wanted == self._served or self._feed is None:
             return
-        if hasattr(datamodule, "set_resolution"):
-            datamodule.set_resolution(stage.resolution)
-        if hasattr(datamodule, "set_batch_size"):
-            datamodule.set_batch_size(stage.batch_size)
+        self._feed.set_resolution(stage.resolution)
+        self._feed.set_batch_size(stage.batch_size)
         self._served = wanted
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -406,11 +403,8 @@ class PGAN(pl.LightningModule):
         self._tick_wall_start = time.perf_counter()
 
     def _dataset_size(self) -> int | None:
-        """Side length of the training slices on disk (None when the DataModule does not say)."""
-        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
-        if train_set is not None and getattr(train_set, "sources", None):
-            return int(train_set.sources[0][1].shape[-1])
-        return None
+        """Side length of the training slices on disk (None without a DataModule summary)."""
+        return self.data.size if self.data is not None else None
 
     def _snapshot_meta(self, stage: GrowthStage) -> dict[str, Any]:
         size = self._dataset_size()
@@ -484,8 +478,7 @@ class PGAN(pl.LightningModule):
         the best snapshot among all of them.
         """
         size = self.generator.resolution
-        datamodule = getattr(self.trainer, "datamodule", None)
-        train_set = getattr(datamodule, "train_set", None)
+        train_set = self._reals
         try:
             from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein_from_batches
         except ImportError:
@@ -523,7 +516,7 @@ class PGAN(pl.LightningModule):
             "last_phase": list(self.last_phase) if self.last_phase is not None else None,
             "rng_state": self.rng.get_state(),
             "swd_history": [dict(row) for row in self.swd_history],
-            "dataset_size": self._dataset_size() if self._trainer is not None else None,
+            "dataset_size": self._dataset_size(),
         }
         # Lets generate-masks rebuild the EMA generator (state_dict "generator_ema.*") at the stage it
         # was trained to, without re-running the schedule.

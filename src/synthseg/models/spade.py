@@ -26,6 +26,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, network_entry
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
+from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
 from synthseg.utils.visual import grid, label_rgb
@@ -159,18 +160,18 @@ class SPADEModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         allow_unused_parameters(self.trainer)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
+        data = data_summary(self.trainer)
+        if data is None:
             return
-        norm = getattr(datamodule, "image_norm", "tanh")
-        if norm != "tanh":
-            raise InputError(f"model=spade needs data.image_norm=tanh (images in [-1, 1]), got {norm!r}")
-        classes = getattr(datamodule, "classes", self.label_nc)
-        if classes != self.label_nc:
-            raise InputError(f"data.classes={classes}, but the SPADE generator has label_nc={self.label_nc}")
-        stats = getattr(datamodule, "stats", None) or {}
-        if "train_max" in stats:
-            self.train_max.fill_(float(stats["train_max"]))
+        if data.image_norm != "tanh":
+            raise InputError(
+                f"model=spade needs data.image_norm=tanh (images in [-1, 1]), got {data.image_norm!r}"
+            )
+        if data.classes != self.label_nc:
+            raise InputError(
+                f"data.classes={data.classes}, but the SPADE generator has label_nc={self.label_nc}"
+            )
+        self.train_max.fill_(float(data.train_max))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         g_params = list(self.generator.parameters())

@@ -13,6 +13,7 @@ from torchmetrics.segmentation import DiceScore
 
 from synthseg.data.labels import class_names
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
+from synthseg.models.contract import data_summary
 from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
 
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
@@ -32,7 +33,7 @@ def region_masks(labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
 class UNetModule(pl.LightningModule):
     """Trains :class:`synthseg.networks.unet.UNet` with the paper's weighted Dice loss.
 
-    Class weights come from the training set in use (``datamodule.stats["class_weights"]``, synthetic slices
+    Class weights come from the training set in use (``DataSummary.class_weights``, synthetic slices
     included as in the paper); a second, fixed set from the whole real training split
     (``real_class_weights``) gives a Dice error that is comparable between rows of Table 1.
 
@@ -72,15 +73,13 @@ class UNetModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not datamodule.stats:
+        data = data_summary(self.trainer)
+        if data is None:
             return
-        if datamodule.classes != self.num_classes:
-            raise ValueError(
-                f"data.classes={datamodule.classes} but the U-Net has {self.num_classes} outputs"
-            )
-        self.class_weights.copy_(torch.tensor(datamodule.stats["class_weights"]))
-        self.real_class_weights.copy_(torch.tensor(datamodule.stats["real_class_weights"]))
+        if data.classes != self.num_classes:
+            raise ValueError(f"data.classes={data.classes} but the U-Net has {self.num_classes} outputs")
+        self.class_weights.copy_(torch.tensor(data.class_weights))
+        self.real_class_weights.copy_(torch.tensor(data.real_class_weights))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters())
@@ -152,9 +151,7 @@ class UNetModule(pl.LightningModule):
         self, batch: dict[str, torch.Tensor], probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     ) -> None:
         """Per-subject sufficient statistics, so the report can bootstrap over test subjects."""
-        datamodule = self.trainer.datamodule
-        rows = datamodule.test_set.items[batch["index"].cpu().numpy(), 1]
-        cases = datamodule.manifest.case[rows]
+        cases = batch["case"]
         pred_onehot = nn.functional.one_hot(pred, self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
         soft_inter = (probs * target).sum((2, 3)).double().cpu().numpy()
         soft_total = (probs + target).sum((2, 3)).double().cpu().numpy()
