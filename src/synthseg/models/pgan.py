@@ -10,10 +10,8 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
   its fade-in.
 - A generator copy with exponential moving average of the weights (decay 0.999) makes every sample,
   snapshot and metric.
-- At every tick: a grid of EMA samples in the paper's colours to TensorBoard, a snapshot of the EMA generator
-  (``snapshots/network-snapshot-<kimg>.pt``, rebuilt by :func:`synthseg.checkpoint.load_network`), the SWD of
-  EMA samples against training reals (``swd/avg`` and per level, also appended to ``swd.csv``), and a full
-  training checkpoint ``checkpoints/last.ckpt`` (older per-tick checkpoints kept as configured).
+- At every tick (:class:`synthseg.models.pgan_ticks.PGANTicks`): a grid of EMA samples, an EMA snapshot,
+  the SWD against training reals (``swd.csv``) and a full training checkpoint ``checkpoints/last.ckpt``.
 
 Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
 Low-resolution reals come from the DataModule by majority vote per block (see
@@ -26,12 +24,7 @@ previous stage.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
-import os
-import shutil
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -41,16 +34,17 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.core.optimizer import LightningOptimizer
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from synthseg.checkpoint import network_entry, save_network
+from synthseg.checkpoint import network_entry
 from synthseg.data.datamodule import DataSummary
 from synthseg.data.labels import labels_to_net, net_to_labels, resize_labels
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
+from synthseg.models.pgan_ticks import PGANTicks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
@@ -173,10 +167,8 @@ class PGAN(pl.LightningModule):
         self.rng = torch.Generator().manual_seed(int(seed))
         self.empty_fraction: float | None = None
         self._served: tuple[int, int] | None = None
-        self._tick_wall_start = time.perf_counter()
-        self._swd_warned = False
         self.data: DataSummary | None = None
-        self._reals: Any = None  # the training set (SWD reals), from setup()
+        self.reals: Any = None  # the training set (SWD reals), from setup()
         self._feed: Any = None  # the DataModule that serves the schedule's resolution and minibatch
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -193,7 +185,7 @@ class PGAN(pl.LightningModule):
         # The one other place the DataModule is touched: training reals for the SWD, and the schedule's
         # resolution and minibatch (see _serve).
         datamodule = getattr(self.trainer, "datamodule", None)
-        self._reals = getattr(datamodule, "train_set", None)
+        self.reals = getattr(datamodule, "train_set", None)
         self._feed = datamodule if hasattr(datamodule, "set_resolution") else None
         if self.data is None:
             return
@@ -213,7 +205,7 @@ class PGAN(pl.LightningModule):
         # This module writes full checkpoints at ticks (the schedule is in kimg; an endless epoch never
         # ends). A ModelCheckpoint that saves nothing replaces any configured or default one, so no second
         # writer competes for checkpoints/last.ckpt.
-        return [ModelCheckpoint(save_top_k=0, save_last=False, monitor=None)]
+        return [ModelCheckpoint(save_top_k=0, save_last=False, monitor=None), PGANTicks()]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -233,7 +225,6 @@ class PGAN(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._serve(self.stage)
-        self._tick_wall_start = time.perf_counter()
         if self.trainer.is_global_zero:
             info = {
                 "target_resolution": self.generator.resolution,
@@ -349,102 +340,17 @@ class PGAN(pl.LightningModule):
         )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After each group (the tick, if one was due, was written by PGANTicks just before this hook).
         if not self.group_done:
             return
-        # As the official loop: after each group, with the schedule the group was trained with.
-        trained = self.schedule.at(self.stage_images)
-        done = self.images_seen >= self.total_images
-        if done or self.images_seen >= self.tick_start_images + round(trained.tick_kimg * 1000):
-            self._tick(trained, done)
-        if done:
+        if self.images_seen >= self.total_images:
             self.trainer.should_stop = True
         else:
             self._serve(self.stage)
 
-    # -------------------------------------------------------------------------------------------- ticks
-    def _tick(self, stage: GrowthStage, done: bool) -> None:
-        # Training time of this tick per kimg, without the previous tick's maintenance (as the official log).
-        tick_seconds = time.perf_counter() - self._tick_wall_start
-        tick_kimg = (self.images_seen - self.tick_start_images) / 1000.0
-        self.tick += 1
-        self.tick_start_images = self.images_seen
-        kimg = self.images_seen / 1000.0
-        record: dict[str, Any] = {
-            "tick": self.tick,
-            "kimg": kimg,
-            "resolution": stage.resolution,
-            "alpha": stage.alpha,
-            "sec_per_kimg": tick_seconds / tick_kimg if tick_kimg > 0 else None,
-        }
-        if self.trainer.is_global_zero:
-            self._log_grid(stage)
-            snapshot_ticks = self.snapshot_ticks
-            if done or (snapshot_ticks > 0 and self.tick % snapshot_ticks == 0):
-                path = self.run_dir / "snapshots" / f"network-snapshot-{int(kimg):06d}.pt"
-                if path.exists():  # ticks shorter than 1 kimg (tests, demos) would share a name
-                    path = path.with_name(f"network-snapshot-{int(kimg):06d}-tick{self.tick:04d}.pt")
-                save_network(self.generator_ema, path, meta=self._snapshot_meta(stage))
-                record["snapshot"] = os.path.relpath(path, self.run_dir)
-            swd = self._measure_swd(stage) if self.swd_images > 0 else None
-            if swd is not None:
-                record.update({f"swd_{k}": v for k, v in swd.items()})
-                self.log_dict({f"swd/{k}": v for k, v in swd.items()}, rank_zero_only=True)
-            self.swd_history.append(record)
-            self._write_history()
-            if record["sec_per_kimg"] is not None:
-                self.log("timing/sec_per_kimg", record["sec_per_kimg"], rank_zero_only=True)
-            rank_zero_info(
-                f"tick {self.tick}  kimg {kimg:.3f}  res {stage.resolution}  alpha {stage.alpha:.3f}  "
-                f"sec/kimg {record['sec_per_kimg'] or 0:.1f}" + (f"  swd avg {swd['avg']:.4f}" if swd else "")
-            )
-        checkpoint_ticks = self.checkpoint_ticks
-        if checkpoint_ticks > 0 and (done or self.tick % checkpoint_ticks == 0):
-            self._save_full_checkpoint()
-        self._tick_wall_start = time.perf_counter()
-
-    def _dataset_size(self) -> int | None:
+    def dataset_size(self) -> int | None:
         """Side length of the training slices on disk (None without a DataModule summary)."""
         return self.data.size if self.data is not None else None
-
-    def _snapshot_meta(self, stage: GrowthStage) -> dict[str, Any]:
-        size = self._dataset_size()
-        return {
-            "tick": self.tick,
-            "kimg": self.images_seen / 1000.0,
-            "resolution": stage.resolution,
-            "alpha": stage.alpha,
-            "classes": self.classes,
-            "dataset_size": size or self.generator.resolution,
-            "ema_decay": self.ema_decay,
-        }
-
-    def _write_history(self) -> None:
-        keys: list[str] = []
-        for row in self.swd_history:
-            keys += [k for k in row if k not in keys]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.swd_history)
-        write_text_atomic(self.run_dir / "swd.csv", text.getvalue())
-
-    def _save_full_checkpoint(self) -> None:
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".last.{self.tick}.ckpt.partial"
-        self.trainer.save_checkpoint(tmp, weights_only=False)  # the full training state, for resume
-        if not self.trainer.is_global_zero:
-            return
-        keep = self.keep_checkpoints
-        if keep > 0:
-            kept = folder / f"tick-{self.tick:04d}.ckpt"
-            try:
-                os.link(tmp, kept)  # a second name for the same file: no extra disk space
-            except OSError:
-                shutil.copyfile(tmp, kept)
-            for path in sorted(folder.glob("tick-*.ckpt"))[:-keep]:
-                path.unlink(missing_ok=True)
-        os.replace(tmp, folder / "last.ckpt")
 
     @torch.no_grad()
     def generate_labels(
@@ -459,51 +365,14 @@ class PGAN(pl.LightningModule):
             labels = net_to_labels(self.generator_ema(z, stage.resolution, stage.alpha), self.classes)
             yield resize_labels(labels, size or stage.resolution, self.classes)
 
-    def _log_grid(self, stage: GrowthStage) -> None:
-        experiment = getattr(self.logger, "experiment", None) if self.logger else None
-        if experiment is None or not hasattr(experiment, "add_image"):
-            return
+    def log_images(self, stage: GrowthStage | None = None) -> dict[str, np.ndarray]:
+        """A grid of EMA samples at ``stage`` (default: the current one), in the paper's colours."""
+        stage = stage or self.stage
         rows, cols = self.grid_size
         tile = max(stage.resolution, 64)  # small stages are enlarged so they stay visible
         labels = torch.cat(list(self.generate_labels(rows * cols, stage, self.seed + 1, tile)))
         tiles = [label_rgb(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
-        image = grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])
-        experiment.add_image("samples/ema", image, self.global_step, dataformats="HWC")
-
-    def _measure_swd(self, stage: GrowthStage) -> dict[str, float] | None:
-        """SWD (x1000) of EMA samples against training reals, both at the target resolution.
-
-        Samples of earlier stages are nearest-upsampled to the target resolution, as the official networks
-        output them, so the values of all ticks are on one scale and :mod:`synthseg.synth.select` can pick
-        the best snapshot among all of them.
-        """
-        size = self.generator.resolution
-        train_set = self._reals
-        try:
-            from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein_from_batches
-        except ImportError:
-            train_set = None
-        if train_set is None or size < 16 or self.classes != 7:
-            if not self._swd_warned:
-                rank_zero_warn(
-                    "PGAN: SWD skipped (needs the SWD metric, 7 classes, a DataModule with "
-                    "train_set and a target resolution of at least 16)"
-                )
-                self._swd_warned = True
-            return None
-        count = min(self.swd_images, len(train_set))
-        batch = self.swd_batch_size
-
-        def reals() -> Iterator[Tensor]:
-            for start in range(0, count, batch):
-                items = [train_set[(i, size)]["label"] for i in range(start, min(start + batch, count))]
-                yield labels_to_uint8(torch.stack(items)[:, None])
-
-        def fakes() -> Iterator[Tensor]:
-            for labels in self.generate_labels(count, stage, self.seed + 2, size):
-                yield labels_to_uint8(labels[:, None])
-
-        return sliced_wasserstein_from_batches(reals(), fakes(), seed=self.seed, device=self.device)
+        return {"samples/ema": grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])}
 
     # ----------------------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -516,7 +385,7 @@ class PGAN(pl.LightningModule):
             "last_phase": list(self.last_phase) if self.last_phase is not None else None,
             "rng_state": self.rng.get_state(),
             "swd_history": [dict(row) for row in self.swd_history],
-            "dataset_size": self._dataset_size(),
+            "dataset_size": self.dataset_size(),
         }
         # Lets generate-masks rebuild the EMA generator (state_dict "generator_ema.*") at the stage it
         # was trained to, without re-running the schedule.

@@ -28,6 +28,7 @@ from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
 from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
+from synthseg.models.images import ImageLogger
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
 from synthseg.utils.visual import grid, label_rgb
 
@@ -173,6 +174,9 @@ class SPADEModule(pl.LightningModule):
             )
         self.train_max.fill_(float(data.train_max))
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ImageLogger()]
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         g_params = list(self.generator.parameters())
         if self.encoder is not None:
@@ -297,13 +301,11 @@ class SPADEModule(pl.LightningModule):
         self.log("val/psnr", self.val_psnr.compute(), sync_dist=False)
         self.val_ssim.reset()
         self.val_psnr.reset()
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if self._val_grid and experiment is not None and hasattr(experiment, "add_image"):
-            # Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale.
-            experiment.add_image(
-                "val/label_generated_real", grid(self._val_grid), self.global_step, dataformats="HWC"
-            )
-        self._val_grid = []
+        self._val_grid = []  # written (or not) by ImageLogger, which runs before this hook
+
+    def log_images(self) -> dict[str, np.ndarray]:
+        """Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale."""
+        return {"val/label_generated_real": grid(self._val_grid)} if self._val_grid else {}
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

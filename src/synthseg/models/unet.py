@@ -14,6 +14,7 @@ from torchmetrics.segmentation import DiceScore
 from synthseg.data.labels import class_names
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
 from synthseg.models.contract import data_summary
+from synthseg.models.images import ImageLogger
 from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
 
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
@@ -70,6 +71,7 @@ class UNetModule(pl.LightningModule):
             num_classes=self.num_classes, average="none", aggregation_level="global", input_format="index"
         )
         self.case_stats: dict[str, dict[str, np.ndarray]] = {}
+        self._val_rows: list[list[np.ndarray]] = []
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -80,6 +82,9 @@ class UNetModule(pl.LightningModule):
             raise ValueError(f"data.classes={data.classes} but the U-Net has {self.num_classes} outputs")
         self.class_weights.copy_(torch.tensor(data.class_weights))
         self.real_class_weights.copy_(torch.tensor(data.real_class_weights))
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ImageLogger()]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters())
@@ -112,23 +117,21 @@ class UNetModule(pl.LightningModule):
         self.log(
             "val/loss", self.val_dice_error, prog_bar=True, on_epoch=True, batch_size=len(batch["image"])
         )
-        if batch_idx == 0:
-            self._log_grid(batch, probs.argmax(1))
-
-    def _log_grid(self, batch: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
-            return
-        rows = []
-        for i in range(min(self.hparams.num_image_rows, len(pred))):
-            rows.append(
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            pred = probs.argmax(1)
+            self._val_rows = [
                 [
                     to_gray_rgb(batch["image"][i, 0].float().cpu().numpy()),
                     label_rgb(batch["label"][i].cpu().numpy(), self.num_classes),
                     label_rgb(pred[i].cpu().numpy(), self.num_classes),
                 ]
-            )
-        experiment.add_image("val/image_truth_prediction", grid(rows), self.global_step, dataformats="HWC")
+                for i in range(min(self.hparams.num_image_rows, len(pred)))
+            ]
+
+    def log_images(self) -> dict[str, np.ndarray]:
+        """Rows of the first validation batch: image | truth | prediction (written by ImageLogger)."""
+        rows, self._val_rows = self._val_rows, []
+        return {"val/image_truth_prediction": grid(rows)} if rows else {}
 
     # ---------------------------------------------------------------------------------------------- test
     def on_test_epoch_start(self) -> None:
