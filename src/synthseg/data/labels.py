@@ -74,8 +74,8 @@ def palette(classes: int) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, classes: int = 7) -> np.ndarray:
-    """Label map (H, W) of indices -> RGB image (H, W, 3) uint8 in the paper's colours."""
-    return palette(classes)[np.clip(labels, 0, classes - 1)]
+    """Label map (H, W) of indices (any integer dtype) -> RGB image (H, W, 3) uint8 in the paper's colours."""
+    return palette(classes)[np.clip(np.asarray(labels, dtype=np.int64), 0, classes - 1)]
 
 
 def _majority_vote(labels: torch.Tensor, factor: int, classes: int) -> torch.Tensor:

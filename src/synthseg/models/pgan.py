@@ -39,7 +39,7 @@ from torch import Tensor
 
 from synthseg.checkpoint import network_entry
 from synthseg.data.datamodule import DataSummary
-from synthseg.data.labels import labels_to_net, net_to_labels, resize_labels
+from synthseg.data.labels import colorize, labels_to_net, net_to_labels, resize_labels
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.contract import data_summary
@@ -48,7 +48,7 @@ from synthseg.models.pgan_ticks import PGANTicks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
-from synthseg.utils.visual import grid, label_rgb
+from synthseg.utils.visual import grid
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -58,7 +58,7 @@ class PGAN(pl.LightningModule):
     Args:
         generator: the generator, built (its ``resolution`` is the target resolution).
         discriminator: the discriminator, built, same resolution and channels.
-        g_optimizer, d_optimizer: partial optimizers (Adam lr 1e-3, betas (0, 0.99), eps 1e-8 officially).
+        optimizer_g, optimizer_d: partial optimizers (Adam lr 1e-3, betas (0, 0.99), eps 1e-8 officially).
         loss: the WGAN-GP objective (default: lambda 10, target 1, drift 0.001).
         classes: label classes (7); class indices 0..classes-1 map linearly onto [-1, 1].
         initial_resolution, stable_kimg, transition_kimg: the schedule (see :class:`ProgressiveSchedule`).
@@ -87,8 +87,8 @@ class PGAN(pl.LightningModule):
         self,
         generator: PGANGenerator,
         discriminator: PGANDiscriminator,
-        g_optimizer: Callable[..., torch.optim.Optimizer],
-        d_optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer_g: Callable[..., torch.optim.Optimizer],
+        optimizer_d: Callable[..., torch.optim.Optimizer],
         loss: WGANGPLoss | None = None,
         classes: int = 7,
         initial_resolution: int = 4,
@@ -114,7 +114,7 @@ class PGAN(pl.LightningModule):
         batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
         tick_kimg = {int(k): float(v) for k, v in (tick_kimg or PAPER_TICK_KIMG).items()}
         grid_size = [int(v) for v in grid_size]
-        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss"])
+        self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d", "loss"])
         if generator.resolution != discriminator.resolution or generator.channels != discriminator.channels:
             raise ValueError("generator and discriminator must have the same resolution and channels")
         if generator.channels != 1:
@@ -149,8 +149,8 @@ class PGAN(pl.LightningModule):
         self.discriminator = discriminator
         # No batch norm or dropout: train/eval mode makes no difference to the EMA copy.
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
-        self.g_optimizer_factory = g_optimizer
-        self.d_optimizer_factory = d_optimizer
+        self.optimizer_g_factory = optimizer_g
+        self.optimizer_d_factory = optimizer_d
         self.loss = loss or WGANGPLoss()
         self.classes = int(classes)
         self.schedule = ProgressiveSchedule(
@@ -209,8 +209,8 @@ class PGAN(pl.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            self.g_optimizer_factory(params=self.generator.parameters()),
-            self.d_optimizer_factory(params=self.discriminator.parameters()),
+            self.optimizer_g_factory(params=self.generator.parameters()),
+            self.optimizer_d_factory(params=self.discriminator.parameters()),
         ]
 
     @property
@@ -371,7 +371,7 @@ class PGAN(pl.LightningModule):
         rows, cols = self.grid_size
         tile = max(stage.resolution, 64)  # small stages are enlarged so they stay visible
         labels = torch.cat(list(self.generate_labels(rows * cols, stage, self.seed + 1, tile)))
-        tiles = [label_rgb(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
+        tiles = [colorize(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
         return {"samples/ema": grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])}
 
     # ----------------------------------------------------------------------------------------- state

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, network_entry
+from synthseg.data.labels import colorize
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
 from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
 from synthseg.models.images import ImageLogger
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
-from synthseg.utils.visual import grid, label_rgb
+from synthseg.utils.visual import grid
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,30 @@ def lr_factor(epoch: int, niter: int, niter_decay: int) -> float:
     if niter_decay <= 0:
         return 1.0
     return max(0.0, 1.0 - max(0, epoch - niter) / niter_decay)
+
+
+def split_epochs(max_epochs: int | None, niter: int, niter_decay: int | None = None) -> tuple[int, int]:
+    """(``niter``, ``niter_decay``) of a run of ``max_epochs`` (``trainer.max_epochs``, the one place the epoch
+    count is stored): the decay takes the epochs after ``niter``.
+
+    An explicit ``niter_decay`` is kept (a run stopped early on purpose, to be resumed into the planned
+    schedule), with a warning when the two disagree.
+    """
+    if niter_decay is not None:
+        if max_epochs is not None and max_epochs >= 0 and niter + niter_decay != max_epochs:
+            log.warning(
+                "trainer.max_epochs=%s but model.niter + model.niter_decay = %s: the learning-rate schedule "
+                "is laid out for the latter",
+                max_epochs,
+                niter + niter_decay,
+            )
+        return niter, niter_decay
+    if max_epochs is None or max_epochs < 0:  # an open-ended run: no decay
+        return niter, 0
+    if max_epochs < niter:  # a short run (smoke test): constant rates, as planned for its epochs
+        log.warning("trainer.max_epochs=%s is shorter than model.niter=%s: no decay", max_epochs, niter)
+        return niter, 0
+    return niter, max_epochs - niter
 
 
 def to_display(image: torch.Tensor) -> np.ndarray:
@@ -93,7 +118,8 @@ class SPADEModule(pl.LightningModule):
         lambda_feat: feature-matching weight (10, divided among the discriminators).
         lambda_kld: KL weight with the VAE (0.05).
         niter: epochs at the initial learning rate.
-        niter_decay: epochs of linear decay to zero after ``niter``.
+        niter_decay: epochs of linear decay to zero after ``niter``; default: the rest of
+            ``trainer.max_epochs`` (see :func:`split_epochs`).
         num_val_images: validation label maps shown as (label | generated | real) rows in TensorBoard.
         channels_last: fast path: NHWC weights and activations (same values, faster convolutions).
         compile: fast path: run the generator and the discriminator through ``torch.compile`` (weights and
@@ -113,7 +139,7 @@ class SPADEModule(pl.LightningModule):
         lambda_feat: float = 10.0,
         lambda_kld: float = 0.05,
         niter: int = 50,
-        niter_decay: int = 0,
+        niter_decay: int | None = None,
         num_val_images: int = 8,
         channels_last: bool = False,
         compile: bool = False,
@@ -122,7 +148,7 @@ class SPADEModule(pl.LightningModule):
         self.save_hyperparameters(
             ignore=["generator", "discriminator", "encoder", "optimizer_g", "optimizer_d"]
         )
-        if niter < 0 or niter_decay < 0:
+        if niter < 0 or (niter_decay or 0) < 0:
             raise InputError(
                 f"model.niter and model.niter_decay must be non-negative, got {niter} and {niter_decay}"
             )
@@ -228,22 +254,20 @@ class SPADEModule(pl.LightningModule):
         return pred_fake, pred_real
 
     def _set_learning_rates(self) -> None:
-        factor = lr_factor(self.current_epoch, self.hparams.niter, self.hparams.niter_decay)
+        factor = lr_factor(self.current_epoch, *self.epochs)
         for opt in self.optimizers():
             for group in opt.optimizer.param_groups if hasattr(opt, "optimizer") else opt.param_groups:
                 group["lr"] = group["initial_lr"] * factor
 
     # --------------------------------------------------------------------------------------------- train
+    @property
+    def epochs(self) -> tuple[int, int]:
+        """(``niter``, ``niter_decay``) of this run: the decay is the rest of ``trainer.max_epochs``."""
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return split_epochs(max_epochs, self.hparams.niter, self.hparams.niter_decay)
+
     def on_fit_start(self) -> None:
-        planned = self.hparams.niter + self.hparams.niter_decay
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is not None and max_epochs > 0 and max_epochs != planned:
-            log.warning(
-                "trainer.max_epochs=%s but model.niter + model.niter_decay = %s: the learning-rate schedule "
-                "is laid out for the latter",
-                max_epochs,
-                planned,
-            )
+        self.epochs  # noqa: B018 (refuse an inconsistent epoch count before the first step)
 
     def on_train_epoch_start(self) -> None:
         self._set_learning_rates()
@@ -293,7 +317,7 @@ class SPADEModule(pl.LightningModule):
             indices = label.argmax(dim=1).cpu().numpy()
             for i in range(min(needed, label.shape[0])):
                 self._val_grid.append(
-                    [label_rgb(indices[i], self.label_nc), to_display(fake[i]), to_display(real[i])]
+                    [colorize(indices[i], self.label_nc), to_display(fake[i]), to_display(real[i])]
                 )
 
     def on_validation_epoch_end(self) -> None:

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torchmetrics.segmentation import DiceScore
 
-from synthseg.data.labels import class_names
+from synthseg.data.labels import class_names, colorize
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
 from synthseg.models.contract import data_summary
 from synthseg.models.images import ImageLogger
-from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
+from synthseg.utils.visual import grid, to_gray_rgb
 
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
@@ -59,7 +59,7 @@ class UNetModule(pl.LightningModule):
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         # Kept out of the module registry: the compiled wrapper shares self.net's parameters, and registering
         # it would duplicate every weight in the state_dict under a second name.
-        object.__setattr__(self, "forward_net", torch.compile(self.net) if compile else self.net)
+        object.__setattr__(self, "run_net", torch.compile(self.net) if compile else self.net)
         self.optimizer_factory = optimizer
         self.num_classes = int(net.init_args["num_classes"])
         self.register_buffer("class_weights", torch.full((self.num_classes,), 1.0 / self.num_classes))
@@ -92,7 +92,7 @@ class UNetModule(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        return self.forward_net(image)
+        return self.run_net(image)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         probs = torch.softmax(self(batch["image"]).float(), dim=1)
@@ -122,8 +122,8 @@ class UNetModule(pl.LightningModule):
             self._val_rows = [
                 [
                     to_gray_rgb(batch["image"][i, 0].float().cpu().numpy()),
-                    label_rgb(batch["label"][i].cpu().numpy(), self.num_classes),
-                    label_rgb(pred[i].cpu().numpy(), self.num_classes),
+                    colorize(batch["label"][i].cpu().numpy(), self.num_classes),
+                    colorize(pred[i].cpu().numpy(), self.num_classes),
                 ]
                 for i in range(min(self.hparams.num_image_rows, len(pred)))
             ]

@@ -20,11 +20,12 @@ from omegaconf import OmegaConf
 
 from synthseg.checkpoint import CheckpointError, load_network
 from synthseg.data.dataset import SliceDataset
+from synthseg.data.labels import colorize
 from synthseg.data.manifest import Manifest, read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.report.runs import Run, mix_order
-from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
+from synthseg.utils.visual import grid, to_gray_rgb
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _rows(tiles: list[np.ndarray], columns: int) -> list[list[np.ndarray]]:
 
 def _pair_tile(image: np.ndarray, label: np.ndarray, classes: int = 7) -> np.ndarray:
     """MR image above its colour-coded label map (the paper's 'rectangle')."""
-    return np.concatenate([to_gray_rgb(image), label_rgb(label, classes)], axis=0)
+    return np.concatenate([to_gray_rgb(image), colorize(label, classes)], axis=0)
 
 
 def _pick(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -90,7 +91,7 @@ def masks_figure(folder: Path, count: int, seed: int, columns: int = 8) -> np.nd
     """Figs. 2-3: ``count`` generated masks, colour-coded."""
     files = _mask_files(folder)
     chosen = _pick(np.arange(len(files)), count, seed)
-    tiles = [label_rgb(read_png(files[i], bitdepth=8)) for i in chosen]
+    tiles = [colorize(read_png(files[i], bitdepth=8)) for i in chosen]
     return grid(_rows(tiles, columns))
 
 
@@ -192,9 +193,9 @@ def segmentations_figure(runs: list[Run], count: int) -> tuple[np.ndarray, list[
     for run in runs:
         seen, truth, pred = segment(run, images, labels)
         shown = seen if shown is None else shown
-        columns.append([label_rgb(p, classes) for p in pred])
+        columns.append([colorize(p, classes) for p in pred])
     assert shown is not None and truth is not None
-    table = [[to_gray_rgb(shown[i]), *(col[i] for col in columns), label_rgb(truth[i], classes)]
+    table = [[to_gray_rgb(shown[i]), *(col[i] for col in columns), colorize(truth[i], classes)]
              for i in range(len(rows))]  # fmt: skip
     return grid(table), [r.mix for r in runs]
 
