@@ -231,7 +231,11 @@ def test_train_grows_to_target_and_writes_snapshots_swd_and_checkpoint(pgan_data
     # The checkpoint records the stage its EMA weights were trained to: generate-masks runs it there.
     recorded = checkpoint["pgan"]["generator"]
     assert recorded["network"] == "synthseg.networks.pgan.PGANGenerator"
-    assert (recorded["meta"]["resolution"], recorded["meta"]["alpha"], recorded["meta"]["tick"]) == (16, 1.0, 6)
+    assert (recorded["meta"]["resolution"], recorded["meta"]["alpha"], recorded["meta"]["tick"]) == (
+        16,
+        1.0,
+        6,
+    )
     # Adam was reset when the last fade-in ended (64 images): 8 steps of 4 images since.
     adam_g = checkpoint["optimizer_states"][0]["state"]
     assert {int(s["step"]) for s in adam_g.values()} == {8}

@@ -107,7 +107,10 @@ def test_report_checkpoint_of_other_classes_is_one_clear_error(tmp_path: Path) -
     (four / "checkpoints" / "best.ckpt").replace(run / "checkpoints" / "best.ckpt")
     cfg = {"runs": str(tmp_path / "runs"), "output": str(tmp_path / "report"), "bootstrap": {"samples": 20},
            "figures": {"segmentation_slices": 2}}  # fmt: skip
-    with pytest.raises(CheckpointError, match=r"checkpoint has 4 label classes \(net\.head\.weight 4x\S+\), config asks for 7") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint has 4 label classes \(net\.head\.weight 4x\S+\), config asks for 7",
+    ) as err:
         write_report(cfg)
     _one_line(str(err.value))
 
@@ -233,7 +236,8 @@ def test_spade_resume_with_another_class_count_is_one_clear_error(tmp_path: Path
     torch.save({"state_dict": model.state_dict()}, ckpt)
     cfg = compose_train([*SPADE_TINY, f"data.root={data}", "data.classes=4", f"ckpt_path={ckpt}"], tmp_path)
     with pytest.raises(
-        CheckpointError, match=r"checkpoint has \S+ of shape \d+x7x3x3, the configured SPADEModule has \d+x4x3x3"
+        CheckpointError,
+        match=r"checkpoint has \S+ of shape \d+x7x3x3, the configured SPADEModule has \d+x4x3x3",
     ) as err:
         train(cfg)
     _one_line(str(err.value))

@@ -60,7 +60,10 @@ def network_init_args(net: nn.Module) -> dict[str, Any]:
 def network_entry(net: nn.Module, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """What rebuilds ``net`` without its weights: class path, constructor arguments (and metadata)."""
     cls = type(net)
-    entry: dict[str, Any] = {"network": f"{cls.__module__}.{cls.__qualname__}", "init_args": network_init_args(net)}
+    entry: dict[str, Any] = {
+        "network": f"{cls.__module__}.{cls.__qualname__}",
+        "init_args": network_init_args(net),
+    }
     if meta is not None:
         entry["meta"] = dict(meta)
     return entry

@@ -75,7 +75,9 @@ def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
     if not snapshot:
         meta.setdefault("train_max", obj[SPADE_CHECKPOINT_KEY].get("train_max"))
     if meta.get("train_max") is None:
-        raise InputError(f"{path}: this network snapshot does not record the training maximum (meta.train_max)")
+        raise InputError(
+            f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
+        )
     train_max = float(meta["train_max"])
     if not isinstance(generator, SPADEGenerator):
         raise InputError(f"{path}: holds a {type(generator).__name__}, not a SPADE generator")

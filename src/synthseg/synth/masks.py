@@ -124,7 +124,9 @@ def _stage_of_old_checkpoint(net: PGANGenerator, obj: dict[str, Any], path: Path
     try:
         stage = ProgressiveSchedule(net.resolution, **settings).at(int(obj["pgan"]["images_seen"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot derive the growing stage of this PGAN checkpoint ({err})") from None
+        raise CheckpointError(
+            f"{path}: cannot derive the growing stage of this PGAN checkpoint ({err})"
+        ) from None
     return {
         "kimg": stage.kimg,
         "tick": obj["pgan"].get("tick"),
