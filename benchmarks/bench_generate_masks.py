@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from synthseg.checkpoint import save_network
+from synthseg.data.labels import net_to_labels
 from synthseg.data.pngio import write_label8
-from synthseg.models.pgan import net_to_labels
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.synth.masks import _device, generate_masks
 

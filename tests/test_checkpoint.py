@@ -81,7 +81,8 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path: Path) -> None:
     torch.save(snapshot, tmp_path / "wide.pt")
     with pytest.raises(
         CheckpointError,
-        match=r"weight encoders\.0\.0\.0\.weight has shape \(4, 1, 3, 3\), the network expects \(2, 1, 3, 3\)",
+        match=r"checkpoint has encoders\.0\.0\.0\.weight of shape 4x1x3x3, the network synthseg\.networks\.unet"
+        r"\.UNet has 2x1x3x3",
     ):
         load_network(tmp_path / "wide.pt")
 

@@ -11,7 +11,8 @@ import torch
 
 from synthseg.data.cache import build_cache, cache_is_current
 from synthseg.data.datamodule import BraTSDataModule
-from synthseg.data.dataset import downsample_image, downsample_labels
+from synthseg.data.dataset import downsample_image
+from synthseg.data.labels import resize_labels
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png, write_label8
 from synthseg.data.sampler import ResumableBatchSampler
@@ -59,6 +60,42 @@ def test_paper_normalization_uses_training_statistics(tiny_dataset: Path) -> Non
     assert dm.stats["train_mean"] == pytest.approx(mean, rel=1e-9)
     raw = read_png(tiny_dataset / manifest.image[0]).astype(np.float32)
     assert np.allclose(dm.train_set[0]["image"][0].numpy(), raw / maximum - mean, atol=1e-6)
+
+
+def test_summary_is_the_typed_contract_models_receive(tiny_dataset: Path) -> None:
+    import dataclasses
+
+    dm = make(tiny_dataset, classes=4, image_norm="tanh", reduced=True, resolution=16)
+    manifest = read_manifest(tiny_dataset)
+    data = dm.summary()
+    assert (data.classes, data.sequences, data.image_norm, data.size, data.resolution) == (
+        4,
+        ("t1c",),
+        "tanh",
+        32,
+        16,
+    )
+    assert data.train_max == dm.stats["train_max"] and data.train_mean == dm.stats["train_mean"]
+    assert list(data.class_weights) == dm.stats["class_weights"] and len(data.class_weights) == 4
+    assert list(data.real_class_weights) == dm.stats["real_class_weights"]
+    considered = (manifest.split == "train") & manifest.reduced
+    assert data.num_train == dm.stats["num_train"] == int(considered.sum())
+    assert data.train_label_maps == int(considered.sum())
+    assert data.empty_label_maps == int((considered & manifest.empty).sum())
+    assert data.empty_fraction == data.empty_label_maps / data.train_label_maps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.classes = 7  # type: ignore[misc]
+    with pytest.raises(RuntimeError, match="setup"):
+        BraTSDataModule(str(tiny_dataset)).summary()
+
+
+def test_test_batches_carry_the_case_id(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset, batch_size=4, eval_batch_size=5)
+    manifest = read_manifest(tiny_dataset)
+    batch = next(iter(dm.test_dataloader()))
+    rows = dm.test_set.items[batch["index"].numpy(), 1]
+    assert list(batch["case"]) == [str(c) for c in manifest.case[rows]] and len(rows) > 1
+    assert "case" in dm.val_set[0]
 
 
 def test_counts_fractions_and_mixing(tiny_dataset: Path, tiny_synthetic: Path) -> None:
@@ -152,7 +189,7 @@ def test_cache_is_reused_and_rebuilt_when_manifest_changes(tiny_dataset: Path) -
 def test_downsampling_majority_and_area() -> None:
     labels = np.array([[1, 1, 0, 6], [1, 0, 6, 6], [2, 3, 4, 4], [3, 2, 5, 5]], np.uint8)
     # blocks: [1,1,1,0] -> 1; [0,6,6,6] -> 6; [2,3,3,2] tie -> 3 (higher class); [4,4,5,5] tie -> 5
-    assert downsample_labels(labels, 2).tolist() == [[1, 6], [3, 5]]
+    assert resize_labels(labels, labels.shape[-1] // 2).tolist() == [[1, 6], [3, 5]]
     image = np.arange(16, dtype=np.uint16).reshape(4, 4)
     assert downsample_image(image, 2).tolist() == [[2.5, 4.5], [10.5, 12.5]]
 

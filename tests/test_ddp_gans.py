@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from synthseg.models.pgan import net_to_labels
-from synthseg.models.spade import generator_from_checkpoint
-from synthseg.synth.masks import load_generator
+from synthseg.data.labels import net_to_labels
+from synthseg.synth.images import load_image_generator
+from synthseg.synth.masks import load_mask_generator
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
 from tests.test_experiments import shrink
@@ -52,7 +52,7 @@ def test_pgan_schedule_is_the_same_on_one_or_two_processes(tmp_path: Path) -> No
     assert ddp["tick"] == single["tick"] and ddp["last_phase"] == single["last_phase"]
     assert ddp["steps"] == single["steps"]  # global batches: the same number of optimiser steps
     # The DDP checkpoint gives back a working EMA generator.
-    generator, meta = load_generator(tmp_path / "ddp" / "run" / "checkpoints" / "last.ckpt")
+    generator, meta = load_mask_generator(tmp_path / "ddp" / "run" / "checkpoints" / "last.ckpt")
     with torch.no_grad():
         masks = net_to_labels(generator(torch.randn(2, generator.latent_dim), meta["resolution"]), 7)
     assert masks.shape[0] == 2 and int(masks.max()) <= 6
@@ -67,7 +67,7 @@ def test_spade_trains_under_ddp_sim_and_its_checkpoint_loads(tmp_path: Path) -> 
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert checkpoint["global_step"] > 0 and any(k.startswith("generator.") for k in checkpoint["state_dict"])
-    generator, train_max = generator_from_checkpoint(checkpoint, "last.ckpt")
+    generator, train_max = load_image_generator(tmp_path / "run" / "checkpoints" / "last.ckpt")
     label = torch.nn.functional.one_hot(torch.zeros(1, 32, 32, dtype=torch.long), 7).permute(0, 3, 1, 2)
     with torch.no_grad():
         image = generator(label.float())

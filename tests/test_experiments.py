@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from synthseg.paths import config_dir
 from synthseg.train import train
@@ -15,41 +15,16 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # shrink() sets torch_thr
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 
-# Per model: overrides that keep the architecture but make it tiny (the experiment's own choices stay).
-SHRINK = {
-    "unet": {"model.net.base_width": 2, "data.resolution": 16, "data.batch_size": 4},
-    "pgan": {
-        "model.generator.resolution": 16,
-        "model.generator.latent_dim": 16,
-        "model.generator.fmap_base": 64,
-        "model.generator.fmap_max": 16,
-        "data.resolution": 16,
-        "model.swd_images": 8,
-        "model.batch_sizes": {4: 4, 8: 4, 16: 4},
-        "model.tick_kimg": {4: 0.004, 8: 0.004, 16: 0.004},
-    },
-    "spade": {
-        "model.generator.ngf": 2,
-        "model.generator.image_size": 32,
-        "model.generator.hidden_channels": 4,
-        "model.discriminator.ndf": 4,
-        "data.resolution": 32,
-        "data.batch_size": 2,
-        "model.num_val_images": 2,
-    },
-}
-
 
 def shrink(cfg: DictConfig) -> None:
-    """Apply the model's SHRINK overrides to a composed config, with one CPU thread."""
+    """Apply the model's toy-size preset (conf/debug/tiny_<model>.yaml, one CPU thread) to a composed config.
+
+    The same preset a user selects with ``'debug=[fast_dev_run,tiny_<model>]'``; merged here because the
+    model is only known once the experiment is composed.
+    """
+    preset = OmegaConf.load(config_dir() / "debug" / f"tiny_{cfg.model_name}.yaml")
     with open_dict(cfg):
-        for key, value in SHRINK[cfg.model_name].items():
-            node, _, leaf = key.rpartition(".")
-            target = cfg
-            for part in node.split("."):
-                target = target[part]
-            target[leaf] = value
-        cfg.torch_threads = 1
+        cfg.merge_with(preset)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +35,20 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         root / "synthetic", num_slices=40, size=32, source="synthetic", seed=1, empty_every=0
     )
     return real, synthetic
+
+
+@pytest.mark.parametrize("model", ["unet", "pgan", "spade"])
+def test_tiny_presets_select_from_the_command_line(model: str, tmp_path: Path) -> None:
+    cfg = compose_train(
+        [f"model={model}", "data.root=unused", f"debug=[fast_dev_run,tiny_{model}]"], tmp_path
+    )
+    assert cfg.trainer.fast_dev_run is True and cfg.torch_threads == 1
+    shrunk = compose_train([f"model={model}", "data.root=unused"], tmp_path)
+    shrink(shrunk)
+    assert OmegaConf.to_container(shrunk.model, resolve=True) == OmegaConf.to_container(
+        cfg.model, resolve=True
+    )
+    assert shrunk.data.resolution == cfg.data.resolution < 64
 
 
 def test_there_are_experiments() -> None:

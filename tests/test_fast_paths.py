@@ -285,7 +285,7 @@ def test_fused_adam_switch_reaches_every_optimizer_and_trains(gan_data: Path, tm
     for model, keys in (
         ("unet", ["optimizer"]),
         ("spade", ["optimizer_g", "optimizer_d"]),
-        ("pgan", ["g_optimizer", "d_optimizer"]),
+        ("pgan", ["optimizer_g", "optimizer_d"]),
     ):
         overrides = [f"model={model}", f"data.root={gan_data}"]
         overrides += [f"model.{key}.fused=true" for key in keys]
@@ -299,8 +299,8 @@ def test_fused_adam_switch_reaches_every_optimizer_and_trains(gan_data: Path, tm
             f"data.root={gan_data}",
             "model.total_kimg=0.032",
             "model.swd_images=0",
-            "model.g_optimizer.fused=true",
-            "model.d_optimizer.fused=true",
+            "model.optimizer_g.fused=true",
+            "model.optimizer_d.fused=true",
         ],
         tmp_path / "run_fused",
     )

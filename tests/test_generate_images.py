@@ -19,7 +19,7 @@ from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.models.spade import CHECKPOINT_KEY
 from synthseg.networks.spade import SPADEGenerator
-from synthseg.synth.images import generate_images, load_generator, output_ids, tanh_to_uint16
+from synthseg.synth.images import generate_images, load_image_generator, output_ids, tanh_to_uint16
 
 TRAIN_MAX = 1500.0
 
@@ -129,7 +129,7 @@ def test_output_has_the_prepared_layout_and_loads_as_synthetic_data(tiny_dataset
 
 def test_training_checkpoint_and_snapshot_give_identical_files(tiny_dataset, snapshot, tmp_path):
     checkpoint = training_checkpoint(tmp_path)
-    generator, train_max = load_generator(checkpoint)
+    generator, train_max = load_image_generator(checkpoint)
     assert train_max == TRAIN_MAX and generator.image_size == 32
     a, b = tmp_path / "a", tmp_path / "b"
     generate_images(checkpoint, tiny_dataset / "labels", a, batch_size=16, device="cpu", progress=False)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from synthseg.checkpoint import CheckpointError, save_network
+from synthseg.checkpoint import CheckpointError, network_entry, save_network
 from synthseg.cli import run as cli_run
+from synthseg.data.labels import net_to_labels
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
-from synthseg.models.pgan import net_to_labels
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
-from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_generator
+from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_mask_generator
 from synthseg.synth.select import select_best
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -122,7 +122,7 @@ def test_full_training_checkpoint_gives_the_ema_generator(tmp_path: Path):
         {"state_dict": state, "pgan": {"generator_init_args": ema.init_args, "images_seen": 4000, "tick": 2}},
         path,
     )
-    net, meta = load_generator(path)
+    net, meta = load_mask_generator(path)
     z = torch.randn(2, 8)
     with torch.no_grad():
         torch.testing.assert_close(net(z), ema(z))
@@ -180,7 +180,7 @@ def test_select_prefers_full_resolution_snapshots(tmp_path: Path):
 
 def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):
     run = _run_folder(tmp_path, [(1, 40.0, 5.0, True), (2, 80.0, 2.0, True)])
-    net, meta = load_generator(run)
+    net, meta = load_mask_generator(run)
     assert meta["selected"]["tick"] == 2 and meta["kimg"] == 80.0
     z = torch.randn(1, 8)
     with torch.no_grad():
@@ -209,7 +209,7 @@ def test_snapshot_of_another_network_is_refused(tmp_path: Path):
     path = tmp_path / "disc.pt"
     save_network(PGANDiscriminator(resolution=8, fmap_base=16, fmap_max=4), path)
     with pytest.raises(CheckpointError, match="not a PGAN generator"):
-        load_generator(path)
+        load_mask_generator(path)
 
 
 def test_commands_from_the_command_line(snapshot: Path, tmp_path: Path, capsys, monkeypatch):
@@ -258,5 +258,23 @@ def test_full_checkpoint_runs_at_the_stage_of_its_schedule(tmp_path: Path):
         },
         path,
     )
-    _, meta = load_generator(path)
+    _, meta = load_mask_generator(path)
     assert (meta["resolution"], meta["alpha"], meta["kimg"], meta["dataset_size"]) == (8, 1.0, 2.5, 64)
+
+
+def test_full_checkpoint_runs_at_its_recorded_stage(tmp_path: Path):
+    ema = tiny_generator()
+    path = tmp_path / "recorded.ckpt"
+    state = {f"generator_ema.{k}": v for k, v in ema.state_dict().items()}
+    # The schedule would say 8x8 stable at 2,500 images; the recorded stage (what 0.2.0 writes) wins.
+    recorded = {"tick": 5, "kimg": 2.5, "resolution": 16, "alpha": 0.25, "dataset_size": 64}
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"initial_resolution": 4, "stable_kimg": 1.0, "transition_kimg": 1.0},
+            "pgan": {"images_seen": 2500, "tick": 5, "generator": network_entry(ema, meta=recorded)},
+        },
+        path,
+    )
+    _, meta = load_mask_generator(path)
+    assert (meta["resolution"], meta["alpha"], meta["kimg"], meta["dataset_size"]) == (16, 0.25, 2.5, 64)

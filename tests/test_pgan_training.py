@@ -10,15 +10,10 @@ import pytest
 import torch
 
 from synthseg.checkpoint import load_network, safe_load
+from synthseg.data.labels import labels_to_net, net_to_labels, resize_labels
 from synthseg.losses.wgan import WGANGPLoss
-from synthseg.models.pgan import (
-    ProgressiveSchedule,
-    labels_to_net,
-    majority_downsample,
-    net_to_labels,
-    resize_labels,
-)
 from synthseg.networks.pgan import PGANGenerator
+from synthseg.progressive import ProgressiveSchedule
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
 
@@ -174,9 +169,9 @@ def test_majority_downsample_hand_example_ties_to_higher_class():
         ]
     ).reshape(1, 2, 4)
     # Block 1: {1, 1, 1, 2} -> 1. Block 2: {0, 4, 6, 0} -> 0 (two votes).
-    assert majority_downsample(labels, 2, 7).tolist() == [[[1, 0]]]
+    assert resize_labels(labels, 2, 7).tolist() == [[[1, 0]]]
     tie = torch.tensor([[[0, 5], [5, 0]]])
-    assert majority_downsample(tie, 2, 7).tolist() == [[[5]]]
+    assert resize_labels(tie, 1, 7).tolist() == [[[5]]]
     up = resize_labels(torch.tensor([[[2, 3]]]).reshape(1, 1, 2).expand(1, 2, 2), 4, 7)
     assert up.shape == (1, 4, 4) and up[0, :, :2].eq(2).all() and up[0, :, 2:].eq(3).all()
 
@@ -233,6 +228,14 @@ def test_train_grows_to_target_and_writes_snapshots_swd_and_checkpoint(pgan_data
     assert checkpoint["pgan"]["images_seen"] == 96 and checkpoint["pgan"]["dataset_size"] == 16
     assert checkpoint["BraTSDataModule"]["resolution"] == 16
     assert any(k.startswith("generator_ema.") for k in checkpoint["state_dict"])
+    # The checkpoint records the stage its EMA weights were trained to: generate-masks runs it there.
+    recorded = checkpoint["pgan"]["generator"]
+    assert recorded["network"] == "synthseg.networks.pgan.PGANGenerator"
+    assert (recorded["meta"]["resolution"], recorded["meta"]["alpha"], recorded["meta"]["tick"]) == (
+        16,
+        1.0,
+        6,
+    )
     # Adam was reset when the last fade-in ended (64 images): 8 steps of 4 images since.
     adam_g = checkpoint["optimizer_states"][0]["state"]
     assert {int(s["step"]) for s in adam_g.values()} == {8}

@@ -106,7 +106,10 @@ def test_report_checkpoint_of_other_classes_is_one_clear_error(tmp_path: Path) -
     (four / "checkpoints" / "best.ckpt").replace(run / "checkpoints" / "best.ckpt")
     cfg = {"runs": str(tmp_path / "runs"), "output": str(tmp_path / "report"), "bootstrap": {"samples": 20},
            "figures": {"segmentation_slices": 2}}  # fmt: skip
-    with pytest.raises(CheckpointError, match=r"net\.head\.weight of shape \(4, .*asks for \(7, ") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint has 4 label classes \(net\.head\.weight 4x\S+\), config asks for 7",
+    ) as err:
         write_report(cfg)
     _one_line(str(err.value))
 
@@ -128,7 +131,7 @@ def _unet_checkpoint(tmp_path: Path, data: Path, *overrides: str) -> Path:
     [
         (["data.classes=7"], ["data.classes=4"], r"checkpoint has 7 label classes \(net\.head\.weight 7x2x1x1\), config asks for 4"),
         (["data.classes=2"], ["data.classes=7"], r"checkpoint has 2 label classes .* config asks for 7"),
-        ([], ["model.net.base_width=4"], r"checkpoint has net\.\S+ of shape 2x1x3x3, the configured model has 4x1x3x3"),
+        ([], ["model.net.base_width=4"], r"checkpoint has net\.\S+ of shape 2x1x3x3, the configured UNetModule has 4x1x3x3"),
     ],
 )  # fmt: skip
 def test_unet_resume_with_another_configuration_is_one_clear_error(tmp_path, trained, resumed, message):
@@ -232,7 +235,8 @@ def test_spade_resume_with_another_class_count_is_one_clear_error(tmp_path: Path
     torch.save({"state_dict": model.state_dict()}, ckpt)
     cfg = compose_train([*SPADE_TINY, f"data.root={data}", "data.classes=4", f"ckpt_path={ckpt}"], tmp_path)
     with pytest.raises(
-        CheckpointError, match=r"checkpoint has \S+ of shape \d+x7x3x3, the configured model has \d+x4x3x3"
+        CheckpointError,
+        match=r"checkpoint has \S+ of shape \d+x7x3x3, the configured SPADEModule has \d+x4x3x3",
     ) as err:
         train(cfg)
     _one_line(str(err.value))

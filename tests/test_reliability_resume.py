@@ -1,5 +1,6 @@
-"""PGAN killed with SIGKILL after a tick's checkpoint resumes (ckpt_path=last) to the state of an
-uninterrupted run: generator, EMA and discriminator weights, both Adam states, kimg, resolution and alpha."""
+"""A training run killed with SIGKILL after a checkpoint resumes (ckpt_path=last) to the state of an
+uninterrupted run: one harness, parametrised over the U-Net, PGAN (generator, EMA and discriminator weights,
+both Adam states, kimg, resolution and alpha) and SPADE (weights, Adam states, the learning-rate schedule)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from synthseg.checkpoint import safe_load
-from synthseg.models.pgan import ProgressiveSchedule
+from synthseg.progressive import ProgressiveSchedule
 from tests.conftest import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,40 +65,20 @@ def _position(ckpt: dict) -> tuple[int, int, float, float]:
     return images, at.resolution, at.alpha, at.kimg
 
 
-@pytest.mark.slow
-def test_pgan_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    data = write_dataset(tmp_path / "prepared", num_slices=40, size=16)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    subprocess.run(_command(data, tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=300)
-
-    crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(
-        _command(data, crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 240
-    while not list(crashed.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed = safe_load(_last(crashed))
-    assert killed["pgan"]["images_seen"] < 144
-
-    done = subprocess.run(_command(data, crashed, "ckpt_path=last"), env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    a, b = safe_load(_last(tmp_path / "whole")), safe_load(_last(crashed))
+def _pgan_checks(a: dict, b: dict) -> None:
     assert _position(a) == _position(b) and _position(a)[:3] == (144, 8, 1.0)
     assert a["pgan"]["tick"] == b["pgan"]["tick"] == 6
     assert torch.equal(a["pgan"]["rng_state"], b["pgan"]["rng_state"])
     assert a["BraTSDataModule"] == b["BraTSDataModule"]
-    assert a["state_dict"].keys() == b["state_dict"].keys()
     for prefix in ("generator.", "generator_ema.", "discriminator."):
         assert any(k.startswith(prefix) for k in a["state_dict"]), prefix
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    _same_optimizer_states(a, b, same_keys=True)
+
+
+def _same_optimizer_states(a: dict, b: dict, same_keys: bool = False) -> None:
     for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
-        assert opt_a["state"].keys() == opt_b["state"].keys()
+        if same_keys:
+            assert opt_a["state"].keys() == opt_b["state"].keys()
         for index, state in opt_a["state"].items():
             for name, value in state.items():
                 assert torch.equal(value, opt_b["state"][index][name]), (index, name)
@@ -133,41 +115,76 @@ def _spade_command(data: Path, logs: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.slow
-def test_spade_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    data = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    whole = subprocess.run(_spade_command(data, tmp_path / "whole"), env=env, capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
-    assert whole.returncode == 0, whole.stderr[-2000:]
-
-    crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_spade_command(data, crashed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not list(crashed.rglob("last.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert safe_load(_last(crashed))["epoch"] < 2
-
-    done = subprocess.run(_spade_command(data, crashed, "ckpt_path=last"), env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    a, b = safe_load(_last(tmp_path / "whole")), safe_load(_last(crashed))
+def _spade_checks(a: dict, b: dict) -> None:
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     assert (a["epoch"], a["global_step"]) == (3, 12)  # written when training ended: 3 epochs done
     assert a["lr_schedulers"] == b["lr_schedulers"]
     lrs = [g["lr"] for o in b["optimizer_states"] for g in o["param_groups"]]
     assert lrs == [g["lr"] for o in a["optimizer_states"] for g in o["param_groups"]] == [5e-05, 2e-04]
+    _same_optimizer_states(a, b)
+
+
+def _unet_command(data: Path, logs: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "model=unet",
+        f"data.root={data}",
+        f"paths.log_dir={logs}",
+        "model.net.base_width=4",
+        "data.batch_size=8",
+        "trainer.max_epochs=3",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        *extra,
+    ]
+
+
+# ------------------------------------------------------------------------------------------ the harness
+ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+
+
+def _run_to_end(command: list[str]) -> None:
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _kill_when(command: list[str], ready: Callable[[], bool], poll: float = 0.01) -> None:
+    """Start ``command`` and SIGKILL it as soon as ``ready()``; the run must not have finished by then."""
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+# model: (command, dataset (slices, size), the killed checkpoint's check, the final checkpoints' checks)
+CASES: dict[str, tuple[Callable[..., list[str]], tuple[int, int], Callable[[dict], bool], Callable]] = {
+    # 5 batches per epoch, 15 steps
+    "unet": (_unet_command, (50, 16), lambda killed: killed["global_step"] < 15, lambda a, b: None),
+    "pgan": (_command, (40, 16), lambda killed: killed["pgan"]["images_seen"] < 144, _pgan_checks),
+    "spade": (_spade_command, (40, 32), lambda killed: killed["epoch"] < 2, _spade_checks),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(CASES))
+def test_sigkill_then_resume_matches_uninterrupted_run(model: str, tmp_path: Path) -> None:
+    command, (slices, size), killed_early, same_end = CASES[model]
+    data = write_dataset(tmp_path / "prepared", num_slices=slices, size=size)
+    _run_to_end(command(data, tmp_path / "whole"))
+    crashed = tmp_path / "crashed"
+    _kill_when(command(data, crashed), lambda: bool(list(crashed.rglob("last.ckpt"))))
+    assert killed_early(safe_load(_last(crashed)))
+    _run_to_end(command(data, crashed, "ckpt_path=last"))
+    a, b = safe_load(_last(tmp_path / "whole")), safe_load(_last(crashed))
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
-        for index, state in opt_a["state"].items():
-            for name, value in state.items():
-                assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+    same_end(a, b)
 
 
 def _best_bookkeeping(ckpt: dict) -> tuple[float, str, dict[str, float]]:
@@ -188,25 +205,12 @@ def _in_second_epoch(logs: Path) -> bool:
 
 @pytest.mark.slow
 def test_unet_resume_keeps_the_best_validation_bookkeeping(tmp_path: Path) -> None:
-    from tests.test_crash_resume import _train_command
-
     data = write_dataset(tmp_path / "prepared", num_slices=50, size=16)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_command(data, tmp_path / "whole"), check=True, env=env, capture_output=True)
+    _run_to_end(_unet_command(data, tmp_path / "whole"))
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_train_command(data, crashed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
     # Kill after the first epoch's validation, so a best score exists before the crash.
-    deadline = time.monotonic() + 120
-    while not _in_second_epoch(crashed) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    done = subprocess.run(
-        _train_command(data, crashed, "ckpt_path=last"), env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    _kill_when(_unet_command(data, crashed), lambda: _in_second_epoch(crashed), poll=0.005)
+    _run_to_end(_unet_command(data, crashed, "ckpt_path=last"))
     a, b = safe_load(_last(tmp_path / "whole")), safe_load(_last(crashed))
     assert _best_bookkeeping(a) == _best_bookkeeping(b)
     # The best checkpoint is in the resumed run's own folder, loadable.

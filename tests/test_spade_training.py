@@ -12,9 +12,10 @@ from omegaconf import DictConfig, open_dict
 
 from synthseg.data.datamodule import BraTSDataModule
 from synthseg.errors import InputError
-from synthseg.models.spade import SPADEModule, generator_from_checkpoint, lr_factor
+from synthseg.models.spade import SPADEModule, lr_factor, split_epochs
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.paths import config_dir
+from synthseg.synth.images import load_image_generator
 from synthseg.train import train
 
 TINY = [
@@ -55,12 +56,18 @@ def test_learning_rate_schedule_by_hand(niter, decay, expected):
     assert [lr_factor(e, niter, decay) for e in range(niter + decay)] == pytest.approx(expected)
 
 
+def test_the_epoch_count_is_stored_once_in_trainer_max_epochs():
+    assert split_epochs(5, 3) == (3, 2) and split_epochs(50, 50) == (50, 0) and split_epochs(-1, 4) == (4, 0)
+    assert split_epochs(5, 3, 2) == (3, 2) and split_epochs(1, 0, 2) == (0, 2)  # explicit: kept
+    assert split_epochs(5, 6) == (6, 0)  # shorter than niter: constant rates
+
+
 def test_config_composes_with_the_paper_settings(tiny_dataset, tmp_path):
     cfg = compose_cfg(tiny_dataset, tmp_path, "model.generator.ngf=64", "model.generator.image_size=256")
     assert cfg.data.image_norm == "tanh" and cfg.data.one_hot is True
     assert cfg.model.optimizer_g.lr == pytest.approx(1e-4) and cfg.model.optimizer_d.lr == pytest.approx(4e-4)
     assert list(cfg.model.optimizer_g.betas) == [0.0, 0.9]
-    assert cfg.model.niter + cfg.model.niter_decay == cfg.trainer.max_epochs == 50
+    assert split_epochs(cfg.trainer.max_epochs, cfg.model.niter, cfg.model.niter_decay) == (50, 0)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +78,8 @@ def test_paper_experiments_compose(tiny_dataset, tmp_path, experiment, task, red
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"data.root={tiny_dataset}"])
     assert cfg.task_name == task and cfg.data.reduced is reduced
-    assert cfg.trainer.max_epochs == cfg.model.niter + cfg.model.niter_decay == epochs
+    assert cfg.trainer.max_epochs == epochs
+    assert split_epochs(epochs, cfg.model.niter, cfg.model.niter_decay) == (epochs, 0)
     assert cfg.model.generator.ngf == 64 and cfg.model.generator.image_size == 256
     assert cfg.data.batch_size == 1 and cfg.data.image_norm == "tanh" and cfg.data.one_hot is True
 
@@ -92,10 +100,10 @@ def _check_logs_and_checkpoint(metrics: dict, run: Path, dataset: Path) -> None:
     assert metrics["train/lr_D"] == pytest.approx(2e-4)
 
     last = run / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    torch.load(last, map_location="cpu", weights_only=True)  # loads with weights_only
     dm = BraTSDataModule(str(dataset), image_norm="tanh", one_hot=True)
     dm.setup("fit")
-    generator, train_max = generator_from_checkpoint(checkpoint, str(last))
+    generator, train_max = load_image_generator(last)
     assert train_max == dm.stats["train_max"] > 0
     assert generator.image_size == 32 and generator.label_nc == 7
 

@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from synthseg.data.datamodule import resolve_count
 from synthseg.paths import config_dir
 from synthseg.report.runs import MIXES
 from tests.conftest import compose_train, write_dataset
@@ -36,11 +37,9 @@ def _mix(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(MIX_DIR / f"{name}.yaml"), resolve=False)
 
 
-def _brats_count(value: float | int | None, available: int) -> int:
-    """A count setting on BraTS: None is all available, an int is absolute, a float a fraction of 26,040."""
-    if value is None:
-        return available
-    return value if isinstance(value, int) else round(value * BRATS_TRAIN)
+def _brats_count(value: float | int | None, available: int, what: str) -> int:
+    """A count setting on BraTS, resolved by the DataModule's own rule (fractions of the 26,040 slices)."""
+    return resolve_count(value, BRATS_TRAIN, available, what)
 
 
 def test_mix_files_are_the_tables_rows() -> None:
@@ -53,8 +52,13 @@ def test_every_mix_gives_the_papers_counts_on_brats(name: str) -> None:
     mix = _mix(name)
     data = mix["data"]
     assert mix["mix_name"] == name
-    real = _brats_count(data["real"], BRATS_REDUCED if data["reduced"] else BRATS_TRAIN)
-    synthetic = _brats_count(data["synthetic"]["count"], 0) if data["synthetic"] else 0
+    real = _brats_count(data["real"], BRATS_REDUCED if data["reduced"] else BRATS_TRAIN, "data.real")
+    # The synthetic pools hold as many pairs as the real training split (the paper's largest mix).
+    synthetic = (
+        _brats_count(data["synthetic"]["count"], BRATS_TRAIN, "data.synthetic.count")
+        if data["synthetic"]
+        else 0
+    )
     assert (real, synthetic) == PAPER_COUNTS[name]
     assert data["augment"] is name.endswith("_augment")
     if data["synthetic"]:

@@ -338,13 +338,13 @@ def test_existing_output_is_refused(folders: dict, tmp_path: Path) -> None:
 
 
 def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_path: Path) -> None:
-    from synthseg.data.dataset import downsample_labels
+    from synthseg.data.labels import resize_labels
     from synthseg.data.manifest import read_manifest
 
     reference = write_dataset(tmp_path / "prepared", num_slices=30, size=32)
     manifest = read_manifest(reference)
     train = [read_png(reference / manifest.label[r]) for r in manifest.rows("train")]
-    reduced = [downsample_labels(m, 2) for m in train if m.any()]
+    reduced = [resize_labels(m, m.shape[-1] // 2) for m in train if m.any()]
     masks = tmp_path / "masks"
     masks.mkdir()
     for i, mask in enumerate(reduced[:5]):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from synthseg.errors import InputError
 from synthseg.utils.atomic import atomic_path
@@ -56,12 +57,22 @@ def network_init_args(net: nn.Module) -> dict[str, Any]:
     return dict(args)
 
 
-def network_snapshot(net: nn.Module, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A snapshot dict of ``net`` (class path, constructor arguments, weights on CPU, metadata)."""
+def network_entry(net: nn.Module, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What rebuilds ``net`` without its weights: class path, constructor arguments (and metadata)."""
     cls = type(net)
-    return {
+    entry: dict[str, Any] = {
         "network": f"{cls.__module__}.{cls.__qualname__}",
         "init_args": network_init_args(net),
+    }
+    if meta is not None:
+        entry["meta"] = dict(meta)
+    return entry
+
+
+def network_snapshot(net: nn.Module, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A snapshot dict of ``net`` (class path, constructor arguments, weights on CPU, metadata)."""
+    return {
+        **network_entry(net),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "meta": dict(meta or {}),
     }
@@ -93,46 +104,179 @@ def check_init_args(path: Path, found: dict[str, Any], expected: dict[str, Any])
             )
 
 
-def load_network(
-    path: str | os.PathLike[str], *, expected: dict[str, Any] | None = None, network_key: str | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a network from a snapshot (or from ``checkpoint[network_key]`` of a training checkpoint).
+def _shape(shape: Any) -> str:
+    return "x".join(str(int(n)) for n in shape)
 
-    Args:
-        path: snapshot or checkpoint file.
-        expected: constructor arguments the caller's configuration requires (e.g. ``{"label_nc": 7}``);
-            a mismatch is one clear :class:`CheckpointError` naming both values.
-        network_key: key of the snapshot inside a larger checkpoint dict.
 
-    Returns:
-        The network in eval mode on CPU, and the snapshot's ``meta`` dict.
+_CLASS_OUTPUTS = ("head.weight", "head.bias", "class_weights")
+
+
+def check_weights(
+    path: Path, own: Mapping[str, Tensor], found: Mapping[str, Tensor], *, what: str, prefix: str = ""
+) -> None:
+    """Refuse, in one line, weights ``found`` in ``path`` that do not fit ``own`` (a network's state dict).
+
+    The output layer first (a different class count is the likeliest mismatch and the one to name), then the
+    first layer that differs in the network's order, then missing or unexpected weights. ``prefix`` is how
+    the checkpoint names the network's weights (``net.``), so the message names them as the file does.
     """
-    path = Path(path)
-    obj = safe_load(path)
-    if network_key is not None:
-        if network_key not in obj:
-            raise CheckpointError(f"{path}: no {network_key!r} entry in this checkpoint")
-        obj = obj[network_key]
-    if not {"network", "init_args", "state_dict"} <= set(obj):
-        raise CheckpointError(f"{path}: not a synthseg network snapshot (keys: {sorted(obj)[:8]})")
-    cls = _network_class(obj["network"], path)
-    check_init_args(path, obj["init_args"], expected or {})
-    try:
-        net = cls(**obj["init_args"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot build {obj['network']} from its init_args ({err})") from None
-    own = net.state_dict()
-    for key, tensor in obj["state_dict"].items():
-        if key in own and own[key].shape != tensor.shape:
+
+    def differs(key: str) -> bool:
+        return key in found and tuple(found[key].shape) != tuple(own[key].shape)
+
+    for key in sorted(
+        own, key=lambda k: next((i for i, end in enumerate(_CLASS_OUTPUTS) if k.endswith(end)), 3)
+    ):
+        if key.endswith(_CLASS_OUTPUTS) and differs(key) and found[key].shape[0] != own[key].shape[0]:
             raise CheckpointError(
-                f"{path}: weight {key} has shape {tuple(tensor.shape)}, the network expects {tuple(own[key].shape)}"
+                f"{path}: checkpoint has {found[key].shape[0]} label classes ({prefix}{key} "
+                f"{_shape(found[key].shape)}), config asks for {own[key].shape[0]}"
             )
-    missing = sorted(set(own) - set(obj["state_dict"]))
-    unexpected = sorted(set(obj["state_dict"]) - set(own))
+    for key in own:
+        if differs(key):
+            raise CheckpointError(
+                f"{path}: checkpoint has {prefix}{key} of shape {_shape(found[key].shape)}, {what} has "
+                f"{_shape(own[key].shape)} (a different width, channel count or resolution)"
+            )
+    missing = [prefix + k for k in own if k not in found]
+    unexpected = [prefix + k for k in found if k not in own]
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match {obj['network']}: {len(missing)} missing (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            f"{path}: checkpoint does not fit {what}: {len(missing)} weights missing (e.g. {missing[:1]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:1]})"
         )
-    net.load_state_dict(obj["state_dict"])
-    return net.eval(), dict(obj.get("meta", {}))
+
+
+# Where a GAN training checkpoint records its generator ({"network", "init_args"[, "meta"]}), the prefix of
+# the generator's weights in its state_dict (PGAN: the EMA copy, what samples and snapshots use) and the class
+# for entries that do not name one.
+SPADE_CHECKPOINT_KEY = "synthseg_spade"
+_GENERATOR_ENTRIES = (
+    ("pgan", "generator_ema.", "synthseg.networks.pgan.PGANGenerator"),
+    (SPADE_CHECKPOINT_KEY, "generator.", "synthseg.networks.spade.SPADEGenerator"),
+)
+
+
+def generator_entry(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The generator entry of a GAN training checkpoint and its weights' prefix; None for other checkpoints."""
+    for section, prefix, network in _GENERATOR_ENTRIES:
+        entry = obj.get(section)
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("generator"), dict) and "init_args" in entry["generator"]:
+            return {"network": network, **entry["generator"]}, prefix
+        if isinstance(entry.get("generator_init_args"), dict):  # PGAN before 0.2.0
+            return {"network": network, "init_args": entry["generator_init_args"]}, prefix
+    return None
+
+
+def load_network(
+    path: str | os.PathLike[str],
+    *,
+    expected: dict[str, Any] | None = None,
+    network_key: str | None = None,
+    spec: Mapping[str, Any] | None = None,
+    weights_prefix: str | None = None,
+    into: nn.Module | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a network from a snapshot or a training checkpoint: the one way every command loads one.
+
+    A snapshot holds the class path, ``init_args`` and weights together. A GAN training checkpoint keeps its
+    generator's class path and ``init_args`` in an entry of its own (:func:`generator_entry`) and the weights
+    in its ``state_dict`` under a prefix (``generator_ema.``): both are found without arguments. Other
+    checkpoints name the entry (``network_key`` or ``spec``) or pass the network built from their
+    configuration (``into``), and the prefix (``weights_prefix``, e.g. ``net.``).
+
+    Args:
+        path: snapshot or checkpoint file (named in every error).
+        expected: constructor arguments the caller's configuration requires (e.g. ``{"label_nc": 7}``);
+            a mismatch is one clear :class:`CheckpointError` naming both values.
+        network_key: key of the ``{"network", "init_args"[, "state_dict", "meta"]}`` entry in the checkpoint.
+        spec: that entry itself, when it is not stored under one key (older checkpoints).
+        weights_prefix: take the weights from the checkpoint's ``state_dict`` under this prefix.
+        into: an already built network to load the weights into (its class comes from the caller's config).
+        checkpoint: the file's contents when the caller has already read them with :func:`safe_load`.
+
+    Returns:
+        The network in eval mode on CPU, and the entry's ``meta`` dict.
+    """
+    path = Path(path)
+    obj = checkpoint if checkpoint is not None else safe_load(path)
+    if spec is None and into is None:
+        if network_key is not None:
+            if not isinstance(obj.get(network_key), dict):
+                raise CheckpointError(f"{path}: no {network_key!r} entry in this checkpoint")
+            spec = obj[network_key]
+        elif {"network", "init_args", "state_dict"} <= set(obj):
+            spec = obj
+        elif (entry := generator_entry(obj)) is not None:
+            spec, weights_prefix = entry[0], entry[1] if weights_prefix is None else weights_prefix
+        if spec is None or not {"network", "init_args"} <= set(spec):
+            raise CheckpointError(
+                f"{path}: neither a synthseg network snapshot nor a GAN training checkpoint "
+                f"(keys: {sorted(obj)[:8]})"
+            )
+    spec = spec or {}
+    if into is None:
+        cls = _network_class(str(spec["network"]), path)
+        check_init_args(path, spec["init_args"], expected or {})
+        try:
+            net = cls(**spec["init_args"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: cannot build {spec['network']} from its init_args ({err})"
+            ) from None
+    else:
+        net = into
+    if weights_prefix is None:
+        weights, prefix = spec["state_dict"], ""
+    else:
+        state = obj.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: not a training checkpoint (no state_dict)")
+        prefix = weights_prefix
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    what = f"the network {spec.get('network') or type(net).__name__}"
+    check_weights(path, net.state_dict(), weights, what=what, prefix=prefix)
+    net.load_state_dict(weights)
+    return net.eval(), dict(spec.get("meta") or {})
+
+
+def find_last_checkpoint(search_root: Path) -> Path:
+    """The newest ``last.ckpt`` under ``search_root`` (for ``ckpt_path=last``)."""
+    candidates = sorted(search_root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise InputError(f"ckpt_path=last: no last.ckpt found under {search_root}")
+    return candidates[-1]
+
+
+def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
+    """The checkpoint a training run resumes from: none, a file, or ``last`` (newest under ``search_root``)."""
+    if ckpt in (None, ""):
+        return None
+    if ckpt == "last":
+        return str(find_last_checkpoint(search_root))
+    if not Path(ckpt).is_file():
+        raise InputError(f"ckpt_path={ckpt}: file not found")
+    return str(ckpt)
+
+
+def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> None:
+    """Refuse, in one line, a training checkpoint that cannot be resumed into ``model`` (a LightningModule).
+
+    Reads it with ``weights_only=True`` (a crafted pickle is refused before Lightning sees it) and compares
+    its weights with the configured model's, so a checkpoint of another class count, resolution, width or
+    model type is one error naming both values instead of a wall of size-mismatch lines.
+    """
+    ckpt = Path(path)
+    obj = safe_load(ckpt)
+    state = obj.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{ckpt}: not a training checkpoint (no state_dict)")
+    # Checkpoints that record the generator's constructor arguments: name the setting itself.
+    entry = generator_entry(obj)
+    generator = getattr(model, "generator", None)
+    if entry is not None and isinstance(getattr(generator, "init_args", None), dict):
+        check_init_args(ckpt, entry[0]["init_args"], generator.init_args)
+    check_weights(ckpt, model.state_dict(), state, what=f"the configured {type(model).__name__}")

@@ -253,7 +253,7 @@ def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Pat
 
     import numpy as np
 
-    from synthseg.data.dataset import downsample_labels
+    from synthseg.data.labels import resize_labels
     from synthseg.data.manifest import read_manifest
     from synthseg.data.pngio import read_png, write_label8
 
@@ -265,7 +265,7 @@ def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Pat
         label = read_png(prepared / manifest.label[row])
         write_label8(
             folder / f"{manifest.ids[row]}.png",
-            downsample_labels(label, label.shape[0] // size).astype(np.uint8),
+            resize_labels(label, size).astype(np.uint8),
         )
     return folder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,47 @@ from synthseg.data.sampler import ResumableBatchSampler
 from synthseg.errors import InputError
 
 STATS_FROM = ("train", "real")
+SEQUENCES: tuple[str, ...] = ("t1c",)  # the MR sequences a prepared dataset holds (one today)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a model needs to know about its data: fixed once the DataModule is set up, handed to the models
+    once in their ``setup()`` (:meth:`BraTSDataModule.summary`), so no model reaches into the DataModule.
+
+    Attributes:
+        classes: label classes served (7, 4 or 2).
+        sequences: the image channels, in order.
+        image_norm: how images are normalised ("paper", "tanh" or "raw").
+        size: side of the slices on disk.
+        resolution: side of the slices served (the configured one, else ``size``).
+        train_max, train_mean: the normalisation statistics of the training set in use.
+        class_weights: weighted-Dice weights of the training set in use.
+        real_class_weights: fixed weights of the whole real training split (comparable across runs).
+        num_train: training slices served.
+        train_label_maps: real training label maps considered (the reduced set if ``reduced``), empties included.
+        empty_label_maps: how many of those are all background.
+        drop_empty: whether empty label maps are left out of training.
+    """
+
+    classes: int
+    sequences: tuple[str, ...]
+    image_norm: str
+    size: int
+    resolution: int
+    train_max: float
+    train_mean: float
+    class_weights: tuple[float, ...]
+    real_class_weights: tuple[float, ...]
+    num_train: int
+    train_label_maps: int
+    empty_label_maps: int
+    drop_empty: bool
+
+    @property
+    def empty_fraction(self) -> float:
+        """Share of empty label maps among the real training label maps considered."""
+        return self.empty_label_maps / self.train_label_maps if self.train_label_maps else 0.0
 
 
 def resolve_count(value: int | float | None, full: int, available: int, what: str) -> int:
@@ -217,8 +259,28 @@ class BraTSDataModule(pl.LightningDataModule):
             rows = manifest.rows(split)
             return np.stack([np.zeros_like(rows), rows], axis=1)
 
-        self.val_set = SliceDataset(sources[:1], eval_items("val"), **common)
-        self.test_set = SliceDataset(sources[:1], eval_items("test"), **common)
+        cases = [manifest.case]
+        self.val_set = SliceDataset(sources[:1], eval_items("val"), cases=cases, **common)
+        self.test_set = SliceDataset(sources[:1], eval_items("test"), cases=cases, **common)
+        considered = manifest.split == "train"
+        if self.reduced:
+            considered = considered & manifest.reduced
+        size = int(sources[0][1].shape[-1])
+        self._summary = DataSummary(
+            classes=self.classes,
+            sequences=SEQUENCES,
+            image_norm=self.image_norm,
+            size=size,
+            resolution=int(self.resolution or size),
+            train_max=train_max,
+            train_mean=train_mean,
+            class_weights=tuple(self.stats["class_weights"]),
+            real_class_weights=tuple(self.stats["real_class_weights"]),
+            num_train=int(len(train_items)),
+            train_label_maps=int(considered.sum()),
+            empty_label_maps=int((considered & manifest.empty).sum()),
+            drop_empty=bool(self.drop_empty),
+        )
         self.sampler = ResumableBatchSampler(
             len(self.train_set),
             self.batch_size,
@@ -229,6 +291,12 @@ class BraTSDataModule(pl.LightningDataModule):
         if self._pending_state is not None:
             self.sampler.load_state_dict(self._pending_state)
         self._ready = True
+
+    def summary(self) -> DataSummary:
+        """The typed summary models receive in their ``setup()`` (available after :meth:`setup`)."""
+        if not self._ready:
+            raise RuntimeError("BraTSDataModule.summary() needs setup() first")
+        return self._summary
 
     @staticmethod
     def _intensity_stats(

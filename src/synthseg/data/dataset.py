@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthseg.data.labels import majority_downsample, reduce_labels
+from synthseg.data.labels import reduce_labels, resize_labels
 
 IMAGE_NORMS = ("paper", "tanh", "raw")
 
@@ -20,14 +20,6 @@ def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
         return image.astype(np.float32)
     h, w = image.shape
     return image.reshape(h // factor, factor, w // factor, factor).astype(np.float32).mean(axis=(1, 3))
-
-
-def downsample_labels(labels: np.ndarray, factor: int, num_classes: int = 7) -> np.ndarray:
-    """Majority-vote downsampling of an (H, W) label map by an integer factor (:func:`majority_downsample`)."""
-    if factor == 1:
-        return labels
-    reduced = majority_downsample(torch.from_numpy(labels.astype(np.int64))[None], factor, num_classes)[0]
-    return reduced.numpy().astype(labels.dtype)
 
 
 class SliceDataset(Dataset):
@@ -44,9 +36,12 @@ class SliceDataset(Dataset):
         augment: ``augment(image, label, rng) -> (image, label)`` applied at native size before resizing;
             its generator is seeded by (seed, epoch, index), so a resumed run sees the same augmentations.
         seed: seed of the augmentation generators.
+        cases: per source, the case (subject) id of every row; items then carry ``"case"`` (test metrics are
+            gathered per subject).
 
     Items are ``{"image": (1, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
-    (plus ``"position"``: (2,) int64 epoch and sampler position when the key came from the sampler).
+    (plus ``"case"``: str with ``cases``, and ``"position"``: (2,) int64 epoch and sampler position when the
+    key came from the sampler).
     """
 
     def __init__(
@@ -62,6 +57,7 @@ class SliceDataset(Dataset):
         one_hot: bool = False,
         augment: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
         seed: int = 0,
+        cases: Sequence[np.ndarray] | None = None,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -75,6 +71,7 @@ class SliceDataset(Dataset):
         self.one_hot = one_hot
         self.augment = augment
         self.seed = seed
+        self.cases = None if cases is None else [np.asarray(c) for c in cases]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -103,7 +100,7 @@ class SliceDataset(Dataset):
             raise ValueError(f"resolution {size} does not divide the slice size {image.shape[-1]}")
         factor = image.shape[-1] // size
         image = downsample_image(image, factor)
-        label = downsample_labels(label, factor)
+        label = resize_labels(label, size)
         label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
         out: dict[str, Any] = {
             "image": torch.from_numpy(self.normalize(image).astype(np.float32))[None],
@@ -112,6 +109,8 @@ class SliceDataset(Dataset):
             else label_t,
             "index": int(index),
         }
+        if self.cases is not None:
+            out["case"] = str(self.cases[source][row])
         if position:
             out["position"] = torch.tensor(position, dtype=torch.int64)
         return out

@@ -1,4 +1,4 @@
-"""The 7-class label convention and its reductions to 4 and 2 classes.
+"""The 7-class label convention, its reductions to 4 and 2 classes, resizing and the GAN value coding.
 
 Classes (7): 0 background, 1 NCR/NET, 2 edema, 3 enhancing tumor, 4 WM, 5 GM, 6 CSF.
 4 classes: tissue (4, 5, 6) set to 0. 2 classes: any tumor (1, 2, 3) -> 1, the rest 0.
@@ -6,10 +6,13 @@ Classes (7): 0 background, 1 NCR/NET, 2 edema, 3 enhancing tumor, 4 WM, 5 GM, 6 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 
 NUM_CLASSES = 7
+LabelArray = TypeVar("LabelArray", np.ndarray, torch.Tensor)
 CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "edema", "enhancing", "WM", "GM", "CSF")
 TUMOR_CLASSES = (1, 2, 3)
 TISSUE_CLASSES = {"WM": 4, "GM": 5, "CSF": 6}
@@ -71,22 +74,53 @@ def palette(classes: int) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, classes: int = 7) -> np.ndarray:
-    """Label map (H, W) of indices -> RGB image (H, W, 3) uint8 in the paper's colours."""
-    return palette(classes)[np.clip(labels, 0, classes - 1)]
+    """Label map (H, W) of indices (any integer dtype) -> RGB image (H, W, 3) uint8 in the paper's colours."""
+    return palette(classes)[np.clip(np.asarray(labels, dtype=np.int64), 0, classes - 1)]
 
 
-def majority_downsample(labels: torch.Tensor, factor: int, classes: int) -> torch.Tensor:
-    """Majority vote per ``factor`` x ``factor`` block of (N, H, W) class indices; ties go to the higher class.
-
-    Averaging class indices (what image pyramids do) would invent classes that are not there; the majority
-    class keeps labels valid, and the tie rule keeps thin tumor and CSF structures at low resolutions. The one
-    rule for the DataModule's low-resolution labels, PGAN's faded reals and the filter's reduced reference.
-    """
-    if factor == 1:
-        return labels
+def _majority_vote(labels: torch.Tensor, factor: int, classes: int) -> torch.Tensor:
+    """Majority class per ``factor`` x ``factor`` block of (N, H, W) indices; ties go to the higher class."""
     onehot = torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float()
     counts = torch.nn.functional.avg_pool2d(onehot, factor)
     return (classes - 1 - counts.flip(1).argmax(dim=1)).to(labels.dtype)
+
+
+def resize_labels(labels: LabelArray, size: int, classes: int = NUM_CLASSES) -> LabelArray:
+    """Class indices (H, W) or (N, H, W), numpy or torch -> side ``size``: majority vote down, nearest up.
+
+    Averaging class indices (what image pyramids do) would invent classes that are not there; the majority
+    class keeps labels valid, and the tie rule (ties go to the higher class) keeps thin tumor and CSF
+    structures at low resolutions. The one rule for the DataModule's low-resolution labels, PGAN's faded
+    reals, generated masks and the filter's reduced reference.
+    """
+    current = int(labels.shape[-1])
+    if current == size:
+        return labels
+    if isinstance(labels, np.ndarray):
+        out = resize_labels(torch.from_numpy(labels.astype(np.int64)), size, classes)
+        return out.numpy().astype(labels.dtype)
+    batch = labels if labels.dim() == 3 else labels[None]
+    if current > size:
+        if current % size:
+            raise ValueError(f"label size {current} is not a multiple of {size}")
+        batch = _majority_vote(batch, current // size, classes)
+    else:
+        if size % current:
+            raise ValueError(f"size {size} is not a multiple of the label size {current}")
+        factor = size // current
+        batch = batch.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return batch if labels.dim() == 3 else batch[0]
+
+
+def labels_to_net(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1] (0 -> -1, classes-1 -> 1)."""
+    return (labels.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)
+
+
+def net_to_labels(x: torch.Tensor, classes: int) -> torch.Tensor:
+    """Network values (N, 1, H, W) -> class indices (N, H, W) uint8: linear map back, round, clip."""
+    values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
+    return values.round().clamp(0, classes - 1).to(torch.uint8)
 
 
 def class_weights_from_counts(counts: np.ndarray | list[float]) -> np.ndarray:

@@ -10,14 +10,12 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
   its fade-in.
 - A generator copy with exponential moving average of the weights (decay 0.999) makes every sample,
   snapshot and metric.
-- At every tick: a grid of EMA samples in the paper's colours to TensorBoard, a snapshot of the EMA generator
-  (``snapshots/network-snapshot-<kimg>.pt``, rebuilt by :func:`synthseg.checkpoint.load_network`), the SWD of
-  EMA samples against training reals (``swd/avg`` and per level, also appended to ``swd.csv``), and a full
-  training checkpoint ``checkpoints/last.ckpt`` (older per-tick checkpoints kept as configured).
+- At every tick (:class:`synthseg.models.pgan_ticks.PGANTicks`): a grid of EMA samples, an EMA snapshot,
+  the SWD against training reals (``swd.csv``) and a full training checkpoint ``checkpoints/last.ckpt``.
 
 Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
 Low-resolution reals come from the DataModule by majority vote per block (see
-:func:`synthseg.data.labels.majority_downsample`), not by the official 2x2 averaging, which would invent
+:func:`synthseg.data.labels.resize_labels`), not by the official 2x2 averaging, which would invent
 fractional classes that no generated mask could be judged against. During a fade-in the reals are blended
 with their majority-vote half-resolution copy, nearest-upsampled, exactly as the generator blends its
 previous stage.
@@ -26,15 +24,8 @@ previous stage.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
-import math
-import os
-import shutil
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,132 +34,21 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.core.optimizer import LightningOptimizer
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from synthseg.checkpoint import save_network
-from synthseg.data.labels import majority_downsample
+from synthseg.checkpoint import network_entry
+from synthseg.data.datamodule import DataSummary
+from synthseg.data.labels import colorize, labels_to_net, net_to_labels, resize_labels
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
+from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
+from synthseg.models.pgan_ticks import PGANTicks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
-from synthseg.utils.visual import grid, label_rgb
-
-# Official one-GPU presets (images per minibatch, kimg per tick), by resolution.
-PAPER_BATCH_SIZES: dict[int, int] = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}
-PAPER_TICK_KIMG: dict[int, float] = {4: 160, 8: 140, 16: 120, 32: 100, 64: 80, 128: 60, 256: 40}
-DEFAULT_BATCH_SIZE = 16  # official minibatch_base, for resolutions missing from the table
-DEFAULT_TICK_KIMG = 160.0  # official tick_kimg_base
-
-
-# ----------------------------------------------------------------------------------------- label range
-def labels_to_net(labels: Tensor, classes: int) -> Tensor:
-    """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1] (0 -> -1, classes-1 -> 1)."""
-    return (labels.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)
-
-
-def net_to_labels(x: Tensor, classes: int) -> Tensor:
-    """Network values (N, 1, H, W) -> class indices (N, H, W) uint8: linear map back, round, clip."""
-    values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
-    return values.round().clamp(0, classes - 1).to(torch.uint8)
-
-
-def resize_labels(labels: Tensor, size: int, classes: int) -> Tensor:
-    """(N, H, H) class indices -> (N, size, size): majority vote down, nearest up."""
-    current = labels.shape[-1]
-    if current > size:
-        return majority_downsample(labels, current // size, classes)
-    if current < size:
-        factor = size // current
-        return labels.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    return labels
-
-
-# -------------------------------------------------------------------------------------------- schedule
-@dataclass(frozen=True)
-class Stage:
-    """Where training stands after ``images`` images: the official TrainingSchedule's values."""
-
-    images: int
-    lod: float  # level of detail: log2(target / resolution), fractional while fading in
-    resolution: int  # current (largest active) resolution
-    alpha: float  # fade-in of ``resolution``: 0 just started, 1 done
-    batch_size: int
-    tick_kimg: float
-
-    @property
-    def kimg(self) -> float:
-        return self.images / 1000.0
-
-    @property
-    def phase(self) -> tuple[int, int]:
-        """Changes exactly when a resolution starts or ends its fade-in (the Adam reset points)."""
-        return math.floor(self.lod), math.ceil(self.lod)
-
-
-class ProgressiveSchedule:
-    """The progressive-growing schedule in images shown.
-
-    Args:
-        target_resolution: final resolution (power of two).
-        initial_resolution: first resolution (official 4).
-        stable_kimg: kimg of stable training per resolution (official lod_training_kimg 600).
-        transition_kimg: kimg of each fade-in (official lod_transition_kimg 600).
-        batch_sizes: minibatch per resolution (missing ones: 16, the official base).
-        tick_kimg: tick length per resolution (missing ones: 160 kimg, the official base).
-    """
-
-    def __init__(
-        self,
-        target_resolution: int,
-        initial_resolution: int = 4,
-        stable_kimg: float = 600.0,
-        transition_kimg: float = 600.0,
-        batch_sizes: Mapping[int, int] | None = None,
-        tick_kimg: Mapping[int, float] | None = None,
-    ) -> None:
-        for name, res in (
-            ("target_resolution", target_resolution),
-            ("initial_resolution", initial_resolution),
-        ):
-            if res < 4 or res & (res - 1):
-                raise ValueError(f"{name} must be a power of two >= 4, got {res}")
-        if initial_resolution > target_resolution:
-            raise ValueError(f"initial_resolution {initial_resolution} exceeds target {target_resolution}")
-        if stable_kimg < 0 or transition_kimg < 0 or stable_kimg + transition_kimg <= 0:
-            raise ValueError(
-                f"stable_kimg/transition_kimg must be >= 0 with a positive sum, got "
-                f"{stable_kimg}/{transition_kimg}"
-            )
-        self.target_log2 = int(math.log2(target_resolution))
-        self.initial_log2 = int(math.log2(initial_resolution))
-        self.stable_kimg = float(stable_kimg)
-        self.transition_kimg = float(transition_kimg)
-        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
-        self.tick_kimg = {int(k): float(v) for k, v in (tick_kimg or PAPER_TICK_KIMG).items()}
-        if any(v <= 0 for v in self.batch_sizes.values()) or any(v <= 0 for v in self.tick_kimg.values()):
-            raise ValueError("batch sizes and tick lengths must be positive")
-
-    def at(self, images: int) -> Stage:
-        """The stage after ``images`` images have been shown."""
-        # Whole images, not float kimg, so phase boundaries fall exactly where they are configured.
-        stable, transition = round(self.stable_kimg * 1000), round(self.transition_kimg * 1000)
-        phase, within = divmod(int(images), stable + transition)
-        lod = float(self.target_log2 - self.initial_log2 - phase)
-        if transition > 0:
-            lod -= max(within - stable, 0) / transition
-        lod = max(lod, 0.0)
-        resolution = 2 ** (self.target_log2 - math.floor(lod))
-        alpha = 1.0 - (lod - math.floor(lod))
-        return Stage(
-            images=int(images),
-            lod=lod,
-            resolution=resolution,
-            alpha=alpha,
-            batch_size=self.batch_sizes.get(resolution, DEFAULT_BATCH_SIZE),
-            tick_kimg=self.tick_kimg.get(resolution, DEFAULT_TICK_KIMG),
-        )
+from synthseg.utils.visual import grid
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -178,7 +58,7 @@ class PGAN(pl.LightningModule):
     Args:
         generator: the generator, built (its ``resolution`` is the target resolution).
         discriminator: the discriminator, built, same resolution and channels.
-        g_optimizer, d_optimizer: partial optimizers (Adam lr 1e-3, betas (0, 0.99), eps 1e-8 officially).
+        optimizer_g, optimizer_d: partial optimizers (Adam lr 1e-3, betas (0, 0.99), eps 1e-8 officially).
         loss: the WGAN-GP objective (default: lambda 10, target 1, drift 0.001).
         classes: label classes (7); class indices 0..classes-1 map linearly onto [-1, 1].
         initial_resolution, stable_kimg, transition_kimg: the schedule (see :class:`ProgressiveSchedule`).
@@ -207,8 +87,8 @@ class PGAN(pl.LightningModule):
         self,
         generator: PGANGenerator,
         discriminator: PGANDiscriminator,
-        g_optimizer: Callable[..., torch.optim.Optimizer],
-        d_optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer_g: Callable[..., torch.optim.Optimizer],
+        optimizer_d: Callable[..., torch.optim.Optimizer],
         loss: WGANGPLoss | None = None,
         classes: int = 7,
         initial_resolution: int = 4,
@@ -234,7 +114,7 @@ class PGAN(pl.LightningModule):
         batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
         tick_kimg = {int(k): float(v) for k, v in (tick_kimg or PAPER_TICK_KIMG).items()}
         grid_size = [int(v) for v in grid_size]
-        self.save_hyperparameters(ignore=["generator", "discriminator", "g_optimizer", "d_optimizer", "loss"])
+        self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d", "loss"])
         if generator.resolution != discriminator.resolution or generator.channels != discriminator.channels:
             raise ValueError("generator and discriminator must have the same resolution and channels")
         if generator.channels != 1:
@@ -269,8 +149,8 @@ class PGAN(pl.LightningModule):
         self.discriminator = discriminator
         # No batch norm or dropout: train/eval mode makes no difference to the EMA copy.
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
-        self.g_optimizer_factory = g_optimizer
-        self.d_optimizer_factory = d_optimizer
+        self.optimizer_g_factory = optimizer_g
+        self.optimizer_d_factory = optimizer_d
         self.loss = loss or WGANGPLoss()
         self.classes = int(classes)
         self.schedule = ProgressiveSchedule(
@@ -287,8 +167,9 @@ class PGAN(pl.LightningModule):
         self.rng = torch.Generator().manual_seed(int(seed))
         self.empty_fraction: float | None = None
         self._served: tuple[int, int] | None = None
-        self._tick_wall_start = time.perf_counter()
-        self._swd_warned = False
+        self.data: DataSummary | None = None
+        self.reals: Any = None  # the training set (SWD reals), from setup()
+        self._feed: Any = None  # the DataModule that serves the schedule's resolution and minibatch
 
     # ------------------------------------------------------------------------------------------- set-up
     @property
@@ -300,39 +181,36 @@ class PGAN(pl.LightningModule):
         if self.trainer.world_size > 1:
             # Each process draws its own latents.
             self.rng.manual_seed(self.seed + 1_000_003 * self.global_rank)
+        self.data = data_summary(self.trainer)
+        # The one other place the DataModule is touched: training reals for the SWD, and the schedule's
+        # resolution and minibatch (see _serve).
         datamodule = getattr(self.trainer, "datamodule", None)
-        size = self._dataset_size()
-        if size is not None and size % self.generator.resolution:
+        self.reals = getattr(datamodule, "train_set", None)
+        self._feed = datamodule if hasattr(datamodule, "set_resolution") else None
+        if self.data is None:
+            return
+        if self.data.size % self.generator.resolution:
             raise InputError(
                 f"model.generator.resolution={self.generator.resolution} does not divide the dataset's "
-                f"slice size {size}: train at a resolution the slices can be reduced to"
+                f"slice size {self.data.size}: train at a resolution the slices can be reduced to"
             )
-        manifest = getattr(datamodule, "manifest", None)
-        if manifest is not None:
-            train = manifest.split == "train"
-            if getattr(datamodule, "reduced", False):
-                train = train & manifest.reduced
-            total = int(train.sum())
-            empty = int((train & manifest.empty).sum())
-            self.empty_fraction = empty / total if total else 0.0
-            excluded = (
-                "excluded" if getattr(datamodule, "drop_empty", False) else "NOT excluded (data.drop_empty)"
-            )
-            rank_zero_info(
-                f"PGAN: {empty} of {total} training label maps are empty ({100 * self.empty_fraction:.2f} %), "
-                f"{excluded}"
-            )
+        self.empty_fraction = self.data.empty_fraction
+        excluded = "excluded" if self.data.drop_empty else "NOT excluded (data.drop_empty)"
+        rank_zero_info(
+            f"PGAN: {self.data.empty_label_maps} of {self.data.train_label_maps} training label maps are empty "
+            f"({100 * self.empty_fraction:.2f} %), {excluded}"
+        )
 
     def configure_callbacks(self) -> list[pl.Callback]:
         # This module writes full checkpoints at ticks (the schedule is in kimg; an endless epoch never
         # ends). A ModelCheckpoint that saves nothing replaces any configured or default one, so no second
         # writer competes for checkpoints/last.ckpt.
-        return [ModelCheckpoint(save_top_k=0, save_last=False, monitor=None)]
+        return [ModelCheckpoint(save_top_k=0, save_last=False, monitor=None), PGANTicks()]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            self.g_optimizer_factory(params=self.generator.parameters()),
-            self.d_optimizer_factory(params=self.discriminator.parameters()),
+            self.optimizer_g_factory(params=self.generator.parameters()),
+            self.optimizer_d_factory(params=self.discriminator.parameters()),
         ]
 
     @property
@@ -341,35 +219,29 @@ class PGAN(pl.LightningModule):
         return self.steps % self.minibatch_repeats == 0
 
     @property
-    def stage(self) -> Stage:
+    def stage(self) -> GrowthStage:
         """The stage of the current group of minibatches (the next one's between groups)."""
         return self.schedule.at(self.images_seen if self.group_done else self.stage_images)
 
     def on_train_start(self) -> None:
         self._serve(self.stage)
-        self._tick_wall_start = time.perf_counter()
         if self.trainer.is_global_zero:
             info = {
                 "target_resolution": self.generator.resolution,
                 "classes": self.classes,
                 "empty_fraction": self.empty_fraction,
-                "num_train": (getattr(getattr(self.trainer, "datamodule", None), "stats", None) or {}).get(
-                    "num_train"
-                ),
+                "num_train": self.data.num_train if self.data is not None else None,
                 "started_at_kimg": self.images_seen / 1000.0,
             }
             write_text_atomic(self.run_dir / "pgan_run.json", json.dumps(info, indent=2))
 
-    def _serve(self, stage: Stage) -> None:
+    def _serve(self, stage: GrowthStage) -> None:
         """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches)."""
         wanted = (stage.resolution, stage.batch_size)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if wanted == self._served or datamodule is None:
+        if wanted == self._served or self._feed is None:
             return
-        if hasattr(datamodule, "set_resolution"):
-            datamodule.set_resolution(stage.resolution)
-        if hasattr(datamodule, "set_batch_size"):
-            datamodule.set_batch_size(stage.batch_size)
+        self._feed.set_resolution(stage.resolution)
+        self._feed.set_batch_size(stage.batch_size)
         self._served = wanted
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -384,7 +256,7 @@ class PGAN(pl.LightningModule):
         for opt in self._optimizers():
             opt.optimizer.state.clear()
 
-    def _prepare_reals(self, labels: Tensor, stage: Stage) -> Tensor:
+    def _prepare_reals(self, labels: Tensor, stage: GrowthStage) -> Tensor:
         """Class indices (N, h, w) -> faded network values (N, 1, r, r) at the stage's resolution.
 
         Batches prefetched before a resolution change still come at the old size; they are resized here.
@@ -392,7 +264,8 @@ class PGAN(pl.LightningModule):
         labels = resize_labels(labels, stage.resolution, self.classes)
         reals = labels_to_net(labels, self.classes)
         if stage.alpha < 1.0 and stage.resolution > 4:
-            low = resize_labels(majority_downsample(labels, 2, self.classes), stage.resolution, self.classes)
+            half = resize_labels(labels, stage.resolution // 2, self.classes)
+            low = resize_labels(half, stage.resolution, self.classes)
             reals = torch.lerp(labels_to_net(low, self.classes), reals, stage.alpha)
         return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
 
@@ -467,109 +340,21 @@ class PGAN(pl.LightningModule):
         )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After each group (the tick, if one was due, was written by PGANTicks just before this hook).
         if not self.group_done:
             return
-        # As the official loop: after each group, with the schedule the group was trained with.
-        trained = self.schedule.at(self.stage_images)
-        done = self.images_seen >= self.total_images
-        if done or self.images_seen >= self.tick_start_images + round(trained.tick_kimg * 1000):
-            self._tick(trained, done)
-        if done:
+        if self.images_seen >= self.total_images:
             self.trainer.should_stop = True
         else:
             self._serve(self.stage)
 
-    # -------------------------------------------------------------------------------------------- ticks
-    def _tick(self, stage: Stage, done: bool) -> None:
-        # Training time of this tick per kimg, without the previous tick's maintenance (as the official log).
-        tick_seconds = time.perf_counter() - self._tick_wall_start
-        tick_kimg = (self.images_seen - self.tick_start_images) / 1000.0
-        self.tick += 1
-        self.tick_start_images = self.images_seen
-        kimg = self.images_seen / 1000.0
-        record: dict[str, Any] = {
-            "tick": self.tick,
-            "kimg": kimg,
-            "resolution": stage.resolution,
-            "alpha": stage.alpha,
-            "sec_per_kimg": tick_seconds / tick_kimg if tick_kimg > 0 else None,
-        }
-        if self.trainer.is_global_zero:
-            self._log_grid(stage)
-            snapshot_ticks = self.snapshot_ticks
-            if done or (snapshot_ticks > 0 and self.tick % snapshot_ticks == 0):
-                path = self.run_dir / "snapshots" / f"network-snapshot-{int(kimg):06d}.pt"
-                if path.exists():  # ticks shorter than 1 kimg (tests, demos) would share a name
-                    path = path.with_name(f"network-snapshot-{int(kimg):06d}-tick{self.tick:04d}.pt")
-                save_network(self.generator_ema, path, meta=self._snapshot_meta(stage))
-                record["snapshot"] = os.path.relpath(path, self.run_dir)
-            swd = self._measure_swd(stage) if self.swd_images > 0 else None
-            if swd is not None:
-                record.update({f"swd_{k}": v for k, v in swd.items()})
-                self.log_dict({f"swd/{k}": v for k, v in swd.items()}, rank_zero_only=True)
-            self.swd_history.append(record)
-            self._write_history()
-            if record["sec_per_kimg"] is not None:
-                self.log("timing/sec_per_kimg", record["sec_per_kimg"], rank_zero_only=True)
-            rank_zero_info(
-                f"tick {self.tick}  kimg {kimg:.3f}  res {stage.resolution}  alpha {stage.alpha:.3f}  "
-                f"sec/kimg {record['sec_per_kimg'] or 0:.1f}" + (f"  swd avg {swd['avg']:.4f}" if swd else "")
-            )
-        checkpoint_ticks = self.checkpoint_ticks
-        if checkpoint_ticks > 0 and (done or self.tick % checkpoint_ticks == 0):
-            self._save_full_checkpoint()
-        self._tick_wall_start = time.perf_counter()
-
-    def _dataset_size(self) -> int | None:
-        """Side length of the training slices on disk (None when the DataModule does not say)."""
-        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
-        if train_set is not None and getattr(train_set, "sources", None):
-            return int(train_set.sources[0][1].shape[-1])
-        return None
-
-    def _snapshot_meta(self, stage: Stage) -> dict[str, Any]:
-        size = self._dataset_size()
-        return {
-            "tick": self.tick,
-            "kimg": self.images_seen / 1000.0,
-            "resolution": stage.resolution,
-            "alpha": stage.alpha,
-            "classes": self.classes,
-            "dataset_size": size or self.generator.resolution,
-            "ema_decay": self.ema_decay,
-        }
-
-    def _write_history(self) -> None:
-        keys: list[str] = []
-        for row in self.swd_history:
-            keys += [k for k in row if k not in keys]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.swd_history)
-        write_text_atomic(self.run_dir / "swd.csv", text.getvalue())
-
-    def _save_full_checkpoint(self) -> None:
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".last.{self.tick}.ckpt.partial"
-        self.trainer.save_checkpoint(tmp, weights_only=False)  # the full training state, for resume
-        if not self.trainer.is_global_zero:
-            return
-        keep = self.keep_checkpoints
-        if keep > 0:
-            kept = folder / f"tick-{self.tick:04d}.ckpt"
-            try:
-                os.link(tmp, kept)  # a second name for the same file: no extra disk space
-            except OSError:
-                shutil.copyfile(tmp, kept)
-            for path in sorted(folder.glob("tick-*.ckpt"))[:-keep]:
-                path.unlink(missing_ok=True)
-        os.replace(tmp, folder / "last.ckpt")
+    def dataset_size(self) -> int | None:
+        """Side length of the training slices on disk (None without a DataModule summary)."""
+        return self.data.size if self.data is not None else None
 
     @torch.no_grad()
     def generate_labels(
-        self, count: int, stage: Stage, seed: int, size: int | None = None
+        self, count: int, stage: GrowthStage, seed: int, size: int | None = None
     ) -> Iterator[Tensor]:
         """EMA samples as class indices (B, size, size) uint8 in batches, from a fixed latent seed."""
         gen = torch.Generator().manual_seed(seed)
@@ -580,52 +365,14 @@ class PGAN(pl.LightningModule):
             labels = net_to_labels(self.generator_ema(z, stage.resolution, stage.alpha), self.classes)
             yield resize_labels(labels, size or stage.resolution, self.classes)
 
-    def _log_grid(self, stage: Stage) -> None:
-        experiment = getattr(self.logger, "experiment", None) if self.logger else None
-        if experiment is None or not hasattr(experiment, "add_image"):
-            return
+    def log_images(self, stage: GrowthStage | None = None) -> dict[str, np.ndarray]:
+        """A grid of EMA samples at ``stage`` (default: the current one), in the paper's colours."""
+        stage = stage or self.stage
         rows, cols = self.grid_size
         tile = max(stage.resolution, 64)  # small stages are enlarged so they stay visible
         labels = torch.cat(list(self.generate_labels(rows * cols, stage, self.seed + 1, tile)))
-        tiles = [label_rgb(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
-        image = grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])
-        experiment.add_image("samples/ema", image, self.global_step, dataformats="HWC")
-
-    def _measure_swd(self, stage: Stage) -> dict[str, float] | None:
-        """SWD (x1000) of EMA samples against training reals, both at the target resolution.
-
-        Samples of earlier stages are nearest-upsampled to the target resolution, as the official networks
-        output them, so the values of all ticks are on one scale and :mod:`synthseg.synth.select` can pick
-        the best snapshot among all of them.
-        """
-        size = self.generator.resolution
-        datamodule = getattr(self.trainer, "datamodule", None)
-        train_set = getattr(datamodule, "train_set", None)
-        try:
-            from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein_from_batches
-        except ImportError:
-            train_set = None
-        if train_set is None or size < 16 or self.classes != 7:
-            if not self._swd_warned:
-                rank_zero_warn(
-                    "PGAN: SWD skipped (needs the SWD metric, 7 classes, a DataModule with "
-                    "train_set and a target resolution of at least 16)"
-                )
-                self._swd_warned = True
-            return None
-        count = min(self.swd_images, len(train_set))
-        batch = self.swd_batch_size
-
-        def reals() -> Iterator[Tensor]:
-            for start in range(0, count, batch):
-                items = [train_set[(i, size)]["label"] for i in range(start, min(start + batch, count))]
-                yield labels_to_uint8(torch.stack(items)[:, None])
-
-        def fakes() -> Iterator[Tensor]:
-            for labels in self.generate_labels(count, stage, self.seed + 2, size):
-                yield labels_to_uint8(labels[:, None])
-
-        return sliced_wasserstein_from_batches(reals(), fakes(), seed=self.seed, device=self.device)
+        tiles = [colorize(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
+        return {"samples/ema": grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])}
 
     # ----------------------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -638,10 +385,21 @@ class PGAN(pl.LightningModule):
             "last_phase": list(self.last_phase) if self.last_phase is not None else None,
             "rng_state": self.rng.get_state(),
             "swd_history": [dict(row) for row in self.swd_history],
-            # Lets generate-masks rebuild the EMA generator from a full checkpoint (state_dict "generator_ema.*").
-            "generator_init_args": dict(self.generator.init_args),
-            "dataset_size": self._dataset_size() if self._trainer is not None else None,
+            "dataset_size": self.dataset_size(),
         }
+        # Lets generate-masks rebuild the EMA generator (state_dict "generator_ema.*") at the stage it
+        # was trained to, without re-running the schedule.
+        reached = self.schedule.at(self.images_seen)
+        checkpoint["pgan"]["generator"] = network_entry(
+            self.generator,
+            meta={
+                "tick": int(self.tick),
+                "kimg": self.images_seen / 1000.0,
+                "resolution": reached.resolution,
+                "alpha": reached.alpha,
+                "dataset_size": checkpoint["pgan"]["dataset_size"],
+            },
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("pgan")

@@ -21,18 +21,21 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, network_entry
+from synthseg.data.labels import colorize
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
+from synthseg.models.contract import data_summary
 from synthseg.models.ddp import allow_unused_parameters
+from synthseg.models.images import ImageLogger
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
-from synthseg.utils.visual import grid, label_rgb
+from synthseg.utils.visual import grid
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "synthseg_spade"
+CHECKPOINT_KEY = SPADE_CHECKPOINT_KEY  # the entry generate-images rebuilds the generator from
 
 
 def lr_factor(epoch: int, niter: int, niter_decay: int) -> float:
@@ -44,6 +47,30 @@ def lr_factor(epoch: int, niter: int, niter_decay: int) -> float:
     if niter_decay <= 0:
         return 1.0
     return max(0.0, 1.0 - max(0, epoch - niter) / niter_decay)
+
+
+def split_epochs(max_epochs: int | None, niter: int, niter_decay: int | None = None) -> tuple[int, int]:
+    """(``niter``, ``niter_decay``) of a run of ``max_epochs`` (``trainer.max_epochs``, the one place the epoch
+    count is stored): the decay takes the epochs after ``niter``.
+
+    An explicit ``niter_decay`` is kept (a run stopped early on purpose, to be resumed into the planned
+    schedule), with a warning when the two disagree.
+    """
+    if niter_decay is not None:
+        if max_epochs is not None and max_epochs >= 0 and niter + niter_decay != max_epochs:
+            log.warning(
+                "trainer.max_epochs=%s but model.niter + model.niter_decay = %s: the learning-rate schedule "
+                "is laid out for the latter",
+                max_epochs,
+                niter + niter_decay,
+            )
+        return niter, niter_decay
+    if max_epochs is None or max_epochs < 0:  # an open-ended run: no decay
+        return niter, 0
+    if max_epochs < niter:  # a short run (smoke test): constant rates, as planned for its epochs
+        log.warning("trainer.max_epochs=%s is shorter than model.niter=%s: no decay", max_epochs, niter)
+        return niter, 0
+    return niter, max_epochs - niter
 
 
 def to_display(image: torch.Tensor) -> np.ndarray:
@@ -91,7 +118,8 @@ class SPADEModule(pl.LightningModule):
         lambda_feat: feature-matching weight (10, divided among the discriminators).
         lambda_kld: KL weight with the VAE (0.05).
         niter: epochs at the initial learning rate.
-        niter_decay: epochs of linear decay to zero after ``niter``.
+        niter_decay: epochs of linear decay to zero after ``niter``; default: the rest of
+            ``trainer.max_epochs`` (see :func:`split_epochs`).
         num_val_images: validation label maps shown as (label | generated | real) rows in TensorBoard.
         channels_last: fast path: NHWC weights and activations (same values, faster convolutions).
         compile: fast path: run the generator and the discriminator through ``torch.compile`` (weights and
@@ -111,7 +139,7 @@ class SPADEModule(pl.LightningModule):
         lambda_feat: float = 10.0,
         lambda_kld: float = 0.05,
         niter: int = 50,
-        niter_decay: int = 0,
+        niter_decay: int | None = None,
         num_val_images: int = 8,
         channels_last: bool = False,
         compile: bool = False,
@@ -120,7 +148,7 @@ class SPADEModule(pl.LightningModule):
         self.save_hyperparameters(
             ignore=["generator", "discriminator", "encoder", "optimizer_g", "optimizer_d"]
         )
-        if niter < 0 or niter_decay < 0:
+        if niter < 0 or (niter_decay or 0) < 0:
             raise InputError(
                 f"model.niter and model.niter_decay must be non-negative, got {niter} and {niter_decay}"
             )
@@ -159,18 +187,21 @@ class SPADEModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         allow_unused_parameters(self.trainer)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
+        data = data_summary(self.trainer)
+        if data is None:
             return
-        norm = getattr(datamodule, "image_norm", "tanh")
-        if norm != "tanh":
-            raise InputError(f"model=spade needs data.image_norm=tanh (images in [-1, 1]), got {norm!r}")
-        classes = getattr(datamodule, "classes", self.label_nc)
-        if classes != self.label_nc:
-            raise InputError(f"data.classes={classes}, but the SPADE generator has label_nc={self.label_nc}")
-        stats = getattr(datamodule, "stats", None) or {}
-        if "train_max" in stats:
-            self.train_max.fill_(float(stats["train_max"]))
+        if data.image_norm != "tanh":
+            raise InputError(
+                f"model=spade needs data.image_norm=tanh (images in [-1, 1]), got {data.image_norm!r}"
+            )
+        if data.classes != self.label_nc:
+            raise InputError(
+                f"data.classes={data.classes}, but the SPADE generator has label_nc={self.label_nc}"
+            )
+        self.train_max.fill_(float(data.train_max))
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ImageLogger()]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         g_params = list(self.generator.parameters())
@@ -223,22 +254,20 @@ class SPADEModule(pl.LightningModule):
         return pred_fake, pred_real
 
     def _set_learning_rates(self) -> None:
-        factor = lr_factor(self.current_epoch, self.hparams.niter, self.hparams.niter_decay)
+        factor = lr_factor(self.current_epoch, *self.epochs)
         for opt in self.optimizers():
             for group in opt.optimizer.param_groups if hasattr(opt, "optimizer") else opt.param_groups:
                 group["lr"] = group["initial_lr"] * factor
 
     # --------------------------------------------------------------------------------------------- train
+    @property
+    def epochs(self) -> tuple[int, int]:
+        """(``niter``, ``niter_decay``) of this run: the decay is the rest of ``trainer.max_epochs``."""
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return split_epochs(max_epochs, self.hparams.niter, self.hparams.niter_decay)
+
     def on_fit_start(self) -> None:
-        planned = self.hparams.niter + self.hparams.niter_decay
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is not None and max_epochs > 0 and max_epochs != planned:
-            log.warning(
-                "trainer.max_epochs=%s but model.niter + model.niter_decay = %s: the learning-rate schedule "
-                "is laid out for the latter",
-                max_epochs,
-                planned,
-            )
+        self.epochs  # noqa: B018 (refuse an inconsistent epoch count before the first step)
 
     def on_train_epoch_start(self) -> None:
         self._set_learning_rates()
@@ -288,7 +317,7 @@ class SPADEModule(pl.LightningModule):
             indices = label.argmax(dim=1).cpu().numpy()
             for i in range(min(needed, label.shape[0])):
                 self._val_grid.append(
-                    [label_rgb(indices[i], self.label_nc), to_display(fake[i]), to_display(real[i])]
+                    [colorize(indices[i], self.label_nc), to_display(fake[i]), to_display(real[i])]
                 )
 
     def on_validation_epoch_end(self) -> None:
@@ -296,21 +325,16 @@ class SPADEModule(pl.LightningModule):
         self.log("val/psnr", self.val_psnr.compute(), sync_dist=False)
         self.val_ssim.reset()
         self.val_psnr.reset()
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if self._val_grid and experiment is not None and hasattr(experiment, "add_image"):
-            # Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale.
-            experiment.add_image(
-                "val/label_generated_real", grid(self._val_grid), self.global_step, dataformats="HWC"
-            )
-        self._val_grid = []
+        self._val_grid = []  # written (or not) by ImageLogger, which runs before this hook
+
+    def log_images(self) -> dict[str, np.ndarray]:
+        """Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale."""
+        return {"val/label_generated_real": grid(self._val_grid)} if self._val_grid else {}
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "generator": {
-                "network": f"{type(self.generator).__module__}.{type(self.generator).__qualname__}",
-                "init_args": dict(self.generator.init_args),
-            },
+            "generator": network_entry(self.generator),
             "train_max": float(self.train_max),
             "rng": _rng_state(),
         }
@@ -323,17 +347,3 @@ class SPADEModule(pl.LightningModule):
     def forward(self, label: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Generate images (B, output_nc, H, W) in [-1, 1] from one-hot label maps (B, label_nc, H, W)."""
         return self.generator(label, z)
-
-
-def generator_from_checkpoint(checkpoint: dict[str, Any], source: str) -> tuple[nn.Module, float]:
-    """Rebuild the generator and the training maximum from a SPADE training checkpoint dict."""
-    state = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(state, dict) or "generator" not in state:
-        raise InputError(f"{source}: not a SPADE training checkpoint (no {CHECKPOINT_KEY!r} entry)")
-    init_args = dict(state["generator"]["init_args"])
-    generator = SPADEGenerator(**init_args)
-    weights = {
-        k[len("generator.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")
-    }
-    generator.load_state_dict(weights)
-    return generator.eval(), float(state["train_max"])

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torchmetrics.segmentation import DiceScore
 
-from synthseg.data.labels import class_names
+from synthseg.data.labels import class_names, colorize
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
-from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
+from synthseg.models.contract import data_summary
+from synthseg.models.images import ImageLogger
+from synthseg.utils.visual import grid, to_gray_rgb
 
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
@@ -32,7 +34,7 @@ def region_masks(labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
 class UNetModule(pl.LightningModule):
     """Trains :class:`synthseg.networks.unet.UNet` with the paper's weighted Dice loss.
 
-    Class weights come from the training set in use (``datamodule.stats["class_weights"]``, synthetic slices
+    Class weights come from the training set in use (``DataSummary.class_weights``, synthetic slices
     included as in the paper); a second, fixed set from the whole real training split
     (``real_class_weights``) gives a Dice error that is comparable between rows of Table 1.
 
@@ -57,7 +59,7 @@ class UNetModule(pl.LightningModule):
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         # Kept out of the module registry: the compiled wrapper shares self.net's parameters, and registering
         # it would duplicate every weight in the state_dict under a second name.
-        object.__setattr__(self, "forward_net", torch.compile(self.net) if compile else self.net)
+        object.__setattr__(self, "run_net", torch.compile(self.net) if compile else self.net)
         self.optimizer_factory = optimizer
         self.num_classes = int(net.init_args["num_classes"])
         self.register_buffer("class_weights", torch.full((self.num_classes,), 1.0 / self.num_classes))
@@ -69,18 +71,20 @@ class UNetModule(pl.LightningModule):
             num_classes=self.num_classes, average="none", aggregation_level="global", input_format="index"
         )
         self.case_stats: dict[str, dict[str, np.ndarray]] = {}
+        self._val_rows: list[list[np.ndarray]] = []
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not datamodule.stats:
+        data = data_summary(self.trainer)
+        if data is None:
             return
-        if datamodule.classes != self.num_classes:
-            raise ValueError(
-                f"data.classes={datamodule.classes} but the U-Net has {self.num_classes} outputs"
-            )
-        self.class_weights.copy_(torch.tensor(datamodule.stats["class_weights"]))
-        self.real_class_weights.copy_(torch.tensor(datamodule.stats["real_class_weights"]))
+        if data.classes != self.num_classes:
+            raise ValueError(f"data.classes={data.classes} but the U-Net has {self.num_classes} outputs")
+        self.class_weights.copy_(torch.tensor(data.class_weights))
+        self.real_class_weights.copy_(torch.tensor(data.real_class_weights))
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ImageLogger()]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters())
@@ -88,7 +92,7 @@ class UNetModule(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        return self.forward_net(image)
+        return self.run_net(image)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         probs = torch.softmax(self(batch["image"]).float(), dim=1)
@@ -113,23 +117,21 @@ class UNetModule(pl.LightningModule):
         self.log(
             "val/loss", self.val_dice_error, prog_bar=True, on_epoch=True, batch_size=len(batch["image"])
         )
-        if batch_idx == 0:
-            self._log_grid(batch, probs.argmax(1))
-
-    def _log_grid(self, batch: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
-            return
-        rows = []
-        for i in range(min(self.hparams.num_image_rows, len(pred))):
-            rows.append(
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            pred = probs.argmax(1)
+            self._val_rows = [
                 [
                     to_gray_rgb(batch["image"][i, 0].float().cpu().numpy()),
-                    label_rgb(batch["label"][i].cpu().numpy(), self.num_classes),
-                    label_rgb(pred[i].cpu().numpy(), self.num_classes),
+                    colorize(batch["label"][i].cpu().numpy(), self.num_classes),
+                    colorize(pred[i].cpu().numpy(), self.num_classes),
                 ]
-            )
-        experiment.add_image("val/image_truth_prediction", grid(rows), self.global_step, dataformats="HWC")
+                for i in range(min(self.hparams.num_image_rows, len(pred)))
+            ]
+
+    def log_images(self) -> dict[str, np.ndarray]:
+        """Rows of the first validation batch: image | truth | prediction (written by ImageLogger)."""
+        rows, self._val_rows = self._val_rows, []
+        return {"val/image_truth_prediction": grid(rows)} if rows else {}
 
     # ---------------------------------------------------------------------------------------------- test
     def on_test_epoch_start(self) -> None:
@@ -152,9 +154,7 @@ class UNetModule(pl.LightningModule):
         self, batch: dict[str, torch.Tensor], probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     ) -> None:
         """Per-subject sufficient statistics, so the report can bootstrap over test subjects."""
-        datamodule = self.trainer.datamodule
-        rows = datamodule.test_set.items[batch["index"].cpu().numpy(), 1]
-        cases = datamodule.manifest.case[rows]
+        cases = batch["case"]
         pred_onehot = nn.functional.one_hot(pred, self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
         soft_inter = (probs * target).sum((2, 3)).double().cpu().numpy()
         soft_total = (probs + target).sum((2, 3)).double().cpu().numpy()

@@ -18,13 +18,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from synthseg.checkpoint import CheckpointError, safe_load
+from synthseg.checkpoint import CheckpointError, load_network
 from synthseg.data.dataset import SliceDataset
+from synthseg.data.labels import colorize
 from synthseg.data.manifest import Manifest, list_masks, read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.report.runs import Run, mix_order
-from synthseg.utils.visual import grid, label_rgb, to_gray_rgb
+from synthseg.utils.visual import grid, to_gray_rgb
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _rows(tiles: list[np.ndarray], columns: int) -> list[list[np.ndarray]]:
 
 def _pair_tile(image: np.ndarray, label: np.ndarray, classes: int = 7) -> np.ndarray:
     """MR image above its colour-coded label map (the paper's 'rectangle')."""
-    return np.concatenate([to_gray_rgb(image), label_rgb(label, classes)], axis=0)
+    return np.concatenate([to_gray_rgb(image), colorize(label, classes)], axis=0)
 
 
 def _pick(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -86,7 +87,7 @@ def masks_figure(folder: Path, count: int, seed: int, columns: int = 8) -> np.nd
     """Figs. 2-3: ``count`` generated masks, colour-coded."""
     files = _mask_files(folder)
     chosen = _pick(np.arange(len(files)), count, seed)
-    tiles = [label_rgb(read_png(files[i], bitdepth=8)) for i in chosen]
+    tiles = [colorize(read_png(files[i], bitdepth=8)) for i in chosen]
     return grid(_rows(tiles, columns))
 
 
@@ -134,23 +135,8 @@ def load_unet(run: Run) -> torch.nn.Module:
         if not path.name or not candidate.is_file():
             raise InputError(f"{run.path}: best checkpoint {path} not found")
         path = candidate
-    state = safe_load(path).get("state_dict")  # weights_only: a crafted pickle is refused, runs nothing
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a training checkpoint (no state_dict)")
     net = instantiate(OmegaConf.create(run.config["model"]["net"]))
-    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
-    own = net.state_dict()
-    for key, want in own.items():
-        have = weights.get(key)
-        if have is None:
-            raise CheckpointError(f"{path}: not a checkpoint of this run's U-Net (no weight net.{key})")
-        if have.shape != want.shape:
-            raise CheckpointError(
-                f"{path}: checkpoint has net.{key} of shape {tuple(have.shape)}, the run's config "
-                f"({run.path}) asks for {tuple(want.shape)}"
-            )
-    net.load_state_dict(weights)
-    return net.eval()
+    return load_network(path, into=net, weights_prefix="net.")[0]
 
 
 def segment(run: Run, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,9 +189,9 @@ def segmentations_figure(runs: list[Run], count: int) -> tuple[np.ndarray, list[
     for run in runs:
         seen, truth, pred = segment(run, images, labels)
         shown = seen if shown is None else shown
-        columns.append([label_rgb(p, classes) for p in pred])
+        columns.append([colorize(p, classes) for p in pred])
     assert shown is not None and truth is not None
-    table = [[to_gray_rgb(shown[i]), *(col[i] for col in columns), label_rgb(truth[i], classes)]
+    table = [[to_gray_rgb(shown[i]), *(col[i] for col in columns), colorize(truth[i], classes)]
              for i in range(len(rows))]  # fmt: skip
     return grid(table), [r.mix for r in runs]
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from synthseg import __version__
-from synthseg.checkpoint import load_network, safe_load
+from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, load_network, safe_load
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     MANIFEST,
@@ -42,7 +42,6 @@ from synthseg.data.manifest import (
 )
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
-from synthseg.models.spade import generator_from_checkpoint
 from synthseg.networks.spade import SPADEGenerator
 from synthseg.settings import Settings, check_positive
 from synthseg.utils.atomic import atomic_path, check_free_space
@@ -69,7 +68,7 @@ def tanh_to_uint16(images: torch.Tensor | np.ndarray, train_max: float) -> np.nd
     return np.clip(np.rint((x + 1.0) * 0.5 * train_max), 0, train_max).astype(np.uint16)
 
 
-def load_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
+def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
     """The generator (eval mode, CPU) and the training maximum from a SPADE training checkpoint or snapshot.
 
     A training checkpoint (``last.ckpt``) carries both; a network snapshot (``synthseg.checkpoint``) must carry
@@ -77,15 +76,17 @@ def load_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
     """
     path = Path(path)
     obj = safe_load(path)
-    if "network" in obj and "init_args" in obj:
-        generator, meta = load_network(path)
-        if "train_max" not in meta:
-            raise InputError(
-                f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
-            )
-        train_max = float(meta["train_max"])
-    else:
-        generator, train_max = generator_from_checkpoint(obj, str(path))
+    snapshot = "network" in obj and "init_args" in obj
+    if not snapshot and not isinstance((obj.get(SPADE_CHECKPOINT_KEY) or {}).get("generator"), dict):
+        raise InputError(f"{path}: not a SPADE training checkpoint (no {SPADE_CHECKPOINT_KEY!r} entry)")
+    generator, meta = load_network(path, checkpoint=obj)
+    if not snapshot:
+        meta.setdefault("train_max", obj[SPADE_CHECKPOINT_KEY].get("train_max"))
+    if meta.get("train_max") is None:
+        raise InputError(
+            f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
+        )
+    train_max = float(meta["train_max"])
     if not isinstance(generator, SPADEGenerator):
         raise InputError(f"{path}: holds a {type(generator).__name__}, not a SPADE generator")
     if not 0 < train_max <= 65535:
@@ -179,7 +180,7 @@ def generate_images(
     if output.exists() and not overwrite:
         raise InputError(f"output={output} already exists (pass overwrite=true to replace it)")
     start = time.time()
-    generator, train_max = load_generator(checkpoint)
+    generator, train_max = load_image_generator(checkpoint)
     items = list_masks(masks, "masks")
     ids = output_ids([item.id for item in items], keep_ids)
     size, label_nc = generator.image_size, generator.label_nc

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from synthseg import __version__
 from synthseg.checkpoint import CheckpointError, load_network, safe_load
-from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.labels import NUM_CLASSES, net_to_labels, resize_labels
 from synthseg.data.manifest import (
     MANIFEST,
     REQUIRED_COLUMNS,
@@ -48,8 +48,8 @@ from synthseg.data.manifest import (
 )
 from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
-from synthseg.models.pgan import ProgressiveSchedule, net_to_labels, resize_labels
 from synthseg.networks.pgan import PGANGenerator
+from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
 from synthseg.settings import Settings, check_positive
 from synthseg.synth.select import select_best
 from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
@@ -99,7 +99,7 @@ def _load_progress(work: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return fresh
 
 
-def load_generator(checkpoint: str | os.PathLike[str]) -> tuple[PGANGenerator, dict[str, Any]]:
+def load_mask_generator(checkpoint: str | os.PathLike[str]) -> tuple[PGANGenerator, dict[str, Any]]:
     """The EMA generator from a snapshot, a full training checkpoint, or a run folder (best SWD snapshot).
 
     Returns:
@@ -115,47 +115,35 @@ def load_generator(checkpoint: str | os.PathLike[str]) -> tuple[PGANGenerator, d
         meta["selected"] = best
         path = Path(best["snapshot"])
     obj = safe_load(path)
-    if "network" in obj:
-        net, snap_meta = load_network(path)
-        if not isinstance(net, PGANGenerator):
-            raise CheckpointError(f"{path}: holds a {type(net).__name__}, not a PGAN generator")
-        meta.update(snap_meta)
-    elif "state_dict" in obj and isinstance(obj.get("pgan"), dict) and "generator_init_args" in obj["pgan"]:
-        try:
-            net = PGANGenerator(**obj["pgan"]["generator_init_args"])
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: cannot rebuild the generator ({err})") from None
-        prefix = "generator_ema."
-        weights = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
-        try:
-            net.load_state_dict(weights)
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{path}: EMA generator weights do not fit ({str(err).splitlines()[0]})"
-            ) from None
-        net.eval()
-        hparams = obj.get("hyper_parameters") or {}
-        stage = ProgressiveSchedule(
-            net.resolution,
-            int(hparams.get("initial_resolution", 4)),
-            float(hparams.get("stable_kimg", 600.0)),
-            float(hparams.get("transition_kimg", 600.0)),
-            hparams.get("batch_sizes"),
-            hparams.get("tick_kimg"),
-        ).at(int(obj["pgan"]["images_seen"]))
-        meta.update(
-            {
-                "kimg": stage.kimg,
-                "tick": obj["pgan"]["tick"],
-                "resolution": stage.resolution,
-                "alpha": stage.alpha,
-                "dataset_size": obj["pgan"].get("dataset_size"),
-            }
-        )
-    else:
-        raise CheckpointError(f"{path}: neither a PGAN snapshot nor a PGAN training checkpoint")
+    net, found = load_network(path, checkpoint=obj)
+    if not isinstance(net, PGANGenerator):
+        raise CheckpointError(f"{path}: holds a {type(net).__name__}, not a PGAN generator")
+    meta.update(found)
+    pgan = obj.get("pgan")
+    if isinstance(pgan, dict) and "resolution" not in found:
+        meta.update(_stage_of_old_checkpoint(net, obj, path))
     meta["source"] = str(path)
     return net, meta
+
+
+def _stage_of_old_checkpoint(net: PGANGenerator, obj: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The stage of a training checkpoint written before 0.2.0 (which did not record it): the run's schedule
+    (its hyperparameters, the schedule's own defaults for the rest) at the images it had seen."""
+    hparams = obj.get("hyper_parameters") or {}
+    settings = {key: hparams[key] for key in SCHEDULE_SETTINGS if hparams.get(key) is not None}
+    try:
+        stage = ProgressiveSchedule(net.resolution, **settings).at(int(obj["pgan"]["images_seen"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: cannot derive the growing stage of this PGAN checkpoint ({err})"
+        ) from None
+    return {
+        "kimg": stage.kimg,
+        "tick": obj["pgan"].get("tick"),
+        "resolution": stage.resolution,
+        "alpha": stage.alpha,
+        "dataset_size": obj["pgan"].get("dataset_size"),
+    }
 
 
 def block_latents(seed: int, block: int, latent_dim: int) -> torch.Tensor:
@@ -220,7 +208,7 @@ def generate_masks(
     output = Path(output)
     if output.exists() and not overwrite:
         raise InputError(f"output={output}: already exists (pass overwrite=true to replace it)")
-    generator, meta = load_generator(checkpoint)
+    generator, meta = load_mask_generator(checkpoint)
     stage_resolution = int(meta.get("resolution") or generator.resolution)
     alpha = float(meta.get("alpha", 1.0))
     if stage_resolution not in generator.resolutions or not 0.0 <= alpha <= 1.0:

@@ -35,8 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from synthseg.data.dataset import downsample_labels
-from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.labels import NUM_CLASSES, resize_labels
 from synthseg.data.manifest import (
     MANIFEST,
     PROVENANCE,
@@ -140,7 +139,7 @@ def _read_all(
                     f"{item.label}: reference mask is {mask.shape[0]}x{mask.shape[1]}, the masks are "
                     f"{shape[0]}x{shape[1]} (not an integer reduction)"
                 )
-            mask = downsample_labels(mask, factor)
+            mask = resize_labels(mask, mask.shape[-1] // factor)
         yield mask
 
 

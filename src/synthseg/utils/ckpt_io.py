@@ -1,8 +1,11 @@
-"""Lightning checkpoint I/O that writes atomically (a crash mid-save never leaves a truncated checkpoint), and a
-callback that leaves ``last.ckpt`` holding the final state."""
+"""Lightning checkpoint I/O that writes atomically (a crash mid-save never leaves a truncated checkpoint), a
+callback that leaves ``last.ckpt`` holding the final state, and a ``ModelCheckpoint`` that keeps its best
+checkpoints across a resume."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +49,51 @@ class LastCheckpointAtEnd(Callback):
                 path = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST)
                 trainer.save_checkpoint(path)
                 callback.last_model_path = path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)  # instant, and no second copy on disk
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that remembers the best checkpoints of the run it resumes.
+
+    A resume writes into a new run folder; Lightning's ``ModelCheckpoint`` then reloads only
+    ``best_model_path`` and forgets the scores, so the first validation after the resume becomes "best" even
+    when it is worse than a checkpoint saved before the crash. Here the kept checkpoints are linked (or
+    copied) into the new folder and the reloaded state points there, so it reloads in full.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # Saved under Lightning's own name, so checkpoints of either class resume into the other.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir, new_dir = state_dict.get("dirpath"), self.dirpath
+        kept = {Path(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+        if (
+            self.monitor
+            and old_dir
+            and new_dir
+            and old_dir != new_dir
+            and kept
+            and all(p.is_file() for p in kept)
+        ):
+            moved = {str(p): str(Path(new_dir) / p.name) for p in kept}
+            for old, new in moved.items():
+                _link_or_copy(Path(old), Path(new))
+            state_dict = {
+                **state_dict,
+                "dirpath": new_dir,
+                "best_k_models": {moved[str(p)]: score for p, score in kept.items()},
+                "best_model_path": moved.get(state_dict.get("best_model_path", ""), ""),
+                "kth_best_model_path": moved.get(state_dict.get("kth_best_model_path", ""), ""),
+            }
+        super().load_state_dict(state_dict)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthseg.data.labels import colorize
-
 
 def to_gray_rgb(image: np.ndarray) -> np.ndarray:
     """(H, W) image of any range -> (H, W, 3) uint8, scaled to its own min..max."""
@@ -13,11 +11,6 @@ def to_gray_rgb(image: np.ndarray) -> np.ndarray:
     lo, hi = float(image.min()), float(image.max())
     scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
     return np.repeat((scaled * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
-
-
-def label_rgb(labels: np.ndarray, classes: int = 7) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 in the paper's colours."""
-    return colorize(np.asarray(labels, dtype=np.int64), classes)
 
 
 def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
