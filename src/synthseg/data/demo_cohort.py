@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path
+from synthseg.utils.outputs import check_output, claim_output
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
 # The BraTS 2018 files' voxel-to-world matrix (1 mm, LPS axes): the same for T1c, seg and the tissue maps.
@@ -434,11 +434,12 @@ def generate_cohort(
     *,
     montage: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write a demo cohort of ``cases`` HGG cases in BraTS 2018 layout under ``output``.
 
     The folder is built under a temporary name and renamed into place when complete. An existing ``output``
-    is replaced only if it is itself a demo cohort (it holds ``demo_cohort.json``).
+    is replaced only with ``overwrite`` and only if this command wrote it (synthseg.utils.outputs).
 
     Args:
         output: root folder; cases go to ``output/HGG/<case>/``.
@@ -446,6 +447,7 @@ def generate_cohort(
         seed: everything random derives from it; the same seed gives byte-identical files.
         montage: also write ``output/montage.png`` (axial T1c slices beside the colored labels).
         progress: show a progress bar.
+        overwrite: replace a cohort this command wrote earlier.
 
     Returns:
         The case folders, in generation order.
@@ -455,14 +457,11 @@ def generate_cohort(
     cases = int(cases)
     if cases < 1:
         raise InputError(f"cases must be at least 1, got {cases}")
-    output = Path(output)
-    if output.exists() and not (output / _MARKER).is_file():
-        if not output.is_dir() or any(output.iterdir()):
-            raise InputError(f"{output} exists and is not a demo cohort: choose an empty or new folder")
+    output = check_output(output, command="demo-cohort", overwrite=overwrite)
     names = case_names(cases, seed)
     shown: list[DemoCase] = []
     folders = []
-    with atomic_path(output, is_dir=True) as tmp:
+    with claim_output(output, command="demo-cohort", overwrite=overwrite) as tmp:
         for index, (inst, ident) in enumerate(
             tqdm(names, desc="demo cohort", unit="case", disable=not progress)
         ):
@@ -490,5 +489,12 @@ def main(cfg: Any) -> None:
 
     if OmegaConf.is_missing(cfg, "output"):
         raise InputError("output=DIR is required: the folder to write the demo cohort into")
-    folders = generate_cohort(cfg.output, cfg.cases, cfg.seed, montage=cfg.montage, progress=cfg.progress)
+    folders = generate_cohort(
+        cfg.output,
+        cfg.cases,
+        cfg.seed,
+        montage=cfg.montage,
+        progress=cfg.progress,
+        overwrite=bool(cfg.get("overwrite", False)),
+    )
     print(f"demo cohort: {len(folders)} cases in {Path(cfg.output) / 'HGG'}")

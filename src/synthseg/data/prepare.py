@@ -16,6 +16,7 @@ import io
 import json
 import math
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ from synthseg.data.manifest import REQUIRED_COLUMNS, SPLITS
 from synthseg.data.nifti import check_same_grid, read_header, read_image, read_labels
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
+from synthseg.utils.procs import die_with_parent
 
 DATASET_FORMAT = "synthseg-dataset/1"
 MANIFEST_COLUMNS = REQUIRED_COLUMNS  # the dataset contract (docs/dataset_layout.md), in its column order
@@ -88,7 +91,7 @@ class PrepareSettings:
     workers: int = 2
     on_error: str = "stop"
     tissue: str = "auto"
-    overwrite: bool = True
+    overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -459,16 +462,7 @@ def _code_version() -> dict[str, str | None]:
 
 def _check_paths(settings: PrepareSettings) -> tuple[Path, Path]:
     source = Path(settings.source).expanduser().resolve()
-    output = Path(settings.output).expanduser().resolve()
-    if output == source or output in source.parents or source in output.parents:
-        raise InputError(f"output={output} must not be the source folder, inside it, or contain it")
-    if output.exists() and not settings.overwrite:
-        raise InputError(f"{output}: already exists (pass overwrite=true to replace it)")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: exists and is not a folder")
-    if output.exists() and not (output / "prepare.json").is_file() and any(output.iterdir()):
-        # Never replace a folder this command did not make.
-        raise InputError(f"{output}: exists and is not a prepared dataset; choose an empty or new folder")
+    output = check_output(settings.output, command="prepare", inputs=[source], overwrite=settings.overwrite)
     return source, output
 
 
@@ -500,7 +494,10 @@ def _run_cases(
         else:
             # spawn: the workers need numpy and nibabel only, never a forked copy of the parent's threads
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            # die_with_parent: a SIGKILLed prepare must not leave workers writing into its partial folder
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 pending: set[Future[CaseResult]] = {pool.submit(_worker, job) for job in jobs}
                 try:
                     while pending:
@@ -556,7 +553,9 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
     except OSError as err:
         raise InputError(str(err)) from None
 
-    with atomic_path(output, is_dir=True, overwrite=settings.overwrite) as tmp:
+    with claim_output(
+        output, command="prepare", inputs=[source], overwrite=settings.overwrite, later=DATASET_LATER
+    ) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         results = []

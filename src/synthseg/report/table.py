@@ -15,11 +15,10 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synthseg.errors import InputError
 from synthseg.report.runs import (
@@ -33,7 +32,8 @@ from synthseg.report.runs import (
     subject_metrics,
 )
 from synthseg.report.stats import bootstrap, paired_bootstrap, resample_weights
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import check_output, claim_output
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,17 @@ def table2_csv(estimates: list[Estimate]) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- main
+def _figure_inputs(figures: Any) -> list[str]:
+    """The dataset folders the figures read (the report folder must not be or hold one of them)."""
+    keys = ("real", "masks_full", "masks_reduced", "synthetic_full", "synthetic_reduced", "spade_test")
+    found: list[str] = []
+    for key in keys:
+        value = figures.get(key)
+        values = value if isinstance(value, (list, tuple, ListConfig)) else [value]
+        found.extend(str(v) for v in values if v)
+    return found
+
+
 def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Collect the runs under ``cfg.runs`` and write the report folder ``cfg.output`` atomically.
 
@@ -304,9 +315,9 @@ def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     from synthseg.report import figures
 
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    output = Path(str(cfg.output))
-    if output.exists() and not cfg.get("overwrite", True):
-        raise InputError(f"output={output} exists (pass overwrite=true to replace it)")
+    overwrite = bool(cfg.get("overwrite", False))
+    inputs = [str(cfg.runs), *_figure_inputs(cfg.get("figures") or {})]
+    output = check_output(str(cfg.output), command="report", inputs=inputs, overwrite=overwrite)
     runs = find_runs(cfg.runs)
     groups = group_runs(runs)
     boot = cfg.get("bootstrap") or {}
@@ -317,7 +328,7 @@ def write_report(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     # An upper bound: ten figures of at most about 6 MB each (RGB, before PNG compression) and the tables.
     figures_on = bool((cfg.get("figures") or {}).get("enabled", True))
     check_free_space(output.parent, (60 if figures_on else 1) * 10**6, "the report")
-    with atomic_path(output, is_dir=True, overwrite=True) as tmp:
+    with claim_output(output, command="report", inputs=inputs, overwrite=overwrite) as tmp:
         texts = {
             "table1.md": (table1_markdown(groups, cells), "Table 1: Dice error % per mix and class count"),
             "table1.csv": (table1_csv(cells), "Table 1 as CSV, one row per cell"),

@@ -40,7 +40,8 @@ from synthseg.data.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, class_weight
 from synthseg.data.manifest import MANIFEST, REQUIRED_COLUMNS, read_manifest, synthetic_row
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
 
 ZERO_STD_MODES = ("floor", "exclude")
 REFERENCE_SPLITS = ("train", "reduced")
@@ -436,10 +437,7 @@ def run_filter(
         raise InputError(f"threshold_quantile must be in (0, 1], got {threshold_quantile}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} already exists (pass overwrite=true to replace it)")
-    if output.resolve() in (masks.resolve(), reference.resolve()):
-        raise InputError(f"{output}: the output folder must differ from the masks and reference folders")
+    output = check_output(output, command="filter", inputs=[masks, reference], overwrite=overwrite)
 
     items = list_masks(masks)
     refs = reference_items(reference, reference_split)
@@ -538,7 +536,9 @@ def run_filter(
         for item in kept
     )
     check_free_space(output.parent, needed, "the filtered masks")
-    with atomic_path(output, is_dir=True) as tmp:
+    with claim_output(
+        output, command="filter", inputs=[masks, reference], overwrite=overwrite, later=DATASET_LATER
+    ) as tmp:
         (tmp / "labels").mkdir()
         if has_images:
             (tmp / "images").mkdir()
