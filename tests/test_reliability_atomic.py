@@ -64,7 +64,9 @@ def partial_of(target: Path) -> Callable[[], bool]:
 def no_leftovers(target: Path) -> bool:
     """No temporary folder of ``target`` (its lock file ``.<name>.lock`` stays beside it, by design)."""
     lock = f".{target.name}.lock"
-    return not [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.") and p.name != lock]
+    return not [
+        p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.") and p.name != lock
+    ]
 
 
 # ------------------------------------------------------------------------- generate-masks: resume
