@@ -283,3 +283,37 @@ def test_demo_stage_clean_up_keeps_user_files(
     _demo(tmp_path, monkeypatch, force=force)  # its own files only: replaced
     assert (out / stage / ".complete").is_file()
     assert (out / "summary.json").is_file()
+
+
+def test_synthesize_removes_only_its_own_intermediate_folders(tmp_path: Path) -> None:
+    from synthseg.synth.synthesize import synthesize
+
+    command = _synthesize(tmp_path / "in")
+    out = tmp_path / "synthetic"
+    work = tmp_path / "synthetic.work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    pgan, spade, reference = tmp_path / "in" / "pgan.pt", tmp_path / "in" / "spade.pt", command.input
+    synthesize(
+        pgan, spade, reference, 3, out, threshold=1e9, device="cpu", progress=False, keep_intermediate=False
+    )
+    assert sorted(p.name for p in work.iterdir()) == [
+        "notes.txt"
+    ]  # masks/ and kept/ are gone, the note stays
+
+
+def test_generate_masks_starting_over_keeps_a_user_file_in_its_resume_folder(tmp_path: Path) -> None:
+    from synthseg.synth.masks import generate_masks, resume_folder
+
+    snap = tiny_snapshot(tmp_path / "snap.pt", size=16)
+    out = tmp_path / "masks"
+    work = resume_folder(out)
+    (work / "labels").mkdir(parents=True)
+    (work / "labels" / "synth_000000.png").write_bytes(b"left over")
+    (work / "thesis.tex").write_text("not a mask")
+    with pytest.raises(InputError, match=f"{work / 'thesis.tex'}: not written by synthseg"):
+        generate_masks(snap, 3, out, progress=False)
+    assert (work / "thesis.tex").read_text() == "not a mask"
+    (work / "thesis.tex").unlink()
+    generate_masks(snap, 3, out, progress=False)  # its own leftovers only: started over
+    assert not work.exists() and len(list((out / "labels").iterdir())) == 3

@@ -5,7 +5,7 @@ The PNG files stay the interchange format; ``<root>/cache/{images,labels}.npy`` 
 atomically (one build at a time per dataset: ``<root>/.cache.lock``), and is keyed on what it was built
 from: the manifest's SHA-256 and every image and label file's size and modification time
 (``cache/sources.npy``, (N, 4) int64: image size, image mtime_ns, label size, label mtime_ns, taken before
-the file was read). When any of them changes the cache is rebuilt, and the rebuild checks every file again,
+the file was read; the paths, as the manifest gave them, in ``cache/sources.txt``). When any of them changes the cache is rebuilt, and the rebuild checks every file again,
 so a deleted PNG or a foreign label value is refused naming the file, as without a cache.
 ``meta.json`` records the format (``synthseg-cache/2``) and the array axes (``NHW``; a sequence axis will
 make it ``NSHW``).
@@ -30,26 +30,28 @@ from synthseg.utils.atomic import atomic_path, check_free_space
 CACHE_DIR = "cache"
 CACHE_FORMAT = "synthseg-cache/2"
 SOURCES = "sources.npy"
+PATHS = "sources.txt"  # the image and label path of each slice (tab-separated), as the manifest had them
 
 
 def _manifest_digest(root: Path) -> str:
     return hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(path: str) -> tuple[int, int]:
     try:
-        info = path.stat()
+        info = os.stat(path)
     except OSError:
         return -1, -1
     return info.st_size, info.st_mtime_ns
 
 
-def _source_stats(root: Path, manifest: Manifest) -> np.ndarray:
+def _source_stats(root: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
     """(N, 4) int64: size and mtime_ns of each slice's image and label file (-1 when missing)."""
-    stats = np.empty((len(manifest), 4), np.int64)
-    for i in range(len(manifest)):
-        stats[i, :2] = _stat(root / manifest.image[i])
-        stats[i, 2:] = _stat(root / manifest.label[i])
+    base = str(root)
+    stats = np.empty((len(pairs), 4), np.int64)
+    for i, (image, label) in enumerate(pairs):  # plain strings: one stat per file is the whole cost
+        stats[i, :2] = _stat(os.path.join(base, image))
+        stats[i, 2:] = _stat(os.path.join(base, label))
     return stats
 
 
@@ -68,16 +70,16 @@ def stale_reason(root: str | os.PathLike[str]) -> str | None:
         if meta.get("manifest_sha256") != _manifest_digest(root):
             return f"{root / MANIFEST}: changed"
         built = np.load(folder / SOURCES)
-        manifest = read_manifest(root)
-    except (OSError, ValueError, InputError):
+        pairs = [tuple(line.split("\t")) for line in (folder / PATHS).read_text().splitlines()]
+    except (OSError, ValueError):
         return f"{folder}: unreadable"
-    now = _source_stats(root, manifest)
+    now = _source_stats(root, pairs)  # type: ignore[arg-type]
     if built.shape != now.shape:
         return f"{folder}: built for another manifest"
     changed = np.flatnonzero((built != now).any(axis=1))
     if len(changed):
         i = int(changed[0])
-        path = manifest.image[i] if (built[i, :2] != now[i, :2]).any() else manifest.label[i]
+        path = pairs[i][0] if (built[i, :2] != now[i, :2]).any() else pairs[i][1]
         return f"{root / path}: changed since the cache was built"
     return None
 
@@ -124,8 +126,8 @@ def _build(root: Path, target: Path, progress: bool) -> None:
         for i in tqdm(range(n), desc=f"caching {root.name}", unit="slice", disable=not progress, leave=False):
             image_path, label_path = root / manifest.image[i], root / manifest.label[i]
             # Stat before reading: a file changed during the build then shows as changed at the next check.
-            sources[i, :2] = _stat(image_path)
-            sources[i, 2:] = _stat(label_path)
+            sources[i, :2] = _stat(str(image_path))
+            sources[i, 2:] = _stat(str(label_path))
             images[i] = read_png(image_path, bitdepth=16, shape=(height, width))
             label = read_png(label_path, bitdepth=8, shape=(height, width))
             if label.max(initial=0) > 6:
@@ -135,6 +137,7 @@ def _build(root: Path, target: Path, progress: bool) -> None:
         labels.flush()
         del images, labels
         np.save(tmp / SOURCES, sources)
+        (tmp / PATHS).write_text("".join(f"{manifest.image[i]}\t{manifest.label[i]}\n" for i in range(n)))
         meta = {
             "format": CACHE_FORMAT,
             "axes": "NHW",

@@ -23,7 +23,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,12 +42,21 @@ from synthseg.models.pgan import ProgressiveSchedule, net_to_labels, resize_labe
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.synth.select import select_best
 from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
-from synthseg.utils.outputs import DATASET_LATER, check_output, check_replaceable, output_lock, write_marker
+from synthseg.utils.outputs import (
+    DATASET_LATER,
+    check_output,
+    check_replaceable,
+    output_lock,
+    remove_own,
+    write_marker,
+)
 from synthseg.utils.precision import autocast_dtype
 
 LATENT_BLOCK = 1024
 BYTES_PER_MASK_ESTIMATE = 2_000  # PNG label maps compress to a few hundred bytes; generous margin
 PROGRESS = "progress.json"
+# What the resume folder holds (the finished output's files, written into it before the rename, included).
+RESUME_FILES = ("labels/*", PROGRESS, "manifest.part.csv", "manifest.csv", "stats.json", "prepare.json", ".*")
 
 
 def resume_folder(output: str | os.PathLike[str]) -> Path:
@@ -84,8 +92,8 @@ def _load_progress(work: Path, settings: dict[str, Any]) -> dict[str, Any]:
             return state
     except (OSError, ValueError):
         pass
-    if work.exists():  # another configuration (or no record): start over
-        shutil.rmtree(work)
+    if work.exists():  # another configuration (or no record): start over, deleting only its own files
+        remove_own(work, patterns=RESUME_FILES, lock=False)  # the caller holds the output's lock
     work.mkdir(parents=True)
     return fresh
 

@@ -21,7 +21,7 @@ from synthseg import __version__
 from synthseg.errors import InputError
 from synthseg.synth.masks import BYTES_PER_MASK_ESTIMATE
 from synthseg.utils.atomic import check_free_space
-from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output, lock_path
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output, lock_path, remove_own
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -149,8 +149,13 @@ def synthesize(
         }
         record = json.loads((tmp / "prepare.json").read_text()) if (tmp / "prepare.json").exists() else {}
         (tmp / "prepare.json").write_text(json.dumps({**record, "synthesize": provenance}, indent=2) + "\n")
-    if not keep_intermediate:
-        shutil.rmtree(work, ignore_errors=True)
+    if not keep_intermediate:  # the masks' and the filter's own folders, then the (then empty) work folder
+        remove_own(masks_dir)
+        remove_own(kept_dir)
+        for lock in (lock_path(masks_dir), lock_path(kept_dir)):
+            lock.unlink(missing_ok=True)
+        if work.is_dir() and not any(work.iterdir()):
+            work.rmdir()
     return provenance
 
 

@@ -214,18 +214,19 @@ def claim_output(
             write_marker(tmp, command, later)
 
 
-def remove_own(folder: str | os.PathLike[str], *, patterns: Sequence[str] = ()) -> None:
+def remove_own(folder: str | os.PathLike[str], *, patterns: Sequence[str] = (), lock: bool = True) -> None:
     """Delete ``folder`` when every file in it is provably the tool's; else refuse naming a foreign file.
 
     Proof is the folder's marker (its file list and later patterns) or, for folders without a marker that
-    the caller knows it made (a training run), ``patterns``.
+    the caller knows it made (a training run), ``patterns``. ``lock=False`` when the caller already holds
+    the lock that covers ``folder``.
     """
     folder = resolve(folder)
     if not folder.exists():
         return
     if not folder.is_dir() or folder.is_symlink():
         raise InputError(f"{folder}: exists and is not a folder the demo wrote; move it away and run again")
-    with output_lock(folder):
+    with output_lock(folder) if lock else contextlib.nullcontext():
         marker = read_marker(folder)
         own = set(marker.get("files", [])) if marker else set()
         allowed = [*patterns, *(marker.get("later", []) if marker else ANY_LATER)]
