@@ -317,3 +317,17 @@ def test_generate_masks_starting_over_keeps_a_user_file_in_its_resume_folder(tmp
     (work / "thesis.tex").unlink()
     generate_masks(snap, 3, out, progress=False)  # its own leftovers only: started over
     assert not work.exists() and len(list((out / "labels").iterdir())) == 3
+
+
+def test_a_symlink_to_an_input_is_that_input(tmp_path: Path) -> None:
+    command = _filter(tmp_path / "in")
+    assert command.input is not None
+    link = tmp_path / "link"
+    link.symlink_to(command.input, target_is_directory=True)
+    before = tree(command.input)
+    with pytest.raises(InputError, match="is the input"):
+        command.run(link, True)
+    (tmp_path / "parent_link").symlink_to(command.input.parent, target_is_directory=True)
+    with pytest.raises(InputError, match="contains the input"):
+        command.run(tmp_path / "parent_link", True)
+    assert tree(command.input) == before

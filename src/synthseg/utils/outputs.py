@@ -37,6 +37,7 @@ ANY_LATER = (".complete",)
 TRAIN_RUN_FILES = (
     "checkpoints/*",
     "tensorboard/*",
+    "lightning_logs/*",  # Lightning's own folder when a run has no logger
     "snapshots/*",
     "results.json",
     "pgan_run.json",
