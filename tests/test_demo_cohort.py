@@ -145,6 +145,6 @@ def test_refuses_bad_arguments(tmp_path: Path) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("not a cohort")
-    with pytest.raises(InputError, match="not a demo cohort"):
+    with pytest.raises(InputError, match=f"{busy}: not empty and not written by synthseg demo-cohort"):
         demo_cohort.generate_cohort(busy, 1, 0, progress=False)
     assert (busy / "keep.txt").read_text() == "not a cohort"

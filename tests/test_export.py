@@ -245,4 +245,4 @@ def test_a_bad_file_leaves_no_partial_dataset(sources: dict, tmp_path: Path) -> 
     write_label8(sources["real"] / "images" / f"{sid}.png", np.zeros((SIDE, SIDE), np.uint8))
     with pytest.raises(InputError, match=f"{sid}.png.*16-bit"):
         export_nnunet([sources["real"]], tmp_path / "raw", progress=False)
-    assert list((tmp_path / "raw").iterdir()) == []
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == [".Dataset501_SynthSeg.lock"]  # the lock only

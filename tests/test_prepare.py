@@ -84,7 +84,7 @@ def make_cohort(root: Path, n: int, **kwargs: Any) -> dict[str, dict[str, Any]]:
 
 
 def settings(source: Path, output: Path, **kwargs: Any) -> PrepareSettings:
-    base = {"size": SIZE, "workers": 1, "progress": False}
+    base = {"size": SIZE, "workers": 1, "progress": False, "overwrite": True}
     base.update(kwargs)
     return PrepareSettings(source=str(source), output=str(output), **base)
 
@@ -492,11 +492,11 @@ def test_settings_and_paths_refused(tmp_path: Path) -> None:
     ]:
         with pytest.raises(InputError, match=message):
             replace(base, **change)
-    with pytest.raises(InputError, match="must not be the source folder, inside it"):
+    with pytest.raises(InputError, match="lies inside the input"):
         prepare_dataset(replace(base, output=str(tmp_path / "src/HGG/out")))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/thesis.tex").write_text("precious")
-    with pytest.raises(InputError, match="exists and is not a prepared dataset"):
+    with pytest.raises(InputError, match="not empty and not written by synthseg prepare"):
         prepare_dataset(replace(base, output=str(tmp_path / "mine")))
     assert (tmp_path / "mine/thesis.tex").read_text() == "precious"
     with pytest.raises(InputError, match="in-plane size 6x5 is larger than size=4"):
@@ -574,7 +574,7 @@ def slow(path, array):
     real(path, array)
     time.sleep(0.05)
 slices.write_label8 = slow
-prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1, progress=False, seed=9))
+prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1, progress=False, seed=9, overwrite=True))
 """
 
 

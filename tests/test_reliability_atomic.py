@@ -51,7 +51,11 @@ def partial_of(target: Path) -> Callable[[], bool]:
 
 
 def no_leftovers(target: Path) -> bool:
-    return not [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
+    """No temporary folder of ``target`` (its lock file ``.<name>.lock`` stays beside it, by design)."""
+    lock = f".{target.name}.lock"
+    return not [
+        p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.") and p.name != lock
+    ]
 
 
 # ------------------------------------------------------------------------- generate-masks: resume
@@ -206,10 +210,11 @@ def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: 
                   "figures": {"enabled": False}})  # fmt: skip
     before = tree(out)
     command = [SYNTHSEG, "report", f"runs={runs}", f"output={out}", "bootstrap.samples=20",
-               "figures.segmentation_slices=4", f"figures.masks_full={big_masks(tmp_path)}"]  # fmt: skip
+               "figures.segmentation_slices=4", f"figures.masks_full={big_masks(tmp_path)}",
+               "overwrite=true"]  # fmt: skip
     kill_when(command, partial_of(out), tmp_path)
     assert tree(out) == before
-    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 20},
+    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 20}, "overwrite": True,
                   "figures": {"segmentation_slices": 4}})  # fmt: skip
     assert (out / "fig8_segmentations_7class.png").is_file() and no_leftovers(out)
 

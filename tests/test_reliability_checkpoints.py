@@ -92,7 +92,7 @@ def test_report_refuses_a_malicious_best_checkpoint(tmp_path: Path) -> None:
         write_report(cfg)
     _one_line(str(err.value))
     assert not marker.exists()
-    assert not out.exists() and not list(tmp_path.glob(".report.*"))
+    assert not out.exists() and [p.name for p in tmp_path.glob(".report.*")] == [".report.lock"]
 
 
 def test_report_checkpoint_of_other_classes_is_one_clear_error(tmp_path: Path) -> None:

@@ -85,8 +85,9 @@ def test_table1_mean_std_paper_and_best_cells(prepared: Path, tmp_path: Path) ->
 
 
 def test_repeated_seed_and_missing_runs_are_errors(prepared: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no results.json"):
-        write_report({"runs": str(tmp_path), "output": str(tmp_path / "out")})
+        write_report({"runs": str(tmp_path / "empty"), "output": str(tmp_path / "out")})
     for i in range(2):
         make_run(
             tmp_path / "runs" / str(i), mix="full_real", classes=2, seed=0, dice_error=0.1, data_root=prepared
@@ -246,11 +247,12 @@ def test_cli_writes_the_report(prepared: Path, tmp_path: Path) -> None:
     )
     out = tmp_path / "report"
     cmd = [str(Path(sys.executable).parent / "synthseg"), "report", f"runs={tmp_path / 'runs'}", f"output={out}",
-           "bootstrap.samples=20", "figures.segmentation_slices=2"]  # fmt: skip
+           "bootstrap.samples=20", "figures.segmentation_slices=2", "overwrite=true"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "table1.md").is_file() and (out / "fig9_segmentations_4class.png").is_file()
-    bad = subprocess.run([*cmd[:2], f"runs={tmp_path / 'nowhere'}", f"output={out}"], capture_output=True,
+    bad = subprocess.run([*cmd[:2], f"runs={tmp_path / 'nowhere'}", f"output={out}", "overwrite=true"],
+                         capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "folder not found" in bad.stderr
 

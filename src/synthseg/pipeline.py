@@ -21,6 +21,7 @@ from synthseg.errors import InputError
 from synthseg.paths import config_dir
 from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.utils.atomic import write_text_atomic
+from synthseg.utils.outputs import TRAIN_RUN_FILES, claim_folder, claim_output, output_lock, remove_own
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class Stage:
     output: str
     run: Callable[[Path], Any]
     budget_s: float
+    # What the stage writes when it leaves no marker of its own (training runs): the clean-up may delete
+    # these and refuses any other file (synthseg.utils.outputs.remove_own).
+    own: tuple[str, ...] = ()
     seconds: float = field(default=0.0)
     skipped: bool = field(default=False)
 
@@ -144,7 +148,10 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         from synthseg.data.demo_cohort import main as cohort_main
 
         cohort_main(
-            compose_config("demo_cohort", [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={seed}"])
+            compose_config(
+                "demo_cohort",
+                [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={seed}", "overwrite=true"],
+            )
         )
 
     def prepare(out: Path) -> None:
@@ -155,6 +162,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             f"output={out / 'prepared'}",
             f"seed={seed}",
             f"workers={cfg.workers}",
+            "overwrite=true",
         ]
         prepare_main(compose_config("prepare", overrides))
 
@@ -199,8 +207,6 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         )
 
     def sweep(out: Path) -> None:
-        import shutil
-
         from synthseg.errors import InputError
 
         for mix in cfg.sweep.mixes:
@@ -220,7 +226,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
                     _train(overrides, run_dir)
                 except InputError as err:
                     # The filter may keep fewer synthetic pairs than a mix asks for: say so, run the rest.
-                    shutil.rmtree(run_dir, ignore_errors=True)
+                    remove_own(run_dir, patterns=TRAIN_RUN_FILES)
                     print(f"  {mix}: skipped ({err})", flush=True)
                     break
 
@@ -238,19 +244,19 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
     return [
         Stage("demo cohort", "cohort", cohort, budgets.cohort),
         Stage("prepare", "prepared", prepare, budgets.prepare),
-        Stage("PGAN (label maps)", "pgan", pgan, budgets.pgan),
-        Stage("SPADE (label map -> T1c)", "spade", spade, budgets.spade),
+        Stage("PGAN (label maps)", "pgan", pgan, budgets.pgan, TRAIN_RUN_FILES),
+        Stage("SPADE (label map -> T1c)", "spade", spade, budgets.spade, TRAIN_RUN_FILES),
         Stage("synthetic pairs", "synthetic", synthetic, budgets.synthetic),
         Stage("SPADE on real test masks", "spade_test", spade_test, budgets.spade_test),
-        Stage("Table 1 sweep (U-Net)", "table1", sweep, budgets.sweep),
+        Stage(
+            "Table 1 sweep (U-Net)", "table1", sweep, budgets.sweep, tuple(f"*/{p}" for p in TRAIN_RUN_FILES)
+        ),
         Stage("report", "report", report, budgets.report),
     ]
 
 
 def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Path:
     """The first ``count`` non-empty real test label maps, reduced to ``size`` like the DataModule does."""
-    import shutil
-
     import numpy as np
 
     from synthseg.data.labels import resize_labels
@@ -259,14 +265,13 @@ def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Pat
 
     manifest = read_manifest(prepared)
     rows = [r for r in manifest.rows("test") if not manifest.empty[r]][:count]
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for row in rows:
-        label = read_png(prepared / manifest.label[row])
-        write_label8(
-            folder / f"{manifest.ids[row]}.png",
-            resize_labels(label, size).astype(np.uint8),
-        )
+    with claim_output(folder, command="demo-test-masks", inputs=[prepared], overwrite=True) as tmp:
+        for row in rows:
+            label = read_png(prepared / manifest.label[row])
+            write_label8(
+                tmp / f"{manifest.ids[row]}.png",
+                resize_labels(label, size).astype(np.uint8),
+            )
     return folder
 
 
@@ -296,14 +301,18 @@ def run_demo(config: DictConfig | DemoSettings) -> dict[str, Any]:
     """Run every stage of the demo into ``cfg.output``; print and return a summary.
 
     A stage whose output carries the completion marker is skipped (so an interrupted demo resumes); an
-    output without it is left over from an interrupted stage and is replaced.
+    output without it is left over from an interrupted stage and is replaced, when everything in it is the
+    stage's own (else the demo stops, naming the foreign file). ``out`` itself must be new, empty or a demo
+    folder, and one demo at a time writes it.
     """
-    import shutil
-
     cfg = config if isinstance(config, DemoSettings) else DemoSettings.from_config(config)
-
     out = Path(cfg.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "demo")
+    with output_lock(out):
+        return _run_stages(cfg, out)
+
+
+def _run_stages(cfg: DemoSettings, out: Path) -> dict[str, Any]:
     stages = build_stages(cfg)
     start = time.perf_counter()
     print(
@@ -317,7 +326,7 @@ def run_demo(config: DictConfig | DemoSettings) -> dict[str, Any]:
             stage.skipped = True
             print(f"[{index}/{len(stages)}] {stage.name}: {target} is complete, skipped")
             continue
-        shutil.rmtree(target, ignore_errors=True)
+        remove_own(target, patterns=stage.own)
         print(f"[{index}/{len(stages)}] {stage.name} (budget {stage.budget_s:.0f} s) -> {target}", flush=True)
         t0 = time.perf_counter()
         stage.run(out)

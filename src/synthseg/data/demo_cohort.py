@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from synthseg.errors import InputError
 from synthseg.settings import Settings
-from synthseg.utils.atomic import atomic_path
+from synthseg.utils.outputs import check_output, claim_output
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
 # The BraTS 2018 files' voxel-to-world matrix (1 mm, LPS axes): the same for T1c, seg and the tissue maps.
@@ -435,11 +435,12 @@ def generate_cohort(
     *,
     montage: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write a demo cohort of ``cases`` HGG cases in BraTS 2018 layout under ``output``.
 
     The folder is built under a temporary name and renamed into place when complete. An existing ``output``
-    is replaced only if it is itself a demo cohort (it holds ``demo_cohort.json``).
+    is replaced only with ``overwrite`` and only if this command wrote it (synthseg.utils.outputs).
 
     Args:
         output: root folder; cases go to ``output/HGG/<case>/``.
@@ -447,6 +448,7 @@ def generate_cohort(
         seed: everything random derives from it; the same seed gives byte-identical files.
         montage: also write ``output/montage.png`` (axial T1c slices beside the colored labels).
         progress: show a progress bar.
+        overwrite: replace a cohort this command wrote earlier.
 
     Returns:
         The case folders, in generation order.
@@ -456,14 +458,11 @@ def generate_cohort(
     cases = int(cases)
     if cases < 1:
         raise InputError(f"cases must be at least 1, got {cases}")
-    output = Path(output)
-    if output.exists() and not (output / _MARKER).is_file():
-        if not output.is_dir() or any(output.iterdir()):
-            raise InputError(f"{output} exists and is not a demo cohort: choose an empty or new folder")
+    output = check_output(output, command="demo-cohort", overwrite=overwrite)
     names = case_names(cases, seed)
     shown: list[DemoCase] = []
     folders = []
-    with atomic_path(output, is_dir=True) as tmp:
+    with claim_output(output, command="demo-cohort", overwrite=overwrite) as tmp:
         for index, (inst, ident) in enumerate(
             tqdm(names, desc="demo cohort", unit="case", disable=not progress)
         ):
@@ -496,10 +495,13 @@ class DemoCohortSettings(Settings):
     seed: int = 0
     montage: bool = True
     progress: bool = True
+    overwrite: bool = False
 
 
 def main(cfg: Any) -> None:
     """``synthseg demo-cohort output=DIR cases=N seed=S [montage=true]``."""
     s = DemoCohortSettings.from_config(cfg)
-    folders = generate_cohort(s.output, s.cases, s.seed, montage=s.montage, progress=s.progress)
+    folders = generate_cohort(
+        s.output, s.cases, s.seed, montage=s.montage, progress=s.progress, overwrite=s.overwrite
+    )
     print(f"demo cohort: {len(folders)} cases in {Path(s.output) / 'HGG'}")

@@ -28,7 +28,6 @@ from synthseg.data.label_check import check_sample
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     DATASET_FORMAT,
-    PROVENANCE,
     REQUIRED_COLUMNS,
     SPLITS,
     dataset_stats,
@@ -43,7 +42,8 @@ from synthseg.data.release_summary import release_lines, release_record
 from synthseg.data.slices import CaseResult, check_inputs, pad_center, process_case, slice_id, to_uint16
 from synthseg.data.splits import assign_splits, split_counts
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
 
 # Re-exported: callers import these from here (the module was split by concern).
 __all__ = [
@@ -146,16 +146,7 @@ def _code_version() -> dict[str, str | None]:
 
 def _check_paths(settings: PrepareSettings) -> tuple[Path, Path]:
     source = Path(settings.source).expanduser().resolve()
-    output = Path(settings.output).expanduser().resolve()
-    if output == source or output in source.parents or source in output.parents:
-        raise InputError(f"output={output} must not be the source folder, inside it, or contain it")
-    if output.exists() and not settings.overwrite:
-        raise InputError(f"{output}: already exists (pass overwrite=true to replace it)")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: exists and is not a folder")
-    if output.exists() and not (output / PROVENANCE).is_file() and any(output.iterdir()):
-        # Never replace a folder this command did not make.
-        raise InputError(f"{output}: exists and is not a prepared dataset; choose an empty or new folder")
+    output = check_output(settings.output, command="prepare", inputs=[source], overwrite=settings.overwrite)
     return source, output
 
 
@@ -205,7 +196,9 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
     except OSError as err:
         raise InputError(str(err)) from None
 
-    with atomic_path(output, is_dir=True, overwrite=settings.overwrite) as tmp:
+    with claim_output(
+        output, command="prepare", inputs=[source], overwrite=settings.overwrite, later=DATASET_LATER
+    ) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         results = []

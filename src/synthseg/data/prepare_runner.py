@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -11,6 +12,7 @@ from synthseg.data.brats import BratsConvention, Case
 from synthseg.data.prepare_settings import PrepareSettings
 from synthseg.data.slices import CaseResult, process_case
 from synthseg.errors import InputError
+from synthseg.utils.procs import die_with_parent
 
 
 def worker(job: tuple[Case, BratsConvention, PrepareSettings, Path]) -> CaseResult:
@@ -45,7 +47,10 @@ def run_cases(
         else:
             # spawn: the workers need numpy and nibabel only, never a forked copy of the parent's threads
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            # die_with_parent: a SIGKILLed prepare must not leave workers writing into its partial folder
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 pending: set[Future[CaseResult]] = {pool.submit(worker, job) for job in jobs}
                 try:
                     while pending:

@@ -32,7 +32,7 @@ class PrepareSettings(Settings):
         on_error: ``stop`` (nothing is written) or ``skip`` (the case is left out, with a warning).
         tissue: ``auto`` (FAST outputs when present, else built-in), ``fast`` (FAST outputs required) or
             ``builtin`` (ignore FAST outputs).
-        overwrite: replace an existing output folder.
+        overwrite: replace an existing output folder this command wrote (never a foreign one).
         progress: show a progress bar.
     """
 
@@ -53,7 +53,7 @@ class PrepareSettings(Settings):
     workers: int = 2
     on_error: str = "stop"
     tissue: str = "auto"
-    overwrite: bool = True
+    overwrite: bool = False
     progress: bool = True
 
     REQUIRED = {"source": "DIR", "output": "DIR"}

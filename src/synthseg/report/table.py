@@ -15,7 +15,6 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,8 @@ from synthseg.report.runs import (
 )
 from synthseg.report.stats import bootstrap, paired_bootstrap, resample_weights
 from synthseg.settings import Settings, check_positive
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import check_output, claim_output
 
 log = logging.getLogger(__name__)
 
@@ -339,9 +339,20 @@ class ReportSettings(Settings):
 
     runs: str
     output: str
-    overwrite: bool = True
+    overwrite: bool = False
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     figures: FigureSettings = field(default_factory=FigureSettings)
+
+
+def _figure_inputs(figures: FigureSettings) -> list[str]:
+    """The dataset folders the figures read (the report folder must not be or hold one of them)."""
+    keys = ("real", "masks_full", "masks_reduced", "synthetic_full", "synthetic_reduced", "spade_test")
+    found: list[str] = []
+    for key in keys:
+        value = getattr(figures, key)
+        values = value if isinstance(value, tuple) else [value]
+        found.extend(str(v) for v in values if v)
+    return found
 
 
 def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -357,9 +368,9 @@ def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str,
     from synthseg.report import figures
 
     settings = cfg if isinstance(cfg, ReportSettings) else ReportSettings.from_config(cfg, partial=True)
-    output = Path(settings.output)
-    if output.exists() and not settings.overwrite:
-        raise InputError(f"output={output} exists (pass overwrite=true to replace it)")
+    overwrite = settings.overwrite
+    inputs = [settings.runs, *_figure_inputs(settings.figures)]
+    output = check_output(settings.output, command="report", inputs=inputs, overwrite=overwrite)
     runs = find_runs(settings.runs)
     groups = group_runs(runs)
     boot = settings.bootstrap
@@ -370,7 +381,7 @@ def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str,
     # An upper bound: ten figures of at most about 6 MB each (RGB, before PNG compression) and the tables.
     figures_on = settings.figures.enabled
     check_free_space(output.parent, (60 if figures_on else 1) * 10**6, "the report")
-    with atomic_path(output, is_dir=True, overwrite=True) as tmp:
+    with claim_output(output, command="report", inputs=inputs, overwrite=overwrite) as tmp:
         texts = {
             "table1.md": (table1_markdown(groups, cells), "Table 1: Dice error % per mix and class count"),
             "table1.csv": (table1_csv(cells), "Table 1 as CSV, one row per cell"),

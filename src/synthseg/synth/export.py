@@ -34,7 +34,8 @@ from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.settings import Settings
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import check_output, claim_output
 
 FORMATS = ("nnunet",)
 SELECTABLE_SPLITS = ("train", "reduced", "val", "test")
@@ -188,7 +189,7 @@ def export_nnunet(
         limit: per source (or one number for all), the first N training slices only.
         dataset_id: nnU-Net dataset id (3 digits).
         name: dataset name.
-        overwrite: replace an existing dataset folder of the same name.
+        overwrite: replace a dataset folder of the same name that this command wrote (never a foreign one).
         progress: show a progress bar.
 
     Returns:
@@ -202,9 +203,13 @@ def export_nnunet(
     if "test" in splits:
         raise InputError("split: the test split goes to imagesTs (test=true), not to the training cases")
     limits = _as_list(limit) if not isinstance(limit, int) else [limit] * len(sources)
-    folder = Path(output) / dataset_folder_name(dataset_id, name)
-    if folder.exists() and not overwrite:
-        raise InputError(f"{folder} already exists (pass overwrite=true to replace it)")
+    # The rule applies to the dataset folder this command replaces, not to the nnUNet_raw parent.
+    folder = check_output(
+        Path(output) / dataset_folder_name(dataset_id, name),
+        command="export",
+        inputs=sources,
+        overwrite=overwrite,
+    )
     clash = [p.name for p in Path(output).glob(f"Dataset{int(dataset_id):03d}_*") if p.name != folder.name]
     if clash:
         raise InputError(
@@ -219,7 +224,7 @@ def export_nnunet(
     # Missing files are left to _write_case, which names them in one line.
     needed = sum(p.stat().st_size for c in (*train, *tests) for p in (c.image, c.label) if p.is_file())
     check_free_space(Path(output), needed, "the nnU-Net dataset")
-    with atomic_path(folder, is_dir=True) as tmp:
+    with claim_output(folder, command="export", inputs=sources, overwrite=overwrite) as tmp:
         groups = [("imagesTr", "labelsTr", train)]
         if tests:
             groups.append(("imagesTs", "labelsTs", tests))

@@ -44,7 +44,8 @@ from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
 from synthseg.settings import Settings, check_positive
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
 from synthseg.utils.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -169,16 +170,15 @@ def generate_images(
         seed: seeds the latent codes of a VAE generator (without VAE the output does not depend on it).
         autocast: ``bf16`` or ``fp16`` to generate under autocast (GPU), None for float32.
         keep_ids: name every output after its mask's id, whatever it is (default: ``synth_<n>`` ids).
-        overwrite: replace an existing ``output``.
+        overwrite: replace an ``output`` this command wrote earlier (never a foreign folder).
         progress: show a progress bar.
         config: the resolved command config, recorded in ``prepare.json``.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
     amp_dtype = autocast_dtype(autocast)
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"output={output} already exists (pass overwrite=true to replace it)")
+    inputs = [checkpoint, masks]
+    output = check_output(output, command="generate-images", inputs=inputs, overwrite=overwrite)
     start = time.time()
     generator, train_max = load_image_generator(checkpoint)
     items = list_masks(masks, "masks")
@@ -198,7 +198,9 @@ def generate_images(
     written = 0
     class_counts = np.zeros(NUM_CLASSES, np.int64)
     maximum, total = 0, 0.0
-    with atomic_path(output, is_dir=True, overwrite=overwrite) as tmp:
+    with claim_output(
+        output, command="generate-images", inputs=inputs, overwrite=overwrite, later=DATASET_LATER
+    ) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         # Manifest rows are written as they come, so memory does not grow with the number of masks.

@@ -23,7 +23,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -53,11 +52,21 @@ from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
 from synthseg.settings import Settings, check_positive
 from synthseg.synth.select import select_best
 from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
+from synthseg.utils.outputs import (
+    DATASET_LATER,
+    check_output,
+    check_replaceable,
+    output_lock,
+    remove_own,
+    write_marker,
+)
 from synthseg.utils.precision import autocast_dtype
 
 LATENT_BLOCK = 1024
 BYTES_PER_MASK_ESTIMATE = 2_000  # PNG label maps compress to a few hundred bytes; generous margin
 PROGRESS = "progress.json"
+# What the resume folder holds (the finished output's files, written into it before the rename, included).
+RESUME_FILES = ("labels/*", PROGRESS, "manifest.part.csv", "manifest.csv", "stats.json", "prepare.json", ".*")
 
 
 def resume_folder(output: str | os.PathLike[str]) -> Path:
@@ -93,8 +102,8 @@ def _load_progress(work: Path, settings: dict[str, Any]) -> dict[str, Any]:
             return state
     except (OSError, ValueError):
         pass
-    if work.exists():  # another configuration (or no record): start over
-        shutil.rmtree(work)
+    if work.exists():  # another configuration (or no record): start over, deleting only its own files
+        remove_own(work, patterns=RESUME_FILES, lock=False)  # the caller holds the output's lock
     work.mkdir(parents=True)
     return fresh
 
@@ -205,9 +214,7 @@ def generate_masks(
         raise InputError(f"batch_size must be positive, got {batch_size}")
     count, batch_size = int(count), int(batch_size)
     amp_dtype = autocast_dtype(autocast)
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"output={output}: already exists (pass overwrite=true to replace it)")
+    output = check_output(output, command="generate-masks", inputs=[checkpoint], overwrite=overwrite)
     generator, meta = load_mask_generator(checkpoint)
     stage_resolution = int(meta.get("resolution") or generator.resolution)
     alpha = float(meta.get("alpha", 1.0))
@@ -230,106 +237,114 @@ def generate_masks(
         count * BYTES_PER_MASK_ESTIMATE,
         f"{count} masks",
     )
-    work = resume_folder(output)
-    settings = {
-        "checkpoint_sha256": _file_digest(Path(meta["source"])),
-        "generator": generator.init_args,
-        "stage_resolution": stage_resolution,
-        "alpha": alpha,
-        "count": count,
-        "seed": int(seed),
-        "batch_size": batch_size,
-        "size": size,
-        "autocast": autocast,
-    }
-    state = _load_progress(work, settings)
-    resumed_from = int(state["done"])
-    class_counts = np.asarray(state["class_counts"], np.int64)
-    empty = int(state["empty"])
-    labels_dir = work / "labels"
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    manifest_part = work / "manifest.part.csv"
-    with open(manifest_part, "a+b") as raw:  # drop rows appended after the last progress record
-        raw.truncate(int(state["manifest_bytes"]))
-    started = time.perf_counter()
-    bar = tqdm(total=count, initial=resumed_from, desc="generating masks", unit="mask", disable=not progress)
-
-    def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int]) -> None:
-        # A batch counts as done only once its files are on disk: then its rows and the progress record.
-        future, stop, rows, counts, batch_empty = batch
-        future.result()
-        nonlocal empty
-        with open(manifest_part, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS)).writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        class_counts[:] += counts
-        empty += batch_empty
-        state.update(
-            done=stop,
-            class_counts=class_counts.tolist(),
-            empty=empty,
-            manifest_bytes=manifest_part.stat().st_size,
-        )
-        write_text_atomic(work / PROGRESS, json.dumps(state))
-        bar.update(len(rows))
-
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None
-        for start in range(resumed_from, count, batch_size):
-            stop = min(count, start + batch_size)
-            with torch.inference_mode():
-                z = latents(seed, start, stop, generator.latent_dim).to(dev)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    x = generator(z, stage_resolution, alpha)
-                masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
-            ids = [f"synth_{i:06d}" for i in range(start, stop)]
-            if pending is not None:
-                commit(pending)  # one batch in flight: constant memory
-            future = writer.submit(_write_batch, labels_dir, ids, masks)
-            counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
-            rows, batch_empty = [], 0
-            for sid, mask_counts in zip(ids, counts, strict=True):
-                is_empty = int(mask_counts[1:].sum() == 0)
-                batch_empty += is_empty
-                rows.append(synthetic_row(sid, mask_counts, has_image=False))
-            pending = (future, stop, rows, counts.sum(axis=0), batch_empty)
-        if pending is not None:
-            commit(pending)
-    bar.close()
-    with atomic_path(output) as tmp:
-        (work / MANIFEST).write_bytes(manifest_header().encode() + manifest_part.read_bytes())
-        manifest_part.unlink()
-        (work / PROGRESS).unlink()
-        seconds = time.perf_counter() - started
-        write_stats(
-            work,
-            dataset_stats(source="synthetic", size=size, splits={"train": count}, class_counts=class_counts),
-        )
-        provenance = {
-            "command": "generate-masks",
-            "version": __version__,
-            "checkpoint": meta.get("source"),
-            "selected": meta.get("selected"),
-            "tick": meta.get("tick"),
-            "kimg": meta.get("kimg"),
+    # One run per output: the lock covers the shared work folder too (its clean-up and resume).
+    with output_lock(output):
+        check_replaceable(output, "generate-masks", overwrite)
+        work = resume_folder(output)
+        settings = {
+            "checkpoint_sha256": _file_digest(Path(meta["source"])),
             "generator": generator.init_args,
             "stage_resolution": stage_resolution,
             "alpha": alpha,
             "count": count,
-            "seed": seed,
+            "seed": int(seed),
             "batch_size": batch_size,
             "size": size,
-            "device": str(dev),
             "autocast": autocast,
-            "empty": empty,
-            "empty_fraction": empty / count,
-            "resumed_from": resumed_from,
-            "seconds": seconds,
-            "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
         }
-        write_provenance(work, provenance)
-        os.replace(work, tmp)  # the completed work folder becomes the output in one rename
+        state = _load_progress(work, settings)
+        resumed_from = int(state["done"])
+        class_counts = np.asarray(state["class_counts"], np.int64)
+        empty = int(state["empty"])
+        labels_dir = work / "labels"
+        labels_dir.mkdir(parents=True, exist_ok=True)
+        manifest_part = work / "manifest.part.csv"
+        with open(manifest_part, "a+b") as raw:  # drop rows appended after the last progress record
+            raw.truncate(int(state["manifest_bytes"]))
+        started = time.perf_counter()
+        bar = tqdm(
+            total=count, initial=resumed_from, desc="generating masks", unit="mask", disable=not progress
+        )
+
+        def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int]) -> None:
+            # A batch counts as done only once its files are on disk: then its rows and the progress record.
+            future, stop, rows, counts, batch_empty = batch
+            future.result()
+            nonlocal empty
+            with open(manifest_part, "a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS)).writerows(rows)
+                handle.flush()
+                os.fsync(handle.fileno())
+            class_counts[:] += counts
+            empty += batch_empty
+            state.update(
+                done=stop,
+                class_counts=class_counts.tolist(),
+                empty=empty,
+                manifest_bytes=manifest_part.stat().st_size,
+            )
+            write_text_atomic(work / PROGRESS, json.dumps(state))
+            bar.update(len(rows))
+
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending = None
+            for start in range(resumed_from, count, batch_size):
+                stop = min(count, start + batch_size)
+                with torch.inference_mode():
+                    z = latents(seed, start, stop, generator.latent_dim).to(dev)
+                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        x = generator(z, stage_resolution, alpha)
+                    masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
+                ids = [f"synth_{i:06d}" for i in range(start, stop)]
+                if pending is not None:
+                    commit(pending)  # one batch in flight: constant memory
+                future = writer.submit(_write_batch, labels_dir, ids, masks)
+                counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
+                rows, batch_empty = [], 0
+                for sid, mask_counts in zip(ids, counts, strict=True):
+                    is_empty = int(mask_counts[1:].sum() == 0)
+                    batch_empty += is_empty
+                    rows.append(synthetic_row(sid, mask_counts, has_image=False))
+                pending = (future, stop, rows, counts.sum(axis=0), batch_empty)
+            if pending is not None:
+                commit(pending)
+        bar.close()
+        with atomic_path(output) as tmp:
+            (work / MANIFEST).write_bytes(manifest_header().encode() + manifest_part.read_bytes())
+            manifest_part.unlink()
+            (work / PROGRESS).unlink()
+            seconds = time.perf_counter() - started
+            write_stats(
+                work,
+                dataset_stats(
+                    source="synthetic", size=size, splits={"train": count}, class_counts=class_counts
+                ),
+            )
+            provenance = {
+                "command": "generate-masks",
+                "version": __version__,
+                "checkpoint": meta.get("source"),
+                "selected": meta.get("selected"),
+                "tick": meta.get("tick"),
+                "kimg": meta.get("kimg"),
+                "generator": generator.init_args,
+                "stage_resolution": stage_resolution,
+                "alpha": alpha,
+                "count": count,
+                "seed": seed,
+                "batch_size": batch_size,
+                "size": size,
+                "device": str(dev),
+                "autocast": autocast,
+                "empty": empty,
+                "empty_fraction": empty / count,
+                "resumed_from": resumed_from,
+                "seconds": seconds,
+                "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
+            }
+            write_provenance(work, provenance)
+            write_marker(work, "generate-masks", DATASET_LATER)  # last: the folder is complete
+            os.replace(work, tmp)  # the completed work folder becomes the output in one rename
     return provenance
 
 

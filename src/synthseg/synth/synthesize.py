@@ -23,7 +23,8 @@ from synthseg.data.manifest import read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.synth.masks import BYTES_PER_MASK_ESTIMATE
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output, lock_path, remove_own
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -73,12 +74,11 @@ def synthesize(
     from synthseg.synth.masks import generate_masks
     from synthseg.synth.zfilter import run_filter
 
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"output={output}: already exists (pass overwrite=true to replace it)")
     for name, path in (("pgan", pgan), ("spade", spade), ("reference", reference)):
         if not Path(path).exists():
             raise InputError(f"{name}={path}: not found")
+    inputs = [pgan, spade, reference]
+    output = check_output(output, command="synthesize", inputs=inputs, overwrite=overwrite)
     # Refuse before hours of generation when the disk cannot hold the result: generated and kept masks
     # (the estimates of generate-masks) plus image and label of every pair (as generate-images estimates).
     try:
@@ -130,7 +130,9 @@ def synthesize(
         "generated": count,
         "filter": {"threshold": threshold, "threshold_at": threshold_at, **report.summary},
     }
-    with atomic_path(output, is_dir=True) as tmp:
+    with claim_output(
+        output, command="synthesize", inputs=inputs, overwrite=overwrite, later=DATASET_LATER
+    ) as tmp:
         image_record = generate_images(
             spade,
             kept_dir,
@@ -144,12 +146,18 @@ def synthesize(
         for entry in (tmp / "dataset").iterdir():
             shutil.move(str(entry), tmp / entry.name)
         (tmp / "dataset").rmdir()
+        lock_path(tmp / "dataset").unlink(missing_ok=True)
         provenance["images"] = {
             k: image_record.get(k) for k in ("checkpoint_train_max", "seconds", "images_per_second")
         }
         write_provenance(tmp, {**(read_provenance(tmp) or {}), "synthesize": provenance})
-    if not keep_intermediate:
-        shutil.rmtree(work, ignore_errors=True)
+    if not keep_intermediate:  # the masks' and the filter's own folders, then the (then empty) work folder
+        remove_own(masks_dir)
+        remove_own(kept_dir)
+        for lock in (lock_path(masks_dir), lock_path(kept_dir)):
+            lock.unlink(missing_ok=True)
+        if work.is_dir() and not any(work.iterdir()):
+            work.rmdir()
     return provenance
 
 

@@ -66,7 +66,8 @@ from synthseg.synth.zscore import (
     scaled_threshold,
     zscore_norms,
 )
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import check_free_space
+from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
 
 __all__ = [
     "PAPER_DISCARDED",
@@ -163,13 +164,6 @@ def _check_values(zero_std: str, threshold_quantile: float | None, batch_size: i
         raise InputError(f"threshold_quantile must be in (0, 1], got {threshold_quantile}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-
-
-def _check_folders(masks: Path, reference: Path, output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} already exists (pass overwrite=true to replace it)")
-    if output.resolve() in (masks.resolve(), reference.resolve()):
-        raise InputError(f"{output}: the output folder must differ from the masks and reference folders")
 
 
 def _comparison_shape(refs: list[MaskItem], items: list[MaskItem]) -> tuple[int, int]:
@@ -321,7 +315,7 @@ def run_filter(
     """
     masks, reference, output = Path(masks), Path(reference), Path(output)
     _check_values(zero_std, threshold_quantile, batch_size)
-    _check_folders(masks, reference, output, overwrite)
+    output = check_output(output, command="filter", inputs=[masks, reference], overwrite=overwrite)
     items = list_masks(masks)
     refs = reference_items(reference, reference_split)
     shape = _comparison_shape(refs, items)
@@ -382,7 +376,9 @@ def run_filter(
         if k
     )
     check_free_space(output.parent, needed, "the filtered masks")
-    with atomic_path(output, is_dir=True) as tmp:
+    with claim_output(
+        output, command="filter", inputs=[masks, reference], overwrite=overwrite, later=DATASET_LATER
+    ) as tmp:
         _write_kept(tmp, items, keep, counts, norms, side, has_images)
         provenance: dict[str, Any] = {
             "command": "filter",

@@ -1,0 +1,333 @@
+"""No command deletes what it did not write (issue 12, findings 1-4; docs/reliability.md, "Outputs").
+
+Every folder-writing command runs, with ``overwrite=true``, against: an unrelated non-empty folder, its own
+input's folder, a parent of its input, and a folder it wrote earlier with a user file added. Each is refused
+with one line, and every file the command did not write is still there, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from synthseg.errors import InputError
+from synthseg.utils.outputs import MARKER
+from tests.conftest import write_dataset
+from tests.test_reliability_atomic import tiny_snapshot, tiny_spade_snapshot
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Command:
+    """``run(output, overwrite)`` writes ``output`` (for export: the nnUNet_raw parent of ``written``)."""
+
+    run: Callable[[Path, bool], Any]
+    input: Path | None  # the folder it reads (None: it reads nothing)
+    written: Callable[[Path], Path] = lambda output: output  # the folder the command replaces
+    # The output whose replaced folder is the input's parent.
+    parent_output: Callable[[Path], Path] = lambda source: source.parent
+
+
+def _prepare(tmp: Path) -> Command:
+    from synthseg.data.prepare import PrepareSettings, prepare_dataset
+    from tests.test_prepare import make_cohort
+
+    source = tmp / "brats"
+    make_cohort(source, 3, shape=(6, 5, 4))
+
+    def run(output: Path, overwrite: bool) -> Any:
+        settings = PrepareSettings(
+            source=str(source), output=str(output), size=8, workers=1, progress=False, overwrite=overwrite
+        )
+        return prepare_dataset(settings)
+
+    return Command(run, source)
+
+
+def _generate_masks(tmp: Path) -> Command:
+    from synthseg.synth.masks import generate_masks
+
+    run_dir = tmp / "pgan_run"
+    run_dir.mkdir(parents=True)
+    snap = tiny_snapshot(run_dir / "snapshot.pt", size=16)
+    return Command(lambda out, ow: generate_masks(snap, 3, out, overwrite=ow, progress=False), run_dir)
+
+
+def _filter(tmp: Path) -> Command:
+    from synthseg.synth.zfilter import run_filter
+
+    masks = write_dataset(tmp / "masks", num_slices=6, size=16, source="synthetic", seed=1, empty_every=0)
+    reference = write_dataset(tmp / "reference", num_slices=10, size=16)
+
+    def run(out: Path, overwrite: bool) -> Any:
+        return run_filter(masks, reference, out, threshold_quantile=1.0, overwrite=overwrite, progress=False)
+
+    return Command(run, masks)
+
+
+def _generate_images(tmp: Path) -> Command:
+    from synthseg.synth.images import generate_images
+
+    spade = tiny_spade_snapshot(tmp / "spade.pt")
+    masks = write_dataset(tmp / "masks", num_slices=3, size=32, source="synthetic", seed=1, empty_every=0)
+    return Command(
+        lambda out, ow: generate_images(spade, masks, out, device="cpu", overwrite=ow, progress=False), masks
+    )
+
+
+def _synthesize(tmp: Path) -> Command:
+    from synthseg.synth.synthesize import synthesize
+
+    pgan = tiny_snapshot(tmp / "pgan.pt", size=32)
+    spade = tiny_spade_snapshot(tmp / "spade.pt")
+    reference = write_dataset(tmp / "reference", num_slices=10, size=32)
+
+    def run(out: Path, overwrite: bool) -> Any:
+        options = {"threshold": 1e9, "device": "cpu", "progress": False, "overwrite": overwrite}
+        return synthesize(pgan, spade, reference, 3, out, **options)
+
+    return Command(run, reference)
+
+
+def _export(tmp: Path) -> Command:
+    from synthseg.synth.export import export_nnunet
+
+    # The input lies inside a folder named like the dataset folder, so "a parent of the input" can be it.
+    source = write_dataset(tmp / "raw" / "Dataset501_SynthSeg" / "prepared", num_slices=10, size=16)
+    return Command(
+        lambda out, ow: export_nnunet([source], out, overwrite=ow, progress=False),
+        source,
+        written=lambda out: out / "Dataset501_SynthSeg",
+        parent_output=lambda source: source.parent.parent,
+    )
+
+
+def _report(tmp: Path) -> Command:
+    from synthseg.report.table import write_report
+    from tests.test_report import make_run
+
+    prepared = write_dataset(tmp / "prepared", num_slices=10, size=16)
+    runs = tmp / "runs"
+    make_run(runs / "0", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=prepared)
+
+    def run(out: Path, overwrite: bool) -> Any:
+        cfg = {"runs": str(runs), "output": str(out), "overwrite": overwrite, "bootstrap": {"samples": 5}}
+        return write_report(OmegaConf.create({**cfg, "figures": {"enabled": False}}))
+
+    return Command(run, runs)
+
+
+def _demo_cohort(tmp: Path) -> Command:
+    from synthseg.data.demo_cohort import generate_cohort
+
+    return Command(
+        lambda out, ow: generate_cohort(out, 1, 0, montage=False, progress=False, overwrite=ow), None
+    )
+
+
+COMMANDS = {
+    "prepare": _prepare,
+    "generate-masks": _generate_masks,
+    "filter": _filter,
+    "generate-images": _generate_images,
+    "synthesize": _synthesize,
+    "export": _export,
+    "report": _report,
+    "demo-cohort": _demo_cohort,
+}
+
+
+def _unrelated(tmp: Path) -> Path:
+    folder = tmp / "thesis"
+    (folder / "chapters").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("four years of work")
+    (folder / "chapters" / "results.csv").write_text("a,b\n1,2\n")
+    return folder
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_folder_writer_keeps_what_it_did_not_write(name: str, tmp_path: Path) -> None:
+    command = COMMANDS[name](tmp_path / "in")
+    everything = tmp_path  # every file of the test, inputs and the user's files included
+
+    def refused(output: Path, message: str) -> None:
+        before = tree(everything)
+        with pytest.raises(InputError, match=message) as err:
+            command.run(output, True)
+        assert "\n" not in str(err.value)
+        after = tree(everything)
+        assert {k: v for k, v in before.items() if k in after} == before  # nothing gone or changed
+        assert not [k for k in after if k not in before and not k.endswith(".lock")]  # nothing written
+
+    # An unrelated non-empty folder, whatever overwrite says.
+    unrelated = _unrelated(tmp_path / "user")
+    if name == "export":  # the rule is about the dataset folder inside nnUNet_raw: make it the user's
+        unrelated.rename(command.written(unrelated.parent))
+        refused(unrelated.parent, "not written by synthseg export")
+    else:
+        refused(unrelated, f"not written by synthseg {name}")
+
+    if command.input is not None:
+        refused(command.input, "the input")  # its own input's folder
+        refused(command.parent_output(command.input), "the input")  # a parent of its input
+
+    # A folder it wrote earlier, with a user file added: refused, naming the file; without it, replaced.
+    output = tmp_path / "out" / "result"
+    command.run(output, False)
+    folder = command.written(output)
+    assert (folder / MARKER).is_file()
+    (folder / "notes.txt").write_text("my notes")
+    refused(output, f"{folder / 'notes.txt'}: not written by synthseg {name}")
+    with pytest.raises(InputError, match="already exists"):
+        command.run(output, False)
+    (folder / "notes.txt").unlink()
+    command.run(output, True)
+    assert (folder / MARKER).is_file()
+
+
+def test_a_foreign_marker_or_an_empty_json_is_no_proof(tmp_path: Path) -> None:
+    # Finding 2: a `prepare.json` holding `{}` used to be proof enough to wipe the folder.
+    command = _prepare(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prepare.json").write_text("{}")
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(InputError, match="not written by synthseg prepare"):
+        command.run(out, True)
+    (out / MARKER).write_text('{"format": "synthseg-output/1", "command": "report", "files": []}')
+    with pytest.raises(InputError, match="not written by synthseg prepare"):
+        command.run(out, True)
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_a_datamodule_cache_inside_a_prepared_dataset_is_the_tools_own(tmp_path: Path) -> None:
+    from synthseg.data.cache import build_cache
+
+    command = _prepare(tmp_path / "in")
+    out = tmp_path / "out"
+    command.run(out, False)
+    build_cache(out, progress=False)
+    (out / ".complete").write_text("1\n")  # the demo's stage marker
+    command.run(out, True)
+    assert not (out / "cache").exists() and (out / MARKER).is_file()
+
+
+# --------------------------------------------------------------------------------- demo stage clean-up
+def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) -> Path:
+    """Run the demo loop with two stand-in stages: one with a marker (prepare), one training run."""
+    from synthseg import pipeline
+    from tests.test_prepare import make_cohort
+
+    source = tmp_path / "brats"
+    if not source.exists():
+        make_cohort(source, 3, shape=(6, 5, 4))
+
+    def prepare(out: Path) -> None:
+        from synthseg.data.prepare import PrepareSettings, prepare_dataset
+
+        prepare_dataset(
+            PrepareSettings(
+                str(source), str(out / "prepared"), size=8, workers=1, progress=False, overwrite=True
+            )
+        )
+
+    def train(out: Path) -> None:
+        (out / "pgan" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "pgan" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+        (out / "pgan" / "results.json").write_text("{}")
+
+    stages = [
+        pipeline.Stage("prepare", "prepared", prepare, 10.0),
+        pipeline.Stage("PGAN", "pgan", train, 10.0, pipeline.TRAIN_RUN_FILES),
+    ]
+    monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
+    monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
+    out = tmp_path / "demo"
+    pipeline.run_demo(pipeline.DemoSettings(output=str(out), force=force))
+    return out
+
+
+def test_demo_refuses_an_unrelated_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "demo"
+    user.mkdir()
+    (user / "thesis.tex").write_text("four years of work")
+    before = tree(user)
+    with pytest.raises(InputError, match=f"{user}: not empty and not written by synthseg demo"):
+        _demo(tmp_path, monkeypatch)
+    assert tree(user) == before
+
+
+@pytest.mark.parametrize("stage", ["prepared", "pgan"])
+@pytest.mark.parametrize("force", [False, True])
+def test_demo_stage_clean_up_keeps_user_files(
+    stage: str, force: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _demo(tmp_path, monkeypatch)
+    if not force:
+        (out / stage / ".complete").unlink()  # an interrupted stage: the demo replaces it on the next run
+    (out / stage / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=f"{out / stage / 'notes.txt'}: not written by synthseg"):
+        _demo(tmp_path, monkeypatch, force=force)
+    assert (out / stage / "notes.txt").read_text() == "mine"
+    (out / stage / "notes.txt").unlink()
+    _demo(tmp_path, monkeypatch, force=force)  # its own files only: replaced
+    assert (out / stage / ".complete").is_file()
+    assert (out / "summary.json").is_file()
+
+
+def test_synthesize_removes_only_its_own_intermediate_folders(tmp_path: Path) -> None:
+    from synthseg.synth.synthesize import synthesize
+
+    command = _synthesize(tmp_path / "in")
+    out = tmp_path / "synthetic"
+    work = tmp_path / "synthetic.work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    pgan, spade, reference = tmp_path / "in" / "pgan.pt", tmp_path / "in" / "spade.pt", command.input
+    synthesize(
+        pgan, spade, reference, 3, out, threshold=1e9, device="cpu", progress=False, keep_intermediate=False
+    )
+    assert sorted(p.name for p in work.iterdir()) == [
+        "notes.txt"
+    ]  # masks/ and kept/ are gone, the note stays
+
+
+def test_generate_masks_starting_over_keeps_a_user_file_in_its_resume_folder(tmp_path: Path) -> None:
+    from synthseg.synth.masks import generate_masks, resume_folder
+
+    snap = tiny_snapshot(tmp_path / "snap.pt", size=16)
+    out = tmp_path / "masks"
+    work = resume_folder(out)
+    (work / "labels").mkdir(parents=True)
+    (work / "labels" / "synth_000000.png").write_bytes(b"left over")
+    (work / "thesis.tex").write_text("not a mask")
+    with pytest.raises(InputError, match=f"{work / 'thesis.tex'}: not written by synthseg"):
+        generate_masks(snap, 3, out, progress=False)
+    assert (work / "thesis.tex").read_text() == "not a mask"
+    (work / "thesis.tex").unlink()
+    generate_masks(snap, 3, out, progress=False)  # its own leftovers only: started over
+    assert not work.exists() and len(list((out / "labels").iterdir())) == 3
+
+
+def test_a_symlink_to_an_input_is_that_input(tmp_path: Path) -> None:
+    command = _filter(tmp_path / "in")
+    assert command.input is not None
+    link = tmp_path / "link"
+    link.symlink_to(command.input, target_is_directory=True)
+    before = tree(command.input)
+    with pytest.raises(InputError, match="is the input"):
+        command.run(link, True)
+    (tmp_path / "parent_link").symlink_to(command.input.parent, target_is_directory=True)
+    with pytest.raises(InputError, match="contains the input"):
+        command.run(tmp_path / "parent_link", True)
+    assert tree(command.input) == before
