@@ -55,10 +55,39 @@ def standardize(images: torch.Tensor) -> torch.Tensor:
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+# Rows per step when label maps are expanded one-hot for majority-vote downsampling (about 2**23 pixels:
+# ~235 MB of float one-hot at 7 classes), so memory does not grow with the set.
+PIXELS_PER_STEP = 2**23
+
+
+def read_rows(
+    labels: np.ndarray, images: np.ndarray, rows: np.ndarray | slice, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (M, R, R) label and image arrays (memory-mapped allowed) at side ``size`` (divides R).
+
+    Returns:
+        (labels (n, size, size) int64 by majority vote, images (n, 1, size, size) float32 block means),
+        downsampled in steps of bounded memory.
+    """
+    picked_labels = np.asarray(labels[rows])
+    picked_images = np.asarray(images[rows], dtype=np.float32)
+    factor = picked_labels.shape[-1] // size
+    step = max(1, PIXELS_PER_STEP // max(picked_labels[0].size, 1)) if len(picked_labels) else 1
+    out_labels, out_images = [], []
+    for i in range(0, len(picked_labels), step):
+        lab = torch.from_numpy(picked_labels[i : i + step].astype(np.int64))
+        img = torch.from_numpy(picked_images[i : i + step])[:, None]
+        if factor > 1:
+            lab, img = majority_downsample(lab, factor, NUM_CLASSES), F.avg_pool2d(img, factor)
+        out_labels.append(lab)
+        out_images.append(img)
+    if not out_labels:
+        return torch.zeros(0, size, size, dtype=torch.long), torch.zeros(0, 1, size, size)
+    return torch.cat(out_labels), torch.cat(out_images)
+
+
 def _shrink(labels: torch.Tensor, images: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    factor = labels.shape[-1] // size
-    small_labels = majority_downsample(labels.long(), factor, NUM_CLASSES) if factor > 1 else labels.long()
-    small_images = F.avg_pool2d(images.float(), factor) if factor > 1 else images.float()
+    small_labels, small_images = read_rows(labels.numpy(), images[:, 0].numpy(), slice(None), size)
     return small_labels.reshape(len(labels), -1), standardize(small_images)
 
 
@@ -104,33 +133,24 @@ def nearest_real(
     """
     size = labels.shape[-1]
     search_size = min(search_size, size)
-    factor = real_labels.shape[-1] // size
     query_labels, query_images = _shrink(labels, images, search_size)
     best_dice = best_corr = None
+    chunk = max(1, min(chunk, PIXELS_PER_STEP // max(real_labels.shape[-1] ** 2, 1)))
     for start in range(0, len(real_labels), chunk):
-        rl = torch.from_numpy(np.asarray(real_labels[start : start + chunk]).astype(np.int64))
-        ri = torch.from_numpy(np.asarray(real_images[start : start + chunk], dtype=np.float32))[:, None]
-        small_labels, small_images = _shrink(rl, ri, search_size)
+        small_labels, small_images = read_rows(
+            real_labels, real_images, slice(start, start + chunk), search_size
+        )
+        small_labels, small_images = small_labels.reshape(len(small_labels), -1), standardize(small_images)
         dice = dice_matrix(query_labels, small_labels)
         corr = query_images @ small_images.T
         if exclude is not None:
-            own = torch.from_numpy(np.asarray(exclude))[:, None] == torch.arange(start, start + len(rl))[None]
+            cols = torch.arange(start, start + len(small_labels))[None]
+            own = torch.from_numpy(np.asarray(exclude))[:, None] == cols
             dice[own], corr[own] = -1.0, -2.0
         best_dice = _merge_top(best_dice, dice, start, candidates)
         best_corr = _merge_top(best_corr, corr, start, candidates)
     assert best_dice is not None and best_corr is not None
-    # Re-score the candidates at the common size S.
-    rows = torch.unique(torch.cat([best_dice[1].reshape(-1), best_corr[1].reshape(-1)]))
-    lookup = torch.full((len(real_labels),), -1, dtype=torch.long)
-    lookup[rows] = torch.arange(len(rows))
-    order = rows.numpy()
-    cand_labels = torch.from_numpy(np.asarray(real_labels[order]).astype(np.int64))
-    cand_images = torch.from_numpy(np.asarray(real_images[order], dtype=np.float32))[:, None]
-    if factor > 1:
-        cand_labels = majority_downsample(cand_labels, factor, NUM_CLASSES)
-        cand_images = F.avg_pool2d(cand_images, factor)
-    cand_labels = cand_labels.reshape(len(rows), -1)
-    cand_images = standardize(cand_images)
+    # Re-score the candidates at the common size S, a few queries at a time (their candidates read then).
     flat_labels = labels.long().reshape(len(labels), -1)
     flat_images = standardize(images)
     dice = torch.empty_like(best_dice[0])
@@ -138,6 +158,11 @@ def nearest_real(
     step = max(1, 2**22 // max(flat_labels.shape[1] * candidates, 1))  # bounds the (step, k, P) temporaries
     for s in range(0, len(labels), step):
         part = slice(s, s + step)
+        rows = torch.unique(torch.cat([best_dice[1][part].reshape(-1), best_corr[1][part].reshape(-1)]))
+        lookup = torch.full((len(real_labels),), -1, dtype=torch.long)
+        lookup[rows] = torch.arange(len(rows))
+        cand_labels, cand_images = read_rows(real_labels, real_images, rows.numpy(), size)
+        cand_labels, cand_images = cand_labels.reshape(len(rows), -1), standardize(cand_images)
         dice[part] = paired_dice(flat_labels[part, None], cand_labels[lookup[best_dice[1][part]]])
         corr[part] = (flat_images[part, None] * cand_images[lookup[best_corr[1][part]]]).sum(-1)
     dice = torch.where(best_dice[0] < -0.5, -1.0, dice)  # keep excluded entries out
