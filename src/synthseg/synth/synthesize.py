@@ -50,6 +50,7 @@ def synthesize(
     overwrite: bool = False,
     keep_intermediate: bool = True,
     progress: bool = True,
+    quality: bool = True,
 ) -> dict[str, Any]:
     """Make a synthetic dataset of at most ``count`` pairs (fewer: the filter drops some masks).
 
@@ -65,6 +66,8 @@ def synthesize(
             this size. Masks smaller than the reference are filtered against the reference reduced to their
             size.
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
+        quality: measure what needs no feature extractor (diversity, memorisation, label maps) into
+            ``<output>/quality/`` (docs/quality.md); FD/KID come later, from the report's real-data U-Net.
     """
     from synthseg.synth.images import generate_images
     from synthseg.synth.masks import generate_masks
@@ -146,6 +149,15 @@ def synthesize(
         }
         record = json.loads((tmp / "prepare.json").read_text()) if (tmp / "prepare.json").exists() else {}
         (tmp / "prepare.json").write_text(json.dumps({**record, "synthesize": provenance}, indent=2) + "\n")
+    if quality:
+        from synthseg.metrics.quality import quality as measure
+
+        split = "reduced" if reference_split == "reduced" else "train"
+        try:
+            measure(output, reference, output / "quality", extractor=None, real_split=split, seed=seed)
+        except (InputError, ValueError) as err:
+            # The synthetic set is complete; too few or too small pairs to measure is not a failure of it.
+            print(f"synthesize: quality not measured ({err})")
     if not keep_intermediate:
         shutil.rmtree(work, ignore_errors=True)
     return provenance
