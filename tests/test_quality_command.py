@@ -165,7 +165,7 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
         for i, s in enumerate(("A", "B", "C"))
     }  # fmt: skip
     make_run(runs / "real", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=sets["real"],
-             per_case=per_case(4.0), resolution=32)  # fmt: skip
+             per_case=per_case(4.0), resolution=16)  # fmt: skip
     make_run(runs / "syn", mix="full_syn8960", classes=7, seed=0, dice_error=0.1, data_root=sets["real"],
              per_case=per_case(2.0), resolution=32)  # fmt: skip
     out = tmp_path / "report"
@@ -195,7 +195,9 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
     assert float(rows[("full_real", "hd95_WT")]["estimate"]) == pytest.approx(5.0)
     assert float(rows[("full_syn8960", "hd95_TC")]["diff"]) == pytest.approx(-2.0)
     assert "FD-U-Net" in (out / "table3.md").read_text()
-    assert (out / "quality" / "full" / "quality.json").is_file()
+    saved = json.loads((out / "quality" / "full" / "quality.json").read_text())
+    # The full_real U-Net trained at 16 px: the 32 px slices are block-averaged to 16 before its encoder.
+    assert saved["size"] == 32 and saved["features"]["feature_size"] == 16
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -233,3 +235,19 @@ def test_synthesize_runs_the_extractor_free_quality(tmp_path: Path) -> None:
     assert "features" not in saved and saved["synthetic_count"] == 12
     assert saved["label_maps"]["filter_discard_rate"] == 0.0
     assert np.isfinite(saved["diversity"]["ms_ssim_synthetic"])
+
+
+def test_the_metrics_import_neither_lightning_nor_the_lightning_modules() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import synthseg.metrics.quality, synthseg.metrics.features, synthseg.metrics.hausdorff\n"
+        "import synthseg.report.figures, synthseg.report.runs  # the run-folder route of the extractor\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')\n"
+        "       or m.startswith('synthseg.models')]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -100,6 +100,7 @@ class Extractor:
         norm: ``paper`` (image / max - mean, the U-Net's training input) or ``unit`` (image / max in [0, 1]).
         train_max, train_mean: the normalisation statistics (``paper``); None: from the real sample.
         source: where the weights came from, for quality.json.
+        resolution: the side the network was trained at (images are block-averaged to it); None: as given.
     """
 
     name: str
@@ -108,10 +109,12 @@ class Extractor:
     train_max: float | None
     train_mean: float | None
     source: str
+    resolution: int | None = None
 
 
-def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str]:
-    """A U-Net run folder (results.json) or a network snapshot -> (UNet, train_max, train_mean, source)."""
+def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str, int | None]:
+    """A U-Net run folder (results.json) or a network snapshot -> (UNet, train_max, train_mean, source,
+    training resolution)."""
     results_path = path / "results.json" if path.is_dir() else path
     if results_path.name == "results.json":
         if not results_path.is_file():
@@ -127,14 +130,18 @@ def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str]:
         if norm != "paper":
             raise InputError(f"{results_path}: image_norm={norm!r}; the quality extractor supports 'paper'")
         net = load_unet(run)
-        return net, float(stats.get("train_max", 1.0)), float(stats.get("train_mean", 0.0)), str(results_path)
+        resolution = run.config.get("data", {}).get("resolution")
+        return (
+            net, float(stats.get("train_max", 1.0)), float(stats.get("train_mean", 0.0)), str(results_path),
+            int(resolution) if resolution else None,
+        )  # fmt: skip
     try:
         net, meta = load_network(path)
     except CheckpointError as err:
         raise InputError(f"unet={path}: {err}") from None
     if not isinstance(net, UNet):
         raise InputError(f"unet={path}: holds a {type(net).__name__}, not a U-Net")
-    return net, meta.get("train_max"), meta.get("train_mean"), str(path)
+    return net, meta.get("train_max"), meta.get("train_mean"), str(path), meta.get("resolution")
 
 
 def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str | None = None) -> Extractor:
@@ -145,8 +152,9 @@ def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str
         path = Path(unet)
         if not path.exists():
             raise InputError(f"unet={path}: not found")
-        net, train_max, train_mean, source = _unet_run(path)
-        return Extractor("unet", UNetEncoderFeatures(net).eval(), "paper", train_max, train_mean, source)
+        net, train_max, train_mean, source, resolution = _unet_run(path)
+        module = UNetEncoderFeatures(net).eval()
+        return Extractor("unet", module, "paper", train_max, train_mean, source, resolution)
     if kind == "inception":
         return Extractor("inception", InceptionFeatures(weights).eval(), "unit", None, None, str(weights))
     raise InputError(f"extractor={kind!r}: expected one of {list(EXTRACTORS)}")

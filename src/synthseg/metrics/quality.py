@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from synthseg.data.cache import open_cache
@@ -110,6 +111,11 @@ def extractor_metrics(
         def scale(x: torch.Tensor) -> torch.Tensor:
             return (x / top).clamp(0, 1)
 
+    size = real.shape[-1]
+    factor = size // extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else 1
+    if factor > 1:
+        # The U-Net saw its training resolution: its features mean most there.
+        real, synthetic = F.avg_pool2d(real, factor), F.avg_pool2d(synthetic, factor)
     f_real = extract(extractor.module, scale(real), batch_size)
     f_syn = extract(extractor.module, scale(synthetic), batch_size)
     name = extractor.name
@@ -119,6 +125,7 @@ def extractor_metrics(
         "extractor": name,
         "extractor_source": extractor.source,
         "feature_dim": int(f_real.shape[1]),
+        "feature_size": size // factor,
         f"fd_{name}": fidelity.frechet_distance(f_real, f_syn),
         f"kid_{name}": kid,
         f"kid_{name}_std": kid_std,
