@@ -160,8 +160,22 @@ def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str
     raise InputError(f"extractor={kind!r}: expected one of {list(EXTRACTORS)}")
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device={device!r}: not a torch device") from None
+
+
 @torch.inference_mode()
 def extract(module: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Features of (N, 1, H, W) float images in batches -> (N, D) float64."""
-    out = [module(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)]
+    """Features of (N, 1, H, W) float images in batches on the module's device -> (N, D) float64 on CPU."""
+    device = next(module.parameters()).device
+    out = [
+        module(images[i : i + batch_size].to(device)).double().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0, getattr(module, "num_features", 0), dtype=torch.float64)

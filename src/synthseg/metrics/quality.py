@@ -155,10 +155,12 @@ def quality(
     dice_threshold: float = 0.95,
     correlation_threshold: float = 0.98,
     batch_size: int = 64,
+    device: str = "auto",
     overwrite: bool = True,
 ) -> dict[str, Any]:
     """Measure a synthetic set against the real training data; write ``output/quality.json`` and figures.
 
+    ``device`` runs the feature extractor (``auto``: CUDA when available); the rest runs on the CPU.
     ``extractor=None`` skips the feature-based metrics (FD, KID, precision, recall): what ``synthesize`` runs
     before any U-Net exists.
     """
@@ -170,6 +172,10 @@ def quality(
     started = time.perf_counter()
     # The extractor first: a missing weights file or run is one line before minutes of work.
     feature_extractor = build_extractor(extractor, unet, extractor_weights) if extractor else None
+    if feature_extractor is not None:
+        from synthseg.metrics.features import resolve_device
+
+        feature_extractor.module.to(resolve_device(device))
     syn_set, real_set = DatasetSlices(synthetic), DatasetSlices(real, real_split)
     size = _common_size(syn_set, real_set)
     syn_rows = syn_set.sample(max_images, seed)
