@@ -108,6 +108,13 @@ class Nearest:
     corr: np.ndarray
     corr_index: np.ndarray
 
+    def split(self, n: int) -> tuple[Nearest, Nearest]:
+        """The first ``n`` queries and the rest."""
+        return (
+            Nearest(self.dice[:n], self.dice_index[:n], self.corr[:n], self.corr_index[:n]),
+            Nearest(self.dice[n:], self.dice_index[n:], self.corr[n:], self.corr_index[n:]),
+        )
+
 
 @torch.inference_mode()
 def nearest_real(
@@ -226,5 +233,7 @@ def closest_pairs_figure(
         [to_gray_rgb(images[i]), label_rgb(labels[i]), to_gray_rgb(real_images[j]), label_rgb(real_labels[j])]
         for i, j in zip(shown, nearest.dice_index[shown], strict=True)
     ]
-    imsave(path, grid(rows))
+    picture = grid(rows)
+    zoom = max(1, 128 // max(labels.shape[-1], 1))  # small demo slices: enlarge (nearest) so they can be read
+    imsave(path, picture.repeat(zoom, axis=0).repeat(zoom, axis=1))
     return [int(i) for i in shown]

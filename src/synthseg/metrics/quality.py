@@ -170,6 +170,14 @@ def quality(
     if output.exists() and not overwrite:
         raise InputError(f"output={output} exists (pass overwrite=true to replace it)")
     started = time.perf_counter()
+    laps: dict[str, float] = {}
+    last = [started]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        laps[stage] = round(now - last[0], 2)
+        last[0] = now
+
     # The extractor first: a missing weights file or run is one line before minutes of work.
     feature_extractor = build_extractor(extractor, unet, extractor_weights) if extractor else None
     if feature_extractor is not None:
@@ -182,6 +190,7 @@ def quality(
     real_rows = real_set.sample(max_images, seed + 1)
     syn_labels, syn_images = syn_set.load(syn_rows, size)
     real_labels, real_images = real_set.load(real_rows, size)
+    lap("load")
 
     syn_areas, real_areas = labelmaps.class_areas(syn_labels), labelmaps.class_areas(real_labels)
     areas = labelmaps.area_distance(syn_areas, real_areas)
@@ -194,18 +203,24 @@ def quality(
         labels_to_uint8(syn_labels[:n])[:, None], labels_to_uint8(real_labels[:n])[:, None], seed=seed,
         min_resolution=min(16, size),
     )  # fmt: skip
+    lap("label_maps")
     ms_syn, scales = diversity.mean_ms_ssim(_unit(syn_images), pairs, seed)
     ms_real, _ = diversity.mean_ms_ssim(_unit(real_images), pairs, seed)
+    lap("diversity")
 
     # Nearest real training slice: the sample against the whole real split (memory-mapped, in chunks).
     all_labels, all_images = RowView(real_set.labels, real_set.rows), RowView(real_set.images, real_set.rows)
-    search = {"search_size": search_size, "candidates": candidates}
-    near_syn = memorisation.nearest_real(syn_labels, syn_images, all_labels, all_images, **search)
-    position = np.searchsorted(real_set.rows, real_rows)  # each real sample's own row, excluded
-    near_real = memorisation.nearest_real(
-        real_labels, real_images, all_labels, all_images, exclude=position, **search
-    )
+    # One pass over the real split for both query sets: synthetic slices, then the real sample (the baseline,
+    # each excluding its own row; -1 excludes nothing).
+    position = np.searchsorted(real_set.rows, real_rows)
+    near = memorisation.nearest_real(
+        torch.cat([syn_labels, real_labels]), torch.cat([syn_images, real_images]), all_labels, all_images,
+        exclude=np.concatenate([np.full(len(syn_rows), -1), position]), search_size=search_size,
+        candidates=candidates,
+    )  # fmt: skip
+    near_syn, near_real = near.split(len(syn_rows))
     memo = memorisation.summarize(near_syn, near_real, dice_threshold, correlation_threshold)
+    lap("memorisation")
 
     result: dict[str, Any] = {
         "synthetic": str(synthetic),
@@ -236,6 +251,7 @@ def quality(
             feature_extractor, real_images, syn_images, seed=seed, k=k, subsets=kid_subsets,
             batch_size=batch_size,
         )  # fmt: skip
+        lap("features")
     with atomic_path(output, is_dir=True, overwrite=True) as tmp:
         labelmaps.plot_areas(tmp / "class_areas.png", syn_areas, real_areas, areas)
         real_small = real_set.load(real_set.rows[np.unique(near_syn.dice_index)], size)
@@ -258,7 +274,9 @@ def quality(
             for i in shown
         ]
         result["figures"] = {"class_areas": "class_areas.png", "closest_pairs": "closest_pairs.png"}
+        lap("figures")
         result["seconds"] = round(time.perf_counter() - started, 2)
+        result["seconds_by_stage"] = laps
         (tmp / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
