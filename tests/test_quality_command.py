@@ -251,3 +251,27 @@ def test_the_metrics_import_neither_lightning_nor_the_lightning_modules() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_inception_with_weights_but_without_torch_fidelity_says_how_to_install(tmp_path: Path) -> None:
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed here")
+    except ImportError:
+        pass
+    from synthseg.metrics.features import build_extractor
+
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"not used")
+    with pytest.raises(InputError, match=r'pip install -e "\.\[inception\]"'):
+        build_extractor("inception", None, str(weights))
+
+
+def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
+    sets: dict[str, Path], tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {"net.head.weight": torch.zeros(1)}}, ckpt)
+    with pytest.raises(InputError, match="not a synthseg network snapshot"):
+        quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=ckpt)
