@@ -81,7 +81,8 @@ def test_table1_mean_std_paper_and_best_cells(prepared: Path, tmp_path: Path) ->
     ]
     assert order == sorted(order)
     report = json.loads((out / "report.json").read_text())
-    assert {f["file"] for f in report["files"]} == {"table1.md", "table1.csv", "table2.md", "table2.csv"}
+    expected = {"table1.md", "table1.csv", "table2.md", "table2.csv", "metrics.json"}
+    assert {f["file"] for f in report["files"]} == expected
 
 
 def test_repeated_seed_and_missing_runs_are_errors(prepared: Path, tmp_path: Path) -> None:

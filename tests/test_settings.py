@@ -31,6 +31,7 @@ SETTINGS = {
     "synthesize": "synthseg.synth.synthesize:SynthesizeSettings",
     "export": "synthseg.synth.export:ExportSettings",
     "report": "synthseg.report.table:ReportSettings",
+    "quality": "synthseg.metrics.quality:QualitySettings",
 }
 
 

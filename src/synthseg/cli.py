@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("synthesize", "synthseg.synth.synthesize:main"),
     "export": ("export", "synthseg.synth.export:main"),
     "report": ("report", "synthseg.report.table:main"),
+    "quality": ("quality", "synthseg.metrics.quality:main"),
 }
 
 

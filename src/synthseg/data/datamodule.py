@@ -40,6 +40,7 @@ class DataSummary:
         train_label_maps: real training label maps considered (the reduced set if ``reduced``), empties included.
         empty_label_maps: how many of those are all background.
         drop_empty: whether empty label maps are left out of training.
+        split_by_subject: no test subject has a slice in the training split (3-D per-subject metrics apply).
     """
 
     classes: int
@@ -55,6 +56,7 @@ class DataSummary:
     train_label_maps: int
     empty_label_maps: int
     drop_empty: bool
+    split_by_subject: bool = False
 
     @property
     def empty_fraction(self) -> float:
@@ -259,9 +261,9 @@ class BraTSDataModule(pl.LightningDataModule):
             rows = manifest.rows(split)
             return np.stack([np.zeros_like(rows), rows], axis=1)
 
-        cases = [manifest.case]
-        self.val_set = SliceDataset(sources[:1], eval_items("val"), cases=cases, **common)
-        self.test_set = SliceDataset(sources[:1], eval_items("test"), cases=cases, **common)
+        cases, slices = [manifest.case], [manifest.slice]
+        self.val_set = SliceDataset(sources[:1], eval_items("val"), cases=cases, slices=slices, **common)
+        self.test_set = SliceDataset(sources[:1], eval_items("test"), cases=cases, slices=slices, **common)
         considered = manifest.split == "train"
         if self.reduced:
             considered = considered & manifest.reduced
@@ -280,6 +282,8 @@ class BraTSDataModule(pl.LightningDataModule):
             train_label_maps=int(considered.sum()),
             empty_label_maps=int((considered & manifest.empty).sum()),
             drop_empty=bool(self.drop_empty),
+            split_by_subject=not set(manifest.case[manifest.split == "test"])
+            & set(manifest.case[manifest.split == "train"]),
         )
         self.sampler = ResumableBatchSampler(
             len(self.train_set),

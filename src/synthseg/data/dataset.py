@@ -38,9 +38,11 @@ class SliceDataset(Dataset):
         seed: seed of the augmentation generators.
         cases: per source, the case (subject) id of every row; items then carry ``"case"`` (test metrics are
             gathered per subject).
+        slices: per source, the axial slice index of every row; items then carry ``"slice"`` (a subject's
+            slices are stacked in order for 3-D HD95).
 
     Items are ``{"image": (1, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
-    (plus ``"case"``: str with ``cases``, and ``"position"``: (2,) int64 epoch and sampler position when the
+    (plus ``"case"``: str with ``cases``, ``"slice"``: int with ``slices``, and ``"position"``: (2,) int64 epoch and sampler position when the
     key came from the sampler).
     """
 
@@ -58,6 +60,7 @@ class SliceDataset(Dataset):
         augment: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
         seed: int = 0,
         cases: Sequence[np.ndarray] | None = None,
+        slices: Sequence[np.ndarray] | None = None,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -72,6 +75,7 @@ class SliceDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.cases = None if cases is None else [np.asarray(c) for c in cases]
+        self.slices = None if slices is None else [np.asarray(s) for s in slices]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,6 +115,8 @@ class SliceDataset(Dataset):
         }
         if self.cases is not None:
             out["case"] = str(self.cases[source][row])
+        if self.slices is not None:
+            out["slice"] = int(self.slices[source][row])
         if position:
             out["position"] = torch.tensor(position, dtype=torch.int64)
         return out

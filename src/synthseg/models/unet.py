@@ -11,8 +11,10 @@ import torch
 from torch import nn
 from torchmetrics.segmentation import DiceScore
 
+from synthseg.data.datamodule import DataSummary
 from synthseg.data.labels import class_names, colorize
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
+from synthseg.metrics.hausdorff import HD95Accumulator, hd95_per_case
 from synthseg.models.contract import data_summary
 from synthseg.models.images import ImageLogger
 from synthseg.utils.visual import grid, to_gray_rgb
@@ -72,12 +74,16 @@ class UNetModule(pl.LightningModule):
         )
         self.case_stats: dict[str, dict[str, np.ndarray]] = {}
         self._val_rows: list[list[np.ndarray]] = []
+        self.hd95 = HD95Accumulator()
+        self.hd95_mode = "none"
+        self.data: DataSummary | None = None
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         data = data_summary(self.trainer)
         if data is None:
             return
+        self.data = data
         if data.classes != self.num_classes:
             raise ValueError(f"data.classes={data.classes} but the U-Net has {self.num_classes} outputs")
         self.class_weights.copy_(torch.tensor(data.class_weights))
@@ -138,6 +144,7 @@ class UNetModule(pl.LightningModule):
         self.test_dice_error.weights.copy_(self.class_weights.double())
         self.test_dice_error_fixed.weights.copy_(self.real_class_weights.double())
         self.case_stats = {}
+        self.hd95 = HD95Accumulator()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probs, target, _ = self._step(batch)
@@ -172,6 +179,9 @@ class UNetModule(pl.LightningModule):
             ],
             1,
         )
+        # HD95 needs the masks themselves: kept bit-packed per subject until the epoch ends.
+        self.hd95.add(cases, batch["slice"], torch.stack(list(pred_regions.values()), 1),
+                      torch.stack(list(truth_regions.values()), 1))  # fmt: skip
         for i, case in enumerate(cases):
             stats = self.case_stats.setdefault(
                 str(case),
@@ -202,6 +212,22 @@ class UNetModule(pl.LightningModule):
         for j, name in enumerate(names):
             if total is not None and np.ndim(total) and total[j] > 0:
                 self.log(f"test/dice_{name}", float(2 * inter[j] / total[j]))
+        self._finish_hd95(names)
+
+    def _finish_hd95(self, names: list[str]) -> None:
+        """HD95 per subject and BraTS region into ``per_case[case]["hd95"]``; the mean over subjects logged."""
+        if self.data is None:  # tested without a DataModule: no subjects to measure
+            return
+        values, self.hd95_mode = hd95_per_case(
+            self.hd95, volume=self.data.split_by_subject, native_size=self.data.size
+        )
+        for case, hd in values.items():
+            self.case_stats[case]["hd95"] = np.asarray(hd)
+        if values:
+            means = np.mean(list(values.values()), axis=0)
+            for j, name in enumerate(names):
+                self.log(f"test/hd95_{name}", float(means[j]))
+        self.hd95 = HD95Accumulator()
 
     def results_details(self) -> dict[str, Any]:
         """Per-case statistics and the weights used, for results.json (primitives only)."""
@@ -209,6 +235,7 @@ class UNetModule(pl.LightningModule):
             "class_weights": self.class_weights.tolist(),
             "real_class_weights": self.real_class_weights.tolist(),
             "regions": list(region_masks(torch.zeros(1, dtype=torch.long), self.num_classes)),
+            "hd95_mode": self.hd95_mode,
             "per_case": {
                 case: {k: v.tolist() for k, v in stats.items()} for case, stats in self.case_stats.items()
             },

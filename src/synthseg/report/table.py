@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from synthseg.errors import InputError
+from synthseg.report.quality import with_hd95, write_quality
 from synthseg.report.runs import (
     CLASS_COLUMNS,
     MIX_BY_NAME,
@@ -203,7 +204,7 @@ def table2_estimates(
         if len(subjects) < max(len(s) for s in subject_sets):
             log.warning("%d classes: only %d test subjects are common to all runs", classes, len(subjects))
         weights = resample_weights(len(subjects), samples, seed)
-        metrics = {k: subject_metrics(groups[k], subjects) for k in keys}
+        metrics = {k: with_hd95(subject_metrics(groups[k], subjects), groups[k], subjects) for k in keys}
         for key in keys:
             runs = groups[key]
             info = MIX_BY_NAME.get(key[0]) or mix_of(runs[0].results)
@@ -247,7 +248,9 @@ def table2_markdown(estimates: list[Estimate], level: float) -> str:
         "better). `dice_<class>`: Dice of the arg-max segmentation; WT whole tumor, TC tumor core, ET "
         "enhancing tumor (higher is better). Seeds are pooled per subject. The second table of each class "
         f"count: difference from the real-only row of the same half, paired bootstrap {pct} interval "
-        "(the same resampled subjects for both rows); † marks an interval that excludes 0.",
+        "(the same resampled subjects for both rows); † marks an interval that excludes 0. `hd95_<region>`: "
+        "95th-percentile Hausdorff distance in native pixels (mm for BraTS), mean over test subjects, lower is "
+        "better (docs/quality.md).",
     ]
     for classes in sorted({e.classes for e in estimates}, key=lambda c: -c):
         rows = [e for e in estimates if e.classes == classes]
@@ -332,6 +335,21 @@ class FigureSettings(Settings):
 
 
 @dataclass(frozen=True)
+class QualityReportSettings(Settings):
+    """``quality:`` of ``conf/report.yaml``: Table 3 for the synthetic sets among ``figures`` (docs/quality.md)."""
+
+    enabled: bool = True
+    max_images: int = 2000
+    pairs: int = 500
+    kid_subsets: int = 100
+    search_size: int = 32
+
+    def check(self) -> None:
+        for key in ("max_images", "pairs", "kid_subsets", "search_size"):
+            check_positive(key, getattr(self, key))
+
+
+@dataclass(frozen=True)
 class ReportSettings(Settings):
     """``conf/report.yaml``."""
 
@@ -342,6 +360,7 @@ class ReportSettings(Settings):
     overwrite: bool = False
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     figures: FigureSettings = field(default_factory=FigureSettings)
+    quality: QualityReportSettings = field(default_factory=QualityReportSettings)
 
 
 def _figure_inputs(figures: FigureSettings) -> list[str]:
@@ -396,6 +415,7 @@ def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str,
             figure_options["spade_test"] = list(settings.figures.spade_test)
         written, skipped = figures.write_figures(tmp, groups, figure_options)
         files += written
+        files += write_quality(tmp, runs, asdict(settings))  # Table 3, metrics.json
         summary = {
             "runs": [str(r.path) for r in runs],
             "cells": len(cells),

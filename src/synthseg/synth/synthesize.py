@@ -54,6 +54,7 @@ def synthesize(
     overwrite: bool = False,
     keep_intermediate: bool = True,
     progress: bool = True,
+    quality: bool = True,
 ) -> dict[str, Any]:
     """Make a synthetic dataset of at most ``count`` pairs (fewer: the filter drops some masks).
 
@@ -69,6 +70,8 @@ def synthesize(
             this size. Masks smaller than the reference are filtered against the reference reduced to their
             size.
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
+        quality: measure what needs no feature extractor (diversity, memorisation, label maps) into
+            ``<output>/quality/`` (docs/quality.md); FD/KID come later, from the report's real-data U-Net.
     """
     from synthseg.synth.images import generate_images
     from synthseg.synth.masks import generate_masks
@@ -151,6 +154,8 @@ def synthesize(
             k: image_record.get(k) for k in ("checkpoint_train_max", "seconds", "images_per_second")
         }
         write_provenance(tmp, {**(read_provenance(tmp) or {}), "synthesize": provenance})
+        if quality:
+            measure_quality(tmp, reference, reference_split, seed)
     if not keep_intermediate:  # the masks' and the filter's own folders, then the (then empty) work folder
         remove_own(masks_dir)
         remove_own(kept_dir)
@@ -159,6 +164,21 @@ def synthesize(
         if work.is_dir() and not any(work.iterdir()):
             work.rmdir()
     return provenance
+
+
+def measure_quality(dataset: Path, reference: str | os.PathLike[str], reference_split: str, seed: int) -> None:
+    """What needs no feature extractor (diversity, memorisation, label maps) into ``dataset/quality/``.
+
+    Runs inside the claimed temporary folder, so the quality folder is part of what the command wrote.
+    """
+    from synthseg.metrics.quality import quality as measure
+
+    split = "reduced" if reference_split == "reduced" else "train"
+    try:
+        measure(dataset, reference, dataset / "quality", extractor=None, real_split=split, seed=seed)
+    except (InputError, ValueError) as err:
+        # The synthetic set is complete; too few or too small pairs to measure is not a failure of it.
+        print(f"synthesize: quality not measured ({err})")
 
 
 @dataclass(frozen=True)
@@ -183,6 +203,7 @@ class SynthesizeSettings(Settings):
     overwrite: bool = False
     keep_intermediate: bool = True
     progress: bool = True
+    quality: bool = True
 
     def check(self) -> None:
         check_positive("count", self.count)

@@ -1,0 +1,181 @@
+"""Feature extractors for FD / KID / precision-recall that never download anything.
+
+Default: the encoder of a U-Net trained on real data (``unet``): the four skip levels and the bridge, each
+averaged over the image, concatenated. In-domain and already trained by the pipeline; its distances are named
+``fd_unet`` / ``kid_unet`` so no one mistakes them for Inception FID. Optional: Inception-v3 through
+torchmetrics (``inception``), only from a weights file the user placed on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from synthseg.checkpoint import CheckpointError, load_network
+from synthseg.errors import InputError
+from synthseg.networks.unet import UNet
+
+EXTRACTORS = ("unet", "inception")
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+
+
+class UNetEncoderFeatures(nn.Module):
+    """Globally average-pooled encoder features of a U-Net.
+
+    Args:
+        unet: a trained :class:`UNet` (its encoder layers are shared, not copied).
+
+    Shapes:
+        (B, in_channels, H, W), H and W multiples of 16 -> (B, 31 * base_width): w + 2w + 4w + 8w skip
+        channels and the 16w bridge channels.
+    """
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        self.encoders = unet.encoders
+        self.pool = unet.pool
+        self.bridge = unet.bridge
+        width = int(unet.init_args["base_width"])
+        self.num_features = 31 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            pooled.append(x.mean(dim=(2, 3)))
+            x = self.pool(x)
+        pooled.append(self.bridge(x).mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
+
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' Inception-v3 (2048-d pool features) on gray images in [0, 1], from a local weights file.
+
+    Shapes: (B, 1, H, W) float in [0, 1] -> (B, 2048).
+    """
+
+    def __init__(self, weights: str | os.PathLike[str] | None) -> None:
+        super().__init__()
+        if not weights or not Path(weights).is_file():
+            raise InputError(
+                f"extractor=inception needs a local weights file (never downloaded): place {INCEPTION_WEIGHTS} "
+                f"(torch-fidelity's Inception-v3) on disk and pass extractor_weights=PATH (got {weights!r})"
+            )
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except (ImportError, ModuleNotFoundError):
+            raise InputError(
+                'extractor=inception needs torch-fidelity: pip install -e ".[inception]"'
+            ) from None
+        try:
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048"],
+                feature_extractor_weights_path=str(weights),
+            )
+        except (ModuleNotFoundError, ImportError):
+            raise InputError(
+                'extractor=inception needs torch-fidelity: pip install -e ".[inception]"'
+            ) from None
+        except (RuntimeError, OSError, KeyError) as err:
+            raise InputError(f"extractor_weights={weights}: not Inception-v3 weights ({err})") from None
+        self.num_features = 2048
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+        return self.net(rgb).reshape(len(x), -1)
+
+
+@dataclass
+class Extractor:
+    """A feature module and how images must be scaled for it.
+
+    Attributes:
+        name: ``unet`` or ``inception`` (the suffix of ``fd_<name>``).
+        module: (B, 1, H, W) -> (B, D), in eval mode.
+        norm: ``paper`` (image / max - mean, the U-Net's training input) or ``unit`` (image / max in [0, 1]).
+        train_max, train_mean: the normalisation statistics (``paper``); None: from the real sample.
+        source: where the weights came from, for quality.json.
+        resolution: the side the network was trained at (images are block-averaged to it); None: as given.
+    """
+
+    name: str
+    module: nn.Module
+    norm: str
+    train_max: float | None
+    train_mean: float | None
+    source: str
+    resolution: int | None = None
+
+
+def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str, int | None]:
+    """A U-Net run folder (results.json) or a network snapshot -> (UNet, train_max, train_mean, source,
+    training resolution)."""
+    results_path = path / "results.json" if path.is_dir() else path
+    if results_path.name == "results.json":
+        if not results_path.is_file():
+            raise InputError(f"unet={path}: no results.json (pass a U-Net run folder or a network snapshot)")
+        from synthseg.report.figures import load_unet  # the report's route to a run's best checkpoint
+        from synthseg.report.runs import load_run
+
+        run = load_run(results_path)
+        if run is None:
+            raise InputError(f"{results_path}: not a tested U-Net run")
+        stats = run.results.get("data_stats", {})
+        norm = run.config.get("data", {}).get("image_norm", "paper")
+        if norm != "paper":
+            raise InputError(f"{results_path}: image_norm={norm!r}; the quality extractor supports 'paper'")
+        net = load_unet(run)
+        resolution = run.config.get("data", {}).get("resolution")
+        return (
+            net, float(stats.get("train_max", 1.0)), float(stats.get("train_mean", 0.0)), str(results_path),
+            int(resolution) if resolution else None,
+        )  # fmt: skip
+    try:
+        net, meta = load_network(path)
+    except CheckpointError as err:  # the loader's message names the file already
+        raise InputError(f"unet=: {err} (pass the U-Net run folder or a network snapshot)") from None
+    if not isinstance(net, UNet):
+        raise InputError(f"unet={path}: holds a {type(net).__name__}, not a U-Net")
+    return net, meta.get("train_max"), meta.get("train_mean"), str(path), meta.get("resolution")
+
+
+def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str | None = None) -> Extractor:
+    """The feature extractor ``kind`` (``unet`` needs ``unet=RUN``; ``inception`` needs ``weights``)."""
+    if kind == "unet":
+        if not unet:
+            raise InputError("extractor=unet needs unet=RUN (the full_real U-Net run folder or a snapshot)")
+        path = Path(unet)
+        if not path.exists():
+            raise InputError(f"unet={path}: not found")
+        net, train_max, train_mean, source, resolution = _unet_run(path)
+        module = UNetEncoderFeatures(net).eval()
+        return Extractor("unet", module, "paper", train_max, train_mean, source, resolution)
+    if kind == "inception":
+        return Extractor("inception", InceptionFeatures(weights).eval(), "unit", None, None, str(weights))
+    raise InputError(f"extractor={kind!r}: expected one of {list(EXTRACTORS)}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device={device!r}: not a torch device") from None
+
+
+@torch.inference_mode()
+def extract(module: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Features of (N, 1, H, W) float images in batches on the module's device -> (N, D) float64 on CPU."""
+    device = next(module.parameters()).device
+    out = [
+        module(images[i : i + batch_size].to(device)).double().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, getattr(module, "num_features", 0), dtype=torch.float64)

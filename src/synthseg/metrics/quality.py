@@ -1,0 +1,341 @@
+"""``synthseg quality synthetic=DIR real=DIR [unet=RUN] [extractor=unet|inception] output=DIR``.
+
+How good, how diverse and how private a synthetic set is, beside the real training data it imitates:
+FD / KID / precision-recall on the features of a trained U-Net's encoder (or a local Inception-v3), MS-SSIM
+diversity within each set, label-map statistics (class areas, tumor fragmentation, the filter's discard rate)
+and the nearest real training slice of every synthetic pair. Writes ``quality.json`` and PNG figures into
+``output``. Every statistic runs on a seeded sample of ``max_images`` slices per set; the nearest-real search
+covers the whole real training split. Nothing is downloaded. See docs/quality.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from synthseg.data.cache import open_cache
+from synthseg.data.manifest import read_manifest
+from synthseg.errors import InputError
+from synthseg.metrics import diversity, fidelity, labelmaps, memorisation
+from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein
+from synthseg.settings import Settings, check_positive
+from synthseg.utils.outputs import claim_output
+
+REAL_SPLITS = ("train", "reduced")
+
+
+class DatasetSlices:
+    """A dataset folder's training slices: memory-mapped arrays and the rows in use (manifest order)."""
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
+        if split not in REAL_SPLITS:
+            raise InputError(f"real_split={split!r}: expected one of {list(REAL_SPLITS)}")
+        self.root = Path(root)
+        manifest = read_manifest(self.root)
+        rows = manifest.rows("train")
+        if split == "reduced":
+            rows = rows[manifest.reduced[rows]]
+        if len(rows) < 2:
+            raise InputError(f"{self.root}: fewer than 2 training slices ({len(rows)})")
+        if any(not str(p) for p in manifest.image[rows]):
+            raise InputError(
+                f"{self.root}: its manifest lists label maps without images; quality needs pairs"
+            )
+        self.images, self.labels = open_cache(self.root, manifest)
+        self.rows = rows
+        self.ids = manifest.ids
+        self.size = int(self.labels.shape[-1])
+
+    def sample(self, count: int, seed: int) -> np.ndarray:
+        """At most ``count`` rows, drawn without replacement with ``seed``, in manifest order."""
+        if len(self.rows) <= count:
+            return self.rows
+        return np.sort(np.random.default_rng(seed).choice(self.rows, size=count, replace=False))
+
+    def load(self, rows: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels (N, size, size) int64 majority-downsampled, images (N, 1, size, size) float32 block means)."""
+        return memorisation.read_rows(self.labels, self.images, rows, size)
+
+
+class RowView:
+    """Rows ``rows`` of a (memory-mapped) array, indexed lazily: the whole real split is never loaded at once."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
+        self.array, self.rows = array, rows
+        self.shape = (len(rows), *array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        return np.asarray(self.array[self.rows[index]])
+
+
+def _common_size(synthetic: DatasetSlices, real: DatasetSlices) -> int:
+    small, large = sorted((synthetic.size, real.size))
+    if large % small:
+        raise InputError(
+            f"synthetic slices are {synthetic.size} px, real ones {real.size} px: one must divide the other"
+        )
+    return small
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """Images scaled to [0, 1] by the set's maximum (MS-SSIM's data range)."""
+    return images / images.max().clamp_min(1e-12)
+
+
+def extractor_metrics(
+    extractor: Any, real: torch.Tensor, synthetic: torch.Tensor, *, seed: int, k: int, subsets: int,
+    batch_size: int,
+) -> dict[str, Any]:  # fmt: skip
+    """FD, KID, precision and recall on the extractor's features, keys suffixed with its name."""
+    from synthseg.metrics.features import extract
+
+    if extractor.norm == "paper":
+        top = extractor.train_max if extractor.train_max else float(real.max())
+        mean = extractor.train_mean if extractor.train_mean is not None else float((real / top).mean())
+
+        def scale(x: torch.Tensor) -> torch.Tensor:
+            return x / top - mean
+    else:
+        top = float(real.max())
+
+        def scale(x: torch.Tensor) -> torch.Tensor:
+            return (x / top).clamp(0, 1)
+
+    size = real.shape[-1]
+    factor = size // extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else 1
+    if factor > 1:
+        # The U-Net saw its training resolution: its features mean most there.
+        real, synthetic = F.avg_pool2d(real, factor), F.avg_pool2d(synthetic, factor)
+    f_real = extract(extractor.module, scale(real), batch_size)
+    f_syn = extract(extractor.module, scale(synthetic), batch_size)
+    name = extractor.name
+    kid, kid_std = fidelity.kernel_distance(f_real, f_syn, subset_size=1000, subsets=subsets, seed=seed)
+    precision, recall = fidelity.precision_recall(f_real, f_syn, k=k)
+    return {
+        "extractor": name,
+        "extractor_source": extractor.source,
+        "feature_dim": int(f_real.shape[1]),
+        "feature_size": size // factor,
+        f"fd_{name}": fidelity.frechet_distance(f_real, f_syn),
+        f"kid_{name}": kid,
+        f"kid_{name}_std": kid_std,
+        "kid_subset_size": min(1000, len(f_real), len(f_syn)),
+        f"precision_{name}": precision,
+        f"recall_{name}": recall,
+        "k": k,
+    }
+
+
+def quality(
+    synthetic: str | os.PathLike[str],
+    real: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    unet: str | os.PathLike[str] | None = None,
+    extractor: str | None = "unet",
+    extractor_weights: str | None = None,
+    real_split: str = "train",
+    max_images: int = 2000,
+    seed: int = 0,
+    pairs: int = 500,
+    k: int = 3,
+    kid_subsets: int = 100,
+    search_size: int = 32,
+    candidates: int = 8,
+    dice_threshold: float = 0.95,
+    correlation_threshold: float = 0.98,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Measure a synthetic set against the real training data; write ``output/quality.json`` and figures.
+
+    ``device`` runs the feature extractor (``auto``: CUDA when available); the rest runs on the CPU.
+    ``extractor=None`` skips the feature-based metrics (FD, KID, precision, recall): what ``synthesize`` runs
+    before any U-Net exists.
+    """
+    from synthseg.metrics.features import build_extractor
+
+    output = Path(output)
+    started = time.perf_counter()
+    laps: dict[str, float] = {}
+    last = [started]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        laps[stage] = round(now - last[0], 2)
+        last[0] = now
+
+    # The extractor first: a missing weights file or run is one line before minutes of work.
+    feature_extractor = build_extractor(extractor, unet, extractor_weights) if extractor else None
+    if feature_extractor is not None:
+        from synthseg.metrics.features import resolve_device
+
+        feature_extractor.module.to(resolve_device(device))
+    syn_set, real_set = DatasetSlices(synthetic), DatasetSlices(real, real_split)
+    size = _common_size(syn_set, real_set)
+    syn_rows = syn_set.sample(max_images, seed)
+    real_rows = real_set.sample(max_images, seed + 1)
+    syn_labels, syn_images = syn_set.load(syn_rows, size)
+    real_labels, real_images = real_set.load(real_rows, size)
+    lap("load")
+
+    syn_areas, real_areas = labelmaps.class_areas(syn_labels), labelmaps.class_areas(real_labels)
+    areas = labelmaps.area_distance(syn_areas, real_areas)
+    frag = labelmaps.fragmentation(
+        labelmaps.components_per_slice(syn_labels.numpy()),
+        labelmaps.components_per_slice(real_labels.numpy()),
+    )
+    n = min(len(syn_labels), len(real_labels))
+    swd = sliced_wasserstein(
+        labels_to_uint8(syn_labels[:n])[:, None], labels_to_uint8(real_labels[:n])[:, None], seed=seed,
+        min_resolution=min(16, size),
+    )  # fmt: skip
+    lap("label_maps")
+    ms_syn, scales = diversity.mean_ms_ssim(_unit(syn_images), pairs, seed)
+    ms_real, _ = diversity.mean_ms_ssim(_unit(real_images), pairs, seed)
+    lap("diversity")
+
+    # Nearest real training slice: the sample against the whole real split (memory-mapped, in chunks).
+    all_labels, all_images = RowView(real_set.labels, real_set.rows), RowView(real_set.images, real_set.rows)
+    # One pass over the real split for both query sets: synthetic slices, then the real sample (the baseline,
+    # each excluding its own row; -1 excludes nothing).
+    position = np.searchsorted(real_set.rows, real_rows)
+    near = memorisation.nearest_real(
+        torch.cat([syn_labels, real_labels]), torch.cat([syn_images, real_images]), all_labels, all_images,
+        exclude=np.concatenate([np.full(len(syn_rows), -1), position]), search_size=search_size,
+        candidates=candidates,
+    )  # fmt: skip
+    near_syn, near_real = near.split(len(syn_rows))
+    memo = memorisation.summarize(near_syn, near_real, dice_threshold, correlation_threshold)
+    lap("memorisation")
+
+    result: dict[str, Any] = {
+        "synthetic": str(synthetic),
+        "real": str(real),
+        "real_split": real_split,
+        "size": size,
+        "synthetic_count": len(syn_rows),
+        "real_count": len(real_rows),
+        "real_search_count": len(real_set.rows),
+        "seed": seed,
+        "diversity": {
+            "ms_ssim_synthetic": ms_syn,
+            "ms_ssim_real": ms_real,
+            "pairs": pairs,
+            "scales": scales,
+            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px",
+        },
+        "label_maps": {
+            "swd": swd,
+            "area_distance": areas,
+            "fragmentation": frag,
+            "filter_discard_rate": labelmaps.discard_rate(synthetic),
+        },
+        "memorisation": memo,
+    }
+    if feature_extractor is not None:
+        result["features"] = extractor_metrics(
+            feature_extractor, real_images, syn_images, seed=seed, k=k, subsets=kid_subsets,
+            batch_size=batch_size,
+        )  # fmt: skip
+        lap("features")
+    # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
+    output.mkdir(parents=True, exist_ok=True)
+    labelmaps.plot_areas(output / "class_areas.png", syn_areas, real_areas, areas)
+    real_small = real_set.load(real_set.rows[np.unique(near_syn.dice_index)], size)
+    lookup = {int(r): i for i, r in enumerate(np.unique(near_syn.dice_index))}
+    shown = memorisation.closest_pairs_figure(
+        output / "closest_pairs.png",
+        syn_labels.numpy(),
+        syn_images[:, 0].numpy(),
+        real_small[0].numpy(),
+        real_small[1][:, 0].numpy(),
+        memorisation.Nearest(near_syn.dice, np.array([lookup[int(i)] for i in near_syn.dice_index]),
+                             near_syn.corr, near_syn.corr_index),
+    )  # fmt: skip
+    memo["closest"] = [
+        {
+            "synthetic": str(syn_set.ids[syn_rows[i]]),
+            "real": str(real_set.ids[real_set.rows[near_syn.dice_index[i]]]),
+            "dice": float(near_syn.dice[i]),
+        }
+        for i in shown
+    ]
+    result["figures"] = {"class_areas": "class_areas.png", "closest_pairs": "closest_pairs.png"}
+    lap("figures")
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["seconds_by_stage"] = laps
+    (output / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+@dataclass(frozen=True)
+class QualitySettings(Settings):
+    """``conf/quality.yaml``: the keyword arguments of :func:`quality`, plus the output rule's ``overwrite``."""
+
+    REQUIRED = {"synthetic": "DIR", "real": "DIR", "output": "DIR"}
+
+    synthetic: str
+    real: str
+    output: str
+    unet: str | None = None
+    extractor: str | None = "unet"
+    extractor_weights: str | None = None
+    real_split: str = "train"
+    max_images: int = 2000
+    seed: int = 0
+    pairs: int = 500
+    k: int = 3
+    kid_subsets: int = 100
+    search_size: int = 32
+    candidates: int = 8
+    dice_threshold: float = 0.95
+    correlation_threshold: float = 0.98
+    batch_size: int = 64
+    device: str = "auto"
+    overwrite: bool = False
+
+    def check(self) -> None:
+        if self.extractor not in (None, "unet", "inception"):
+            raise InputError(f"extractor must be unet, inception or null, got {self.extractor!r}")
+        if self.real_split not in REAL_SPLITS:
+            raise InputError(f"real_split must be one of {list(REAL_SPLITS)}, got {self.real_split!r}")
+        for key in ("max_images", "pairs", "k", "kid_subsets", "search_size", "candidates", "batch_size"):
+            check_positive(key, getattr(self, key))
+        for key in ("dice_threshold", "correlation_threshold"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise InputError(f"{key} must be in (0, 1], got {getattr(self, key)}")
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra entry (``conf/quality.yaml``): the output folder follows the output rule (docs/reliability.md)."""
+    settings = QualitySettings.from_config(cfg)
+    options = {k: v for k, v in asdict(settings).items() if k not in ("output", "overwrite")}
+    inputs = [settings.synthetic, settings.real, settings.unet, settings.extractor_weights]
+    with claim_output(settings.output, command="quality", inputs=inputs, overwrite=settings.overwrite) as tmp:
+        result = quality(output=tmp, **options)
+    feats = result.get("features", {})
+    name = feats.get("extractor")
+    line = {
+        **({f"fd_{name}": feats[f"fd_{name}"], f"kid_{name}": feats[f"kid_{name}"],
+            "precision": feats[f"precision_{name}"], "recall": feats[f"recall_{name}"]} if name else {}),
+        "ms_ssim_synthetic": result["diversity"]["ms_ssim_synthetic"],
+        "ms_ssim_real": result["diversity"]["ms_ssim_real"],
+        "nearest_real_dice_median": result["memorisation"]["dice"]["synthetic"]["median"],
+        "seconds": result["seconds"],
+    }  # fmt: skip
+    print(f"synthseg quality -> {settings.output}/quality.json")
+    print(json.dumps(line))
+    return result

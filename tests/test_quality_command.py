@@ -1,0 +1,277 @@
+"""``synthseg quality``, its hooks in synthesize / the U-Net test step / the report (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg.checkpoint import save_network
+from synthseg.errors import InputError
+from synthseg.metrics.quality import quality
+from synthseg.networks.unet import UNet
+from tests.conftest import write_dataset
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = {"pairs": 20, "kid_subsets": 5, "search_size": 8}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing here may download: any connection attempt fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a quality test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def sets(tmp_path: Path) -> dict[str, Path]:
+    real = write_dataset(tmp_path / "real", num_slices=50, size=64)
+    synthetic = write_dataset(tmp_path / "synthetic", num_slices=24, size=32, source="synthetic", seed=1)
+    torch.manual_seed(0)
+    unet = tmp_path / "unet.pt"
+    save_network(UNet(1, 7, base_width=2), unet)
+    return {"real": real, "synthetic": synthetic, "unet": unet}
+
+
+def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "quality"
+    result = quality(sets["synthetic"], sets["real"], out, unet=sets["unet"], **FAST)
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["size"] == 32 and saved["synthetic_count"] == 24 and saved["real_count"] == 40
+    feats = saved["features"]
+    assert feats["extractor"] == "unet" and feats["feature_dim"] == 62
+    for key in ("fd_unet", "kid_unet", "precision_unet", "recall_unet"):
+        assert math.isfinite(feats[key])
+    assert 0 <= feats["precision_unet"] <= 1 and feats["kid_subset_size"] == 24
+    assert saved["diversity"]["scales"] == 2 and "2 of 5 scales" in saved["diversity"]["note"]
+    memo = saved["memorisation"]
+    assert saved["real_search_count"] == 40
+    assert len(memo["closest"]) == 8 and memo["synthetic_count"] == 24
+    assert set(saved["label_maps"]["fragmentation"]) == {"NCR/NET", "edema", "enhancing"}
+    assert (
+        math.isfinite(saved["label_maps"]["swd"]["avg"])
+        and saved["label_maps"]["filter_discard_rate"] is None
+    )
+    assert (out / "class_areas.png").is_file() and (out / "closest_pairs.png").is_file()
+    assert result["features"] == feats
+
+
+def test_quality_is_seeded(sets: dict[str, Path], tmp_path: Path) -> None:
+    a = quality(sets["synthetic"], sets["real"], tmp_path / "a", unet=sets["unet"], max_images=16, **FAST)
+    b = quality(sets["synthetic"], sets["real"], tmp_path / "b", unet=sets["unet"], max_images=16, **FAST)
+    for result in (a, b):
+        result.pop("seconds")
+    assert a["features"] == b["features"] and a["memorisation"] == b["memorisation"]
+    assert a["synthetic_count"] == 16
+
+
+def test_a_planted_copy_is_counted_and_shown_first(sets: dict[str, Path], tmp_path: Path) -> None:
+    # A synthetic set made of the real training slices themselves: every pair is a copy.
+    copy = write_dataset(tmp_path / "copy", num_slices=50, size=64)
+    result = quality(copy, sets["real"], tmp_path / "q", extractor=None, **FAST)
+    memo = result["memorisation"]
+    assert memo["dice"]["synthetic"]["median"] == pytest.approx(1.0)
+    assert memo["synthetic_above_dice"] == 40
+    # The 5 blank training slices (every 7th) are constant images: no correlation, so not counted as copies.
+    assert memo["synthetic_above_both"] == 35
+    assert memo["closest"][0]["synthetic"] == memo["closest"][0]["real"]
+    assert "features" not in result
+
+
+def test_discard_rate_comes_from_the_synthesize_record(sets: dict[str, Path], tmp_path: Path) -> None:
+    record = {"synthesize": {"filter": {"synthetic_discarded_fraction": 0.25}}}
+    (sets["synthetic"] / "prepare.json").write_text(json.dumps(record))
+    result = quality(sets["synthetic"], sets["real"], tmp_path / "q", extractor=None, **FAST)
+    assert result["label_maps"]["filter_discard_rate"] == 0.25
+
+
+def test_inception_without_a_local_weights_file_is_one_line_saying_where_to_put_it(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from synthseg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quality", f"synthetic={sets['synthetic']}", f"real={sets['real']}", "extractor=inception",
+              f"output={tmp_path / 'q'}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "extractor_weights=PATH" in err[0] and "pt_inception" in err[0]
+    assert not (tmp_path / "q").exists()
+
+
+def test_bad_inputs_are_one_clear_error(sets: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unet=RUN"):
+        quality(sets["synthetic"], sets["real"], tmp_path / "q")
+    with pytest.raises(InputError, match="manifest not found"):
+        quality(tmp_path, sets["real"], tmp_path / "q", extractor=None)
+    odd = write_dataset(tmp_path / "odd", num_slices=10, size=48, source="synthetic")
+    with pytest.raises(InputError, match="one must divide the other"):
+        quality(odd, sets["real"], tmp_path / "q", extractor=None)
+
+
+def test_cli_runs_the_quality_command(sets: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from synthseg.cli import main
+
+    main(["quality", f"synthetic={sets['synthetic']}", f"real={sets['real']}", f"unet={sets['unet']}",
+          f"output={tmp_path / 'q'}", "pairs=10", "kid_subsets=3", "search_size=8"])  # fmt: skip
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {
+        "fd_unet",
+        "kid_unet",
+        "precision",
+        "recall",
+        "ms_ssim_synthetic",
+        "nearest_real_dice_median",
+    } <= set(line)
+
+
+# ------------------------------------------------------------------------------------- U-Net test step
+def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
+    from synthseg.train import train
+    from tests.conftest import compose_train
+    from tests.test_train_unet import SMALL
+
+    data = write_dataset(tmp_path / "prepared")
+    cfg = compose_train([*SMALL, f"data.root={data}", "trainer.max_epochs=1"], tmp_path)
+    metrics = train(cfg)
+    assert {"test/hd95_WT", "test/hd95_TC", "test/hd95_ET"} <= set(metrics)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    hd = results["per_case"]["Brats18_T_7_1"]["hd95"]
+    assert len(hd) == 3 and all(v >= 0 and math.isfinite(v) for v in hd)
+    # The fixture's test subject Brats18_T_7_1 has no training slice (its others are validation): 3-D.
+    assert results["hd95_mode"] == "3d"
+    assert metrics["test/hd95_WT"] == pytest.approx(hd[0])
+
+
+# ------------------------------------------------------------------------------------------- report
+def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_path: Path) -> None:
+    from synthseg.report.table import write_report
+    from tests.test_report import make_run
+
+    runs = tmp_path / "runs"
+    per_case = lambda hd: {  # noqa: E731
+        s: {"soft_intersection": [90, 1, 2, 3, 4, 5, 6], "soft_total": [200] + [10] * 6,
+            "hard_intersection": [90, 1, 2, 3, 4, 5, 6], "hard_total": [200] + [10] * 6,
+            "region_intersection": [6, 4, 3], "region_total": [30, 20, 10], "hd95": [hd + i, hd, hd]}
+        for i, s in enumerate(("A", "B", "C"))
+    }  # fmt: skip
+    make_run(runs / "real", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=sets["real"],
+             per_case=per_case(4.0), resolution=16)  # fmt: skip
+    make_run(runs / "syn", mix="full_syn8960", classes=7, seed=0, dice_error=0.1, data_root=sets["real"],
+             per_case=per_case(2.0), resolution=32)  # fmt: skip
+    out = tmp_path / "report"
+    summary = write_report({
+        "runs": str(runs), "output": str(out), "bootstrap": {"samples": 50},
+        "figures": {"enabled": False, "synthetic_full": str(sets["synthetic"]), "real": str(sets["real"])},
+        "quality": {"max_images": 2000, **FAST},
+    })  # fmt: skip
+    assert {"table3.md", "table3.csv", "metrics.json"} <= {f["file"] for f in summary["files"]}
+    metrics = json.loads((out / "metrics.json").read_text())
+    (entry,) = metrics["synthetic_quality"]
+    for key in (
+        "fd",
+        "kid",
+        "precision",
+        "recall",
+        "ms_ssim_synthetic",
+        "ms_ssim_real",
+        "nearest_real_dice_median",
+    ):
+        assert isinstance(entry[key], float) and math.isfinite(entry[key])
+    assert entry["extractor"] == "unet" and entry["set"] == "full"
+    segmentation = {e["mix"]: e for e in metrics["segmentation"]}
+    assert segmentation["full_real"]["hd95_wt"] == pytest.approx(5.0)  # mean of 4, 5, 6
+    assert segmentation["full_syn8960"]["hd95_et"] == pytest.approx(2.0)
+    rows = {(r["mix"], r["metric"]): r for r in _csv(out / "table2.csv")}
+    assert float(rows[("full_real", "hd95_WT")]["estimate"]) == pytest.approx(5.0)
+    assert float(rows[("full_syn8960", "hd95_TC")]["diff"]) == pytest.approx(-2.0)
+    assert "FD-U-Net" in (out / "table3.md").read_text()
+    saved = json.loads((out / "quality" / "full" / "quality.json").read_text())
+    # The full_real U-Net trained at 16 px: the 32 px slices are block-averaged to 16 before its encoder.
+    assert saved["size"] == 32 and saved["features"]["feature_size"] == 16
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_path: Path) -> None:
+    from synthseg.report.table import write_report
+    from tests.test_report import make_run
+
+    make_run(
+        tmp_path / "runs" / "r", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=sets["real"]
+    )
+    out = tmp_path / "report"
+    write_report({"runs": str(tmp_path / "runs"), "output": str(out), "bootstrap": {"samples": 20},
+                  "figures": {"enabled": False}})  # fmt: skip
+    assert not any(r["metric"].startswith("hd95") for r in _csv(out / "table2.csv"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["synthetic_quality"] == [] and metrics["segmentation"][0]["hd95_wt"] is None
+    assert not (out / "table3.md").exists()
+
+
+def test_synthesize_runs_the_extractor_free_quality(tmp_path: Path) -> None:
+    from synthseg.synth.synthesize import synthesize
+    from tests.test_reliability_atomic import tiny_snapshot, tiny_spade_snapshot
+
+    prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
+    out = tmp_path / "synthetic"
+    synthesize(tiny_snapshot(tmp_path / "pgan.pt", size=32), tiny_spade_snapshot(tmp_path / "spade.pt"), prepared,
+               12, out, threshold=1e9, device="cpu", progress=False)  # fmt: skip
+    saved = json.loads((out / "quality" / "quality.json").read_text())
+    assert "features" not in saved and saved["synthetic_count"] == 12
+    assert saved["label_maps"]["filter_discard_rate"] == 0.0
+    assert np.isfinite(saved["diversity"]["ms_ssim_synthetic"])
+
+
+def test_the_metrics_import_neither_lightning_nor_the_lightning_modules() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import synthseg.metrics.quality, synthseg.metrics.features, synthseg.metrics.hausdorff\n"
+        "import synthseg.report.figures, synthseg.report.runs  # the run-folder route of the extractor\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')\n"
+        "       or m.startswith('synthseg.models')]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_inception_with_weights_but_without_torch_fidelity_says_how_to_install(tmp_path: Path) -> None:
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed here")
+    except ImportError:
+        pass
+    from synthseg.metrics.features import build_extractor
+
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"not used")
+    with pytest.raises(InputError, match=r'pip install -e "\.\[inception\]"'):
+        build_extractor("inception", None, str(weights))
+
+
+def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
+    sets: dict[str, Path], tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {"net.head.weight": torch.zeros(1)}}, ckpt)
+    with pytest.raises(InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"):
+        quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=ckpt)
