@@ -174,8 +174,9 @@ def test_select_prefers_full_resolution_snapshots(tmp_path: Path):
             writer.writerow([tick, tick, resolution, alpha, snap, swd])
             save_network(tiny_generator(seed=tick), run / snap)
     # Ticks 1 (8x8) and 2 (still fading in) score lower but make upsampled masks.
-    assert select_best(run)["tick"] == 4
-    assert select_best(run, full_resolution_only=False)["tick"] == 1
+    assert select_best(run, full_resolution_only=True)["tick"] == 4
+    # The default, as the paper: the lowest SWD among all saved ticks.
+    assert select_best(run)["tick"] == 1
 
 
 def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):

@@ -331,7 +331,7 @@ def _tiny_module(**kwargs):
 
 
 def test_reals_fade_in_with_their_majority_vote_half_resolution_copy():
-    module = _tiny_module(stable_kimg=1, transition_kimg=1)
+    module = _tiny_module(stable_kimg=1, transition_kimg=1, lowres_labels="majority")
     stage = module.schedule.at(1750)  # 8x8 fading in, alpha 0.75
     assert (stage.resolution, stage.alpha) == (8, 0.75)
     labels = torch.zeros(1, 8, 8, dtype=torch.long)

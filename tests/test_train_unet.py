@@ -45,6 +45,8 @@ def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> Non
         "num_image_rows": 4,
         "channels_last": False,
         "compile": False,
+        "eval_reduction": "batch_mean",
+        "eval_batch_size": 32,
     }
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 

@@ -216,6 +216,7 @@ def test_filter_command_end_to_end(folders: dict, tmp_path: Path) -> None:
             f"reference={folders['base'] / 'prepared'}",
             f"output={out}",
             "progress=false",
+            "include_empty=false",  # the switch; the default (empty masks kept) is tested below
         ]
     )
     summary = zfilter.main(cfg)
@@ -278,10 +279,13 @@ def test_filter_command_end_to_end(folders: dict, tmp_path: Path) -> None:
 def test_reduced_reference_and_empty_switch(folders: dict, tmp_path: Path) -> None:
     base = folders["base"]
     common = [f"masks={base / 'generated'}", f"reference={base / 'prepared'}", "progress=false"]
-    reduced = zfilter.main(_compose([*common, f"output={tmp_path / 'a'}", "reference_split=reduced"]))
+    reduced = zfilter.main(
+        _compose([*common, f"output={tmp_path / 'a'}", "reference_split=reduced", "include_empty=false"])
+    )
     # Reduced: the first 8 rows, minus the empty slice 5.
     assert reduced["reference_count"] == 7 and reduced["reference_empty_excluded"] == 1
-    with_empty = zfilter.main(_compose([*common, f"output={tmp_path / 'b'}", "include_empty=true"]))
+    # The default (the paper: the entire real dataset) keeps the empty masks in the reference.
+    with_empty = zfilter.main(_compose([*common, f"output={tmp_path / 'b'}"]))
     assert with_empty["reference_count"] == 32 and with_empty["reference_empty_excluded"] == 0
 
 
@@ -349,7 +353,7 @@ def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_pat
     masks.mkdir()
     for i, mask in enumerate(reduced[:5]):
         write_label8(masks / f"m{i}.png", mask)
-    report = zfilter.run_filter(masks, reference, tmp_path / "out", progress=False)
+    report = zfilter.run_filter(masks, reference, tmp_path / "out", include_empty=False, progress=False)
     stats = zfilter.reference_statistics(iter(reduced))
     expected = zfilter.zscore_norms(iter(reduced[:5]), stats)
     np.testing.assert_allclose(report.norms, expected, rtol=1e-10)

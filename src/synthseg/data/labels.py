@@ -112,6 +112,26 @@ def resize_labels(labels: LabelArray, size: int, classes: int = NUM_CLASSES) -> 
     return batch if labels.dim() == 3 else batch[0]
 
 
+LOWRES_LABELS = ("average", "majority")
+
+
+def block_mean_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Class indices or values (N, H, W) -> float means of their blocks (N, ``size``, ``size``), unrounded.
+
+    The official progressive GAN's lower levels of detail (tkarras ``dataset_tool.py``) are block means of the
+    full-resolution image: repeated 2x2 means, which equal one mean over each block. For label maps such a
+    mean is not a class (0 and 6 average to 3); :func:`resize_labels` (majority vote) keeps labels valid.
+    """
+    current = int(labels.shape[-1])
+    if current < size or current % size:
+        raise ValueError(f"label size {current} cannot be block-averaged to {size}")
+    factor = current // size
+    values = labels.float()
+    if factor == 1:
+        return values
+    return torch.nn.functional.avg_pool2d(values.unsqueeze(1), factor).squeeze(1)
+
+
 def labels_to_net(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1] (0 -> -1, classes-1 -> 1)."""
     return (labels.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)

@@ -14,11 +14,13 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
   the SWD against training reals (``swd.csv``) and a full training checkpoint ``checkpoints/last.ckpt``.
 
 Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
-Low-resolution reals come from the DataModule by majority vote per block (see
-:func:`synthseg.data.labels.resize_labels`), not by the official 2x2 averaging, which would invent
-fractional classes that no generated mask could be judged against. During a fade-in the reals are blended
-with their majority-vote half-resolution copy, nearest-upsampled, exactly as the generator blends its
-previous stage.
+Low-resolution reals (``lowres_labels``): ``average`` (the official default) takes the full-resolution label
+maps and makes each lower level of detail as the official ``dataset_tool.py`` does, the block mean rounded to
+the nearest integer (its TFRecords hold uint8), and fades in with the unrounded 2x2 mean of those values, in
+the network's range, nearest-upsampled (official ``process_reals``). ``majority`` (the documented improvement:
+averaging class indices invents classes at boundaries, 0 and 6 average to 3) takes the DataModule's
+majority-vote labels (:func:`synthseg.data.labels.resize_labels`) and fades in with their majority-vote
+half-resolution copy, nearest-upsampled, as the generator blends its previous stage.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ from torch import Tensor
 
 from synthseg.checkpoint import network_entry
 from synthseg.data.datamodule import DataSummary
-from synthseg.data.labels import colorize, labels_to_net, net_to_labels, resize_labels
+from synthseg.data.labels import (
+    LOWRES_LABELS,
+    block_mean_labels,
+    colorize,
+    labels_to_net,
+    net_to_labels,
+    resize_labels,
+)
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.contract import data_summary
@@ -68,7 +77,10 @@ class PGAN(pl.LightningModule):
         ema_decay: decay of the generator's moving average (0.999).
         minibatch_repeats: minibatches per evaluation of the schedule (official 4): resolution, alpha,
             minibatch, Adam resets, ticks and the end of training change only between groups of this many.
-        swd_images: generated and real images per SWD evaluation at every tick (0 turns SWD off).
+        lowres_labels: how reals below full resolution are made: ``average`` (official block means) or
+            ``majority`` (majority vote per block; see the module docstring).
+        swd_images: generated and real images per SWD evaluation at every tick (official 16,384; 0 turns SWD
+            off). With fewer training reals, the reals repeat in order, as the official dataset does.
         swd_batch_size: images per batch while generating and measuring SWD.
         grid_size: (rows, columns) of the sample grid.
         snapshot_ticks: save an EMA snapshot every this many ticks (0: never; the last tick always).
@@ -99,7 +111,8 @@ class PGAN(pl.LightningModule):
         tick_kimg: Mapping[int, float] | None = None,
         ema_decay: float = 0.999,
         minibatch_repeats: int = 4,
-        swd_images: int = 8192,
+        lowres_labels: str = "average",
+        swd_images: int = 16384,
         swd_batch_size: int = 64,
         grid_size: tuple[int, int] | list[int] = (4, 8),
         snapshot_ticks: int = 1,
@@ -123,6 +136,8 @@ class PGAN(pl.LightningModule):
             raise ValueError(f"classes must be >= 2, got {classes}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if lowres_labels not in LOWRES_LABELS:
+            raise ValueError(f"lowres_labels must be one of {LOWRES_LABELS}, got {lowres_labels!r}")
         if minibatch_repeats < 1:
             raise ValueError(f"minibatch_repeats must be >= 1, got {minibatch_repeats}")
         if total_kimg <= 0:
@@ -133,6 +148,7 @@ class PGAN(pl.LightningModule):
         self.total_images = round(float(total_kimg) * 1000)
         self.ema_decay = float(ema_decay)
         self.minibatch_repeats = int(minibatch_repeats)
+        self.lowres_labels = lowres_labels
         self.swd_images = int(swd_images)
         self.swd_batch_size = int(swd_batch_size)
         self.grid_size = (grid_size[0], grid_size[1])
@@ -236,11 +252,16 @@ class PGAN(pl.LightningModule):
             write_text_atomic(self.run_dir / "pgan_run.json", json.dumps(info, indent=2))
 
     def _serve(self, stage: GrowthStage) -> None:
-        """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches)."""
-        wanted = (stage.resolution, stage.batch_size)
+        """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches).
+
+        Block means need the full-resolution label maps: with ``average`` the DataModule serves the target
+        resolution throughout, and :meth:`_prepare_reals` reduces them.
+        """
+        resolution = self.generator.resolution if self.lowres_labels == "average" else stage.resolution
+        wanted = (resolution, stage.batch_size)
         if wanted == self._served or self._feed is None:
             return
-        self._feed.set_resolution(stage.resolution)
+        self._feed.set_resolution(resolution)
         self._feed.set_batch_size(stage.batch_size)
         self._served = wanted
 
@@ -261,6 +282,9 @@ class PGAN(pl.LightningModule):
 
         Batches prefetched before a resolution change still come at the old size; they are resized here.
         """
+        if self.lowres_labels == "average":
+            reals = self._average_reals(labels, stage)
+            return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
         labels = resize_labels(labels, stage.resolution, self.classes)
         reals = labels_to_net(labels, self.classes)
         if stage.alpha < 1.0 and stage.resolution > 4:
@@ -268,6 +292,19 @@ class PGAN(pl.LightningModule):
             low = resize_labels(half, stage.resolution, self.classes)
             reals = torch.lerp(labels_to_net(low, self.classes), reals, stage.alpha)
         return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
+
+    def _average_reals(self, labels: Tensor, stage: GrowthStage) -> Tensor:
+        """The official reals: block means rounded (uint8 levels of detail), faded with unrounded 2x2 means."""
+        res = stage.resolution
+        if labels.shape[-1] < res:  # only a batch prefetched before set_resolution: nearest up
+            labels = resize_labels(labels, res, self.classes)
+        # torch.round and numpy's rint both round halves to even.
+        reals = labels_to_net(block_mean_labels(labels, res).round(), self.classes)
+        if stage.alpha < 1.0 and res > 4:
+            low = torch.nn.functional.avg_pool2d(reals, 2)
+            low = low.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+            reals = torch.lerp(low, reals, stage.alpha)
+        return reals
 
     def _penalty_grad_scale(self) -> float:
         """The fp16 GradScaler's current scale (1 without loss scaling: fp32 and bf16)."""

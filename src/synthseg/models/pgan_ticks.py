@@ -96,7 +96,9 @@ class PGANTicks(pl.Callback):
 
         Samples of earlier stages are nearest-upsampled to the target resolution, as the official networks
         output them, so the values of all ticks are on one scale and :mod:`synthseg.synth.select` can pick
-        the best snapshot among all of them.
+        the best snapshot among all of them. Both sets hold ``swd_images`` images (official 16,384): reals
+        beyond the training set's size repeat it from the start, as the official evaluation reads its
+        repeating dataset in order (see :func:`swd_real_indices`).
         """
         size = pgan.generator.resolution
         train_set = pgan.reals
@@ -112,12 +114,13 @@ class PGANTicks(pl.Callback):
                 )
                 self._swd_warned = True
             return None
-        count = min(pgan.swd_images, len(train_set))
+        count = pgan.swd_images
+        order = swd_real_indices(len(train_set), count)
         batch = pgan.swd_batch_size
 
         def reals() -> Iterator[Tensor]:
             for start in range(0, count, batch):
-                items = [train_set[(i, size)]["label"] for i in range(start, min(start + batch, count))]
+                items = [train_set[(int(i), size)]["label"] for i in order[start : start + batch]]
                 yield labels_to_uint8(torch.stack(items)[:, None])
 
         def fakes() -> Iterator[Tensor]:
@@ -125,6 +128,19 @@ class PGANTicks(pl.Callback):
                 yield labels_to_uint8(labels[:, None])
 
         return sliced_wasserstein_from_batches(reals(), fakes(), seed=pgan.seed, device=pgan.device)
+
+
+def swd_real_indices(available: int, count: int) -> list[int]:
+    """Indices of the ``count`` training reals an SWD evaluation compares with: the first ``count`` in order,
+    repeating from the start when the set is smaller.
+
+    The official evaluation (``util_scripts.evaluate_metrics``) reads its TFRecord dataset unshuffled and
+    repeating, so the paper's reduced instance (4,404 reals) was measured against 16,384 reals, each one
+    three or four times; SWD values of sets of different size are not comparable.
+    """
+    if available <= 0:
+        raise ValueError("no training reals to measure the SWD against")
+    return [i % available for i in range(count)]
 
 
 class _AtStage:

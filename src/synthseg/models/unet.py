@@ -13,7 +13,8 @@ from torchmetrics.segmentation import DiceScore
 
 from synthseg.data.datamodule import DataSummary
 from synthseg.data.labels import class_names, colorize
-from synthseg.losses.dice import WeightedDiceError, weighted_dice_loss
+from synthseg.losses.dice import weighted_dice_loss
+from synthseg.metrics.dice_error import EvalDiceError
 from synthseg.metrics.hausdorff import HD95Accumulator, hd95_per_case
 from synthseg.models.contract import data_summary
 from synthseg.models.images import ImageLogger
@@ -46,6 +47,11 @@ class UNetModule(pl.LightningModule):
         num_image_rows: validation slices shown in the TensorBoard grid.
         channels_last: keep activations in NHWC memory format (faster convolutions on GPUs and on CPU).
         compile: run the network through ``torch.compile`` (the weights and checkpoints are unchanged).
+        eval_reduction: how validation loss and test Dice errors reduce over the set: ``batch_mean`` (the
+            paper's Keras ``evaluate``: the mean of per-batch losses, weighted by batch size) or ``dataset``
+            (one weighted Dice over every slice). See :mod:`synthseg.metrics.dice_error`.
+        eval_batch_size: slices per batch of the ``batch_mean`` reduction (Keras' default 32), independent of
+            the DataLoader's batch size.
     """
 
     def __init__(
@@ -55,6 +61,8 @@ class UNetModule(pl.LightningModule):
         num_image_rows: int = 4,
         channels_last: bool = False,
         compile: bool = False,
+        eval_reduction: str = "batch_mean",
+        eval_batch_size: int = 32,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -66,9 +74,10 @@ class UNetModule(pl.LightningModule):
         self.num_classes = int(net.init_args["num_classes"])
         self.register_buffer("class_weights", torch.full((self.num_classes,), 1.0 / self.num_classes))
         self.register_buffer("real_class_weights", torch.full((self.num_classes,), 1.0 / self.num_classes))
-        self.val_dice_error = WeightedDiceError(torch.ones(self.num_classes))
-        self.test_dice_error = WeightedDiceError(torch.ones(self.num_classes))
-        self.test_dice_error_fixed = WeightedDiceError(torch.ones(self.num_classes))
+        ones = torch.ones(self.num_classes)
+        self.val_dice_error = EvalDiceError(ones, eval_reduction, eval_batch_size)
+        self.test_dice_error = EvalDiceError(ones, eval_reduction, eval_batch_size)
+        self.test_dice_error_fixed = EvalDiceError(ones, eval_reduction, eval_batch_size)
         self.test_class_dice = DiceScore(
             num_classes=self.num_classes, average="none", aggregation_level="global", input_format="index"
         )
@@ -118,8 +127,8 @@ class UNetModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probs, target, _ = self._step(batch)
-        self.val_dice_error.update(probs, target)
-        # The paper's validation metric is its training loss over the whole validation set.
+        self.val_dice_error.update(probs, target, batch["index"])
+        # The paper's validation metric is its training loss over the validation set (eval_reduction).
         self.log(
             "val/loss", self.val_dice_error, prog_bar=True, on_epoch=True, batch_size=len(batch["image"])
         )
@@ -150,8 +159,8 @@ class UNetModule(pl.LightningModule):
         probs, target, _ = self._step(batch)
         pred = probs.argmax(1)
         n = len(pred)
-        self.test_dice_error.update(probs, target)
-        self.test_dice_error_fixed.update(probs, target)
+        self.test_dice_error.update(probs, target, batch["index"])
+        self.test_dice_error_fixed.update(probs, target, batch["index"])
         self.test_class_dice.update(pred, batch["label"])
         self.log("test/dice_error", self.test_dice_error, on_epoch=True, batch_size=n)
         self.log("test/dice_error_fixed", self.test_dice_error_fixed, on_epoch=True, batch_size=n)

@@ -44,6 +44,8 @@ def synthesize(
     output: str | os.PathLike[str],
     *,
     reference_split: str = "train",
+    include_empty: bool = True,
+    full_resolution_only: bool = False,
     threshold: float = 500.0,
     threshold_at: int | None = 256,
     seed: int = 0,
@@ -65,6 +67,9 @@ def synthesize(
         count: masks generated before filtering (the paper: 100,000).
         output: the synthetic dataset folder.
         reference_split: ``train`` (full instance) or ``reduced`` (the reduced instance's 20 %).
+        include_empty: empty real masks in the filter's reference (the paper: the entire real dataset).
+        full_resolution_only: for a run folder, pick the best snapshot among full-resolution ticks only
+            (the paper: among all ticks; see :func:`synthseg.synth.select.select_best`).
         threshold, threshold_at: the filter threshold and the side length it is stated for.
         mask_size: side of the generated masks (None: the training data's); SPADE must have been trained at
             this size. Masks smaller than the reference are filtered against the reference reduced to their
@@ -75,6 +80,7 @@ def synthesize(
     """
     from synthseg.synth.images import generate_images
     from synthseg.synth.masks import generate_masks
+    from synthseg.synth.select import select_best
     from synthseg.synth.zfilter import run_filter
 
     for name, path in (("pgan", pgan), ("spade", spade), ("reference", reference)):
@@ -95,8 +101,9 @@ def synthesize(
     )
     work = output.parent / f"{output.name}.work"
     masks_dir, kept_dir = work / "masks", work / "kept"
+    selected = select_best(pgan, full_resolution_only=full_resolution_only) if Path(pgan).is_dir() else None
     mask_record = generate_masks(
-        pgan,
+        selected["snapshot"] if selected else pgan,
         count,
         masks_dir,
         seed=seed,
@@ -111,6 +118,7 @@ def synthesize(
         reference,
         kept_dir,
         reference_split=reference_split,
+        include_empty=include_empty,
         threshold=threshold,
         threshold_at=threshold_at,
         overwrite=True,
@@ -125,10 +133,13 @@ def synthesize(
             "sha256": file_sha256(pgan_file) if pgan_file.is_file() else None,
             "tick": mask_record.get("tick"),
             "kimg": mask_record.get("kimg"),
+            "selected": selected,
         },
         "spade": {"path": str(spade), "sha256": file_sha256(spade)},
         "reference": str(reference),
         "reference_split": reference_split,
+        "include_empty": include_empty,
+        "full_resolution_only": full_resolution_only,
         "seed": seed,
         "generated": count,
         "filter": {"threshold": threshold, "threshold_at": threshold_at, **report.summary},
@@ -193,6 +204,8 @@ class SynthesizeSettings(Settings):
     output: str
     count: int = 100000
     reference_split: str = "train"
+    include_empty: bool = True
+    full_resolution_only: bool = False
     threshold: float = 500.0
     threshold_at: int | None = 256
     seed: int = 0

@@ -14,7 +14,8 @@ Decisions (argued in docs/filter.md):
   against it. ``zero_std="exclude"`` drops those pixels from the norm instead.
 - The threshold is stated at ``threshold_at`` (256) pixels of side and scaled linearly with the side length,
   because the norm grows with the square root of the pixel count; or it is a quantile of the real norms.
-- Empty real masks are left out of the reference by default: the GAN was trained on non-empty masks only.
+- Empty real masks are in the reference by default, as the paper compares with "the entirety of the real
+  dataset"; ``include_empty=False`` leaves them out (the GAN was trained on non-empty masks only).
 
 The statistics live in :mod:`synthseg.synth.zscore` (re-exported here), the figures in
 :mod:`synthseg.synth.filter_plots`; this module does the folder-to-folder work of ``synthseg filter``
@@ -294,7 +295,7 @@ def run_filter(
     output: str | os.PathLike[str],
     *,
     reference_split: str = "train",
-    include_empty: bool = False,
+    include_empty: bool = True,
     threshold: float = 500.0,
     threshold_at: int | None = 256,
     threshold_quantile: float | None = None,
@@ -426,7 +427,7 @@ class FilterSettings(Settings):
     reference: str
     output: str
     reference_split: str = "train"
-    include_empty: bool = False
+    include_empty: bool = True
     threshold: float = 500.0
     threshold_at: int | None = 256
     threshold_quantile: float | None = None
