@@ -22,8 +22,9 @@ fakes, interpolates), the input gradient of the interpolates' scores (create_gra
 loss through all of it (the double backward of the penalty included), plus the generator step's generator
 and critic forwards and its backward (critic weights frozen, so only input gradients through the critic).
 Adam and the EMA add no counted FLOPs. The networks use the official fused scaling (their default): at
-256x256 a forward (one generated image) is 36.6 GFLOP, 56.3 with --no-fused-scale (upsample then conv,
-conv then pool). Inputs are random tensors already on the device, so the figure is the model's compute.
+256x256 a forward (one generated image) is 36.6 GFLOP and a training image 659 GFLOP (critic step 476 G,
+generator step 183 G); with --no-fused-scale (upsample then conv, conv then pool) 56.3 and 1,013 GFLOP
+(731 G + 281 G). Inputs are random tensors already on the device, so the figure is the model's compute.
 
 --compare-fused STEPS times the training step of fused and unfused networks holding the same weights,
 alternating one step of each (after one untimed step of each), and reports both medians and their ratio,
