@@ -72,6 +72,7 @@ class Case:
     tissue: tuple[str, tuple[Path, ...]] = field(default=("builtin", ()))
     files: tuple[tuple[str, Path | None], ...] = ()
     seg_alias: bool = False
+    problem: str | None = None  # found while listing (ambiguous files, broken link): check_case raises it
 
     def file(self, sequence: str) -> Path | None:
         """The file of a canonical sequence (``t1``, ``t1c``, ``t2``, ``flair``), or None when missing."""
@@ -101,6 +102,18 @@ def _seg_alias(folder: Path) -> Path | None:
 
 
 def _folder_case(folder: Path, group: str, convention: BratsConvention) -> Case:
+    name = folder.name
+    if not folder.exists():
+        return Case(
+            name, group, folder, None, None, problem=f"{folder}: broken symbolic link (its target is missing)"
+        )
+    try:
+        return _listed_case(folder, group, convention)
+    except InputError as err:  # ambiguous files: reported by check_case, so that on_error=skip can skip it
+        return Case(name, group, folder, None, None, problem=str(err))
+
+
+def _listed_case(folder: Path, group: str, convention: BratsConvention) -> Case:
     name = folder.name
     seg = find_nifti(folder, f"{name}{convention.seg_suffix}")
     alias = None
@@ -152,6 +165,10 @@ def find_cases(root: str | Path, convention: BratsConvention) -> list[Case]:
     """
     root = Path(root)
     if not root.is_dir():
+        if root.exists():
+            raise InputError(
+                f"{root}: is a file, not a folder (source= takes the folder holding the case folders)"
+            )
         raise InputError(f"{root}: source folder not found")
     group_dirs: list[tuple[str, Path]]
     if convention.groups:
@@ -171,7 +188,10 @@ def find_cases(root: str | Path, convention: BratsConvention) -> list[Case]:
         for folder in sorted(
             p
             for p in gdir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS
+            # A symbolic link to a missing folder is a case whose data went away: named, not dropped.
+            if (p.is_dir() or (p.is_symlink() and not p.exists()))
+            and not p.name.startswith(".")
+            and p.name not in IGNORED_FOLDERS
         ):
             cases.append(_folder_case(folder, group, convention))
     if not cases:
@@ -203,6 +223,8 @@ def check_case(
         InputError: naming the file, for a missing sequence or seg, an unreadable or foreign file, or a shape or
             affine that differs from the T1c's.
     """
+    if case.problem:
+        raise InputError(case.problem)
     for sequence in ("t1c", *(s for s in sequences if s != "t1c")):
         if case.file(sequence) is None:
             label = "T1c" if sequence == "t1c" else sequence.upper()
