@@ -336,3 +336,20 @@ def test_fractional_label_values_are_printed_with_their_precision(tmp_path) -> N
     nib.save(nib.Nifti1Image(seg, np.eye(4)), str(path))
     with pytest.raises(InputError, match=r"\(e\.g\. 4\.0000005\)"):
         read_labels(path)
+
+
+def test_an_ambiguous_sequence_stops_only_the_runs_that_read_it(inputs, tmp_path) -> None:
+    from synthseg.data.brats import PRESETS, check_case, find_cases
+
+    source = tmp_path / "src"
+    shutil.copytree(inputs["brats"], source)
+    case_dir = next((source / "HGG").iterdir())
+    t1c = nib.load(str(case_dir / f"{case_dir.name}_t1ce.nii.gz"))
+    for ext in (".nii", ".nii.gz"):
+        nib.save(t1c, str(case_dir / f"{case_dir.name}_flair{ext}"))
+    case = next(c for c in find_cases(source, PRESETS["brats2018"]) if c.name == case_dir.name)
+    check_case(case, PRESETS["brats2018"])  # a T1c-only run does not read the FLAIR
+    with pytest.raises(
+        InputError, match=r"_flair: both .*_flair\.nii\.gz and .*_flair\.nii exist \(ambiguous"
+    ):
+        check_case(case, PRESETS["brats2018"], sequences=("t1c", "flair"))

@@ -72,7 +72,9 @@ class Case:
     tissue: tuple[str, tuple[Path, ...]] = field(default=("builtin", ()))
     files: tuple[tuple[str, Path | None], ...] = ()
     seg_alias: bool = False
-    problem: str | None = None  # found while listing (ambiguous files, broken link): check_case raises it
+    # Found while listing, as (kind, line): kind "case" (a broken link), "t1c", "seg", a sequence or "tissue"
+    # (a file present as both .nii and .nii.gz); check_case raises those of the files it uses.
+    problems: tuple[tuple[str, str], ...] = ()
 
     def file(self, sequence: str) -> Path | None:
         """The file of a canonical sequence (``t1``, ``t1c``, ``t2``, ``flair``), or None when missing."""
@@ -102,37 +104,47 @@ def _seg_alias(folder: Path) -> Path | None:
 
 
 def _folder_case(folder: Path, group: str, convention: BratsConvention) -> Case:
+    """One case folder. Problems found while listing (a broken link, a file present as both ``.nii`` and
+    ``.nii.gz``) are kept per file kind and raised by :func:`check_case` only when that file is used, so that
+    ``on_error=skip`` can skip the case and an ambiguous FLAIR does not stop a T1c-only run."""
     name = folder.name
     if not folder.exists():
-        return Case(
-            name, group, folder, None, None, problem=f"{folder}: broken symbolic link (its target is missing)"
-        )
-    try:
-        return _listed_case(folder, group, convention)
-    except InputError as err:  # ambiguous files: reported by check_case, so that on_error=skip can skip it
-        return Case(name, group, folder, None, None, problem=str(err))
+        problem = f"{folder}: broken symbolic link (its target is missing)"
+        return Case(name, group, folder, None, None, problems=(("case", problem),))
+    problems: list[tuple[str, str]] = []
 
+    def find(kind: str, stem: str) -> Path | None:
+        try:
+            return find_nifti(folder, stem)
+        except InputError as err:
+            problems.append((kind, str(err)))
+            return None
 
-def _listed_case(folder: Path, group: str, convention: BratsConvention) -> Case:
-    name = folder.name
-    seg = find_nifti(folder, f"{name}{convention.seg_suffix}")
+    seg = find("seg", f"{name}{convention.seg_suffix}")
     alias = None
-    if seg is None and convention.seg_alias:
+    if seg is None and convention.seg_alias and not problems:
         alias = _seg_alias(folder)
     files = tuple(
-        (seq, find_nifti(folder, f"{name}{convention.suffix(seq)}"))
+        (seq, find(seq, f"{name}{convention.suffix(seq)}"))
         for seq in SEQUENCES
         if seq != "t1c" and seq in dict(convention.suffixes)
     )
+    t1c = find("t1c", f"{name}{convention.image_suffix}")
+    try:
+        tissue = _fast_files(folder, name, convention)
+    except InputError as err:
+        problems.append(("tissue", str(err)))
+        tissue = ("builtin", ())
     return Case(
         name=name,
         group=group,
         folder=folder,
-        t1c=find_nifti(folder, f"{name}{convention.image_suffix}"),
+        t1c=t1c,
         seg=alias or seg,
-        tissue=_fast_files(folder, name, convention),
+        tissue=tissue,
         files=files,
         seg_alias=alias is not None,
+        problems=tuple(problems),
     )
 
 
@@ -223,8 +235,10 @@ def check_case(
         InputError: naming the file, for a missing sequence or seg, an unreadable or foreign file, or a shape or
             affine that differs from the T1c's.
     """
-    if case.problem:
-        raise InputError(case.problem)
+    used = {"case", "t1c", "seg", *sequences, *(("tissue",) if use_fast else ())}
+    for kind, problem in case.problems:
+        if kind in used:
+            raise InputError(problem)
     for sequence in ("t1c", *(s for s in sequences if s != "t1c")):
         if case.file(sequence) is None:
             label = "T1c" if sequence == "t1c" else sequence.upper()
