@@ -288,7 +288,15 @@ def test_a_volume_larger_than_size_stops_before_any_case_is_processed(inputs, tm
     assert written(tmp_path) == []
 
 
-def test_a_read_only_parent_is_one_line(inputs, tmp_path, capsys, monkeypatch) -> None:
+READ_ONLY = {
+    "prepare": ["source={brats}", "size=8", "workers=1"],
+    "generate-masks": ["checkpoint={snap}", "count=4", "device=cpu"],
+    "export": ["source={prep}"],
+}
+
+
+@pytest.mark.parametrize("command", list(READ_ONLY))
+def test_a_read_only_parent_is_one_line(command, inputs, tmp_path, capsys, monkeypatch) -> None:
     import synthseg.utils.outputs as outputs
 
     locked = tmp_path / "area" / "readonly"
@@ -299,8 +307,8 @@ def test_a_read_only_parent_is_one_line(inputs, tmp_path, capsys, monkeypatch) -
         real_access = os.access
         monkeypatch.setattr(outputs.os, "access", lambda p, m: Path(p) != locked and real_access(p, m))
     try:
-        overrides = [f"source={inputs['brats']}", f"output={locked / 'out'}", "size=8", "workers=1"]
-        line = run_cli("prepare", overrides, tmp_path, capsys)
+        overrides = [fill(o, inputs) for o in READ_ONLY[command]] + [f"output={locked / 'out'}"]
+        line = run_cli(command, overrides, tmp_path, capsys)
     finally:
         locked.chmod(0o755)
     assert f"cannot write into {locked} (permission denied)" in line

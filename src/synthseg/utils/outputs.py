@@ -74,7 +74,7 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[None]:
         output.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except PermissionError:
-        raise InputError(f"{output}: {_unwritable(output)}") from None
+        raise InputError(f"{output}: {_unwritable(output.parent)}") from None
     except Timeout:
         raise OutputLockedError(
             f"{output}: another synthseg run is writing this output now; wait for it to end or choose another "
@@ -86,8 +86,8 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[None]:
         lock.release()
 
 
-def _unwritable(output: Path) -> str:
-    return f"cannot write into {output.parent} (permission denied); choose an output in a writable folder"
+def _unwritable(folder: Path) -> str:
+    return f"cannot write into {folder} (permission denied); choose an output in a writable folder"
 
 
 def check_writable(output: Path) -> None:
@@ -96,7 +96,7 @@ def check_writable(output: Path) -> None:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{output}: {_unwritable(output)}")
+        raise InputError(f"{output}: {_unwritable(parent)}")
 
 
 def check_inputs(output: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> None:
