@@ -65,12 +65,16 @@ def test_labels_float_integral_accepted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out, data.astype(np.int64))
 
 
-def test_find_nifti_prefers_gzip(tmp_path: Path) -> None:
+def test_find_nifti_finds_either_and_refuses_both(tmp_path: Path) -> None:
+    # Issue 12 finding 8: with both files present, picking the gzip one silently is refused (ambiguous).
     data = volume(np.random.default_rng(3))
     save(tmp_path / "x.nii", data)
     assert find_nifti(tmp_path, "x") == tmp_path / "x.nii"
+    save(tmp_path / "z.nii.gz", data)
+    assert find_nifti(tmp_path, "z") == tmp_path / "z.nii.gz"
     save(tmp_path / "x.nii.gz", data)
-    assert find_nifti(tmp_path, "x") == tmp_path / "x.nii.gz"
+    with pytest.raises(InputError, match=r"x: both x\.nii\.gz and x\.nii exist \(ambiguous"):
+        find_nifti(tmp_path, "x")
     assert find_nifti(tmp_path, "y") is None
 
 

@@ -7,6 +7,7 @@ with one line, and every file the command did not write is still there, byte for
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,28 @@ def _demo_cohort(tmp: Path) -> Command:
     )
 
 
+def _quality(tmp: Path) -> Command:
+    from synthseg.metrics.quality import QualitySettings
+    from synthseg.metrics.quality import main as quality_main
+
+    real = write_dataset(tmp / "real", num_slices=20, size=16)
+    synthetic = write_dataset(tmp / "synthetic", num_slices=8, size=16, source="synthetic", seed=1)
+    options = {"extractor": None, "pairs": 5, "kid_subsets": 2, "search_size": 8, "device": "cpu"}
+
+    def run(out: Path, overwrite: bool) -> Any:
+        settings = {
+            "synthetic": str(synthetic),
+            "real": str(real),
+            "output": str(out),
+            "overwrite": overwrite,
+        }
+        # The whole config, as Hydra composes it: the output rule lives in the command's main().
+        cfg = {**dataclasses.asdict(QualitySettings(**settings)), **options}
+        return quality_main(OmegaConf.create(cfg))
+
+    return Command(run, synthetic)
+
+
 COMMANDS = {
     "prepare": _prepare,
     "generate-masks": _generate_masks,
@@ -144,6 +167,7 @@ COMMANDS = {
     "export": _export,
     "report": _report,
     "demo-cohort": _demo_cohort,
+    "quality": _quality,
 }
 
 

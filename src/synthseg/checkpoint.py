@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,21 @@ from synthseg.utils.atomic import atomic_path
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be loaded safely or does not fit the configuration."""
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    """Why ``torch.load`` failed, in words: a cut copy reads as ``[Errno 22] Invalid argument`` otherwise."""
+    size = path.stat().st_size
+    if size == 0:
+        return "not a readable PyTorch checkpoint (empty file, 0 bytes)"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return (
+            f"not a readable PyTorch checkpoint: truncated or corrupt ({size} bytes, the end of its zip archive "
+            "is missing; copy it again)"
+        )
+    return f"not a readable PyTorch checkpoint ({err})"
 
 
 def safe_load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -43,7 +59,7 @@ def safe_load(path: str | os.PathLike[str]) -> dict[str, Any]:
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (unpickling failed)") from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: {_unreadable(path, err)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
@@ -257,6 +273,10 @@ def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
         return None
     if ckpt == "last":
         return str(find_last_checkpoint(search_root))
+    if Path(ckpt).is_dir():
+        raise InputError(
+            f"ckpt_path={ckpt}: is a folder, not a checkpoint file (give its .ckpt file, or ckpt_path=last)"
+        )
     if not Path(ckpt).is_file():
         raise InputError(f"ckpt_path={ckpt}: file not found")
     return str(ckpt)

@@ -23,6 +23,7 @@ from synthseg.errors import InputError
 S = TypeVar("S", bound="Settings")
 
 _MISSING = "???"
+MAX_SEED = 2**32 - 1  # what numpy, torch and Lightning all accept
 
 
 def _describe(hint: Any) -> str:
@@ -114,6 +115,10 @@ class Settings:
     REQUIRED: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        seed = getattr(self, "seed", None)
+        if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+            # numpy's generators refuse a negative seed, and only when the work has begun.
+            raise InputError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
         self.check()
 
     def check(self) -> None:

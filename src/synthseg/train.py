@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
+from synthseg.train_checks import check_train_config
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd
 
@@ -93,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics (``train/``, ``val/``, ``test/`` keys) as floats.
     """
+    check_train_config(cfg)  # before anything is built or written
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))

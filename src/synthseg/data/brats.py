@@ -72,6 +72,9 @@ class Case:
     tissue: tuple[str, tuple[Path, ...]] = field(default=("builtin", ()))
     files: tuple[tuple[str, Path | None], ...] = ()
     seg_alias: bool = False
+    # Found while listing, as (kind, line): kind "case" (a broken link), "t1c", "seg", a sequence or "tissue"
+    # (a file present as both .nii and .nii.gz); check_case raises those of the files it uses.
+    problems: tuple[tuple[str, str], ...] = ()
 
     def file(self, sequence: str) -> Path | None:
         """The file of a canonical sequence (``t1``, ``t1c``, ``t2``, ``flair``), or None when missing."""
@@ -101,25 +104,47 @@ def _seg_alias(folder: Path) -> Path | None:
 
 
 def _folder_case(folder: Path, group: str, convention: BratsConvention) -> Case:
+    """One case folder. Problems found while listing (a broken link, a file present as both ``.nii`` and
+    ``.nii.gz``) are kept per file kind and raised by :func:`check_case` only when that file is used, so that
+    ``on_error=skip`` can skip the case and an ambiguous FLAIR does not stop a T1c-only run."""
     name = folder.name
-    seg = find_nifti(folder, f"{name}{convention.seg_suffix}")
+    if not folder.exists():
+        problem = f"{folder}: broken symbolic link (its target is missing)"
+        return Case(name, group, folder, None, None, problems=(("case", problem),))
+    problems: list[tuple[str, str]] = []
+
+    def find(kind: str, stem: str) -> Path | None:
+        try:
+            return find_nifti(folder, stem)
+        except InputError as err:
+            problems.append((kind, str(err)))
+            return None
+
+    seg = find("seg", f"{name}{convention.seg_suffix}")
     alias = None
-    if seg is None and convention.seg_alias:
+    if seg is None and convention.seg_alias and not problems:
         alias = _seg_alias(folder)
     files = tuple(
-        (seq, find_nifti(folder, f"{name}{convention.suffix(seq)}"))
+        (seq, find(seq, f"{name}{convention.suffix(seq)}"))
         for seq in SEQUENCES
         if seq != "t1c" and seq in dict(convention.suffixes)
     )
+    t1c = find("t1c", f"{name}{convention.image_suffix}")
+    try:
+        tissue = _fast_files(folder, name, convention)
+    except InputError as err:
+        problems.append(("tissue", str(err)))
+        tissue = ("builtin", ())
     return Case(
         name=name,
         group=group,
         folder=folder,
-        t1c=find_nifti(folder, f"{name}{convention.image_suffix}"),
+        t1c=t1c,
         seg=alias or seg,
-        tissue=_fast_files(folder, name, convention),
+        tissue=tissue,
         files=files,
         seg_alias=alias is not None,
+        problems=tuple(problems),
     )
 
 
@@ -152,6 +177,10 @@ def find_cases(root: str | Path, convention: BratsConvention) -> list[Case]:
     """
     root = Path(root)
     if not root.is_dir():
+        if root.exists():
+            raise InputError(
+                f"{root}: is a file, not a folder (source= takes the folder holding the case folders)"
+            )
         raise InputError(f"{root}: source folder not found")
     group_dirs: list[tuple[str, Path]]
     if convention.groups:
@@ -171,7 +200,10 @@ def find_cases(root: str | Path, convention: BratsConvention) -> list[Case]:
         for folder in sorted(
             p
             for p in gdir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS
+            # A symbolic link to a missing folder is a case whose data went away: named, not dropped.
+            if (p.is_dir() or (p.is_symlink() and not p.exists()))
+            and not p.name.startswith(".")
+            and p.name not in IGNORED_FOLDERS
         ):
             cases.append(_folder_case(folder, group, convention))
     if not cases:
@@ -203,6 +235,10 @@ def check_case(
         InputError: naming the file, for a missing sequence or seg, an unreadable or foreign file, or a shape or
             affine that differs from the T1c's.
     """
+    used = {"case", "t1c", "seg", *sequences, *(("tissue",) if use_fast else ())}
+    for kind, problem in case.problems:
+        if kind in used:
+            raise InputError(problem)
     for sequence in ("t1c", *(s for s in sequences if s != "t1c")):
         if case.file(sequence) is None:
             label = "T1c" if sequence == "t1c" else sequence.upper()

@@ -81,14 +81,30 @@ def read_manifest_rows(root: str | os.PathLike[str], columns: Iterable[str]) -> 
     path = root / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: manifest not found ({root} is not a prepared or synthetic dataset folder)")
-    with open(path, newline="") as handle:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise glue itself to the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        fields = reader.fieldnames or []
+        missing = [c for c in columns if c not in fields]
         if missing:
             raise InputError(f"{path}: missing columns {missing}")
-        rows = list(reader)
+        rows = []
+        for row in reader:
+            # DictReader fills a short row with None and gathers a long row's extras under the key None.
+            if None in row or None in row.values():
+                given = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                raise InputError(
+                    f"{path}: line {reader.line_num} has {given} fields, the header has {len(fields)}"
+                )
+            rows.append(row)
     if not rows:
         raise InputError(f"{path}: the manifest lists no slices")
+    if "id" in fields:
+        seen: set[str] = set()
+        for row in rows:
+            if row["id"] in seen:
+                raise InputError(f"{path}: id {row['id']!r} is listed twice (ids must be unique)")
+            seen.add(row["id"])
     return rows
 
 

@@ -200,10 +200,11 @@ def read_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype.kind == "f":
         fractional = data != np.round(data)
         if fractional.any():
-            example = float(data[fractional][0])
+            # The shortest text that reads back as the stored value: 4.0000005 must not print as 4.
+            example = np.format_float_positional(data[fractional][0], trim="-")
             raise InputError(
                 f"{path}: label values must be whole numbers, found {int(fractional.sum())} voxels "
-                f"with fractional values (e.g. {example:g})"
+                f"with fractional values (e.g. {example})"
             )
     return data.astype(np.int64), affine
 
@@ -240,12 +241,17 @@ def check_same_grid(
 
 
 def find_nifti(folder: Path, stem: str) -> Path | None:
-    """The file ``<stem>.nii.gz`` or ``<stem>.nii`` in ``folder`` (gzip preferred), or None."""
-    for ext in NIFTI_EXTENSIONS:
-        candidate = folder / f"{stem}{ext}"
-        if candidate.exists():
-            return candidate
-    return None
+    """The file ``<stem>.nii.gz`` or ``<stem>.nii`` in ``folder``, or None.
+
+    Raises:
+        InputError: when both exist: they may differ, and picking one silently could prepare the wrong one.
+    """
+    found = [folder / f"{stem}{ext}" for ext in NIFTI_EXTENSIONS if (folder / f"{stem}{ext}").exists()]
+    if len(found) > 1:
+        raise InputError(
+            f"{folder / stem}: both {found[0].name} and {found[1].name} exist (ambiguous: remove or rename one)"
+        )
+    return found[0] if found else None
 
 
 # A float image whose brain voxels span less than this many units is taken to be scaled already

@@ -178,7 +178,12 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
         try:
             check_inputs(case, convention, settings)
             assert case.t1c is not None
-            depth_total += read_header(case.t1c, channel=convention.channel("t1c")).shape[2]
+            shape = read_header(case.t1c, channel=convention.channel("t1c")).shape
+            if shape[0] > settings.size or shape[1] > settings.size:  # found now, not after the other cases
+                raise InputError(
+                    f"{case.t1c}: in-plane size {shape[0]}x{shape[1]} is larger than size={settings.size}"
+                )
+            depth_total += shape[2]
             usable.append(case)
         except InputError as err:
             if settings.on_error == "stop":

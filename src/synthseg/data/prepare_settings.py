@@ -74,8 +74,10 @@ class PrepareSettings(Settings):
             raise InputError(f"cavity must be one of {', '.join(CAVITY_MODES)}, got {self.cavity!r}")
         if self.tissue not in ("auto", "fast", "builtin"):
             raise InputError(f"tissue must be 'auto', 'fast' or 'builtin', got {self.tissue!r}")
-        if int(self.size) < 1:
-            raise InputError(f"size must be a positive number of pixels, got {self.size}")
+        size = int(self.size)
+        if size < 4 or size & (size - 1):
+            # Training resizes by powers of two and PGAN grows 4, 8, ... to the full size: nothing else can use it.
+            raise InputError(f"size must be a power of two >= 4 (e.g. 256), got {self.size}")
         if int(self.workers) < 1:
             raise InputError(f"workers must be at least 1, got {self.workers}")
         fractions = self.split_fractions

@@ -315,6 +315,10 @@ def recognise(root: str | Path) -> Recognition:
     """
     root = Path(root)
     if not root.is_dir():
+        if root.exists():
+            raise InputError(
+                f"{root}: is a file, not a folder (source= takes the folder holding the case folders)"
+            )
         raise InputError(f"{root}: source folder not found")
     found, seen = _survey(root, "")
     if not found:

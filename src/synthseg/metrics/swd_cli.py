@@ -27,6 +27,10 @@ def _png_files(root: Path, inputs: str) -> list[Path]:
     if is_dataset_folder(root) and (root / "labels").is_dir():
         return manifest_files(root, "image" if inputs == "images" else "label", "train")
     files = sorted(root.glob("*.png"))
+    if not files and (root / "labels").is_dir() and any((root / "labels").glob("*.png")):
+        raise InputError(
+            f"{root}: no manifest.csv and no PNG files of its own; to compare its masks, give {root / 'labels'}"
+        )
     if not files:
         raise InputError(f"{root}: no PNG files (expected a folder of PNGs or a prepared dataset folder)")
     return files

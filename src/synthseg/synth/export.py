@@ -199,6 +199,10 @@ def export_nnunet(
     sources = [Path(s) for s in _as_list(sources)]
     if not sources:
         raise InputError("source: give at least one dataset folder")
+    resolved = [s.expanduser().resolve() for s in sources]
+    twice = next((s for i, s in enumerate(sources) if resolved[i] in resolved[:i]), None)
+    if twice is not None:  # refused, not de-duplicated: every slice would be written twice
+        raise InputError(f"source lists {twice} more than once (each dataset folder may be exported once)")
     splits = _as_list(split)
     if "test" in splits:
         raise InputError("split: the test split goes to imagesTs (test=true), not to the training cases")

@@ -81,6 +81,15 @@ def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
     if not snapshot and not isinstance((obj.get(SPADE_CHECKPOINT_KEY) or {}).get("generator"), dict):
         raise InputError(f"{path}: not a SPADE training checkpoint (no {SPADE_CHECKPOINT_KEY!r} entry)")
     generator, meta = load_network(path, checkpoint=obj)
+    # The kind of network first: a PGAN snapshot lacks train_max too, but that is not what is wrong with it.
+    if not isinstance(generator, SPADEGenerator):
+        name = type(generator).__name__
+        if name.startswith("PGAN"):
+            raise InputError(
+                f"{path}: this is a PGAN snapshot ({name}); generate-images needs a SPADE checkpoint "
+                f"(PGAN snapshots go to generate-masks)"
+            )
+        raise InputError(f"{path}: holds a {name}, not a SPADE generator")
     if not snapshot:
         meta.setdefault("train_max", obj[SPADE_CHECKPOINT_KEY].get("train_max"))
     if meta.get("train_max") is None:
@@ -88,8 +97,6 @@ def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
             f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
         )
     train_max = float(meta["train_max"])
-    if not isinstance(generator, SPADEGenerator):
-        raise InputError(f"{path}: holds a {type(generator).__name__}, not a SPADE generator")
     if not 0 < train_max <= 65535:
         raise InputError(
             f"{path}: recorded training maximum {train_max} is not a 16-bit intensity (1..65535)"

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,21 +81,36 @@ def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = Fal
     """
     history = find_history(run)
     rows = read_history(history)
-    scored = [
-        row
-        for row in rows
-        if row["snapshot"] and row.get("swd_avg") is not None and (history.parent / row["snapshot"]).is_file()
-    ]
+    listed = [row for row in rows if row["snapshot"] and row.get("swd_avg") is not None]
+    scored = [row for row in listed if (history.parent / row["snapshot"]).is_file()]
     if full_resolution_only:
         final = max((row["resolution"] for row in scored if row.get("resolution")), default=None)
-        scored = [
-            row
-            for row in scored
-            if final is None or (row.get("resolution") == final and (row.get("alpha") or 1.0) >= 1.0)
-        ]
+
+        def eligible(row: dict[str, Any]) -> bool:
+            return final is None or (row.get("resolution") == final and (row.get("alpha") or 1.0) >= 1.0)
+
+        scored = [row for row in scored if eligible(row)]
+        listed = [row for row in listed if eligible(row)]
     if not scored:
         raise InputError(f"{history}: no tick has both an SWD value and a snapshot file on disk")
-    best = min(scored, key=lambda row: (row["swd_avg"], row.get("tick") or 0))
+
+    def rank(row: dict[str, Any]) -> tuple[float, float]:
+        return (row["swd_avg"], row.get("tick") or 0)
+
+    best = min(scored, key=rank)
+    # A better tick whose snapshot was deleted is passed over: say so, it changes which snapshot is used.
+    missing = [
+        str(history.parent / row["snapshot"])
+        for row in sorted(listed, key=rank)
+        if rank(row) < rank(best) and not (history.parent / row["snapshot"]).is_file()
+    ]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        print(
+            f"warning: {missing[0]}{more}: snapshot of a lower-SWD tick is missing on disk; "
+            f"selected the best snapshot still present",
+            file=sys.stderr,
+        )
     levels = {
         key.removeprefix("swd_"): value
         for key, value in best.items()
@@ -109,6 +125,7 @@ def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = Fal
         "swd": levels,
         "history": str(history),
         "ticks_scored": len(scored),
+        "missing_better": missing,
     }
 
 

@@ -69,10 +69,12 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     output = resolve(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path(output)), timeout=0)
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
+    except PermissionError:
+        raise InputError(f"{output}: {_unwritable(output.parent)}") from None
     except Timeout:
         raise OutputLockedError(
             f"{output}: another synthseg run is writing this output now; wait for it to end or choose another "
@@ -82,6 +84,19 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _unwritable(folder: Path) -> str:
+    return f"cannot write into {folder} (permission denied); choose an output in a writable folder"
+
+
+def check_writable(output: Path) -> None:
+    """Refuse, before any work, an output whose nearest existing parent this user cannot write into."""
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{output}: {_unwritable(parent)}")
 
 
 def check_inputs(output: Path, inputs: Iterable[str | os.PathLike[str] | None]) -> None:
@@ -177,6 +192,7 @@ def check_output(
     resolved = resolve(output)
     check_inputs(resolved, inputs)
     check_replaceable(resolved, command, overwrite)
+    check_writable(resolved)
     return resolved
 
 
@@ -208,6 +224,7 @@ def claim_output(
     resolved = resolve(output)
     inputs = list(inputs)
     check_inputs(resolved, inputs)
+    check_writable(resolved)
     with output_lock(resolved):
         check_replaceable(resolved, command, overwrite)
         with atomic_path(resolved, is_dir=True, overwrite=True) as tmp:
