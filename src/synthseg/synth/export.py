@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ from synthseg.errors import InputError
 from synthseg.settings import Settings
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import check_output, claim_output
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("nnunet",)
 SELECTABLE_SPLITS = ("train", "reduced", "val", "test")
@@ -215,10 +218,14 @@ def subject_folds(cases: Sequence[Case], folds: int = 5, seed: int = FOLDS_SEED)
     """nnU-Net's ``splits_final.json``: ``folds`` x {train, val} case names, every subject in one fold only.
 
     Subjects are shuffled with ``seed`` and dealt out in turn, so the folds hold nearly equal subject counts.
+    With fewer subjects than ``folds`` there is one fold per subject (none with a single subject).
     """
     subjects = sorted({c.subject for c in cases})
     if len(subjects) < folds:
-        raise InputError(f"folds={folds}: only {len(subjects)} subjects to split (need one per fold at least)")
+        wanted, folds = folds, len(subjects) if len(subjects) > 1 else 0
+        log.warning("export: %d subjects for folds=%d: %d folds", len(subjects), wanted, folds)
+        if not folds:
+            return []
     order = np.random.default_rng(seed).permutation(len(subjects))
     fold_of = {subjects[j]: rank % folds for rank, j in enumerate(order)}
     return [
@@ -332,7 +339,7 @@ def export_nnunet(
                 "classes": classes,
                 "sequences": list(channels),
                 "regions": regions,
-                "folds": folds,
+                "folds": len(cv_folds),
                 "training_cases": kinds,
                 "test_cases": len(tests),
             },
