@@ -198,7 +198,7 @@ class SPADEModule(pl.LightningModule):
             raise InputError(
                 f"data.classes={data.classes}, but the SPADE generator has label_nc={self.label_nc}"
             )
-        self.train_max.fill_(float(data.train_max))
+        self.train_max.fill_(float(data.train_max[0]))  # one sequence (issue 16: D2 extends)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [ImageLogger()]
