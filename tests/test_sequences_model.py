@@ -123,13 +123,15 @@ def test_generate_images_writes_every_sequence_with_its_own_maximum(tmp_path):
 def test_per_sequence_round_trip_through_the_dataset_normalisation_is_exact():
     from synthseg.data.dataset import SliceDataset
 
-    for top in TRAIN_MAX:
-        values = np.arange(int(top) + 1, dtype=np.uint16)
-        dataset = SliceDataset(
-            [], np.zeros((0, 2)), classes=7, image_norm="tanh", train_max=top, train_mean=0.0
-        )
-        normalized = dataset.normalize(values.astype(np.float32))
-        assert np.array_equal(tanh_to_uint16(torch.from_numpy(np.asarray(normalized)), top), values)
+    # (S, 1, L): sequence c spans 0..train_max[c], through the DataModule's own per-sequence normalisation.
+    values = np.stack([np.rint(np.linspace(0, top, 701)) for top in TRAIN_MAX]).astype(np.uint16)[:, None]
+    dataset = SliceDataset(
+        [], np.zeros((0, 2)), classes=7, image_norm="tanh", train_max=TRAIN_MAX, train_mean=[0.0] * 4
+    )
+    normalized = np.asarray(dataset.normalize(values.astype(np.float32)))
+    assert normalized.dtype == np.float32 and normalized.min() == -1 and normalized.max() == 1
+    for c, top in enumerate(TRAIN_MAX):
+        assert np.array_equal(tanh_to_uint16(torch.from_numpy(normalized[c]), top), values[c])
 
 
 def test_training_checkpoint_records_sequences_and_maxima_and_old_ones_still_load(tmp_path):
@@ -266,3 +268,101 @@ def test_region_labels_follow_nnunet_brats_conversion(tmp_path):
     assert label[0, :7].tolist() == [0, 2, 1, 3, 0, 0, 0]
     with pytest.raises(InputError, match="regions=true needs classes=4"):
         export_nnunet([source], tmp_path / "raw7", classes=7, regions=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------- one training step
+SPADE_TINY = [
+    "model=spade",
+    "model.generator.ngf=4",
+    "model.generator.image_size=32",
+    "model.generator.hidden_channels=8",
+    "model.discriminator.ndf=4",
+    "model.discriminator.n_layers=3",
+    "model.num_val_images=2",
+    "data.batch_size=2",
+    "data.eval_batch_size=2",
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=1",
+    "++trainer.limit_val_batches=1",
+    "logger=tensorboard",
+]
+
+
+def test_spade_trains_one_step_on_four_sequences_and_generates_them(tmp_path):
+    from synthseg.data.datamodule import BraTSDataModule
+    from synthseg.train import train
+
+    data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
+    cfg = compose_train(
+        [*SPADE_TINY, f"data.root={data}", "data.sequences=[t1,t1c,t2,flair]"], tmp_path, fill=False
+    )
+    metrics = train(cfg)  # output_nc: null in the config, filled from data.sequences
+    for seq in FOUR:
+        assert 0.0 < metrics[f"val/psnr_{seq}"] and -1.0 <= metrics[f"val/ssim_{seq}"] <= 1.0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["data"]["sequences"] == list(FOUR)
+    assert results["config"]["model"]["generator"]["output_nc"] == 4
+    assert results["config"]["model"]["discriminator"]["output_nc"] == 4
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    loaded = load_generator(last)
+    dm = BraTSDataModule(str(data), image_norm="tanh", one_hot=True, sequences=list(FOUR))
+    dm.setup("fit")
+    assert loaded.sequences == FOUR and list(loaded.train_max) == dm.stats["train_max"]
+    assert len(set(loaded.train_max)) > 1  # each sequence its own maximum
+
+    out = tmp_path / "synthetic"
+    generate_images(last, data, out, device="cpu", progress=False)
+    manifest = read_manifest(out)
+    assert manifest.sequences == FOUR
+    for c, seq in enumerate(FOUR):
+        files = sorted((out / "images" / seq).iterdir())
+        assert len(files) == len(manifest) == 20
+        assert all(read_png(f).max() <= loaded.train_max[c] for f in files[:3])
+    mixed = BraTSDataModule(
+        str(data), synthetic={"root": str(out), "count": 5}, image_norm="tanh", sequences=list(FOUR)
+    )
+    mixed.setup("fit")
+    assert mixed.stats["num_synthetic"] == 5
+    assert next(iter(mixed.train_dataloader()))["image"].shape[1] == 4
+
+
+def test_unet_trains_and_tests_one_step_on_four_sequences(tmp_path):
+    from synthseg.train import train
+
+    data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
+    cfg = compose_train(
+        [
+            "model=unet",
+            f"data.root={data}",
+            "data.sequences=[t1,t1c,t2,flair]",
+            "model.net.base_width=2",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "++trainer.limit_train_batches=1",
+            "++trainer.limit_val_batches=1",
+            "test=true",
+        ],
+        tmp_path,
+        fill=False,
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/dice_error"] <= 1.0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["model"]["net"]["in_channels"] == 4
+    assert results["config"]["data"]["sequences"] == list(FOUR)
+
+
+def test_a_network_built_for_other_sequences_is_one_line(tmp_path):
+    from synthseg.train import train
+
+    data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
+    cfg = compose_train(
+        ["model=unet", f"data.root={data}", "data.sequences=[t1,t2]", "model.net.in_channels=4"],
+        tmp_path,
+        fill=False,
+    )
+    with pytest.raises(
+        InputError, match=r"model\.net\.in_channels=4 .*data\.sequences=\['t1', 't2'\]"
+    ) as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
