@@ -354,7 +354,7 @@ class SPADEModule(pl.LightningModule):
         self.log("val/psnr", self.val_psnr.compute(), sync_dist=False)
         self.val_ssim.reset()
         self.val_psnr.reset()
-        names = self._sequence_names()
+        names = self._sequence_names() if len(self.val_ssim_seq) else ()  # one sequence: the overall values
         for name, ssim, psnr in zip(names, self.val_ssim_seq, self.val_psnr_seq, strict=True):
             self.log(f"val/ssim_{name}", ssim.compute(), sync_dist=False)
             self.log(f"val/psnr_{name}", psnr.compute(), sync_dist=False)
