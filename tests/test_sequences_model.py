@@ -366,3 +366,65 @@ def test_a_network_built_for_other_sequences_is_one_line(tmp_path):
     ) as err:
         train(cfg)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def test_figures_show_every_sequence(tmp_path):
+    from synthseg.report.figures import real_pairs_figure, spade_test_figure, synthetic_pairs_figure
+
+    real = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
+    t1c = write_dataset(tmp_path / "t1c", num_slices=20, size=32)
+    # One pair per figure: four images above the label map versus one.
+    four_high = real_pairs_figure(real, 1, 0).shape[0]
+    one_high = real_pairs_figure(t1c, 1, 0).shape[0]
+    assert (four_high, one_high) == (5 * 32, 2 * 32)
+
+    snapshot = tmp_path / "generator.pt"
+    save_network(four_sequence_generator(), snapshot, meta={"train_max": list(TRAIN_MAX), "sequences": FOUR})
+    synthetic = tmp_path / "synthetic"
+    generate_images(snapshot, real, synthetic, device="cpu", progress=False)
+    assert synthetic_pairs_figure(synthetic, 1, 0).shape[0] == 5 * 32
+
+    test_masks = tmp_path / "test_masks"
+    test_masks.mkdir()
+    manifest = read_manifest(real)
+    for row in manifest.rows("test"):
+        (test_masks / f"{manifest.ids[row]}.png").write_bytes((real / manifest.label[row]).read_bytes())
+    on_test = tmp_path / "spade_test"
+    generate_images(snapshot, test_masks, on_test, device="cpu", keep_ids=True, progress=False)
+    figure = spade_test_figure([on_test], real, 1)
+    # One tile: a column per sequence (generated above real), side by side.
+    assert figure.shape[:2] == (2 * 32, 4 * 32)
+    generated = read_png(on_test / "images" / "t2" / f"{manifest.ids[manifest.rows('test')[0]]}.png")
+    assert generated.max() > 0
+
+
+# ----------------------------------------------------------------------------------------------- report
+def _run_with_sequences(folder: Path, data: Path, mix: str, seed: int, sequences: list[str] | None) -> None:
+    from tests.conftest import make_run
+
+    make_run(folder, mix=mix, classes=2, seed=seed, dice_error=0.2, data_root=data)
+    results = json.loads((folder / "results.json").read_text())
+    if sequences is not None:
+        results["config"]["data"]["sequences"] = sequences
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_the_report_says_which_sequences_each_run_used(tmp_path):
+    from synthseg.report.runs import find_runs, group_runs
+    from synthseg.report.table import table1_cells, table1_csv, table1_markdown
+
+    data = write_dataset(tmp_path / "prepared", num_slices=20, size=16)
+    _run_with_sequences(tmp_path / "runs" / "a", data, "full_real", 0, None)  # before 0.2.0: T1c
+    _run_with_sequences(tmp_path / "runs" / "b", data, "full_syn23960", 0, list(FOUR))
+    groups = group_runs(find_runs(tmp_path / "runs"))
+    cells = table1_cells(groups)
+    text = table1_markdown(groups, cells)
+    assert "Input sequences per mix: full_real: t1c; full_syn23960: t1, t1c, t2, flair." in text
+    rows = {row.split(",")[0]: row.split(",")[-1] for row in table1_csv(cells).split()[1:]}
+    assert rows == {"full_real": "t1c", "full_syn23960": "t1+t1c+t2+flair"}
+
+    _run_with_sequences(tmp_path / "runs" / "c", data, "full_real", 1, list(FOUR))
+    with pytest.raises(InputError, match="full_real, 2 classes: runs with different data.sequences") as err:
+        group_runs(find_runs(tmp_path / "runs"))
+    assert "\n" not in str(err.value)
