@@ -428,3 +428,25 @@ def test_the_report_says_which_sequences_each_run_used(tmp_path):
     with pytest.raises(InputError, match="full_real, 2 classes: runs with different data.sequences") as err:
         group_runs(find_runs(tmp_path / "runs"))
     assert "\n" not in str(err.value)
+
+
+# -------------------------------------------------------------------------------------------------- demo
+@pytest.mark.parametrize("given, expected", [(None, ["t1c"]), ("[t1,t1c,t2,flair]", list(FOUR))])
+def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, monkeypatch, given, expected):
+    from synthseg import pipeline
+    from synthseg.data import prepare
+
+    overrides = [f"output={tmp_path / 'demo'}"] + ([f"sequences={given}"] if given else [])
+    cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", overrides))
+    seen: dict[str, list] = {}
+    monkeypatch.setattr(prepare, "main", lambda c: seen.setdefault("prepare", list(c.sequences)))
+    monkeypatch.setattr(pipeline, "_train", lambda o, d: seen.setdefault(d.name, []).append(o))
+    stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
+    for name in ("prepared", "spade", "table1"):
+        stages[name].run(tmp_path)
+    assert seen["prepare"] == expected
+    wanted = f"data.sequences=[{','.join(expected)}]"
+    assert wanted in seen["spade"][0]
+    sweep_runs = [o for key, runs in seen.items() if key.endswith(tuple(f"classes{c}" for c in (7, 4, 2)))
+                  for o in runs]  # fmt: skip
+    assert sweep_runs and all(wanted in o for o in sweep_runs)
