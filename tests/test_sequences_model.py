@@ -450,3 +450,31 @@ def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, 
     sweep_runs = [o for key, runs in seen.items() if key.endswith(tuple(f"classes{c}" for c in (7, 4, 2)))
                   for o in runs]  # fmt: skip
     assert sweep_runs and all(wanted in o for o in sweep_runs)
+
+
+def test_segmentation_figure_feeds_a_four_sequence_unet_its_sequences(tmp_path):
+    from synthseg.report.figures import segmentations_figure
+    from synthseg.report.runs import load_run
+    from tests.conftest import make_run
+
+    data = write_dataset(tmp_path / "prepared", num_slices=20, size=16, sequences=FOUR)
+    folder = make_run(tmp_path / "run", mix="full_real", classes=2, seed=0, dice_error=0.2, data_root=data)
+    net = UNet(4, 2, base_width=2)
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+        folder / "checkpoints" / "best.ckpt",
+    )
+    results = json.loads((folder / "results.json").read_text())
+    results["config"]["data"]["sequences"] = ["t2", "flair", "t1", "t1c"]  # another order than the dataset's
+    results["config"]["model"]["net"]["in_channels"] = 4
+    results["data_stats"].update(train_max=[1500.0, 1200.0, 1000.0, 900.0], train_mean=[0.1] * 4)
+    (folder / "results.json").write_text(json.dumps(results))
+    image, columns = segmentations_figure([load_run(folder / "results.json")], 2)
+    assert columns == ["full_real"] and image.shape[:2] == (2 * 16 + 2, 3 * 16 + 4)
+    # The first column shows the run's first sequence (t2), as the network saw it.
+    manifest = read_manifest(data)
+    row = manifest.rows("test")[~manifest.empty[manifest.rows("test")]][0]
+    t2 = read_png(data / manifest.images[row, FOUR.index("t2")]).astype(np.float32)
+    from synthseg.utils.visual import to_gray_rgb
+
+    assert np.array_equal(image[:16, :16], to_gray_rgb(t2 / 1500.0 - 0.1))
