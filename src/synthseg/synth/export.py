@@ -214,7 +214,9 @@ def _write_case(case: Case, images: Path, labels: Path | None, classes: int, reg
         write_label8(labels / f"{case.name}.png", out)
 
 
-def subject_folds(cases: Sequence[Case], folds: int = 5, seed: int = FOLDS_SEED) -> list[dict[str, list[str]]]:
+def subject_folds(
+    cases: Sequence[Case], folds: int = 5, seed: int = FOLDS_SEED
+) -> list[dict[str, list[str]]]:
     """nnU-Net's ``splits_final.json``: ``folds`` x {train, val} case names, every subject in one fold only.
 
     Subjects are shuffled with ``seed`` and dealt out in turn, so the folds hold nearly equal subject counts.
@@ -345,7 +347,9 @@ def export_nnunet(
             },
         }
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-        if cv_folds:  # nnU-Net reads it from the preprocessed folder: copied there by the user (docs/export.md)
+        if (
+            cv_folds
+        ):  # nnU-Net reads it from the preprocessed folder: copied there by the user (docs/export.md)
             (tmp / "splits_final.json").write_text(json.dumps(cv_folds, indent=2) + "\n")
         with open(tmp / "cases.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
