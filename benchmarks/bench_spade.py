@@ -241,9 +241,13 @@ def measure(
 
 
 def sequence_figures(record: dict[str, Any]) -> dict[str, Any]:
-    """The images/s of one sequence count's record (median step times), and its network sizes."""
-    figures = {"parameters": record["parameters"]}
-    for key, name in (("train", "train"), ("inference", "generate"), ("generation_png", "generate_images")):
+    """The images/s of one sequence count's record (median step times), its FLOPs per image (load does not
+    change them) and its network sizes."""
+    figures: dict[str, Any] = {
+        "parameters": record["parameters"],
+        "flops_per_image": record["flops_per_image"],
+    }
+    for key, name in (("train", "train"), ("inference", "generate"), ("generation_png", "generate_png")):
         if key in record:
             figures[f"{name}_images_per_s"] = record[key]["images_per_s"]
     return figures
@@ -279,6 +283,9 @@ def main() -> None:
             figures["ratio_to_first"] = {
                 k: figures[k] / first[k] for k in first if k.endswith("images_per_s")
             }
+            figures["flops_ratio_to_first"] = {
+                k: v / first["flops_per_image"][k] for k, v in figures["flops_per_image"].items()
+            }
     peaks = combine_peaks(peaks_before, measure_peaks(run.device, run.peak_dtype))
     result["peaks"] = peaks
     if "train" in result:
@@ -309,7 +316,9 @@ def main() -> None:
         )
         ratio = figures.get("ratio_to_first")
         if ratio:
-            line += " (x" + ", x".join(f"{v:.2f}" for v in ratio.values()) + f" of {counts[0]} sequence(s))"
+            line += " (x" + ", x".join(f"{v:.2f}" for v in ratio.values()) + f" of {counts[0]} sequence(s)"
+            flops = figures["flops_ratio_to_first"]
+            line += "; FLOPs x" + ", x".join(f"{k} {v:.4f}" for k, v in flops.items()) + ")"
         summary.append(f"{n} sequence(s), images/s: {line}")
     emit(result, summary + operator_lines(operators[:8]), args.json)
 
