@@ -95,6 +95,15 @@ def load_generator(path: str | Path) -> ImageGenerator:
     if not snapshot and not isinstance((obj.get(SPADE_CHECKPOINT_KEY) or {}).get("generator"), dict):
         raise InputError(f"{path}: not a SPADE training checkpoint (no {SPADE_CHECKPOINT_KEY!r} entry)")
     generator, meta = load_network(path, checkpoint=obj)
+    # The kind of network first: a PGAN snapshot lacks train_max too, but that is not what is wrong with it.
+    if not isinstance(generator, SPADEGenerator):
+        name = type(generator).__name__
+        if name.startswith("PGAN"):
+            raise InputError(
+                f"{path}: this is a PGAN snapshot ({name}); generate-images needs a SPADE checkpoint "
+                f"(PGAN snapshots go to generate-masks)"
+            )
+        raise InputError(f"{path}: holds a {name}, not a SPADE generator")
     if not snapshot:
         for key in ("train_max", "sequences"):
             meta.setdefault(key, obj[SPADE_CHECKPOINT_KEY].get(key))
@@ -102,8 +111,6 @@ def load_generator(path: str | Path) -> ImageGenerator:
         raise InputError(
             f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
         )
-    if not isinstance(generator, SPADEGenerator):
-        raise InputError(f"{path}: holds a {type(generator).__name__}, not a SPADE generator")
     maxima = tuple(float(v) for v in np.atleast_1d(np.asarray(meta["train_max"], dtype=np.float64)))
     outputs = generator.output_nc
     sequences = tuple(meta.get("sequences") or (("t1c",) if outputs == 1 else ()))
