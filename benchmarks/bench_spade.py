@@ -32,7 +32,9 @@ The JSON result (hardware, peaks, figures, top operators) is printed, and writte
 
 --sequences 1,4: the same measurements with 1 and with 4 output sequences (the generator's last conv and the
 discriminators' first convs grow; issue 16), in one run, one after the other; the record's top level is the
-first count's, ``sequences`` holds the images/s of each count and their ratio to the first.
+first count's, ``sequences`` holds the images/s of each count and their ratio to the first, the FLOPs per
+image and their ratio, and the fraction of the conv peak measured beside each step and its ratio (on a
+shared machine the load swings the images/s; the fraction of the peak measured at the same moment does not).
 """
 
 from __future__ import annotations
@@ -250,6 +252,8 @@ def sequence_figures(record: dict[str, Any]) -> dict[str, Any]:
     for key, name in (("train", "train"), ("inference", "generate"), ("generation_png", "generate_png")):
         if key in record:
             figures[f"{name}_images_per_s"] = record[key]["images_per_s"]
+            if "fraction_of_conv_peak" in record[key]:  # a shared machine's load cancels out of this one
+                figures[f"{name}_fraction_of_conv_peak"] = record[key]["fraction_of_conv_peak"]
     return figures
 
 
@@ -282,6 +286,13 @@ def main() -> None:
             figures = result["sequences"][str(n)]
             figures["ratio_to_first"] = {
                 k: figures[k] / first[k] for k in first if k.endswith("images_per_s")
+            }
+            # images/s at equal machine speed: the ratio of the fractions of the conv peak measured beside
+            # each step, times the inverse FLOP ratio
+            figures["ratio_to_first_at_equal_peak"] = {
+                k.removesuffix("_fraction_of_conv_peak"): figures[k] / first[k]
+                for k in first
+                if k.endswith("_fraction_of_conv_peak")
             }
             figures["flops_ratio_to_first"] = {
                 k: v / first["flops_per_image"][k] for k, v in figures["flops_per_image"].items()
@@ -318,7 +329,9 @@ def main() -> None:
         if ratio:
             line += " (x" + ", x".join(f"{v:.2f}" for v in ratio.values()) + f" of {counts[0]} sequence(s)"
             flops = figures["flops_ratio_to_first"]
-            line += "; FLOPs x" + ", x".join(f"{k} {v:.4f}" for k, v in flops.items()) + ")"
+            line += "; FLOPs x" + ", x".join(f"{k} {v:.4f}" for k, v in flops.items())
+            equal = figures["ratio_to_first_at_equal_peak"]
+            line += "; fraction of conv peak x" + ", x".join(f"{k} {v:.2f}" for k, v in equal.items()) + ")"
         summary.append(f"{n} sequence(s), images/s: {line}")
     emit(result, summary + operator_lines(operators[:8]), args.json)
 
