@@ -99,9 +99,9 @@ class SliceDataset(Dataset):
         )
         source, row = self.items[int(index)]
         images, labels = self.sources[source]
-        image = np.asarray(images[row], dtype=np.float32)  # (S_source, H, W)
-        if self.channels is not None:
-            image = image[self.channels[source]]
+        # (S, H, W): only the channels served are read from the memory map
+        picked = images[row] if self.channels is None else images[row][self.channels[source]]
+        image = np.asarray(picked, dtype=np.float32)
         label = np.asarray(labels[row])
         if self.augment is not None:
             epoch = int(position[0]) if position else 0
