@@ -72,9 +72,11 @@ class SliceDataset(Dataset):
         self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
         self.classes = classes
         self.image_norm = image_norm
-        # (S, 1, 1) float32: per-sequence statistics broadcast over the slice, computed as in float32 before
-        self.train_max = np.asarray(train_max, np.float32).reshape(-1, 1, 1)
-        self.train_mean = np.asarray(train_mean, np.float32).reshape(-1, 1, 1)
+        # float32, as the arithmetic always ran: a scalar for one sequence (any array shape normalises as
+        # before), (S, 1, 1) for several (one value per channel of an (S, H, W) image)
+        shape = (-1, 1, 1) if np.size(train_max) > 1 else ()
+        self.train_max = np.asarray(train_max, np.float32).reshape(shape)
+        self.train_mean = np.asarray(train_mean, np.float32).reshape(shape)
         self.channels = None if channels is None else [np.asarray(c, dtype=np.int64) for c in channels]
         self.resolution = resolution
         self.one_hot = one_hot
