@@ -27,7 +27,7 @@ class SliceDataset(Dataset):
     """Slices from one or more (images, labels) memory-mapped arrays.
 
     Args:
-        sources: list of (images (N, S, H, W) uint16, labels (N, H, W) uint8) arrays.
+        sources: list of (images (N, S, H, W) uint16 (or (N, H, W): one sequence), labels (N, H, W) uint8).
         items: (M, 2) int array of (source index, row) pairs this dataset serves.
         classes: 7, 4 or 2; labels are reduced on read.
         image_norm: "paper" (image / max - mean), "tanh" (image / max * 2 - 1) or "raw".
@@ -101,8 +101,10 @@ class SliceDataset(Dataset):
         )
         source, row = self.items[int(index)]
         images, labels = self.sources[source]
-        # (S, H, W): only the channels served are read from the memory map
-        picked = images[row] if self.channels is None else images[row][self.channels[source]]
+        # (S, H, W): only the channels served are read from the memory map; an (N, H, W) source is one sequence
+        picked = images[row] if images.ndim == 4 else images[row][None]
+        if self.channels is not None:
+            picked = picked[self.channels[source]]
         image = np.asarray(picked, dtype=np.float32)
         label = np.asarray(labels[row])
         if self.augment is not None:
