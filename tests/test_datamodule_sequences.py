@@ -119,3 +119,22 @@ def test_augmentation_moves_every_sequence_together() -> None:
     np.testing.assert_allclose(out[0], single, atol=1e-6)
     np.testing.assert_allclose(out[1], 2 * single, atol=1e-5)
     assert (out_label == single_label).all()
+
+
+def test_a_v1_dataset_and_a_v2_cache_from_before_sequences_still_serve(tiny_dataset: Path) -> None:
+    from synthseg.data.cache import stale_reason
+
+    stats = json.loads((tiny_dataset / "stats.json").read_text())
+    assert stats["format"].endswith("/1") and "sequences" not in stats  # as every dataset written before
+    cache = build_cache(tiny_dataset, progress=False)
+    old = np.load(cache / "images.npy")[:, 0]  # the previous cache: (N, H, W), format /2
+    np.save(cache / "images.npy", old)
+    meta = json.loads((cache / "meta.json").read_text())
+    (cache / "meta.json").write_text(json.dumps({**meta, "format": "synthseg-cache/2", "axes": "NHW"}))
+    assert stale_reason(tiny_dataset) == f"{cache}: built by an older version"
+    images, _ = open_cache(tiny_dataset)
+    assert images.shape == (len(old), 1, *old.shape[1:]) and (images[:, 0] == old).all()
+    dm = make(tiny_dataset, batch_size=4)
+    assert next(iter(dm.train_dataloader()))["image"].shape == (4, 1, 32, 32) and dm.summary().sequences == (
+        "t1c",
+    )

@@ -27,7 +27,7 @@ class SliceDataset(Dataset):
     """Slices from one or more (images, labels) memory-mapped arrays.
 
     Args:
-        sources: list of (images (N, S, H, W) uint16, labels (N, H, W) uint8) arrays.
+        sources: list of (images (N, S, H, W) uint16 (or (N, H, W): one sequence), labels (N, H, W) uint8).
         items: (M, 2) int array of (source index, row) pairs this dataset serves.
         classes: 7, 4 or 2; labels are reduced on read.
         image_norm: "paper" (image / max - mean), "tanh" (image / max * 2 - 1) or "raw".
@@ -72,9 +72,11 @@ class SliceDataset(Dataset):
         self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
         self.classes = classes
         self.image_norm = image_norm
-        # (S, 1, 1) float32: per-sequence statistics broadcast over the slice, computed as in float32 before
-        self.train_max = np.asarray(train_max, np.float32).reshape(-1, 1, 1)
-        self.train_mean = np.asarray(train_mean, np.float32).reshape(-1, 1, 1)
+        # float32, as the arithmetic always ran: a scalar for one sequence (any array shape normalises as
+        # before), (S, 1, 1) for several (one value per channel of an (S, H, W) image)
+        shape = (-1, 1, 1) if np.size(train_max) > 1 else ()
+        self.train_max = np.asarray(train_max, np.float32).reshape(shape)
+        self.train_mean = np.asarray(train_mean, np.float32).reshape(shape)
         self.channels = None if channels is None else [np.asarray(c, dtype=np.int64) for c in channels]
         self.resolution = resolution
         self.one_hot = one_hot
@@ -99,9 +101,11 @@ class SliceDataset(Dataset):
         )
         source, row = self.items[int(index)]
         images, labels = self.sources[source]
-        image = np.asarray(images[row], dtype=np.float32)  # (S_source, H, W)
+        # (S, H, W): only the channels served are read from the memory map; an (N, H, W) source is one sequence
+        picked = images[row] if images.ndim == 4 else images[row][None]
         if self.channels is not None:
-            image = image[self.channels[source]]
+            picked = picked[self.channels[source]]
+        image = np.asarray(picked, dtype=np.float32)
         label = np.asarray(labels[row])
         if self.augment is not None:
             epoch = int(position[0]) if position else 0
