@@ -7,6 +7,7 @@ measured in the same run.
     python benchmarks/bench_spade.py [--device cpu|cuda] [--threads 2] [--precision 32-true|bf16-mixed|16-mixed]
                                      [--channels-last] [--compile] [--batch-size 1] [--size 256]
                                      [--gen-batch 4] [--gen-images 16] [--ngf 64] [--ndf 64] [--json PATH]
+                                     [--sequences 1,4]
 
 Training: one iteration is what SPADEModule.training_step computes (generator step with hinge + feature
 matching, discriminator frozen; then discriminator step on a fresh fake made under no_grad; real and fake go
@@ -28,6 +29,12 @@ measured first, so each figure is that workload's high-water mark). The fraction
 step against a 3x3-conv peak measured just before that step, median over steps; peaks are also measured
 before and after. The paper's SPADE trained at about 5.9 images/s on two V100 (about 2.9 per GPU).
 The JSON result (hardware, peaks, figures, top operators) is printed, and written to --json if given.
+
+--sequences 1,4: the same measurements with 1 and with 4 output sequences (the generator's last conv and the
+discriminators' first convs grow; issue 16), in one run, one after the other; the record's top level is the
+first count's, ``sequences`` holds the images/s of each count and their ratio to the first, the FLOPs per
+image and their ratio, and the fraction of the conv peak measured beside each step and its ratio (on a
+shared machine the load swings the images/s; the fraction of the peak measured at the same moment does not).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from peak import (
 
 from synthseg.checkpoint import save_network
 from synthseg.data.pngio import write_label8
+from synthseg.data.sequences import SEQUENCES
 from synthseg.models.spade import SPADEModule
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.synth.images import generate_images
@@ -91,23 +99,31 @@ def one_hot_masks(count: int, size: int, run: BenchRun) -> torch.Tensor:
     return label.to(run.device).contiguous(memory_format=run.memory_format)
 
 
-def build(args: argparse.Namespace, run: BenchRun) -> tuple[SPADEGenerator, MultiscaleDiscriminator]:
+def build(
+    args: argparse.Namespace, run: BenchRun, outputs: int = 1
+) -> tuple[SPADEGenerator, MultiscaleDiscriminator]:
     torch.manual_seed(0)
-    generator = SPADEGenerator(label_nc=CLASSES, output_nc=1, ngf=args.ngf, image_size=args.size)
-    discriminator = MultiscaleDiscriminator(label_nc=CLASSES, output_nc=1, num_D=2, ndf=args.ndf, n_layers=4)
+    generator = SPADEGenerator(label_nc=CLASSES, output_nc=outputs, ngf=args.ngf, image_size=args.size)
+    discriminator = MultiscaleDiscriminator(
+        label_nc=CLASSES, output_nc=outputs, num_D=2, ndf=args.ndf, n_layers=4
+    )
     return (
         generator.to(run.device, memory_format=run.memory_format),
         discriminator.to(run.device, memory_format=run.memory_format),
     )
 
 
-def bench_generation(args: argparse.Namespace, run: BenchRun) -> dict[str, Any]:
-    """Images/s of generate_images over PNG masks, PNG reading and writing included."""
+def bench_generation(args: argparse.Namespace, run: BenchRun, outputs: int = 1) -> dict[str, Any]:
+    """Images/s of generate_images over PNG masks, PNG reading and writing included (an image: one label
+    map painted in every sequence)."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         torch.manual_seed(0)
-        generator = SPADEGenerator(ngf=args.ngf, image_size=args.size).eval()
-        save_network(generator, tmp / "generator.pt", meta={"train_max": 4095.0})
+        generator = SPADEGenerator(output_nc=outputs, ngf=args.ngf, image_size=args.size).eval()
+        meta = {"train_max": [4095.0] * outputs, "sequences": list(SEQUENCES[:outputs])}
+        if outputs == 1:
+            meta["sequences"] = ["t1c"]
+        save_network(generator, tmp / "generator.pt", meta=meta)
         (tmp / "masks").mkdir()
         for i in range(args.gen_images):
             write_label8(tmp / "masks" / f"synth_{i:06d}.png", disc_mask(args.size, i))
@@ -129,24 +145,19 @@ def bench_generation(args: argparse.Namespace, run: BenchRun) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    parser.add_argument("--batch-size", "--batch", type=int, default=1, help="official default: 1")
-    parser.add_argument("--iters", dest="repeats", type=int, help="same as --repeats")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--ndf", type=int, default=64)
-    parser.add_argument("--gen-batch", type=int, default=4, help="generation batch")
-    parser.add_argument("--gen-images", type=int, default=16, help="masks through generate_images")
-    parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--skip-generation", action="store_true", help="skip the generate_images (PNG) run")
-    args = parser.parse_args()
-    run = BenchRun(args)
-    device, b, e, s = run.device, args.batch_size, args.gen_batch, args.size
-    peaks_before = measure_peaks(device, run.peak_dtype)
+def parse_sequences(text: str) -> list[int]:
+    counts = [int(v) for v in text.split(",") if v.strip()]
+    if not counts or any(not 1 <= n <= len(SEQUENCES) for n in counts):
+        raise SystemExit(f"--sequences: counts between 1 and {len(SEQUENCES)}, e.g. 1,4; got {text!r}")
+    return counts
 
-    generator, discriminator = build(args, run)
+
+def measure(
+    args: argparse.Namespace, run: BenchRun, outputs: int, profile: bool = True
+) -> tuple[dict[str, Any], list[dict]]:
+    """Training, generation and generate_images figures of SPADE with ``outputs`` sequences."""
+    device, b, e, s = run.device, args.batch_size, args.gen_batch, args.size
+    generator, discriminator = build(args, run, outputs)
     # The module's own generate/discriminate (fake and real through the discriminator in one batch), with its
     # compile switch; the optimizers are built here, as Lightning would from configure_optimizers.
     module = SPADEModule(generator, discriminator, torch.optim.Adam, torch.optim.Adam, compile=args.compile)
@@ -157,7 +168,7 @@ def main() -> None:
     opt_g = run.adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
     opt_d = run.adam(discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
     label = one_hot_masks(b, s, run)
-    real = (torch.rand(b, 1, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+    real = (torch.rand(b, outputs, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     real = real.contiguous(memory_format=run.memory_format)
     eval_label = one_hot_masks(e, s, run)
 
@@ -201,6 +212,7 @@ def main() -> None:
             "size": s,
             "ngf": args.ngf,
             "ndf": args.ndf,
+            "sequences": outputs,
         },
         "flops_per_image": {"forward": forward_flops},
         "parameters": {
@@ -214,7 +226,7 @@ def main() -> None:
         generator.zero_grad(set_to_none=True)
         discriminator.zero_grad(set_to_none=True)
         train_timing, train_mem = run.timed(train_step, iteration_flops)
-        if not args.no_profile:
+        if profile and not args.no_profile:
             operators = top_operators(train_step, device, steps=5 if run.cuda else 1, warm=False)
         result["flops_per_image"]["train"] = iteration_flops / b
         result["flops_per_iteration"] = iteration_flops
@@ -226,8 +238,66 @@ def main() -> None:
             result["ratio_to_paper_per_gpu"] = 2 * result["ratio_to_paper"]
     result["inference"] = inference
     if not args.skip_generation:
-        result["generation_png"] = bench_generation(args, run)
-    peaks = combine_peaks(peaks_before, measure_peaks(device, run.peak_dtype))
+        result["generation_png"] = bench_generation(args, run, outputs)
+    return result, operators
+
+
+def sequence_figures(record: dict[str, Any]) -> dict[str, Any]:
+    """The images/s of one sequence count's record (median step times), its FLOPs per image (load does not
+    change them) and its network sizes."""
+    figures: dict[str, Any] = {
+        "parameters": record["parameters"],
+        "flops_per_image": record["flops_per_image"],
+    }
+    for key, name in (("train", "train"), ("inference", "generate"), ("generation_png", "generate_png")):
+        if key in record:
+            figures[f"{name}_images_per_s"] = record[key]["images_per_s"]
+            if "fraction_of_conv_peak" in record[key]:  # a shared machine's load cancels out of this one
+                figures[f"{name}_fraction_of_conv_peak"] = record[key]["fraction_of_conv_peak"]
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--batch-size", "--batch", type=int, default=1, help="official default: 1")
+    parser.add_argument("--iters", dest="repeats", type=int, help="same as --repeats")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--ndf", type=int, default=64)
+    parser.add_argument("--gen-batch", type=int, default=4, help="generation batch")
+    parser.add_argument("--gen-images", type=int, default=16, help="masks through generate_images")
+    parser.add_argument("--sequences", default="1", help="output sequence counts to measure, e.g. 1,4")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-generation", action="store_true", help="skip the generate_images (PNG) run")
+    args = parser.parse_args()
+    counts = parse_sequences(args.sequences)
+    run = BenchRun(args)
+    b, s = args.batch_size, args.size
+    peaks_before = measure_peaks(run.device, run.peak_dtype)
+    result, operators = measure(args, run, counts[0])
+    inference, forward_flops = result["inference"], result["flops_per_image"]["forward"]
+    if len(counts) > 1:
+        result["sequences"] = {str(counts[0]): sequence_figures(result)}
+        for n in counts[1:]:
+            result["sequences"][str(n)] = sequence_figures(measure(args, run, n, profile=False)[0])
+        first = result["sequences"][str(counts[0])]
+        for n in counts[1:]:
+            figures = result["sequences"][str(n)]
+            figures["ratio_to_first"] = {
+                k: figures[k] / first[k] for k in first if k.endswith("images_per_s")
+            }
+            # images/s at equal machine speed: the ratio of the fractions of the conv peak measured beside
+            # each step, times the inverse FLOP ratio
+            figures["ratio_to_first_at_equal_peak"] = {
+                k.removesuffix("_fraction_of_conv_peak"): figures[k] / first[k]
+                for k in first
+                if k.endswith("_fraction_of_conv_peak")
+            }
+            figures["flops_ratio_to_first"] = {
+                k: v / first["flops_per_image"][k] for k, v in figures["flops_per_image"].items()
+            }
+    peaks = combine_peaks(peaks_before, measure_peaks(run.device, run.peak_dtype))
     result["peaks"] = peaks
     if "train" in result:
         result["train"]["fraction_of_matmul_peak"] = (
@@ -251,6 +321,18 @@ def main() -> None:
         )
     if "ratio_to_paper" in result:
         summary.append(f"ratio to the paper's {PAPER_IMAGES_PER_S} images/s: {result['ratio_to_paper']:.2f}")
+    for n, figures in result.get("sequences", {}).items():
+        line = ", ".join(
+            f"{k.removesuffix('_images_per_s')} {v:.3f}" for k, v in figures.items() if k.endswith("_s")
+        )
+        ratio = figures.get("ratio_to_first")
+        if ratio:
+            line += " (x" + ", x".join(f"{v:.2f}" for v in ratio.values()) + f" of {counts[0]} sequence(s)"
+            flops = figures["flops_ratio_to_first"]
+            line += "; FLOPs x" + ", x".join(f"{k} {v:.4f}" for k, v in flops.items())
+            equal = figures["ratio_to_first_at_equal_peak"]
+            line += "; fraction of conv peak x" + ", x".join(f"{k} {v:.2f}" for k, v in equal.items()) + ")"
+        summary.append(f"{n} sequence(s), images/s: {line}")
     emit(result, summary + operator_lines(operators[:8]), args.json)
 
 

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from synthseg.checkpoint import save_network
-from synthseg.data.manifest import COUNT_COLUMNS, dataset_stats, write_manifest, write_stats
+from synthseg.data.manifest import (
+    COUNT_COLUMNS,
+    dataset_stats,
+    image_columns,
+    image_relpath,
+    write_manifest,
+    write_stats,
+)
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.networks.unet import UNet
@@ -39,6 +46,23 @@ def synthetic_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
     return np.clip(image, 0, 65535).astype(np.uint16), label
 
 
+# Mean intensity per class (background, necrosis, edema, enhancing, WM, GM, CSF) of each test sequence: a
+# different function of the labels each, so a mixed-up channel shows.
+SEQUENCE_MEANS = {
+    "t1": (0, 250, 500, 600, 1100, 750, 200),
+    "t1c": (0, 300, 900, 1500, 1200, 800, 250),
+    "t2": (0, 1400, 1600, 1000, 500, 700, 1800),
+    "flair": (0, 900, 1500, 1100, 600, 800, 150),
+}
+
+
+def sequence_image(label: np.ndarray, seq: str, rng: np.random.Generator) -> np.ndarray:
+    """A noisy image of ``label`` in sequence ``seq`` (see :data:`SEQUENCE_MEANS`), 0 outside the head."""
+    image = np.asarray(SEQUENCE_MEANS[seq], np.float64)[label] + rng.normal(0, 40, label.shape)
+    image[label == 0] = 0
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
 def write_dataset(
     root: Path,
     *,
@@ -54,6 +78,7 @@ def write_dataset(
     reduced: Sequence[int] | None = None,
     cases: Sequence[str] | None = None,
     slices: Sequence[int] | None = None,
+    sequences: Sequence[str] = ("t1c",),
 ) -> Path:
     """The one test writer of a dataset folder (docs/dataset_layout.md), through the project's own writer.
 
@@ -62,15 +87,25 @@ def write_dataset(
     rows reduced, ids in the BraTS 2018 style (synthetic: ``synth_<n>``). With ``labels`` (and optionally
     ``images``; none: the ``image`` column is empty), those are written; ``ids``, ``splits``, ``reduced``, ``cases``
     and ``slices`` override the per-row defaults.
+
+    ``sequences`` other than ``("t1c",)`` write the multi-sequence layout (``images/<seq>/<id>.png``, format /2);
+    made images are then one per sequence (:func:`sequence_image`; T1c as for a T1c-only dataset) and given
+    ``images`` are (S, H, W) arrays in ``sequences`` order.
     """
+    sequences = tuple(sequences)
     if labels is None:
         rng = np.random.default_rng(seed)
         pairs = [synthetic_slice(rng, size) for _ in range(num_slices)]
+        others = np.random.default_rng(seed + 1000)
+        images = []
         for i, (image, label) in enumerate(pairs):
             if empty_every and i % empty_every == empty_every - 1:
                 image[:], label[:] = 0, 0
-        images = [image for image, _ in pairs]
+            made = [image if seq == "t1c" else sequence_image(label, seq, others) for seq in sequences]
+            images.append(np.stack(made))
         labels = [label for _, label in pairs]
+    elif images is not None:
+        images = [np.asarray(image).reshape(len(sequences), *np.shape(image)[-2:]) for image in images]
     n = len(labels)
     synthetic = source == "synthetic"
     if splits is None:
@@ -88,18 +123,25 @@ def write_dataset(
         slices = [-1 if synthetic else i % 5 for i in range(n)]
     (root / "labels").mkdir(parents=True)
     if images is not None:
-        (root / "images").mkdir()
-    rows, counts_train, max_train, sum_train = [], np.zeros(7, np.int64), 0, 0.0
+        for seq in sequences:
+            (root / image_relpath("x", seq, sequences)).parent.mkdir(parents=True, exist_ok=True)
+    rows, counts_train = [], np.zeros(7, np.int64)
+    max_train, sum_train = np.zeros(len(sequences), np.int64), np.zeros(len(sequences))
     for i, (sid, label) in enumerate(zip(ids, labels, strict=True)):
         write_label8(root / "labels" / f"{sid}.png", label.astype(np.uint8))
         counts = np.bincount(label.ravel(), minlength=7)
         if images is not None:
-            write_image16(root / "images" / f"{sid}.png", images[i])
+            for s, seq in enumerate(sequences):
+                write_image16(root / image_relpath(sid, seq, sequences), images[i][s])
         if splits[i] == "train":
             counts_train += counts
             if images is not None:
-                max_train = max(max_train, int(images[i].max()))
-                sum_train += float(images[i].sum())
+                max_train = np.maximum(max_train, images[i].reshape(len(sequences), -1).max(axis=1))
+                sum_train += images[i].reshape(len(sequences), -1).sum(axis=1, dtype=np.float64)
+        paths = {
+            col: image_relpath(sid, seq, sequences) if images is not None else ""
+            for col, seq in zip(image_columns(sequences), sequences, strict=True)
+        }
         rows.append(
             {
                 "id": sid,
@@ -109,15 +151,21 @@ def write_dataset(
                 "source": source,
                 "reduced": reduced[i],
                 "empty": int(not label.any()),
-                "image": f"images/{sid}.png" if images is not None else "",
+                **paths,
                 "label": f"labels/{sid}.png",
                 **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
             }
         )
-    write_manifest(root, rows)
+    write_manifest(root, rows, sequences=sequences)
     n_train = splits.count("train")
     image_stats = (
-        {"train_max": max_train, "train_mean": sum_train / max(max_train, 1) / (n_train * size * size)}
+        {
+            "train_max": [int(m) for m in max_train],
+            "train_mean": [
+                float(t) / max(int(m), 1) / (n_train * size * size)
+                for m, t in zip(max_train, sum_train, strict=True)
+            ],
+        }
         if images is not None
         else {}
     )
@@ -128,6 +176,7 @@ def write_dataset(
             size=int(labels[0].shape[0]),
             splits={split: splits.count(split) for split in ("train", "val", "test")},
             class_counts=counts_train,
+            sequences=sequences,
             **image_stats,
         ),
     )
@@ -161,13 +210,14 @@ def tiny_synthetic(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "synthetic", num_slices=20, source="synthetic", seed=1, empty_every=0)
 
 
-def compose_train(overrides: list[str], tmp_path: Path):
+def compose_train(overrides: list[str], tmp_path: Path, *, fill: bool = True):
     """The real composed ``train`` config, shrunk for tests: CPU, outputs under ``tmp_path``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
     from synthseg.paths import config_dir
+    from synthseg.train import fill_channels
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -180,6 +230,8 @@ def compose_train(overrides: list[str], tmp_path: Path):
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
     GlobalHydra.instance().clear()
+    if fill:  # what train() does first, so tests may instantiate cfg.model directly
+        fill_channels(cfg)
     return cfg
 
 

@@ -75,7 +75,7 @@ def test_summary_is_the_typed_contract_models_receive(tiny_dataset: Path) -> Non
         32,
         16,
     )
-    assert data.train_max == dm.stats["train_max"] and data.train_mean == dm.stats["train_mean"]
+    assert data.train_max == (dm.stats["train_max"],) and data.train_mean == (dm.stats["train_mean"],)
     assert list(data.class_weights) == dm.stats["class_weights"] and len(data.class_weights) == 4
     assert list(data.real_class_weights) == dm.stats["real_class_weights"]
     considered = (manifest.split == "train") & manifest.reduced

@@ -40,7 +40,7 @@ def test_layout_and_naming(cohort: Path) -> None:
         assert re.fullmatch(r"Brats18_(2013|CBICA|TCIA\d\d)_[A-Z0-9]+_1", case.name), case.name
         expected = {
             f"{case.name}_{suffix}.nii.gz"
-            for suffix in ("t1ce", "seg", "t1ce_pve_0", "t1ce_pve_1", "t1ce_pve_2")
+            for suffix in ("t1", "t1ce", "t2", "flair", "seg", "t1ce_pve_0", "t1ce_pve_1", "t1ce_pve_2")
         }
         assert {p.name for p in case.iterdir()} == expected
     assert (cohort / "montage.png").stat().st_size > 10_000
@@ -106,6 +106,62 @@ def test_tissue_maps_and_contrast_order(cohort: Path) -> None:
         assert means[2] > 1.1 * means[1] > 1.1 * 1.1 * means[0], means
         fractions = [(healthy & (pve.argmax(0) == k)).sum() / healthy.sum() for k in range(3)]
         assert all(f > 0.05 for f in fractions), fractions
+
+
+def test_t1_t2_flair_have_their_own_contrast(cohort: Path) -> None:
+    for case in _case_dirs(cohort):
+        seg, _ = _load(case / f"{case.name}_seg.nii.gz")
+        pve = np.stack([_load(case / f"{case.name}_t1ce_pve_{k}.nii.gz")[0] for k in range(3)])
+        t1ce, t1c_img = _load(case / f"{case.name}_t1ce.nii.gz")
+        healthy = (t1ce > 0) & (seg == 0)
+        means = {}
+        for seq in ("t1", "t2", "flair"):
+            image, img = _load(case / f"{case.name}_{seq}.nii.gz")
+            assert image.shape == t1ce.shape and img.get_data_dtype() == np.int16
+            assert np.allclose(img.affine, t1c_img.affine) and image.min() == 0
+            tissue = [np.mean(image[healthy & (pve[k] > 0.9)]) for k in range(3)]  # CSF, GM, WM
+            tumor = {v: np.mean(image[seg == v]) for v in (1, 2, 4)}
+            means[seq] = (tissue, tumor)
+            assert not np.array_equal(image > 0, np.zeros_like(image, bool))
+        (csf, gm, wm), tumor = means["t1"]
+        assert wm > gm > csf and tumor[4] < wm and tumor[2] < wm  # T1: no enhancement, tumour dark
+        assert tumor[4] < 0.8 * np.mean(t1ce[seg == 4]) / np.mean(t1ce[healthy & (pve[2] > 0.9)]) * wm
+        (csf, gm, wm), tumor = means["t2"]
+        assert csf > gm > wm and tumor[2] > 1.4 * wm  # T2: CSF bright, edema bright, WM < GM
+        (csf, gm, wm), tumor = means["flair"]
+        assert csf < 0.5 * wm < 0.5 * gm and tumor[2] > 1.4 * gm  # FLAIR: CSF suppressed, edema bright
+
+
+def test_a_sequence_sometimes_has_a_slightly_different_skull_strip() -> None:
+    from types import SimpleNamespace
+
+    from synthseg.data.demo_sequences import paint_sequences
+
+    shape = (20, 20, 20)
+    brain = np.zeros(shape, bool)
+    brain[4:16, 4:16, 4:16] = True
+    wm = brain * 0.8
+    gm = brain * 0.2
+    seg = np.zeros(shape, np.uint8)
+    seg[8:11, 8:11, 8:11] = 4
+    scanner = SimpleNamespace(wm_level=1000.0, noise=0.02, bias=0.05)
+    differing = 0
+    for seed in range(12):
+        out = paint_sequences(
+            np.random.default_rng(seed), scanner, wm * 0.87, (brain * 0.0, gm, wm), brain * 0.0, seg,
+            (slice(None),) * 3, brain, demo_cohort._smooth_field,
+        )  # fmt: skip
+        masks = [out[s] > 0 for s in ("t1", "t2", "flair")]
+        changed = [m for m in masks if not np.array_equal(m, brain)]
+        assert len(changed) <= 1
+        for m in changed:  # one voxel in or out, no more
+            from scipy import ndimage
+
+            assert np.array_equal(m, ndimage.binary_dilation(brain)) or np.array_equal(
+                m, ndimage.binary_erosion(brain)
+            )
+        differing += len(changed)
+    assert 1 <= differing <= 8
 
 
 def test_same_seed_same_bytes_through_cli(

@@ -156,7 +156,7 @@ def test_the_cache_is_reused_while_its_sources_are_unchanged(tiny_dataset: Path)
     assert stale_reason(tiny_dataset) is None
     assert (cache / "sources.npy").is_file()
     meta = json.loads((cache / "meta.json").read_text())
-    assert meta["format"] == "synthseg-cache/2" and meta["axes"] == "NHW"
+    assert meta["format"] == "synthseg-cache/3" and meta["axes"] == "NSHW" and meta["sequences"] == ["t1c"]
     build_cache(tiny_dataset, progress=False)
     assert (cache / "images.npy").stat().st_mtime_ns == stamp
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from synthseg.data.sequences import check_sequences
 from synthseg.errors import InputError
 from synthseg.paths import config_dir
 from synthseg.settings import Settings, check_choice, check_positive
@@ -128,6 +129,7 @@ class DemoSettings(Settings):
     seed: int = 0
     workers: int = 2
     resolution: int = 64
+    sequences: tuple[str, ...] = ("t1c",)
     spade: DemoSpade = field(default_factory=DemoSpade)
     synthetic: DemoSynthetic = field(default_factory=DemoSynthetic)
     sweep: DemoSweep = field(default_factory=DemoSweep)
@@ -138,11 +140,14 @@ class DemoSettings(Settings):
         check_positive("workers", self.workers)
         if self.resolution < 4 or self.resolution & (self.resolution - 1):
             raise InputError(f"resolution must be a power of two >= 4, got {self.resolution}")
+        object.__setattr__(self, "sequences", check_sequences(self.sequences, "sequences"))
 
 
 def build_stages(cfg: DemoSettings) -> list[Stage]:
     """The demo's stages, each the same code path as its command."""
     budgets, seed = cfg.budgets, cfg.seed
+    # The same setting for every command: prepare writes them, SPADE paints them, the U-Net reads them.
+    sequences = f"[{','.join(cfg.sequences)}]"
 
     def cohort(out: Path) -> None:
         from synthseg.data.demo_cohort import main as cohort_main
@@ -162,6 +167,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             f"output={out / 'prepared'}",
             f"seed={seed}",
             f"workers={cfg.workers}",
+            f"sequences={sequences}",
             "overwrite=true",
         ]
         prepare_main(compose_config("prepare", overrides))
@@ -173,6 +179,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         overrides = [
             "experiment=spade_demo",
             f"data.root={out / 'prepared'}",
+            f"data.sequences={sequences}",
             f"seed={seed}",
             f"trainer.max_epochs={cfg.spade.epochs}",
             f"model.niter={cfg.spade.epochs}",
@@ -217,6 +224,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
                     f"mix={mix}",
                     f"data.classes={classes}",
                     f"data.root={out / 'prepared'}",
+                    f"data.sequences={sequences}",
                     f"paths.synthetic_full={out / 'synthetic'}",
                     f"paths.synthetic_reduced={out / 'synthetic'}",
                     f"seed={seed}",
@@ -246,7 +254,9 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         Stage("demo cohort", "cohort", cohort, budgets.cohort),
         Stage("prepare", "prepared", prepare, budgets.prepare),
         Stage("PGAN (label maps)", "pgan", pgan, budgets.pgan, TRAIN_RUN_FILES),
-        Stage("SPADE (label map -> T1c)", "spade", spade, budgets.spade, TRAIN_RUN_FILES),
+        Stage(
+            f"SPADE (label map -> {'+'.join(cfg.sequences)})", "spade", spade, budgets.spade, TRAIN_RUN_FILES
+        ),
         Stage("synthetic pairs", "synthetic", synthetic, budgets.synthetic),
         Stage("SPADE on real test masks", "spade_test", spade_test, budgets.spade_test),
         Stage(
@@ -285,6 +295,7 @@ def collect_results(out: Path) -> list[dict[str, Any]]:
             {
                 "mix": results["config"].get("mix_name"),
                 "classes": results["config"]["data"]["classes"],
+                "sequences": results["config"]["data"].get("sequences", ["t1c"]),
                 "real": results["data_stats"].get("num_real"),
                 "synthetic": results["data_stats"].get("num_synthetic"),
                 "dice_error_percent": 100 * results["metrics"]["test/dice_error"],

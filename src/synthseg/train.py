@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
@@ -43,6 +43,37 @@ def _build(node: Any, key: str, **kwargs: Any) -> Any:
             where = str(err).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(err) else key
             raise InputError(f"{where}: {cause}") from None
         raise
+
+
+# (config path of a network's channel count, what it counts) filled from data.sequences when null.
+CHANNEL_KEYS = (
+    ("model.generator.output_nc", "SPADE generator outputs"),
+    ("model.discriminator.output_nc", "SPADE discriminator image channels"),
+    ("model.net.in_channels", "U-Net input channels"),
+)
+
+
+def fill_channels(cfg: DictConfig) -> None:
+    """Set the networks' image channels to ``len(data.sequences)`` where the config leaves them ``null``.
+
+    The user names the sequences once (``data.sequences``); an explicit count that disagrees with them is one
+    line naming both keys.
+    """
+    sequences = list(OmegaConf.select(cfg, "data.sequences", default=None) or ["t1c"])
+    for key, what in CHANNEL_KEYS:
+        node_key, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, node_key, default=None)
+        if not isinstance(node, DictConfig) or leaf not in node:
+            continue
+        value = node[leaf]
+        if value is None:
+            with open_dict(node):
+                node[leaf] = len(sequences)
+        elif int(value) != len(sequences):
+            raise InputError(
+                f"{key}={value} ({what}) disagrees with data.sequences={sequences} ({len(sequences)} "
+                f"sequences): set {key}=null to follow data.sequences"
+            )
 
 
 def _primitive_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -107,6 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # strategy PGAN's tensors fail to arrive ("unable to resize file"), with the file-system one they do.
         torch.multiprocessing.set_sharing_strategy("file_system")
 
+    fill_channels(cfg)
     datamodule: pl.LightningDataModule = _build(cfg.data, "data", _convert_="all")
     model: pl.LightningModule = _build(cfg.model, "model", _convert_="partial")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

@@ -83,22 +83,25 @@ class ClassicalAugmentation:
         """Augment one slice.
 
         Args:
-            image: (H, W) float32 image.
+            image: (H, W) or (S, H, W) float32 image (S sequences move together).
             label: (H, W) uint8 label map.
             rng: the source of randomness (a seeded generator makes the result repeatable).
 
         Returns:
-            (image (H, W) float32, label (H, W) uint8), new arrays.
+            (image (H, W) or (S, H, W) float32, label (H, W) uint8), new arrays.
         """
-        if image.ndim != 2 or image.shape != label.shape:
-            raise ValueError(f"image and label must be equal 2-D shapes, got {image.shape} and {label.shape}")
+        if image.ndim not in (2, 3) or label.ndim != 2 or image.shape[-2:] != label.shape:
+            raise ValueError(
+                f"image and label must have equal 2-D shapes (the image may be (S, H, W)), got {image.shape} and "
+                f"{label.shape}"
+            )
         image = np.asarray(image, dtype=np.float32)
         label = np.asarray(label, dtype=np.uint8)
         # Flips are exact permutations: no resampling needed.
         if rng.random() < self.flip_prob:
-            image, label = image[:, ::-1], label[:, ::-1]
+            image, label = image[..., :, ::-1], label[:, ::-1]
         if rng.random() < self.vertical_flip_prob:
-            image, label = image[::-1, :], label[::-1, :]
+            image, label = image[..., ::-1, :], label[::-1, :]
 
         angle = 0.0
         scale = 1.0
@@ -110,7 +113,7 @@ class ClassicalAugmentation:
         if angle == 0.0 and scale == 1.0 and not elastic:
             return image.copy(), label.copy()
 
-        h, w = image.shape
+        h, w = label.shape
         centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
         yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
         # Output pixel -> input coordinate: the inverse of "rotate by angle, then scale by scale".
@@ -126,6 +129,9 @@ class ClassicalAugmentation:
                 if std > 0:
                     coords += field / std * (self.elastic_magnitude * side)
         coords = np.stack([src_y, src_x])
-        out_image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+        channels = image.reshape(-1, h, w)  # every sequence through the same coordinates
+        out_image = np.stack(
+            [ndimage.map_coordinates(c, coords, order=1, mode="constant", cval=0.0) for c in channels]
+        ).reshape(image.shape)
         out_label = ndimage.map_coordinates(label, coords, order=0, mode="constant", cval=0)
         return out_image.astype(np.float32), out_label.astype(np.uint8)

@@ -1,14 +1,15 @@
 """A memory-mapped cache of a dataset folder's slices, so training never waits on PNG decoding.
 
-The PNG files stay the interchange format; ``<root>/cache/{images,labels}.npy`` hold the same slices as
-(N, H, W) uint16 / uint8 arrays in manifest order, opened with ``mmap_mode="r"``. The cache is built once,
-atomically (one build at a time per dataset: ``<root>/.cache.lock``), and is keyed on what it was built
-from: the manifest's SHA-256 and every image and label file's size and modification time
-(``cache/sources.npy``, (N, 4) int64: image size, image mtime_ns, label size, label mtime_ns, taken before
-the file was read; the paths, as the manifest gave them, in ``cache/sources.txt``). When any of them changes the cache is rebuilt, and the rebuild checks every file again,
-so a deleted PNG or a foreign label value is refused naming the file, as without a cache.
-``meta.json`` records the format (``synthseg-cache/2``) and the array axes (``NHW``; a sequence axis will
-make it ``NSHW``).
+The PNG files stay the interchange format; ``<root>/cache/images.npy`` holds the same slices as an
+(N, S, H, W) uint16 array (S: the dataset's sequences, in its order) and ``labels.npy`` an (N, H, W) uint8
+array, in manifest order, opened with ``mmap_mode="r"``. The cache is built once, atomically (one build at
+a time per dataset: ``<root>/.cache.lock``), and is keyed on what it was built from: the manifest's SHA-256
+and every image and label file's size and modification time (``cache/sources.npy``, (N, 2 (S + 1)) int64:
+size and mtime_ns of each sequence's image, then of the label, taken before the file was read; the paths, as
+the manifest gave them, in ``cache/sources.txt``). When any of them changes the cache is rebuilt, and the
+rebuild checks every file again, so a deleted PNG or a foreign label value is refused naming the file, as
+without a cache. ``meta.json`` records the format (``synthseg-cache/3``), the array axes (``NSHW``) and the
+sequences.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from synthseg.errors import InputError
 from synthseg.utils.atomic import atomic_path, check_free_space
 
 CACHE_DIR = "cache"
-CACHE_FORMAT = "synthseg-cache/2"
+CACHE_FORMAT = "synthseg-cache/3"
 SOURCES = "sources.npy"
-PATHS = "sources.txt"  # the image and label path of each slice (tab-separated), as the manifest had them
+PATHS = "sources.txt"  # the image paths and the label path of each slice (tab-separated), as in the manifest
 
 
 def _manifest_digest(root: Path) -> str:
@@ -45,13 +46,17 @@ def _stat(path: str) -> tuple[int, int]:
     return info.st_size, info.st_mtime_ns
 
 
-def _source_stats(root: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
-    """(N, 4) int64: size and mtime_ns of each slice's image and label file (-1 when missing)."""
+def _source_stats(root: Path, rows: list[tuple[str, ...]]) -> np.ndarray:
+    """(N, 2 F) int64: size and mtime_ns of each of a slice's F files (images, then label; -1 when missing)."""
     base = str(root)
-    stats = np.empty((len(pairs), 4), np.int64)
-    for i, (image, label) in enumerate(pairs):  # plain strings: one stat per file is the whole cost
-        stats[i, :2] = _stat(os.path.join(base, image))
-        stats[i, 2:] = _stat(os.path.join(base, label))
+    width = len(rows[0]) if rows else 0
+    stats = np.empty((len(rows), 2 * width), np.int64)
+    for i, files in enumerate(rows):  # plain strings: one stat per file is the whole cost
+        if len(files) != width:
+            stats[i] = -2  # a torn sources.txt: never equal to what was built
+            continue
+        for f, name in enumerate(files):
+            stats[i, 2 * f : 2 * f + 2] = _stat(os.path.join(base, name))
     return stats
 
 
@@ -70,17 +75,17 @@ def stale_reason(root: str | os.PathLike[str]) -> str | None:
         if meta.get("manifest_sha256") != _manifest_digest(root):
             return f"{root / MANIFEST}: changed"
         built = np.load(folder / SOURCES)
-        pairs = [tuple(line.split("\t")) for line in (folder / PATHS).read_text().splitlines()]
+        rows = [tuple(line.split("\t")) for line in (folder / PATHS).read_text().splitlines()]
     except (OSError, ValueError):
         return f"{folder}: unreadable"
-    now = _source_stats(root, pairs)  # type: ignore[arg-type]
+    now = _source_stats(root, rows)
     if built.shape != now.shape:
         return f"{folder}: built for another manifest"
     changed = np.flatnonzero((built != now).any(axis=1))
     if len(changed):
         i = int(changed[0])
-        path = pairs[i][0] if (built[i, :2] != now[i, :2]).any() else pairs[i][1]
-        return f"{root / path}: changed since the cache was built"
+        f = int(np.flatnonzero(built[i] != now[i])[0]) // 2
+        return f"{root / rows[i][f]}: changed since the cache was built"
     return None
 
 
@@ -110,25 +115,27 @@ def build_cache(root: str | os.PathLike[str], *, progress: bool = True) -> Path:
 
 def _build(root: Path, target: Path, progress: bool) -> None:
     manifest = read_manifest(root)
-    first = read_png(root / manifest.image[0], bitdepth=16)
+    first = read_png(root / manifest.images[0, 0], bitdepth=16)
     height, width = first.shape
-    n = len(manifest)
-    check_free_space(root, n * height * width * 3, "the slice cache")
+    n, s = manifest.images.shape
+    check_free_space(root, n * height * width * (2 * s + 1), "the slice cache")
     digest = _manifest_digest(root)
     with atomic_path(target, is_dir=True) as tmp:
         images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint16, shape=(n, height, width)
+            tmp / "images.npy", mode="w+", dtype=np.uint16, shape=(n, s, height, width)
         )
         labels = np.lib.format.open_memmap(
             tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, height, width)
         )
-        sources = np.empty((n, 4), np.int64)
+        sources = np.empty((n, 2 * (s + 1)), np.int64)
         for i in tqdm(range(n), desc=f"caching {root.name}", unit="slice", disable=not progress, leave=False):
-            image_path, label_path = root / manifest.image[i], root / manifest.label[i]
-            # Stat before reading: a file changed during the build then shows as changed at the next check.
-            sources[i, :2] = _stat(str(image_path))
-            sources[i, 2:] = _stat(str(label_path))
-            images[i] = read_png(image_path, bitdepth=16, shape=(height, width))
+            label_path = root / manifest.label[i]
+            for c in range(s):
+                image_path = root / manifest.images[i, c]
+                # Stat before reading: a file changed during the build then shows as changed at the next check.
+                sources[i, 2 * c : 2 * c + 2] = _stat(str(image_path))
+                images[i, c] = read_png(image_path, bitdepth=16, shape=(height, width))
+            sources[i, 2 * s :] = _stat(str(label_path))
             label = read_png(label_path, bitdepth=8, shape=(height, width))
             if label.max(initial=0) > 6:
                 raise InputError(f"{label_path}: label value {int(label.max())} outside 0..6")
@@ -137,15 +144,18 @@ def _build(root: Path, target: Path, progress: bool) -> None:
         labels.flush()
         del images, labels
         np.save(tmp / SOURCES, sources)
-        (tmp / PATHS).write_text("".join(f"{manifest.image[i]}\t{manifest.label[i]}\n" for i in range(n)))
+        (tmp / PATHS).write_text(
+            "".join("\t".join([*manifest.images[i], manifest.label[i]]) + "\n" for i in range(n))
+        )
         meta = {
             "format": CACHE_FORMAT,
-            "axes": "NHW",
+            "axes": "NSHW",
+            "sequences": list(manifest.sequences),
             "manifest_sha256": digest,
             "num_slices": n,
             "height": height,
             "width": width,
-            "sources": f"{SOURCES}: image size, image mtime_ns, label size, label mtime_ns per slice",
+            "sources": f"{SOURCES}: size and mtime_ns of each sequence's image, then of the label, per slice",
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -153,7 +163,7 @@ def _build(root: Path, target: Path, progress: bool) -> None:
 def open_cache(
     root: str | os.PathLike[str], manifest: Manifest | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Open (building if needed) the cache of ``root``: memory-mapped (N, H, W) images and labels."""
+    """Open (building if needed) the cache of ``root``: memory-mapped (N, S, H, W) images, (N, H, W) labels."""
     path = build_cache(root)
     images = np.load(path / "images.npy", mmap_mode="r")
     labels = np.load(path / "labels.npy", mmap_mode="r")

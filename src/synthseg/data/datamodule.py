@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,10 @@ from synthseg.data.dataset import IMAGE_NORMS, SliceDataset
 from synthseg.data.labels import class_weights_from_counts, reduce_labels
 from synthseg.data.manifest import Manifest, read_manifest
 from synthseg.data.sampler import ResumableBatchSampler
+from synthseg.data.sequences import DEFAULT_SEQUENCES, check_sequences
 from synthseg.errors import InputError
 
 STATS_FROM = ("train", "real")
-SEQUENCES: tuple[str, ...] = ("t1c",)  # the MR sequences a prepared dataset holds (one today)
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,12 @@ class DataSummary:
 
     Attributes:
         classes: label classes served (7, 4 or 2).
-        sequences: the image channels, in order.
+        sequences: the image channels, in order (``data.sequences``).
         image_norm: how images are normalised ("paper", "tanh" or "raw").
         size: side of the slices on disk.
         resolution: side of the slices served (the configured one, else ``size``).
-        train_max, train_mean: the normalisation statistics of the training set in use.
+        train_max, train_mean: the normalisation statistics of the training set in use, one per sequence
+            (single-sequence code takes ``[0]``).
         class_weights: weighted-Dice weights of the training set in use.
         real_class_weights: fixed weights of the whole real training split (comparable across runs).
         num_train: training slices served.
@@ -48,8 +49,8 @@ class DataSummary:
     image_norm: str
     size: int
     resolution: int
-    train_max: float
-    train_mean: float
+    train_max: tuple[float, ...]
+    train_mean: tuple[float, ...]
     class_weights: tuple[float, ...]
     real_class_weights: tuple[float, ...]
     num_train: int
@@ -96,6 +97,8 @@ class BraTSDataModule(pl.LightningDataModule):
 
     Args:
         root: prepared dataset folder (docs/dataset_layout.md).
+        sequences: the MR sequences served as image channels, in this order (any the dataset holds; a
+            synthetic dataset must hold them too); default ``[t1c]``.
         classes: 7, 4 or 2 (reduced on read).
         real: real training slices to use: None (all), a count, or a fraction of the real training split;
             taken from the start of the (shuffled) training rows.
@@ -107,7 +110,7 @@ class BraTSDataModule(pl.LightningDataModule):
         eval_batch_size: validation/test batch size (default: batch_size).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         one_hot: labels as float one-hot (C, H, W).
-        image_norm: "paper", "tanh" or "raw" (see SliceDataset).
+        image_norm: "paper", "tanh" or "raw" (see SliceDataset), per sequence.
         stats_from: "train" computes normalization and class weights over the whole training set in use,
             synthetic included (the paper); "real" over its real slices only.
         seed: seed of the per-epoch shuffling.
@@ -136,8 +139,10 @@ class BraTSDataModule(pl.LightningDataModule):
         seed: int = 0,
         endless: bool = False,
         augment: bool = False,
+        sequences: Sequence[str] | str = DEFAULT_SEQUENCES,
     ) -> None:
         super().__init__()
+        self.sequences = check_sequences(sequences, "data.sequences")
         if int(classes) not in (2, 4, 7):
             raise InputError(f"data.classes must be one of 2, 4, 7, got {classes}")
         if image_norm not in IMAGE_NORMS:
@@ -196,6 +201,7 @@ class BraTSDataModule(pl.LightningDataModule):
         manifest = read_manifest(self.root)
         self.manifest = manifest
         sources = [open_cache(self.root, manifest)]
+        channels = [self._channels(manifest, f"data.root={self.root}")]
         full_train = int((manifest.split == "train").sum())
         real_rows = self._training_rows(manifest, real_source=True)
         n_real = resolve_count(self.real, full_train, len(real_rows), "data.real")
@@ -206,6 +212,7 @@ class BraTSDataModule(pl.LightningDataModule):
         if self.synthetic and self.synthetic.get("count", 0):
             synth_root = Path(self.synthetic["root"])
             synth_manifest = read_manifest(synth_root)
+            channels.append(self._channels(synth_manifest, f"data.synthetic.root={synth_root}"))
             sources.append(open_cache(synth_root, synth_manifest))
             synth_rows = self._training_rows(synth_manifest, real_source=False)
             n_synth = resolve_count(
@@ -225,12 +232,14 @@ class BraTSDataModule(pl.LightningDataModule):
             # Real-only statistics of a synthetic-only run: take the whole real training split.
             rows = manifest.rows("train")
             stat_items, stat_counts = np.stack([np.zeros_like(rows), rows], axis=1), manifest.counts[rows]
-        train_max, train_mean = self._intensity_stats(sources, stat_items)
+        train_max, train_mean = self._intensity_stats(sources, stat_items, channels)
+        one = len(self.sequences) == 1  # results.json keeps today's scalars for one sequence
         class_counts = reduce_counts(stat_counts.sum(axis=0), self.classes)
         real_counts = reduce_counts(manifest.counts[manifest.split == "train"].sum(axis=0), self.classes)
         self.stats = {
-            "train_max": train_max,
-            "train_mean": train_mean,
+            "sequences": list(self.sequences),
+            "train_max": train_max[0] if one else list(train_max),
+            "train_mean": train_mean[0] if one else list(train_mean),
             "class_counts": class_counts.tolist(),
             "class_weights": class_weights_from_counts(class_counts).tolist(),
             # Fixed weights from the whole real training split, so runs with different training sets are
@@ -255,22 +264,25 @@ class BraTSDataModule(pl.LightningDataModule):
             from synthseg.data.augment import ClassicalAugmentation
 
             augmentation = ClassicalAugmentation()
-        self.train_set = SliceDataset(sources, train_items, augment=augmentation, seed=self.seed, **common)
+        self.train_set = SliceDataset(
+            sources, train_items, augment=augmentation, seed=self.seed, channels=channels, **common
+        )
 
         def eval_items(split: str) -> np.ndarray:
             rows = manifest.rows(split)
             return np.stack([np.zeros_like(rows), rows], axis=1)
 
         cases, slices = [manifest.case], [manifest.slice]
-        self.val_set = SliceDataset(sources[:1], eval_items("val"), cases=cases, slices=slices, **common)
-        self.test_set = SliceDataset(sources[:1], eval_items("test"), cases=cases, slices=slices, **common)
+        real = dict(cases=cases, slices=slices, channels=channels[:1], **common)
+        self.val_set = SliceDataset(sources[:1], eval_items("val"), **real)
+        self.test_set = SliceDataset(sources[:1], eval_items("test"), **real)
         considered = manifest.split == "train"
         if self.reduced:
             considered = considered & manifest.reduced
         size = int(sources[0][1].shape[-1])
         self._summary = DataSummary(
             classes=self.classes,
-            sequences=SEQUENCES,
+            sequences=self.sequences,
             image_norm=self.image_norm,
             size=size,
             resolution=int(self.resolution or size),
@@ -302,23 +314,41 @@ class BraTSDataModule(pl.LightningDataModule):
             raise RuntimeError("BraTSDataModule.summary() needs setup() first")
         return self._summary
 
-    @staticmethod
+    def _channels(self, manifest: Manifest, named: str) -> np.ndarray:
+        """Indices of ``data.sequences`` among a dataset's sequences; one line when it lacks one."""
+        missing = [s for s in self.sequences if s not in manifest.sequences]
+        if missing:
+            raise InputError(
+                f"{named}: the dataset holds the sequences {list(manifest.sequences)}, not {missing} "
+                f"(data.sequences=[{','.join(self.sequences)}]; prepare it with sequences=[...])"
+            )
+        return np.array([manifest.sequences.index(s) for s in self.sequences], dtype=np.int64)
+
     def _intensity_stats(
-        sources: list[tuple[np.ndarray, np.ndarray]], items: np.ndarray
-    ) -> tuple[float, float]:
-        """Training max and the mean of the max-scaled training pixels (the paper's normalization)."""
-        maximum, total, pixels = 0, 0.0, 0
+        self, sources: list[tuple[np.ndarray, np.ndarray]], items: np.ndarray, channels: list[np.ndarray]
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per sequence: training max and the mean of the max-scaled training pixels (the paper's
+        normalization)."""
+        n = len(self.sequences)
+        maximum, total, pixels = np.zeros(n, np.int64), np.zeros(n, np.float64), 0
         for src in np.unique(items[:, 0]):
             images = sources[src][0]
             rows = np.sort(items[items[:, 0] == src, 1])
             for start in range(0, len(rows), 256):
-                chunk = np.asarray(images[rows[start : start + 256]])
-                maximum = max(maximum, int(chunk.max(initial=0)))
-                total += float(chunk.sum(dtype=np.float64))
-                pixels += chunk.size
-        if maximum == 0:
-            raise InputError("every training image is all zero: cannot normalise by the training maximum")
-        return float(maximum), total / maximum / pixels
+                chunk = np.asarray(images[rows[start : start + 256]])[:, channels[src]]  # (n, S, H, W)
+                maximum = np.maximum(maximum, chunk.max(axis=(0, 2, 3), initial=0))
+                total += chunk.sum(axis=(0, 2, 3), dtype=np.float64)
+                pixels += chunk[:, 0].size
+        if not maximum.all():
+            zero = [s for s, m in zip(self.sequences, maximum, strict=True) if not m]
+            named = "" if n == 1 else f" ({', '.join(zero)})"
+            raise InputError(
+                f"every training image is all zero{named}: cannot normalise by the training maximum"
+            )
+        return (
+            tuple(float(m) for m in maximum),
+            tuple(float(t) / float(m) / pixels for t, m in zip(total, maximum, strict=True)),
+        )
 
     # ------------------------------------------------------------------------------------------- loaders
     def _loader(self, dataset: SliceDataset, **kwargs: Any) -> DataLoader:

@@ -15,22 +15,25 @@ IMAGE_NORMS = ("paper", "tanh", "raw")
 
 
 def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Area (block-mean) downsampling of an (H, W) image by an integer factor."""
+    """Area (block-mean) downsampling of an (..., H, W) image by an integer factor."""
     if factor == 1:
         return image.astype(np.float32)
-    h, w = image.shape
-    return image.reshape(h // factor, factor, w // factor, factor).astype(np.float32).mean(axis=(1, 3))
+    *lead, h, w = image.shape
+    blocks = image.reshape(*lead, h // factor, factor, w // factor, factor).astype(np.float32)
+    return blocks.mean(axis=(-3, -1))
 
 
 class SliceDataset(Dataset):
     """Slices from one or more (images, labels) memory-mapped arrays.
 
     Args:
-        sources: list of (images (N, H, W) uint16, labels (N, H, W) uint8) arrays.
+        sources: list of (images (N, S, H, W) uint16 (or (N, H, W): one sequence), labels (N, H, W) uint8).
         items: (M, 2) int array of (source index, row) pairs this dataset serves.
         classes: 7, 4 or 2; labels are reduced on read.
         image_norm: "paper" (image / max - mean), "tanh" (image / max * 2 - 1) or "raw".
-        train_max, train_mean: normalization statistics of the training set in use.
+        train_max, train_mean: normalization statistics of the training set in use, one per sequence served
+            (a scalar for one).
+        channels: per source, the indices of the sequences served, in order (None: all of each source).
         resolution: default output size (None: native); items may also ask for one per sample.
         one_hot: return labels as float one-hot (C, H, W) instead of int64 indices (H, W).
         augment: ``augment(image, label, rng) -> (image, label)`` applied at native size before resizing;
@@ -41,7 +44,7 @@ class SliceDataset(Dataset):
         slices: per source, the axial slice index of every row; items then carry ``"slice"`` (a subject's
             slices are stacked in order for 3-D HD95).
 
-    Items are ``{"image": (1, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
+    Items are ``{"image": (S, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
     (plus ``"case"``: str with ``cases``, ``"slice"``: int with ``slices``, and ``"position"``: (2,) int64 epoch and sampler position when the
     key came from the sampler).
     """
@@ -53,14 +56,15 @@ class SliceDataset(Dataset):
         *,
         classes: int,
         image_norm: str,
-        train_max: float,
-        train_mean: float,
+        train_max: float | Sequence[float],
+        train_mean: float | Sequence[float],
         resolution: int | None = None,
         one_hot: bool = False,
         augment: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
         seed: int = 0,
         cases: Sequence[np.ndarray] | None = None,
         slices: Sequence[np.ndarray] | None = None,
+        channels: Sequence[Sequence[int]] | None = None,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -68,8 +72,12 @@ class SliceDataset(Dataset):
         self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
         self.classes = classes
         self.image_norm = image_norm
-        self.train_max = float(train_max)
-        self.train_mean = float(train_mean)
+        # float32, as the arithmetic always ran: a scalar for one sequence (any array shape normalises as
+        # before), (S, 1, 1) for several (one value per channel of an (S, H, W) image)
+        shape = (-1, 1, 1) if np.size(train_max) > 1 else ()
+        self.train_max = np.asarray(train_max, np.float32).reshape(shape)
+        self.train_mean = np.asarray(train_mean, np.float32).reshape(shape)
+        self.channels = None if channels is None else [np.asarray(c, dtype=np.int64) for c in channels]
         self.resolution = resolution
         self.one_hot = one_hot
         self.augment = augment
@@ -93,7 +101,11 @@ class SliceDataset(Dataset):
         )
         source, row = self.items[int(index)]
         images, labels = self.sources[source]
-        image = np.asarray(images[row], dtype=np.float32)
+        # (S, H, W): only the channels served are read from the memory map; an (N, H, W) source is one sequence
+        picked = images[row] if images.ndim == 4 else images[row][None]
+        if self.channels is not None:
+            picked = picked[self.channels[source]]
+        image = np.asarray(picked, dtype=np.float32)
         label = np.asarray(labels[row])
         if self.augment is not None:
             epoch = int(position[0]) if position else 0
@@ -107,7 +119,7 @@ class SliceDataset(Dataset):
         label = resize_labels(label, size)
         label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
         out: dict[str, Any] = {
-            "image": torch.from_numpy(self.normalize(image).astype(np.float32))[None],
+            "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image), dtype=np.float32)),
             "label": torch.nn.functional.one_hot(label_t, self.classes).permute(2, 0, 1).float()
             if self.one_hot
             else label_t,

@@ -1,4 +1,4 @@
-"""The demo cohort: BraTS-2018-style T1c volumes with an inserted glioma, built from the MNI152 templates.
+"""The demo cohort: BraTS-2018-style T1, T1c, T2 and FLAIR volumes with an inserted glioma, from MNI152.
 
 Real BraTS data cannot be downloaded everywhere, so the main job and the tests run on this cohort. Each case
 is the MNI152 2009a (nonlinear symmetric) brain, as shipped by nilearn (no download), moved into the BraTS
@@ -10,7 +10,9 @@ grid (240 x 240 x 155 voxels of 1 mm, LPS axes like the BraTS files), and then m
   around it outwards (mass effect);
 - a T1c image painted from the deformed tissue maps (blended with the template's own T1 detail), with
   grey-level scale, tissue contrast, bias field and noise level set per simulated institution (scanner);
-- Rician noise; zero outside the brain (skull-stripped).
+- Rician noise; zero outside the brain (skull-stripped);
+- T1, T2 and FLAIR painted from the same tissue and tumour maps, each with its own contrast, bias field and
+  noise (:mod:`synthseg.data.demo_sequences`; their own random generator, so the T1c of a seed is unchanged).
 
 Beside each case it writes the true tissue maps in FSL FAST naming (``<case>_t1ce_pve_0/1/2.nii.gz`` =
 CSF/GM/WM partial volumes, float32 in [0, 1], zero outside the brain and inside the tumour), so tissue
@@ -26,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from synthseg.data.demo_sequences import paint_sequences, periventricular_caps
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 from synthseg.utils.outputs import check_output, claim_output
@@ -79,12 +82,14 @@ class DemoCase:
         t1ce: (240, 240, 155) int16, zero outside the brain.
         seg: (240, 240, 155) uint8 with values {0, 1, 2, 4}.
         pve: (3, 240, 240, 155) float32 CSF/GM/WM partial volumes, zero outside the brain and in the tumour.
+        others: ``t1``, ``t2``, ``flair``: (240, 240, 155) int16 each (empty when not made).
     """
 
     name: str
     t1ce: np.ndarray
     seg: np.ndarray
     pve: np.ndarray
+    others: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class _Templates:
     gm: np.ndarray
     wm: np.ndarray
     mask: np.ndarray
+    caps: np.ndarray  # periventricular caps (FLAIR-bright), soft
     center: np.ndarray  # brain bounding-box centre, template voxels
     half_extent: np.ndarray  # brain bounding-box half size, voxels
     tumor_sites: np.ndarray  # (N, 3) deep white-matter voxels where a tumour may be centred
@@ -135,7 +141,8 @@ def _templates() -> _Templates:
     zmin = margin + 0.35 * size[2]
     sites = np.argwhere((wmc > 0.6) & (depth > 12))
     sites = sites[sites[:, 2] > zmin]
-    return _Templates(t1c, csfc, gmc, wmc, maskc, center, size / 2, sites.astype(np.float64))
+    caps = periventricular_caps(csfc, maskc, depth)
+    return _Templates(t1c, csfc, gmc, wmc, maskc, caps, center, size / 2, sites.astype(np.float64))
 
 
 def _scanner(seed: int, institution: str) -> Scanner:
@@ -201,13 +208,16 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def make_case(name: str, scanner: Scanner, rng: np.random.Generator) -> DemoCase:
+def make_case(
+    name: str, scanner: Scanner, rng: np.random.Generator, others_rng: np.random.Generator | None = None
+) -> DemoCase:
     """Generate one case: deformed template, tumour, T1c image, labels and true tissue maps.
 
     Args:
         name: case name stored in the result.
         scanner: the institution's image properties.
         rng: the case's own random generator (everything random about the case comes from it).
+        others_rng: the generator of its T1, T2 and FLAIR (None: only the T1c is made).
 
     Returns:
         The case, arrays in the BraTS grid (240, 240, 155).
@@ -254,9 +264,9 @@ def make_case(name: str, scanner: Scanner, rng: np.random.Generator) -> DemoCase
     del push
 
     # Linear interpolation keeps partial volumes in [0, 1] and needs no spline prefilter.
-    mask, gm, wm, t1 = (
+    mask, gm, wm, t1, caps = (
         ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0, prefilter=False)
-        for vol in (tpl.mask, tpl.gm, tpl.wm, tpl.t1)
+        for vol in (tpl.mask, tpl.gm, tpl.wm, tpl.t1, *((tpl.caps,) if others_rng else (tpl.mask,)))
     )
     del coords
     brain = mask > 0.5
@@ -266,6 +276,11 @@ def make_case(name: str, scanner: Scanner, rng: np.random.Generator) -> DemoCase
 
     seg, sub = _tumor(rng, local, radius, brain, wm, gm)
     image = _paint(rng, scanner, t1, csf, gm, wm, seg, sub, brain)
+    others = (
+        {}
+        if others_rng is None
+        else paint_sequences(others_rng, scanner, t1, (csf, gm, wm), caps, seg, sub, brain, _smooth_field)
+    )
 
     full_t1ce = np.zeros(GRID_SHAPE, dtype=np.int16)
     full_seg = np.zeros(GRID_SHAPE, dtype=np.uint8)
@@ -273,6 +288,10 @@ def make_case(name: str, scanner: Scanner, rng: np.random.Generator) -> DemoCase
     sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     full_t1ce[sl] = image
     full_seg[sl] = seg
+    full_others = {}
+    for seq, painted in others.items():
+        full_others[seq] = np.zeros(GRID_SHAPE, dtype=np.int16)
+        full_others[seq][sl] = painted
     # Quantise so that the three maps still add up to at most 1: CSF takes what GM and WM leave of the total.
     healthy = (seg == 0) & brain
     total = np.round(np.clip(csf + gm + wm, 0, 1) * healthy * _PVE_STEPS)
@@ -280,7 +299,7 @@ def make_case(name: str, scanner: Scanner, rng: np.random.Generator) -> DemoCase
     gm_q = np.minimum(np.round(gm * healthy * _PVE_STEPS), total - wm_q)
     for k, p in enumerate((total - gm_q - wm_q, gm_q, wm_q)):
         pve[(k, *sl)] = p / np.float32(_PVE_STEPS)
-    return DemoCase(name, full_t1ce, full_seg, pve)
+    return DemoCase(name, full_t1ce, full_seg, pve, full_others)
 
 
 def _tumor(
@@ -386,12 +405,15 @@ def write_case(folder: Path, case: DemoCase) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _save_nifti(folder / f"{case.name}_t1ce.nii.gz", case.t1ce)
     _save_nifti(folder / f"{case.name}_seg.nii.gz", case.seg)
+    for seq, volume in case.others.items():  # BraTS 2018 names: _t1, _t2, _flair
+        _save_nifti(folder / f"{case.name}_{seq}.nii.gz", volume)
     for k in range(3):
         _save_nifti(folder / f"{case.name}_t1ce_pve_{k}.nii.gz", case.pve[k])
 
 
-def save_montage(path: Path, cases: list[DemoCase], slices: int = 3) -> None:
-    """Save a PNG grid: per case, ``slices`` axial T1c slices through the tumour, each beside its colored seg.
+def save_montage(path: Path, cases: list[DemoCase], slices: int = 2) -> None:
+    """Save a PNG grid: per case, ``slices`` axial slices through the tumour, one row each: T1, T1c, T2, FLAIR
+    (those made), then the colored seg over the T1c. Each sequence is scaled by its own 99.5th percentile.
 
     Slices are shown in radiological view (patient left on the image right, anterior at the top).
     """
@@ -413,18 +435,20 @@ def save_montage(path: Path, cases: list[DemoCase], slices: int = 3) -> None:
         zs = np.flatnonzero((case.seg > 0).any((0, 1)))
         zs = zs if len(zs) else np.arange(40, 120)
         picks = np.linspace(zs[0], zs[-1], slices + 2)[1:-1].round().astype(int)
-        tiles = []
-        top = np.percentile(case.t1ce[case.t1ce > 0], 99.5)
+        names = [s for s in ("t1", "t1c", "t2", "flair") if s == "t1c" or s in case.others]
+        volumes = [case.t1ce if s == "t1c" else case.others[s] for s in names]
+        tops = [np.percentile(v[v > 0], 99.5) for v in volumes]
         for z in picks:
-            img = case.t1ce[:, :, z].T.astype(np.float32)
-            gray = np.clip(img / top, 0, 1)
-            rgb = np.repeat(gray[..., None], 3, -1)
+            grays = [
+                np.clip(v[:, :, z].T.astype(np.float32) / t, 0, 1) for v, t in zip(volumes, tops, strict=True)
+            ]
+            rgbs = [np.repeat(g[..., None], 3, -1)[r0:r1, c0:c1] for g in grays]
             labels = case.seg[:, :, z].T.copy()
             labels[labels == 4] = 3
-            color = colorize(labels).astype(np.float32) / 255
-            overlay = np.where(labels[..., None] > 0, 0.5 * rgb + 0.5 * color, rgb)
-            tiles.append(np.concatenate([rgb[r0:r1, c0:c1], overlay[r0:r1, c0:c1]], 1))
-        rows.append(np.concatenate(tiles, 1))
+            color = (colorize(labels).astype(np.float32) / 255)[r0:r1, c0:c1]
+            t1c = rgbs[names.index("t1c")]
+            overlay = np.where(labels[r0:r1, c0:c1, None] > 0, 0.5 * t1c + 0.5 * color, t1c)
+            rows.append(np.concatenate([*rgbs, overlay], 1))
     plt.imsave(path, np.concatenate(rows, 0))
 
 
@@ -446,7 +470,7 @@ def generate_cohort(
         output: root folder; cases go to ``output/HGG/<case>/``.
         cases: number of cases (>= 1).
         seed: everything random derives from it; the same seed gives byte-identical files.
-        montage: also write ``output/montage.png`` (axial T1c slices beside the colored labels).
+        montage: also write ``output/montage.png`` (axial T1, T1c, T2, FLAIR slices and the colored labels).
         progress: show a progress bar.
         overwrite: replace a cohort this command wrote earlier.
 
@@ -467,7 +491,8 @@ def generate_cohort(
             tqdm(names, desc="demo cohort", unit="case", disable=not progress)
         ):
             name = f"Brats18_{inst}_{ident}_1"
-            case = make_case(name, _scanner(seed, inst), np.random.default_rng([seed, 11, index]))
+            rngs = (np.random.default_rng([seed, 11, index]), np.random.default_rng([seed, 13, index]))
+            case = make_case(name, _scanner(seed, inst), *rngs)
             write_case(tmp / "HGG" / name, case)
             folders.append(output / "HGG" / name)
             if montage and len(shown) < 3:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 
 from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.sequences import DEFAULT_SEQUENCES, check_sequences, is_flat
 from synthseg.errors import InputError
 
-# The format tag of stats.json; the only place it is spelled out.
+# The format tags of stats.json; the only place they are spelled out. /1: T1c alone, flat ``images/<id>.png``;
+# /2: any other sequences, ``images/<seq>/<id>.png`` and per-sequence statistics.
 DATASET_FORMAT = "synthseg-dataset/1"
+DATASET_FORMAT_MULTI = "synthseg-dataset/2"
+_FORMAT_NAME = DATASET_FORMAT.rpartition("/")[0]
+_NEWEST_FORMAT = 2
 MANIFEST = "manifest.csv"
 STATS = "stats.json"
 PROVENANCE = "prepare.json"
@@ -42,6 +47,40 @@ REQUIRED_COLUMNS = (
 SPLITS = ("train", "val", "test")
 
 
+def image_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ...]:
+    """The manifest's image columns: ``image`` for T1c alone, else ``image_<seq>`` per sequence in order."""
+    sequences = tuple(sequences)
+    return ("image",) if is_flat(sequences) else tuple(f"image_{s}" for s in sequences)
+
+
+def manifest_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ...]:
+    """The manifest's columns for a dataset of ``sequences`` (:data:`REQUIRED_COLUMNS` for T1c alone)."""
+    at = REQUIRED_COLUMNS.index("image")
+    return (*REQUIRED_COLUMNS[:at], *image_columns(sequences), *REQUIRED_COLUMNS[at + 1 :])
+
+
+def image_relpath(sid: str, seq: str, sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
+    """The image path of slice ``sid``, sequence ``seq``, relative to the dataset root.
+
+    ``images/<sid>.png`` in a T1c-only dataset, ``images/<seq>/<sid>.png`` otherwise.
+    """
+    sequences = tuple(sequences)
+    if seq not in sequences:
+        raise ValueError(f"sequence {seq!r} is not one of the dataset's {list(sequences)}")
+    return f"images/{sid}.png" if is_flat(sequences) else f"images/{seq}/{sid}.png"
+
+
+def check_format(stats: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a stats.json written by a newer synthseg (one line naming the file)."""
+    tag = str(stats.get("format", ""))
+    name, _, version = tag.rpartition("/")
+    if name == _FORMAT_NAME and version.isdigit() and int(version) > _NEWEST_FORMAT:
+        raise InputError(
+            f"{path}: format {tag} is newer than this synthseg reads ({_FORMAT_NAME}/{_NEWEST_FORMAT} at most): "
+            "update synthseg"
+        )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A dataset folder's manifest as column arrays (one entry per slice, in manifest order)."""
@@ -54,12 +93,18 @@ class Manifest:
     source: np.ndarray  # (N,) str
     reduced: np.ndarray  # (N,) bool
     empty: np.ndarray  # (N,) bool
-    image: np.ndarray  # (N,) str, relative to root
+    images: np.ndarray  # (N, S) str, relative to root, one column per sequence ("" where a slice has none)
     label: np.ndarray  # (N,) str, relative to root
     counts: np.ndarray  # (N, 7) int64 pixel count per class
+    sequences: tuple[str, ...] = DEFAULT_SEQUENCES  # the dataset's sequences, in its order
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def image(self) -> np.ndarray:
+        """(N,) image paths of the first sequence: the ``image`` column of a T1c-only dataset."""
+        return self.images[:, 0]
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of one split, in manifest order."""
@@ -109,7 +154,8 @@ def read_manifest_rows(root: str | os.PathLike[str], columns: Iterable[str]) -> 
 
 
 def manifest_files(root: str | os.PathLike[str], column: str = "label", split: str = "train") -> list[Path]:
-    """The files (``column``: ``label`` or ``image``) of one split of a dataset folder, in manifest order."""
+    """The files (``column``: ``label``, ``image`` or ``image_<seq>``) of one split of a dataset folder, in
+    manifest order."""
     root = Path(root)
     rows = read_manifest_rows(root, ("split", column))
     files = [root / row[column] for row in rows if row["split"] == split]
@@ -122,7 +168,9 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
     """Read ``<root>/manifest.csv``; raise InputError naming the file for anything malformed."""
     root = Path(root)
     path = root / MANIFEST
-    rows = read_manifest_rows(root, REQUIRED_COLUMNS)
+    _check_format_if_present(root)
+    rows = read_manifest_rows(root, [c for c in REQUIRED_COLUMNS if c != "image"])
+    sequences = _manifest_sequences(path, list(rows[0]))
 
     def column(name: str) -> np.ndarray:
         return np.array([row[name] for row in rows])
@@ -144,36 +192,67 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
         source=column("source"),
         reduced=ints["reduced"].astype(bool),
         empty=ints["empty"].astype(bool),
-        image=column("image"),
+        images=np.stack([column(c) for c in image_columns(sequences)], axis=1),
         label=column("label"),
         counts=np.stack([ints[c] for c in COUNT_COLUMNS], axis=1),
+        sequences=sequences,
     )
+
+
+def _manifest_sequences(path: Path, columns: list[str]) -> tuple[str, ...]:
+    """The sequences a manifest's header names: ``image`` (T1c alone) or ``image_<seq>`` columns, in order."""
+    if "image" in columns:
+        return DEFAULT_SEQUENCES
+    named = [c.removeprefix("image_") for c in columns if c.startswith("image_")]
+    if not named:
+        raise InputError(f"{path}: missing columns ['image']")
+    return check_sequences(named, f"{path}: image columns")
+
+
+def _check_format_if_present(root: Path) -> None:
+    path = root / STATS
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # a missing or broken stats.json is reported by its own readers
+    if isinstance(stats, dict):
+        check_format(stats, path)
 
 
 @contextmanager
 def manifest_writer(
-    path: str | os.PathLike[str], *, lineterminator: str = "\r\n"
+    path: str | os.PathLike[str],
+    *,
+    lineterminator: str = "\r\n",
+    sequences: Iterable[str] = DEFAULT_SEQUENCES,
 ) -> Iterator[csv.DictWriter]:
-    """A CSV writer of manifest rows (dicts keyed by :data:`REQUIRED_COLUMNS`), header written.
+    """A CSV writer of manifest rows (dicts keyed by :func:`manifest_columns`), header written.
 
     Rows are written as they come, so memory does not grow with the number of slices.
     """
+    columns = list(manifest_columns(sequences))
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS), lineterminator=lineterminator)
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator=lineterminator)
         writer.writeheader()
         yield writer
 
 
-def manifest_header(lineterminator: str = "\r\n") -> str:
+def manifest_header(lineterminator: str = "\r\n", sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
     """The header line of a manifest, for writers that append rows to a part file first."""
-    return ",".join(REQUIRED_COLUMNS) + lineterminator
+    return ",".join(manifest_columns(sequences)) + lineterminator
 
 
 def write_manifest(
-    folder: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], *, lineterminator: str = "\r\n"
+    folder: str | os.PathLike[str],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    lineterminator: str = "\r\n",
+    sequences: Iterable[str] = DEFAULT_SEQUENCES,
 ) -> None:
     """Write ``<folder>/manifest.csv`` from manifest rows."""
-    with manifest_writer(Path(folder) / MANIFEST, lineterminator=lineterminator) as writer:
+    with manifest_writer(
+        Path(folder) / MANIFEST, lineterminator=lineterminator, sequences=sequences
+    ) as writer:
         writer.writerows(rows)
 
 
@@ -183,6 +262,9 @@ def dataset_stats(
     size: int,
     splits: Mapping[str, int],
     class_counts: Iterable[int],
+    sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    train_max: float | Sequence[float] | None = None,
+    train_mean: float | Sequence[float] | None = None,
     **details: Any,
 ) -> dict[str, Any]:
     """The content of ``stats.json``: format, source, size, slice counts, per-class statistics.
@@ -192,20 +274,37 @@ def dataset_stats(
         size: side length of the slices.
         splits: slices per split (``train``, ``val``, ``test``).
         class_counts: (7,) pixel count per class of the training slices.
-        details: image datasets add ``split_mode``, ``seed``, ``reduced_fraction``, ``train_max`` and
-            ``train_mean``; they come after the splits, in the order given.
+        sequences: the dataset's sequences. T1c alone: format /1, ``train_max``/``train_mean`` scalars (a
+            one-element list is unwrapped); otherwise format /2, a ``sequences`` list and
+            ``train_max``/``train_mean`` as lists in that order.
+        train_max, train_mean: image datasets' intensity statistics (none for mask-only datasets).
+        details: image datasets add ``split_mode``, ``seed`` and ``reduced_fraction``; they come after the
+            splits, in the order given, then ``sequences`` (format /2), ``train_max`` and ``train_mean``.
 
     ``class_weights`` is left out when no pixel was counted (a dataset of no slices).
     """
+    sequences = tuple(sequences)
+    flat = is_flat(sequences)
+    image_stats: dict[str, Any] = {} if flat else {"sequences": list(sequences)}
+    for name, value in (("train_max", train_max), ("train_mean", train_mean)):
+        if value is None:
+            continue
+        values = np.asarray(value).ravel().tolist()  # python numbers, as json writes them
+        if len(values) != len(sequences) and not (flat and len(values) == 1):
+            raise ValueError(
+                f"{name} has {len(values)} values for {len(sequences)} sequences {list(sequences)}"
+            )
+        image_stats[name] = values[0] if flat else values
     counts = [int(c) for c in class_counts]
     total = sum(counts)
     stats: dict[str, Any] = {
-        "format": DATASET_FORMAT,
+        "format": DATASET_FORMAT if flat else DATASET_FORMAT_MULTI,
         "source": source,
         "size": int(size),
         "num_slices": int(sum(splits.values())),
         "splits": {name: int(splits.get(name, 0)) for name in SPLITS},
         **details,
+        **image_stats,
         "class_counts": counts,
         "class_frequencies": [float(c) / max(total, 1) for c in counts],
     }
@@ -239,11 +338,16 @@ def read_provenance(root: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class MaskItem:
-    """One mask file of a folder: its id, label path and image path (None when the folder has no images)."""
+    """One mask file of a folder: its id, label path and image path (None when the folder has no images).
+
+    ``image`` is the first sequence's; ``images`` holds every sequence's (in ``sequences`` order) when all exist.
+    """
 
     id: str
     label: Path
     image: Path | None = None
+    images: tuple[Path, ...] = ()
+    sequences: tuple[str, ...] = DEFAULT_SEQUENCES
 
 
 def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[MaskItem]:
@@ -263,42 +367,66 @@ def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[M
     if is_dataset_folder(folder):
         manifest = read_manifest(folder)
         for i in range(len(manifest)):
-            image = folder / manifest.image[i] if manifest.image[i] else None
+            paths = [folder / p if p else None for p in manifest.images[i]]
+            found = tuple(p for p in paths if p is not None and p.is_file())
             items.append(
                 MaskItem(
                     str(manifest.ids[i]),
                     folder / manifest.label[i],
-                    image if image and image.is_file() else None,
+                    paths[0] if paths[0] is not None and paths[0].is_file() else None,
+                    found if len(found) == len(paths) else (),
+                    manifest.sequences,
                 )
             )
     else:
         labels = folder / "labels" if (folder / "labels").is_dir() else folder
         for path in sorted(labels.glob("*.png")):
             image = folder / "images" / path.name if labels != folder else None
-            items.append(MaskItem(path.stem, path, image if image is not None and image.is_file() else None))
+            found = image if image is not None and image.is_file() else None
+            items.append(MaskItem(path.stem, path, found, (found,) if found else ()))
     if not items:
         raise InputError(f"{named}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)")
     return items
 
 
 def read_stats(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``<root>/stats.json``."""
+    """Read ``<root>/stats.json``; a format newer than this code reads is one line naming the file."""
     path = Path(root) / STATS
     if not path.is_file():
         raise InputError(f"{path}: dataset statistics not found")
     try:
-        return json.loads(path.read_text())
+        stats = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(stats, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    check_format(stats, path)
+    return stats
 
 
-def synthetic_row(sid: str, counts: np.ndarray, *, has_image: bool) -> dict[str, Any]:
+def dataset_sequences(root: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The sequences of a dataset folder from its stats.json (no ``sequences`` key: T1c alone, format /1)."""
+    stats = read_stats(root)
+    named = stats.get("sequences", list(DEFAULT_SEQUENCES))
+    return check_sequences(named, f"{Path(root) / STATS}: sequences")
+
+
+def synthetic_row(
+    sid: str, counts: np.ndarray, *, has_image: bool, sequences: Iterable[str] = DEFAULT_SEQUENCES
+) -> dict[str, Any]:
     """The manifest row of one synthetic slice (``split=train``, ``source=synthetic``, no case or slice index).
 
     Args:
-        sid: slice id (file stem of ``labels/<sid>.png`` and, with ``has_image``, ``images/<sid>.png``).
+        sid: slice id (file stem of ``labels/<sid>.png`` and, with ``has_image``, of each sequence's image at
+            :func:`image_relpath`).
         counts: (7,) pixel count per class of its label map.
+        sequences: the dataset's sequences (its image columns).
     """
+    sequences = tuple(sequences)
+    images = {
+        col: image_relpath(sid, seq, sequences) if has_image else ""
+        for col, seq in zip(image_columns(sequences), sequences, strict=True)
+    }
     return {
         "id": sid,
         "case": "synthetic",
@@ -307,7 +435,7 @@ def synthetic_row(sid: str, counts: np.ndarray, *, has_image: bool) -> dict[str,
         "source": "synthetic",
         "reduced": 0,
         "empty": int(counts[1:].sum() == 0),
-        "image": f"images/{sid}.png" if has_image else "",
+        **images,
         "label": f"labels/{sid}.png",
         **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
     }

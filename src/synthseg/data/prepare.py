@@ -1,9 +1,9 @@
 """``synthseg prepare``: a BraTS-layout root -> the prepared 7-class slice dataset (docs/dataset_layout.md).
 
-Per case: read the T1c and the tumor annotation, map the tumor labels to 1-3, take tissue (WM 4, GM 5, CSF 6)
-from FAST outputs or the built-in segmentation, put tumor over tissue over background, round the
-intensities to 16-bit integers, and write every axial slice, zero-padded and centred, as a 16-bit image PNG
-and an 8-bit label PNG. Then split (``paper``: shuffled slices 80/10/10; ``subject``: cases 80/10/10), mark
+Per case: read the T1c, the other requested sequences and the tumor annotation, map the tumor labels to 1-3,
+take tissue (WM 4, GM 5, CSF 6) from FAST outputs or the built-in segmentation, put tumor over tissue over
+background, round the intensities to 16-bit integers, and write every axial slice, zero-padded and centred,
+as one 16-bit image PNG per requested sequence and an 8-bit label PNG. Then split (``paper``: shuffled slices 80/10/10; ``subject``: cases 80/10/10), mark
 the reduced set and write ``manifest.csv``, ``stats.json`` and ``prepare.json``.
 
 The dataset is written into a temporary sibling of the output and renamed into place when complete.
@@ -31,6 +31,8 @@ from synthseg.data.manifest import (
     REQUIRED_COLUMNS,
     SPLITS,
     dataset_stats,
+    image_relpath,
+    manifest_columns,
     write_manifest,
     write_provenance,
     write_stats,
@@ -64,7 +66,7 @@ __all__ = [
     "to_uint16",
 ]
 
-MANIFEST_COLUMNS = REQUIRED_COLUMNS  # the dataset contract (docs/dataset_layout.md), in its column order
+MANIFEST_COLUMNS = REQUIRED_COLUMNS  # the T1c-only dataset's columns (docs/dataset_layout.md), in order
 # Bytes per output pixel (image + label PNG) for the size estimate made before writing: the demo cohort
 # measures 0.25, 16-bit noise over a whole 240x240 slice 1.6; real T1c slices lie between.
 _BYTES_PER_PIXEL_ESTIMATE = 1.0
@@ -86,8 +88,12 @@ def build_manifest(
         [np.asarray(r.slices or range(d), dtype=np.int64) for r, d in zip(results, depths, strict=True)]
     )
     counts = np.concatenate([np.asarray(r.counts, dtype=np.int64).reshape(-1, NUM_CLASSES) for r in results])
-    maxima = np.concatenate([np.asarray(r.slice_max, dtype=np.int64) for r in results])
-    sums = [s for r in results for s in r.slice_sum]
+    sequences = settings.sequences
+    maxima = np.concatenate(
+        [np.asarray(r.slice_max, dtype=np.int64).reshape(-1, len(sequences)) for r in results]
+    )
+    sums = [s for r in results for s in r.slice_sum]  # Z x S exact integers (python ints: no overflow)
+    columns = manifest_columns(sequences)
 
     rows = []
     for row, number in enumerate(order):
@@ -102,18 +108,22 @@ def build_manifest(
             "real",
             int(reduced[row]),
             int(row_counts[1:].sum() == 0),
-            f"images/{stem}.png",
+            *(image_relpath(stem, seq, sequences) for seq in sequences),
             f"labels/{stem}.png",
             *(int(c) for c in row_counts),
         ]
-        rows.append(dict(zip(MANIFEST_COLUMNS, values, strict=True)))
+        rows.append(dict(zip(columns, values, strict=True)))
 
     train = order[split == 0]
-    train_max = int(maxima[train].max())
-    if train_max == 0:
-        raise InputError("the training split has no image intensity above 0")
+    train_max = [int(m) for m in maxima[train].max(axis=0)]
+    for seq, m in zip(sequences, train_max, strict=True):
+        if m == 0:
+            named = "" if sequences == ("t1c",) else f" in {seq}"
+            raise InputError(f"the training split has no image intensity above 0{named}")
     pixels = len(train) * settings.size * settings.size
-    train_mean = sum(sums[i] for i in train.tolist()) / pixels / train_max
+    train_mean = [
+        sum(sums[i][s] for i in train.tolist()) / pixels / train_max[s] for s in range(len(sequences))
+    ]
     stats = dataset_stats(
         source="real",
         size=settings.size,
@@ -122,8 +132,9 @@ def build_manifest(
         split_mode=settings.split,
         seed=int(settings.seed),
         reduced_fraction=float(settings.reduced_fraction),
+        sequences=sequences,
         train_max=train_max,
-        train_mean=float(train_mean),
+        train_mean=[float(m) for m in train_mean],
     )
     return rows, stats
 
@@ -195,7 +206,9 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
     check_sample(usable, convention)  # a swapped label map stops here, under any on_error
     check_seconds = time.perf_counter() - start
 
-    estimate = int(depth_total * settings.size * settings.size * _BYTES_PER_PIXEL_ESTIMATE)
+    # the estimate covers one image and its label per pixel; each further sequence adds an image
+    per_pixel = _BYTES_PER_PIXEL_ESTIMATE * (1 + len(settings.sequences)) / 2
+    estimate = int(depth_total * settings.size * settings.size * per_pixel)
     try:
         check_free_space(output.parent, estimate, "the prepared dataset")
     except OSError as err:
@@ -204,7 +217,8 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
     with claim_output(
         output, command="prepare", inputs=[source], overwrite=settings.overwrite, later=DATASET_LATER
     ) as tmp:
-        (tmp / "images").mkdir()
+        for seq in settings.sequences:
+            (tmp / image_relpath("x", seq, settings.sequences)).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "labels").mkdir()
         results = []
         for result in run_cases(usable, convention, settings, tmp):
@@ -216,7 +230,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
         if not results:
             raise InputError(f"{source}: no usable case ({len(skipped)} skipped)")
         rows, stats = build_manifest(results, settings)
-        write_manifest(tmp, rows, lineterminator="\n")
+        write_manifest(tmp, rows, lineterminator="\n", sequences=settings.sequences)
         write_stats(tmp, stats)
 
         split_of_case: dict[str, set[str]] = {}
@@ -267,6 +281,8 @@ def summarize(record: dict[str, Any]) -> str:
         f"(train {splits['train']}, val {splits['val']}, test {splits['test']}; reduced {record['reduced_slices']}) "
         f"into {record['config']['output']} in {record['timings']['total_s']:.1f} s",
     ]
+    if stats.get("sequences"):
+        lines.append(f"  sequences: {', '.join(stats['sequences'])} (images/<sequence>/<id>.png)")
     for case in record["cases"]:
         if case["negatives_clipped"]:
             lines.append(f"  {case['case']}: {case['negatives_clipped']} negative voxels clipped to 0")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from synthseg.data.brats import BratsConvention
 from synthseg.data.releases import CAVITY_MODES, CONVENTIONS, resolve_convention
+from synthseg.data.sequences import DEFAULT_SEQUENCES, check_sequences
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 
@@ -21,6 +22,8 @@ class PrepareSettings(Settings):
         convention: ``auto`` (recognise the release) or a preset (docs/prepare.md); ``groups``,
             ``image_suffix``, ``seg_suffix``, ``enhancing`` and ``labels`` (``{value: class name}``) override
             it when not None.
+        sequences: the MR sequences to write (canonical names ``t1``, ``t1c``, ``t2``, ``flair``, in the
+            dataset's order); ``[t1c]`` keeps the flat single-sequence layout (docs/dataset_layout.md).
         cavity: BraTS 2024's resection cavity becomes ``csf``, ``background``, its slices are dropped
             (``drop_slice``) or its cases refused (``refuse``).
         size: slices are zero-padded, centred, to ``size`` x ``size``.
@@ -44,6 +47,7 @@ class PrepareSettings(Settings):
     seg_suffix: str | None = None
     enhancing: int | None = None
     labels: dict[int, str] | None = None
+    sequences: tuple[str, ...] = DEFAULT_SEQUENCES
     cavity: str = "csf"
     size: int = 256
     split: str = "paper"
@@ -64,6 +68,7 @@ class PrepareSettings(Settings):
         elif self.groups is not None:
             object.__setattr__(self, "groups", tuple(self.groups))
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        object.__setattr__(self, "sequences", check_sequences(self.sequences, "sequences"))
         if self.split not in ("paper", "subject"):
             raise InputError(f"split must be 'paper' or 'subject', got {self.split!r}")
         if self.on_error not in ("stop", "skip"):

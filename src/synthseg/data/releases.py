@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthseg.data.sequences import SEQUENCES as SEQUENCES  # canonical names, re-exported
 from synthseg.errors import InputError
 
-SEQUENCES = ("t1", "t1c", "t2", "flair")  # canonical sequence names
 # 7-class index of each tumor class name. The resection cavity (BraTS 2024) is no tumor class: the cavity
 # setting decides what it becomes.
 TUMOR_CLASS = {"background": 0, "ncr": 1, "edema": 2, "enhancing": 3}

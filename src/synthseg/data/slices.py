@@ -1,9 +1,10 @@
 """One BraTS case -> its axial slices as PNGs (the slice conversion of ``synthseg prepare``).
 
 Per case: read the T1c and the tumor annotation, map the tumor labels to 1-3, take tissue (WM 4, GM 5, CSF 6)
-from FAST outputs or the built-in segmentation, put tumor over tissue over background, round the intensities to
-16-bit integers, and write every axial slice, zero-padded and centred, as a 16-bit image PNG and an 8-bit label
-PNG. Runs in the worker processes: imports numpy and nibabel, never torch.
+from FAST outputs or the built-in segmentation (on the T1c), put tumor over tissue over background, round the
+intensities of every requested sequence to 16-bit integers, and write every axial slice, zero-padded and
+centred, as one 16-bit image PNG per sequence and an 8-bit label PNG. Runs in the worker processes: imports
+numpy and nibabel, never torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from synthseg.data.brats import (
     read_tumor,
 )
 from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.manifest import image_relpath
 from synthseg.data.nifti import rescale_if_scaled
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.data.prepare_settings import PrepareSettings
@@ -42,9 +44,9 @@ class CaseResult:
     Attributes:
         case, group: the case.
         tissue: where tissue came from (``pve``, ``pveseg``, ``fastseg``, ``builtin``).
-        negatives_clipped: voxels whose rounded intensity was negative, set to 0.
-        slice_max: per slice, maximum pixel value; length Z.
-        slice_sum: per slice, sum of pixel values; length Z.
+        negatives_clipped: voxels whose rounded intensity was negative, set to 0 (all sequences).
+        slice_max: per slice and sequence, maximum pixel value; Z x S.
+        slice_sum: per slice and sequence, sum of pixel values; Z x S.
         counts: per slice, pixel count of each class; Z x 7.
         seconds: wall time of reading, tissue and writing.
         error: the one-line error when the case failed (then nothing else is set).
@@ -56,8 +58,8 @@ class CaseResult:
     group: str = ""
     tissue: str = ""
     negatives_clipped: int = 0
-    slice_max: list[int] = field(default_factory=list)
-    slice_sum: list[int] = field(default_factory=list)
+    slice_max: list[list[int]] = field(default_factory=list)
+    slice_sum: list[list[int]] = field(default_factory=list)
     counts: list[list[int]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -132,7 +134,7 @@ def check_inputs(
             folder when ``tissue=fast`` and it has no FAST output.
     """
     use_fast = settings.tissue != "builtin"
-    check_case(case, convention, use_fast=use_fast)
+    check_case(case, convention, use_fast=use_fast, sequences=settings.sequences)
     kind, files = case.tissue if use_fast else ("builtin", ())
     if settings.tissue == "fast" and kind == "builtin":
         raise InputError(
@@ -153,12 +155,14 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
     t0 = time.perf_counter()
     kind, files = check_inputs(case, convention, settings)
     assert case.t1c is not None and case.seg is not None
-    raw, affine = read_sequence(case, "t1c", convention)
-    raw, scaling = rescale_if_scaled(raw)
-    image, negatives = to_uint16(raw, case.t1c)
-    del raw
-    if not image.any():
-        raise InputError(f"{case.t1c}: no positive intensities (all values round to 0 or below)")
+    sequences = settings.sequences
+    # The T1c is always read: the grid reference and the built-in tissue segmentation's input.
+    image, negatives, scaling, affine = _read_uint16(case, "t1c", convention)
+    volumes: dict[str, np.ndarray] = {"t1c": image}
+    clipped, scalings = {"t1c": negatives}, {"t1c": scaling}
+    for seq in sequences:
+        if seq != "t1c":  # headers already checked to share the T1c's grid
+            volumes[seq], clipped[seq], scalings[seq], _ = _read_uint16(case, seq, convention)
     tumor = read_tumor(case, convention, image.shape, affine, settings.cavity)
     t1 = time.perf_counter()
     tissue = (
@@ -170,7 +174,9 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
         raise InputError(f"{case.name}: tissue map shape {tissue.shape} does not match the T1c {image.shape}")
     label = apply_cavity(combine_labels(tumor.tumor, tissue), tumor.cavity, settings.cavity)
     keep = kept_slices(tumor.cavity, settings.cavity, image.shape[2])
-    images = pad_center(image, settings.size, case.t1c)[keep]
+    # (Z, S, size, size): only the requested sequences, in their order
+    images = np.stack([pad_center(volumes[seq], settings.size, case.file(seq))[keep] for seq in sequences], 1)
+    del volumes, image
     labels = pad_center(label, settings.size, case.seg)[keep]
     t2 = time.perf_counter()
 
@@ -178,30 +184,53 @@ def process_case(case: Case, convention: BratsConvention, settings: PrepareSetti
     try:
         for k, index in enumerate(keep):
             stem = slice_id(case.name, index)
-            for path, writer, array in (
-                (out / "images" / f"{stem}.png", write_image16, images[k]),
-                (out / "labels" / f"{stem}.png", write_label8, labels[k]),
-            ):
+            for s, seq in enumerate(sequences):
+                path = out / image_relpath(stem, seq, sequences)
                 written.append(path)
-                writer(path, array)
+                write_image16(path, images[k, s])
+            path = out / "labels" / f"{stem}.png"
+            written.append(path)
+            write_label8(path, labels[k])
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         raise
     counts = np.stack([(labels == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
     t3 = time.perf_counter()
+    notes: dict[str, Any] = {
+        **tumor.notes,
+        "intensity_scaling": scalings["t1c"] if "t1c" in sequences else None,
+    }
+    if tuple(sequences) != ("t1c",):
+        notes["intensity_scaling_by_sequence"] = {seq: scalings[seq] for seq in sequences}
+        notes["negatives_by_sequence"] = {seq: clipped[seq] for seq in sequences}
     return CaseResult(
         case=case.name,
         group=case.group,
         tissue=kind,
-        negatives_clipped=negatives,
-        slice_max=[int(v) for v in images.max(axis=(1, 2))],
-        slice_sum=[int(v) for v in images.sum(axis=(1, 2), dtype=np.int64)],
+        negatives_clipped=sum(clipped[seq] for seq in sequences),
+        slice_max=images.max(axis=(2, 3)).astype(int).tolist(),
+        slice_sum=images.sum(axis=(2, 3), dtype=np.int64).astype(int).tolist(),
         counts=counts.astype(int).tolist(),
         seconds={"read": t1 - t0, "tissue": t2 - t1, "write": t3 - t2},
         slices=keep,
-        notes={**tumor.notes, "intensity_scaling": scaling},
+        notes=notes,
     )
+
+
+def _read_uint16(
+    case: Case, seq: str, convention: BratsConvention
+) -> tuple[np.ndarray, int, Any, np.ndarray]:
+    """One sequence as uint16 (the one intensity rule), its clipped-negative count, scaling note and affine."""
+    path = case.file(seq)
+    assert path is not None
+    raw, affine = read_sequence(case, seq, convention)
+    raw, scaling = rescale_if_scaled(raw)
+    image, negatives = to_uint16(raw, path)
+    del raw
+    if not image.any():
+        raise InputError(f"{path}: no positive intensities (all values round to 0 or below)")
+    return image, negatives, scaling, affine
 
 
 def slice_id(case: str, index: int) -> str:

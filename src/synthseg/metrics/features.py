@@ -129,6 +129,11 @@ def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str, i
         norm = run.config.get("data", {}).get("image_norm", "paper")
         if norm != "paper":
             raise InputError(f"{results_path}: image_norm={norm!r}; the quality extractor supports 'paper'")
+        if isinstance(stats.get("train_max"), list):  # a multi-sequence run: quality reads one sequence
+            raise InputError(
+                f"{results_path}: a U-Net of sequences {run.sequences}; the quality extractor reads one "
+                "sequence, pass a T1c-only full_real run"
+            )
         net = load_unet(run)
         resolution = run.config.get("data", {}).get("resolution")
         return (

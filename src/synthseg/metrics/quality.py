@@ -50,7 +50,8 @@ class DatasetSlices:
             raise InputError(
                 f"{self.root}: its manifest lists label maps without images; quality needs pairs"
             )
-        self.images, self.labels = open_cache(self.root, manifest)
+        images, self.labels = open_cache(self.root, manifest)
+        self.images = images[:, 0]  # (N, H, W): the first sequence (quality measures one)
         self.rows = rows
         self.ids = manifest.ids
         self.size = int(self.labels.shape[-1])

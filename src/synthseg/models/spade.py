@@ -6,8 +6,10 @@ discriminator together in one batch. The learning rate of both optimisers stays 
 and then falls linearly to zero over ``niter_decay`` epochs, as the official code does; it is a pure function
 of the epoch, so a resumed run gets exactly the rate of an uninterrupted one.
 
-Images arrive normalised to [-1, 1] with the training maximum (``data.image_norm: tanh``); the maximum is
-kept in the checkpoint so generation maps outputs back to the same 16-bit range.
+Images arrive normalised to [-1, 1] with the training maximum of each sequence (``data.image_norm: tanh``);
+one generator paints every sequence of ``data.sequences`` (one output channel each) from one label map, so
+they stay co-registered. The maxima and the sequence names are kept in the checkpoint so generation maps
+every output channel back to its own 16-bit range.
 """
 
 from __future__ import annotations
@@ -178,10 +180,22 @@ class SPADEModule(pl.LightningModule):
         self.objective = SPADEObjective(lambda_feat=lambda_feat, lambda_kld=lambda_kld)
         self.label_nc = generator.label_nc
         self.image_size = generator.image_size
-        # The training maximum of the 16-bit images, recorded for generation (set from the DataModule).
-        self.register_buffer("train_max", torch.tensor(0.0, dtype=torch.float64))
+        # The training maximum of each sequence's 16-bit images, recorded for generation (set from the
+        # DataModule). Shape () with one sequence, so checkpoints written before 0.2.0 resume unchanged.
+        outputs = generator.output_nc
+        shape = () if outputs == 1 else (outputs,)
+        self.register_buffer("train_max", torch.zeros(shape, dtype=torch.float64))
+        # Sequence names, in output-channel order (from the DataModule; the paper's T1c without one).
+        self.sequences: tuple[str, ...] = ("t1c",) if outputs == 1 else ()
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        # Per sequence as well when there are several (the overall values average over the channels).
+        self.val_ssim_seq = torch.nn.ModuleList(
+            [StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(outputs if outputs > 1 else 0)]
+        )
+        self.val_psnr_seq = torch.nn.ModuleList(
+            [PeakSignalNoiseRatio(data_range=1.0) for _ in range(outputs if outputs > 1 else 0)]
+        )
         self._val_grid: list[list[np.ndarray]] = []
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -198,7 +212,16 @@ class SPADEModule(pl.LightningModule):
             raise InputError(
                 f"data.classes={data.classes}, but the SPADE generator has label_nc={self.label_nc}"
             )
-        self.train_max.fill_(float(data.train_max))
+        maxima = np.atleast_1d(np.asarray(data.train_max, dtype=np.float64))
+        sequences = tuple(getattr(data, "sequences", None) or ("t1c",) * maxima.size)
+        outputs = self.generator.output_nc
+        if maxima.size != outputs or len(sequences) != outputs:
+            raise InputError(
+                f"data.sequences={list(sequences)} gives {len(sequences)} image channels, but the SPADE "
+                f"generator has output_nc={outputs}: set model.generator.output_nc=null"
+            )
+        self.train_max.copy_(torch.from_numpy(maxima).reshape(self.train_max.shape))
+        self.sequences = sequences
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [ImageLogger()]
@@ -312,35 +335,58 @@ class SPADEModule(pl.LightningModule):
         fake01, real01 = (fake.float() + 1) / 2, (real.float() + 1) / 2
         self.val_ssim.update(fake01, real01)
         self.val_psnr.update(fake01, real01)
+        for c, (ssim, psnr) in enumerate(zip(self.val_ssim_seq, self.val_psnr_seq, strict=True)):
+            ssim.update(fake01[:, c : c + 1], real01[:, c : c + 1])
+            psnr.update(fake01[:, c : c + 1], real01[:, c : c + 1])
         needed = self.hparams.num_val_images - len(self._val_grid)
         if needed > 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             indices = label.argmax(dim=1).cpu().numpy()
+            channels = range(fake.shape[1])
             for i in range(min(needed, label.shape[0])):
-                self._val_grid.append(
-                    [colorize(indices[i], self.label_nc), to_display(fake[i]), to_display(real[i])]
-                )
+                # label | generated of every sequence | real of every sequence
+                row = [colorize(indices[i], self.label_nc)]
+                row += [to_display(fake[i, c : c + 1]) for c in channels]
+                row += [to_display(real[i, c : c + 1]) for c in channels]
+                self._val_grid.append(row)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/ssim", self.val_ssim.compute(), sync_dist=False)
         self.log("val/psnr", self.val_psnr.compute(), sync_dist=False)
         self.val_ssim.reset()
         self.val_psnr.reset()
+        names = self._sequence_names() if len(self.val_ssim_seq) else ()  # one sequence: the overall values
+        for name, ssim, psnr in zip(names, self.val_ssim_seq, self.val_psnr_seq, strict=True):
+            self.log(f"val/ssim_{name}", ssim.compute(), sync_dist=False)
+            self.log(f"val/psnr_{name}", psnr.compute(), sync_dist=False)
+            ssim.reset()
+            psnr.reset()
         self._val_grid = []  # written (or not) by ImageLogger, which runs before this hook
 
+    def _sequence_names(self) -> tuple[str, ...]:
+        outputs = self.generator.output_nc
+        return self.sequences if len(self.sequences) == outputs else tuple(f"c{c}" for c in range(outputs))
+
     def log_images(self) -> dict[str, np.ndarray]:
-        """Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale."""
+        """Rows: label map | generated | real (the paper's Fig. 7), on one fixed intensity scale; with several
+        sequences: label map | generated, each sequence | real, each sequence."""
         return {"val/label_generated_real": grid(self._val_grid)} if self._val_grid else {}
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        maxima = [float(v) for v in self.train_max.reshape(-1)]
+        meta = {"train_max": maxima, "sequences": list(self.sequences)}
         checkpoint[CHECKPOINT_KEY] = {
-            "generator": network_entry(self.generator),
-            "train_max": float(self.train_max),
+            "generator": network_entry(self.generator, meta=meta),
+            # A number with one sequence, as synthseg 0.1 wrote and reads it.
+            "train_max": maxima[0] if len(maxima) == 1 else maxima,
+            "sequences": list(self.sequences),
             "rng": _rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(CHECKPOINT_KEY, {})
+        if state.get("sequences"):
+            self.sequences = tuple(state["sequences"])
         if "rng" in state:
             _set_rng_state(state["rng"])
 

@@ -13,6 +13,7 @@ from torchmetrics.segmentation import DiceScore
 
 from synthseg.data.datamodule import DataSummary
 from synthseg.data.labels import class_names, colorize
+from synthseg.errors import InputError
 from synthseg.losses.dice import weighted_dice_loss
 from synthseg.metrics.dice_error import EvalDiceError
 from synthseg.metrics.hausdorff import HD95Accumulator, hd95_per_case
@@ -95,6 +96,13 @@ class UNetModule(pl.LightningModule):
         self.data = data
         if data.classes != self.num_classes:
             raise ValueError(f"data.classes={data.classes} but the U-Net has {self.num_classes} outputs")
+        sequences = tuple(getattr(data, "sequences", None) or ("t1c",))
+        in_channels = int(self.net.init_args.get("in_channels", 1))
+        if len(sequences) != in_channels:
+            raise InputError(
+                f"data.sequences={list(sequences)} gives {len(sequences)} input channels, but the U-Net has "
+                f"in_channels={in_channels}: set model.net.in_channels=null"
+            )
         self.class_weights.copy_(torch.tensor(data.class_weights))
         self.real_class_weights.copy_(torch.tensor(data.real_class_weights))
 
@@ -134,9 +142,10 @@ class UNetModule(pl.LightningModule):
         )
         if batch_idx == 0 and not self.trainer.sanity_checking:
             pred = probs.argmax(1)
+            images = batch["image"].float().cpu().numpy()
             self._val_rows = [
                 [
-                    to_gray_rgb(batch["image"][i, 0].float().cpu().numpy()),
+                    *(to_gray_rgb(channel) for channel in images[i]),  # every input sequence
                     colorize(batch["label"][i].cpu().numpy(), self.num_classes),
                     colorize(pred[i].cpu().numpy(), self.num_classes),
                 ]
@@ -144,7 +153,7 @@ class UNetModule(pl.LightningModule):
             ]
 
     def log_images(self) -> dict[str, np.ndarray]:
-        """Rows of the first validation batch: image | truth | prediction (written by ImageLogger)."""
+        """Rows of the first validation batch: image (each sequence) | truth | prediction (written by ImageLogger)."""
         rows, self._val_rows = self._val_rows, []
         return {"val/image_truth_prediction": grid(rows)} if rows else {}
 

@@ -2,7 +2,8 @@
 SPADE on real test masks (7) and the segmentations of every Table 1 configuration (8-10).
 
 Each figure is written only when its input is there; tiles keep the slices' pixel size (no resampling), so
-what the figure shows is what the networks saw.
+what the figure shows is what the networks saw. Datasets of several MR sequences show every sequence: pairs
+stack them above the label map, Fig. 7 puts one column per sequence side by side.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from synthseg.checkpoint import CheckpointError, load_network
 from synthseg.data.dataset import SliceDataset
 from synthseg.data.labels import colorize
-from synthseg.data.manifest import Manifest, list_masks, read_manifest
+from synthseg.data.manifest import Manifest, dataset_sequences, image_relpath, list_masks, read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.report.runs import Run, mix_order
@@ -44,9 +45,9 @@ def _rows(tiles: list[np.ndarray], columns: int) -> list[list[np.ndarray]]:
     return [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
 
 
-def _pair_tile(image: np.ndarray, label: np.ndarray, classes: int = 7) -> np.ndarray:
-    """MR image above its colour-coded label map (the paper's 'rectangle')."""
-    return np.concatenate([to_gray_rgb(image), colorize(label, classes)], axis=0)
+def _pair_tile(images: np.ndarray, label: np.ndarray, classes: int = 7) -> np.ndarray:
+    """MR images (S, H, W), one above the other, above their colour-coded label map (the paper's 'rectangle')."""
+    return np.concatenate([*(to_gray_rgb(image) for image in images), colorize(label, classes)], axis=0)
 
 
 def _pick(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -55,13 +56,18 @@ def _pick(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, size=count, replace=False))
 
 
-def _read_pair(manifest: Manifest, row: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(
+    manifest: Manifest, row: int, sequences: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images (S, H, W) of ``sequences`` (None: all of the dataset's), label (H, W)) of one slice."""
     root = manifest.root
-    return read_png(root / manifest.image[row]), read_png(root / manifest.label[row])
+    columns = [manifest.sequences.index(seq) for seq in (sequences or manifest.sequences)]
+    images = np.stack([read_png(root / manifest.images[row, c]) for c in columns])
+    return images, read_png(root / manifest.label[row])
 
 
 def real_pairs_figure(root: Path, count: int, seed: int, columns: int = 8) -> np.ndarray:
-    """Fig. 1: ``count`` random non-empty training slices of a prepared dataset, T1c over labels."""
+    """Fig. 1: ``count`` random non-empty training slices of a prepared dataset, its sequences over labels."""
     manifest = read_manifest(root)
     rows = np.flatnonzero((manifest.split == "train") & ~manifest.empty)
     if len(rows) == 0:
@@ -71,7 +77,7 @@ def real_pairs_figure(root: Path, count: int, seed: int, columns: int = 8) -> np
 
 
 def synthetic_pairs_figure(root: Path, count: int, seed: int, columns: int = 8) -> np.ndarray:
-    """Figs. 5-6: ``count`` random synthetic pairs (SPADE image over the PGAN mask)."""
+    """Figs. 5-6: ``count`` random synthetic pairs (SPADE images, each sequence, over the PGAN mask)."""
     manifest = read_manifest(root)
     rows = np.flatnonzero(~manifest.empty) if (~manifest.empty).any() else np.arange(len(manifest))
     tiles = [_pair_tile(*_read_pair(manifest, int(r))) for r in _pick(rows, count, seed)]
@@ -92,23 +98,35 @@ def masks_figure(folder: Path, count: int, seed: int, columns: int = 8) -> np.nd
 
 
 def spade_test_figure(folders: list[Path], real_root: Path, count: int, columns: int = 6) -> np.ndarray:
-    """Fig. 7: images SPADE made from real test masks (one row per SPADE instance), the true image below.
+    """Fig. 7: images SPADE made from real test masks (one row per SPADE instance), the true image below;
+    with several sequences, one such column per sequence side by side.
 
-    Each folder holds ``images/<id>.png`` named by the real slice id whose mask was the input.
+    Each folder holds its images named by the real slice id whose mask was the input (``images/<id>.png``, or
+    ``images/<seq>/<id>.png`` for several sequences); the sequences are the first folder's.
     """
     manifest = read_manifest(real_root)
     row_of = {str(i): r for r, i in enumerate(manifest.ids)}
-    names = sorted(p.stem for p in (folders[0] / "images").glob("*.png"))
-    names = [n for n in names if n in row_of and all((f / "images" / f"{n}.png").is_file() for f in folders)]
+    sequences = dataset_sequences(folders[0]) if (folders[0] / "stats.json").is_file() else ("t1c",)
+    missing = [seq for seq in sequences if seq not in manifest.sequences]
+    if missing:
+        raise InputError(f"{real_root}: holds no {missing} to show beside the images of {folders[0]}")
+    first = folders[0] / image_relpath("x", sequences[0], sequences)
+    names = sorted(p.stem for p in first.parent.glob("*.png"))
+    files = {n: [[f / image_relpath(n, seq, sequences) for seq in sequences] for f in folders] for n in names}
+    names = [n for n in names if n in row_of and all(p.is_file() for per in files[n] for p in per)]
     if not names:
-        raise InputError(f"{folders[0]}: no images/<id>.png matching a slice of {real_root}")
+        raise InputError(f"{folders[0]}: no generated images matching a slice of {real_root}")
     tiles = []
     for name in names[:count]:
-        generated = [to_gray_rgb(read_png(f / "images" / f"{name}.png")) for f in folders]
-        real = to_gray_rgb(read_png(real_root / manifest.image[row_of[name]]))
-        size = real.shape[:2]
-        generated = [g if g.shape[:2] == size else _resize_nearest(g, size) for g in generated]
-        tiles.append(np.concatenate([*generated, real], axis=0))
+        real_images, _ = _read_pair(manifest, row_of[name], sequences)
+        columns_of_tile = []
+        for c in range(len(sequences)):
+            real = to_gray_rgb(real_images[c])
+            size = real.shape[:2]
+            generated = [to_gray_rgb(read_png(per[c])) for per in files[name]]
+            generated = [g if g.shape[:2] == size else _resize_nearest(g, size) for g in generated]
+            columns_of_tile.append(np.concatenate([*generated, real], axis=0))
+        tiles.append(np.concatenate(columns_of_tile, axis=1))
     return grid(_rows(tiles, columns))
 
 
@@ -144,22 +162,24 @@ def segment(run: Run, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
 
     Args:
         run: the run.
-        images: (N, H, W) uint16 raw slices.
+        images: (N, S, H, W) uint16 raw slices of the run's sequences, in its order ((N, H, W): one).
         labels: (N, H, W) uint8 7-class label maps.
 
     Returns:
-        (images (N, h, w) float32 as the network saw them, truth (N, h, w), prediction (N, h, w)),
-        labels in the run's class count.
+        (images (N, h, w) float32 of the first sequence as the network saw it, truth (N, h, w), prediction
+        (N, h, w)), labels in the run's class count.
     """
     data = run.config["data"]
     stats = run.results.get("data_stats", {})
+    if images.ndim == 3:
+        images = images[:, None]
     dataset = SliceDataset(
         [(images, labels)],
         np.stack([np.zeros(len(images), np.int64), np.arange(len(images))], axis=1),
         classes=run.classes,
         image_norm=data.get("image_norm", "paper"),
-        train_max=float(stats.get("train_max", 1.0)),
-        train_mean=float(stats.get("train_mean", 0.0)),
+        train_max=np.asarray(stats.get("train_max", 1.0), np.float64),  # one per sequence (a number for one)
+        train_mean=np.asarray(stats.get("train_mean", 0.0), np.float64),
         resolution=data.get("resolution"),
     )
     batch = [dataset[i] for i in range(len(dataset))]
@@ -180,14 +200,18 @@ def segmentations_figure(runs: list[Run], count: int) -> tuple[np.ndarray, list[
     rows = first_test_rows(manifest, count)
     if len(rows) == 0:
         raise InputError(f"{root}: the dataset has no test slices")
-    pairs = [_read_pair(manifest, int(r)) for r in rows]
+    pairs = [_read_pair(manifest, int(r)) for r in rows]  # every sequence; each run takes its own
     images = np.stack([p[0] for p in pairs])
     labels = np.stack([p[1] for p in pairs])
     classes = runs[0].classes
     columns: list[list[np.ndarray]] = []
     shown, truth = None, None
     for run in runs:
-        seen, truth, pred = segment(run, images, labels)
+        missing = [seq for seq in run.sequences if seq not in manifest.sequences]
+        if missing:
+            raise InputError(f"{root}: holds no {missing} for the run {run.path}")
+        channels = [manifest.sequences.index(seq) for seq in run.sequences]
+        seen, truth, pred = segment(run, images[:, channels], labels)
         shown = seen if shown is None else shown
         columns.append([colorize(p, classes) for p in pred])
     assert shown is not None and truth is not None
@@ -225,7 +249,7 @@ def write_figures(
     real = options.get("real") or any_run.config.get("data", {}).get("root")
     if real and Path(str(real)).is_dir():
         save("fig1_real_pairs.png", real_pairs_figure(Path(str(real)), int(options.get("pairs", 24)), seed),
-             "Fig. 1: random non-empty real training slices, T1c above its colour-coded labels")  # fmt: skip
+             "Fig. 1: random non-empty real training slices, each sequence above its colour-coded labels")  # fmt: skip
     else:
         skipped.append("fig1_real_pairs.png (no real dataset: figures.real)")
     for key, name, what in (("masks_full", "fig2_masks_full.png", "all training slices"),

@@ -115,6 +115,9 @@ def synthetic_quality(out: Path, runs: list[Run], cfg: dict[str, Any]) -> list[d
         if unet is None:
             log.warning("no full_real U-Net run: Table 3 (synthetic quality) is left out")
             return []
+        if len(unet.sequences) != 1:
+            log.warning("the full_real U-Net reads %s: Table 3 needs a one-sequence run, left out", unet.sequences)
+            return []
         real = figures.get("real") or unet.config["data"]["root"]
         result = quality(
             str(folder), str(real), out / "quality" / name, unet=str(unet.path), extractor="unet",

@@ -69,6 +69,11 @@ class Run:
         return self.results["config"]
 
     @property
+    def sequences(self) -> tuple[str, ...]:
+        """The MR sequences the U-Net segmented from (``data.sequences``; before 0.2.0: T1c alone)."""
+        return tuple(self.config.get("data", {}).get("sequences") or ("t1c",))
+
+    @property
     def dice_error(self) -> float:
         return float(self.results["metrics"]["test/dice_error"])
 
@@ -130,6 +135,12 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, int], list[Run]]:
         groups.setdefault((run.mix, run.classes), []).append(run)
     for key, members in groups.items():
         members.sort(key=lambda r: r.seed)
+        used = sorted({r.sequences for r in members})
+        if len(used) > 1:  # one cell is one input: several would average unlike networks
+            raise InputError(
+                f"mix {key[0]}, {key[1]} classes: runs with different data.sequences {[list(u) for u in used]} "
+                f"({members[0].path}, ...): report each set of sequences from its own folder"
+            )
         seeds = [r.seed for r in members]
         if len(set(seeds)) != len(seeds):
             paths = ", ".join(str(r.path) for r in members)

@@ -56,6 +56,7 @@ class Cell:
     num_real: int | None = None
     num_synthetic: int | None = None
     best: bool = False
+    sequences: tuple[str, ...] = ("t1c",)
 
     @property
     def mean(self) -> float:
@@ -82,6 +83,7 @@ def table1_cells(groups: dict[tuple[str, int], list[Run]]) -> dict[tuple[str, in
             paper,
             stats.get("num_real"),
             stats.get("num_synthetic"),
+            sequences=runs[0].sequences,
         )
     for half in {c.half for c in cells.values()}:
         for classes in {c.classes for c in cells.values()}:
@@ -105,6 +107,15 @@ def _classes_present(groups: dict[tuple[str, int], list[Run]]) -> list[int]:
     return [c for c in CLASS_COLUMNS if c in present] + sorted(present - set(CLASS_COLUMNS))
 
 
+def _sequences_sentence(groups: dict[tuple[str, int], list[Run]]) -> str:
+    """Which MR sequences the U-Nets segmented from: one phrase for all runs, else per mix."""
+    used = {mix: runs[0].sequences for (mix, _), runs in groups.items()}
+    if len(set(used.values())) == 1:
+        return f"Input sequences: {', '.join(next(iter(used.values())))} (every run)."
+    parts = [f"{mix}: {', '.join(seqs)}" for mix, seqs in sorted(used.items())]
+    return "Input sequences per mix: " + "; ".join(parts) + "."
+
+
 def table1_markdown(groups: dict[tuple[str, int], list[Run]], cells: dict[tuple[str, int], Cell]) -> str:
     classes_list = _classes_present(groups)
     header = ["half", "mix", "(real, synthetic) in the paper", "ours", "seeds"]
@@ -116,7 +127,7 @@ def table1_markdown(groups: dict[tuple[str, int], list[Run]], cells: dict[tuple[
         "Mean ± standard deviation over seeds of the weighted Dice error, each run with the class weights of "
         "its own training set (the paper's metric). **Bold**: the lowest mean of each column within each half "
         "(full / reduced real data). *paper*: Foroozandeh & Eklund (2020), Table 1. *ours*: the (real, "
-        "synthetic) slice counts of our runs.",
+        "synthetic) slice counts of our runs. " + _sequences_sentence(groups),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -145,7 +156,7 @@ def table1_csv(cells: dict[tuple[str, int], Cell]) -> str:
     writer = csv.writer(out)
     writer.writerow(
         ["mix", "half", "classes", "num_real", "num_synthetic", "seeds", "dice_error_mean", "dice_error_std",
-         "paper", "best"]
+         "paper", "best", "sequences"]
     )  # fmt: skip
     for mix in mix_order({m for m, _ in cells}):
         for classes in sorted({c for m, c in cells if m == mix}, key=lambda c: -c):
@@ -153,7 +164,7 @@ def table1_csv(cells: dict[tuple[str, int], Cell]) -> str:
             writer.writerow(
                 [mix, cell.half, classes, cell.num_real, cell.num_synthetic, len(cell.values), _fmt(cell.mean, 6),
                  _fmt(cell.std, 6),
-                 _fmt(cell.paper), int(cell.best)]
+                 _fmt(cell.paper), int(cell.best), "+".join(cell.sequences)]
             )  # fmt: skip
     return out.getvalue()
 

@@ -3,20 +3,27 @@
 ``synthseg export source=DIR output=DIR format=nnunet classes=7`` writes::
 
     <output>/Dataset<NNN>_<Name>/
-      imagesTr/<case>_0000.png   16-bit T1c slice, copied byte for byte (lossless)
-      labelsTr/<case>.png        8-bit label map reduced to 7, 4 or 2 classes
-      imagesTs/<case>_0000.png   the sources' test split, when ``test=true`` (and labelsTs/ for evaluation)
-      dataset.json               channel_names {"0": "T1c"}, labels {name: index}, numTraining, file_ending
+      imagesTr/<case>_000k.png   16-bit slice of sequence k, copied byte for byte (lossless)
+      labelsTr/<case>.png        8-bit label map reduced to 7, 4 or 2 classes (or the tumor regions' labels)
+      imagesTs/<case>_000k.png   the sources' test split, when ``test=true`` (and labelsTs/ for evaluation)
+      dataset.json               channel_names {"0": "T1c", ...} in channel order, labels, numTraining, ...
+      splits_final.json          cross-validation folds grouped by subject (no subject in two folds)
       cases.csv                  which source folder and slice id each case comes from
 
-Case identifiers are the slice ids; with several sources every case is prefixed ``s<k>_`` (k the source's
-position in the list) so that two synthetic sets, both numbered ``synth_000000`` on, cannot collide.
+Every sequence of the sources (or those of ``sequences``, in that order) is one channel ``_000k``. Case
+identifiers are the slice ids; with several sources every case is prefixed ``s<k>_`` (k the source's position
+in the list) so that two synthetic sets, both numbered ``synth_000000`` on, cannot collide.
+
+``regions=true`` writes the labels as nnU-Net's own BraTS conversion does (Dataset137): 1 edema, 2 NCR/NET,
+3 enhancing, and dataset.json labels as the overlapping regions whole tumor (1, 2, 3), tumor core (2, 3) and
+enhancing tumor (3) with ``regions_class_order`` [1, 2, 3], for nnU-Net's region-based training.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,14 +39,23 @@ from tqdm import tqdm
 from synthseg.data.labels import NUM_CLASSES, check_num_classes, class_names, reduce_labels
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png, write_label8
+from synthseg.data.sequences import check_sequences
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import check_output, claim_output
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("nnunet",)
 SELECTABLE_SPLITS = ("train", "reduced", "val", "test")
-CHANNEL = "0000"  # the single input channel: T1c
+# nnU-Net's channel names; only "CT" changes its normalisation, the MR sequences get a z-score each.
+CHANNEL_NAMES = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR"}
+# Region labels as nnU-Net's BraTS conversion writes them: our 7-class index -> its label (tissues: 0).
+REGION_LABELS = np.array([0, 2, 1, 3, 0, 0, 0], np.uint8)
+REGIONS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+REGIONS_CLASS_ORDER = [1, 2, 3]
+FOLDS_SEED = 12345  # nnU-Net's own seed for its 5-fold split
 _CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 PAPER = (
@@ -57,8 +73,9 @@ class Case:
     id: str
     split: str
     kind: str  # "real" or "synthetic"
-    image: Path
+    images: tuple[Path, ...]  # one per exported sequence, in channel order
     label: Path
+    subject: str  # the cross-validation group: the real case, or the slice itself for synthetic ones
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -78,10 +95,28 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
+def source_sequences(
+    sources: Sequence[str | os.PathLike[str]], sequences: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The sequences to export: ``sequences`` (checked, in that order) or the first source's, which every
+    source must hold."""
+    found = [(Path(s), read_manifest(s).sequences) for s in sources]
+    chosen = check_sequences(sequences, "sequences") if sequences else found[0][1]
+    for root, have in found:
+        missing = [seq for seq in chosen if seq not in have]
+        if missing:
+            raise InputError(
+                f"{root}: holds sequences {list(have)}, not {missing} (export needs {list(chosen)} in every "
+                "source; choose them with sequences=[...])"
+            )
+    return tuple(chosen)
+
+
 def select_cases(
     sources: Sequence[str | os.PathLike[str]],
     splits: Sequence[str],
     limits: Sequence[int | None] | None = None,
+    sequences: Sequence[str] | None = None,
 ) -> list[Case]:
     """The slices of ``sources`` in the given splits (manifest order), as nnU-Net cases.
 
@@ -89,7 +124,9 @@ def select_cases(
         sources: dataset folders (prepared or synthetic layout).
         splits: any of ``train``, ``reduced`` (the reduced training set), ``val``, ``test``.
         limits: per source, keep only its first N selected slices (None: all).
+        sequences: the channels, in order (None: the first source's sequences).
     """
+    sequences = source_sequences(sources, sequences)
     bad = sorted(set(splits) - set(SELECTABLE_SPLITS))
     if bad:
         raise InputError(f"unknown split {bad}: choose from {list(SELECTABLE_SPLITS)}")
@@ -100,6 +137,7 @@ def select_cases(
     for k, source in enumerate(sources):
         root = Path(source)
         manifest = read_manifest(root)
+        columns = [manifest.sequences.index(seq) for seq in sequences]
         mask = np.zeros(len(manifest), dtype=bool)
         for split in splits:
             if split == "reduced":
@@ -120,18 +158,24 @@ def select_cases(
                 raise InputError(
                     f"{root / 'manifest.csv'}: slice id {sid!r} is not a valid nnU-Net case name"
                 )
-            if not manifest.image[i]:
+            images = [str(manifest.images[i, c]) for c in columns]
+            if not all(images):
                 raise InputError(f"{root}: slice {sid} has no image (export needs image/label pairs)")
             name = f"s{k}_{sid}" if len(sources) > 1 else sid
+            kind = str(manifest.source[i])
+            # A real subject's slices share one group (the same subject in two sources too); every synthetic
+            # slice is its own.
+            subject = str(manifest.case[i]) if kind == "real" and manifest.case[i] else name
             cases.append(
                 Case(
                     name,
                     root,
                     sid,
                     str(manifest.split[i]),
-                    str(manifest.source[i]),
-                    root / manifest.image[i],
+                    kind,
+                    tuple(root / image for image in images),
                     root / manifest.label[i],
+                    subject,
                 )
             )
     names = [c.name for c in cases]
@@ -154,15 +198,45 @@ def _image_header(path: Path) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _write_case(case: Case, images: Path, labels: Path | None, classes: int) -> None:
-    shape = _image_header(case.image)
+def _write_case(case: Case, images: Path, labels: Path | None, classes: int, regions: bool) -> None:
+    shape = _image_header(case.images[0])
+    for image in case.images[1:]:
+        if _image_header(image) != shape:
+            raise InputError(f"{image}: {_image_header(image)} differs from {case.images[0]} {shape}")
     label = read_png(case.label, bitdepth=8, shape=shape)
     if label.size and label.max() >= NUM_CLASSES:
         raise InputError(f"{case.label}: label value {int(label.max())} is not one of the 7 classes 0..6")
-    # The image is copied byte for byte: the 16-bit values stay exactly as prepared.
-    shutil.copyfile(case.image, images / f"{case.name}_{CHANNEL}.png")
+    # Images are copied byte for byte: the 16-bit values stay exactly as prepared.
+    for k, image in enumerate(case.images):
+        shutil.copyfile(image, images / f"{case.name}_{k:04d}.png")
     if labels is not None:
-        write_label8(labels / f"{case.name}.png", np.asarray(reduce_labels(label, classes)))
+        out = REGION_LABELS[label] if regions else np.asarray(reduce_labels(label, classes))
+        write_label8(labels / f"{case.name}.png", out)
+
+
+def subject_folds(
+    cases: Sequence[Case], folds: int = 5, seed: int = FOLDS_SEED
+) -> list[dict[str, list[str]]]:
+    """nnU-Net's ``splits_final.json``: ``folds`` x {train, val} case names, every subject in one fold only.
+
+    Subjects are shuffled with ``seed`` and dealt out in turn, so the folds hold nearly equal subject counts.
+    With fewer subjects than ``folds`` there is one fold per subject (none with a single subject).
+    """
+    subjects = sorted({c.subject for c in cases})
+    if len(subjects) < folds:
+        wanted, folds = folds, len(subjects) if len(subjects) > 1 else 0
+        log.warning("export: %d subjects for folds=%d: %d folds", len(subjects), wanted, folds)
+        if not folds:
+            return []
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    fold_of = {subjects[j]: rank % folds for rank, j in enumerate(order)}
+    return [
+        {
+            "train": [c.name for c in cases if fold_of[c.subject] != f],
+            "val": [c.name for c in cases if fold_of[c.subject] == f],
+        }
+        for f in range(folds)
+    ]
 
 
 def export_nnunet(
@@ -173,6 +247,9 @@ def export_nnunet(
     split: Sequence[str] | str = ("train",),
     test: bool = False,
     limit: Sequence[int | None] | int | None = None,
+    sequences: Sequence[str] | None = None,
+    regions: bool = False,
+    folds: int = 5,
     dataset_id: int = 501,
     name: str = "SynthSeg",
     overwrite: bool = False,
@@ -187,6 +264,10 @@ def export_nnunet(
         split: the splits that go to imagesTr/labelsTr (``train``, ``reduced``, ``val``).
         test: also write the sources' test split to imagesTs/ (and labelsTs/, which nnU-Net ignores).
         limit: per source (or one number for all), the first N training slices only.
+        sequences: the channels, in order (None: every sequence of the sources, in their order).
+        regions: region labels (whole tumor, tumor core, enhancing) for nnU-Net's region-based training;
+            needs ``classes=4``.
+        folds: cross-validation folds of ``splits_final.json``, grouped by subject (0: no file).
         dataset_id: nnU-Net dataset id (3 digits).
         name: dataset name.
         overwrite: replace a dataset folder of the same name that this command wrote (never a foreign one).
@@ -196,6 +277,10 @@ def export_nnunet(
         The dataset folder.
     """
     classes = check_num_classes(classes)
+    if regions and classes != 4:
+        raise InputError(f"regions=true needs classes=4 (the three tumor classes), got classes={classes}")
+    if folds < 0 or folds == 1:
+        raise InputError(f"folds must be 0 (no splits_final.json) or at least 2, got {folds}")
     sources = [Path(s) for s in _as_list(sources)]
     if not sources:
         raise InputError("source: give at least one dataset folder")
@@ -220,13 +305,15 @@ def export_nnunet(
             f"{output}: dataset id {int(dataset_id):03d} is taken by {clash[0]} (nnU-Net needs unique ids)"
         )
 
-    train = select_cases(sources, splits, limits or None)
+    channels = source_sequences(sources, sequences)
+    train = select_cases(sources, splits, limits or None, channels)
     if not train:
         raise InputError(f"no slices in splits {splits} of {[str(s) for s in sources]}")
-    tests = select_cases(sources, ["test"]) if test else []
+    tests = select_cases(sources, ["test"], sequences=channels) if test else []
+    cv_folds = subject_folds(train, folds) if folds else []
 
     # Missing files are left to _write_case, which names them in one line.
-    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (c.image, c.label) if p.is_file())
+    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (*c.images, c.label) if p.is_file())
     check_free_space(Path(output), needed, "the nnU-Net dataset")
     with claim_output(folder, command="export", inputs=sources, overwrite=overwrite) as tmp:
         groups = [("imagesTr", "labelsTr", train)]
@@ -236,31 +323,45 @@ def export_nnunet(
             (tmp / images).mkdir()
             (tmp / labels).mkdir()
             for case in tqdm(cases, desc=images, unit="case", disable=not progress, leave=False):
-                _write_case(case, tmp / images, tmp / labels, classes)
+                _write_case(case, tmp / images, tmp / labels, classes, regions)
         kinds = {kind: sum(c.kind == kind for c in train) for kind in sorted({c.kind for c in train})}
+        labels_json: dict[str, Any] = (
+            dict(REGIONS) if regions else {label: index for index, label in enumerate(class_names(classes))}
+        )
+        shown = "/".join(CHANNEL_NAMES[seq] for seq in channels)
         dataset_json = {
-            "channel_names": {"0": "T1c"},
-            "labels": {label: index for index, label in enumerate(class_names(classes))},
+            "channel_names": {str(k): CHANNEL_NAMES[seq] for k, seq in enumerate(channels)},
+            "labels": labels_json,
+            **({"regions_class_order": list(REGIONS_CLASS_ORDER)} if regions else {}),
             "numTraining": len(train),
             "file_ending": ".png",
             "name": name,
-            "description": f"BraTS-style T1c slices with {classes}-class labels ({', '.join(f'{n} {k}' for k, n in kinds.items())}), exported by synthseg",
+            "description": f"BraTS-style {shown} slices with {'region' if regions else f'{classes}-class'} labels ({', '.join(f'{n} {k}' for k, n in kinds.items())}), exported by synthseg",
             "reference": PAPER,
             "overwrite_image_reader_writer": "NaturalImage2DIO",
             "synthseg": {
                 "sources": [str(s) for s in sources],
                 "splits": splits,
                 "classes": classes,
+                "sequences": list(channels),
+                "regions": regions,
+                "folds": len(cv_folds),
                 "training_cases": kinds,
                 "test_cases": len(tests),
             },
         }
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        if (
+            cv_folds
+        ):  # nnU-Net reads it from the preprocessed folder: copied there by the user (docs/export.md)
+            (tmp / "splits_final.json").write_text(json.dumps(cv_folds, indent=2) + "\n")
         with open(tmp / "cases.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["case", "set", "source", "id", "split", "kind"])
+            writer.writerow(["case", "set", "source", "id", "split", "kind", "subject"])
             for set_name, cases in (("train", train), ("test", tests)):
-                writer.writerows([c.name, set_name, str(c.source), c.id, c.split, c.kind] for c in cases)
+                writer.writerows(
+                    [c.name, set_name, str(c.source), c.id, c.split, c.kind, c.subject] for c in cases
+                )
     return folder
 
 
@@ -277,6 +378,9 @@ class ExportSettings(Settings):
     split: str | tuple[str, ...] = "train"
     test: bool = False
     limit: int | tuple[int | None, ...] | None = None
+    sequences: tuple[str, ...] | None = None
+    regions: bool = False
+    folds: int = 5
     dataset_id: int = 501
     name: str = "SynthSeg"
     overwrite: bool = False
@@ -302,6 +406,9 @@ def main(cfg: Any) -> str:
         split=_as_list(s.split),
         test=s.test,
         limit=s.limit if isinstance(s.limit, int) else _as_list(s.limit) or None,
+        sequences=_as_list(s.sequences) or None,
+        regions=s.regions,
+        folds=s.folds,
         dataset_id=s.dataset_id,
         name=s.name,
         overwrite=s.overwrite,

@@ -1,9 +1,10 @@
-"""``synthseg generate-images``: paint a T1c image onto every label map of a folder with a trained SPADE.
+"""``synthseg generate-images``: paint every trained sequence onto every label map of a folder with a SPADE.
 
-The output folder has the prepared-dataset layout (docs/dataset_layout.md): ``images/<id>.png`` 16-bit
-grayscale with the prepared images' properties, ``labels/<id>.png`` the input label maps, ``manifest.csv``
-(``source=synthetic``, ``split=train``), ``stats.json`` and ``prepare.json`` (provenance). Generator outputs in
-[-1, 1] go back to 16 bits with the training maximum recorded in the checkpoint, the inverse of the
+The output folder has the prepared-dataset layout (docs/dataset_layout.md) of the generator's sequences:
+``images/<id>.png`` for T1c alone, ``images/<seq>/<id>.png`` for several (16-bit grayscale with the prepared
+images' properties), ``labels/<id>.png`` the input label maps, ``manifest.csv`` (``source=synthetic``,
+``split=train``), ``stats.json`` and ``prepare.json`` (provenance). Each output channel in [-1, 1] goes back to
+16 bits with its own sequence's training maximum recorded in the checkpoint, the inverse of the
 DataModule's ``image / train_max * 2 - 1``.
 
 Masks are read from a dataset folder (manifest order), from ``<masks>/labels/*.png`` or from ``<masks>/*.png``
@@ -34,6 +35,7 @@ from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     MANIFEST,
     dataset_stats,
+    image_relpath,
     list_masks,
     manifest_writer,
     synthetic_row,
@@ -69,11 +71,23 @@ def tanh_to_uint16(images: torch.Tensor | np.ndarray, train_max: float) -> np.nd
     return np.clip(np.rint((x + 1.0) * 0.5 * train_max), 0, train_max).astype(np.uint16)
 
 
-def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
-    """The generator (eval mode, CPU) and the training maximum from a SPADE training checkpoint or snapshot.
+@dataclass(frozen=True)
+class ImageGenerator:
+    """A SPADE generator with what maps its outputs back to 16 bits: per output channel, the sequence name
+    and that sequence's training maximum."""
 
-    A training checkpoint (``last.ckpt``) carries both; a network snapshot (``synthseg.checkpoint``) must carry
-    ``train_max`` in its ``meta``. Everything loads with ``weights_only=True``.
+    generator: SPADEGenerator
+    sequences: tuple[str, ...]
+    train_max: tuple[float, ...]
+
+
+def load_generator(path: str | Path) -> ImageGenerator:
+    """The generator (eval mode, CPU), its sequences and their training maxima from a SPADE training checkpoint
+    or snapshot.
+
+    A training checkpoint (``last.ckpt``) carries all three; a network snapshot (``synthseg.checkpoint``) must
+    carry ``train_max`` (and, for several outputs, ``sequences``) in its ``meta``. Checkpoints of synthseg 0.1
+    record one number and no sequences: T1c. Everything loads with ``weights_only=True``.
     """
     path = Path(path)
     obj = safe_load(path)
@@ -91,17 +105,37 @@ def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
             )
         raise InputError(f"{path}: holds a {name}, not a SPADE generator")
     if not snapshot:
-        meta.setdefault("train_max", obj[SPADE_CHECKPOINT_KEY].get("train_max"))
+        for key in ("train_max", "sequences"):
+            meta.setdefault(key, obj[SPADE_CHECKPOINT_KEY].get(key))
     if meta.get("train_max") is None:
         raise InputError(
             f"{path}: this network snapshot does not record the training maximum (meta.train_max)"
         )
-    train_max = float(meta["train_max"])
-    if not 0 < train_max <= 65535:
+    maxima = tuple(float(v) for v in np.atleast_1d(np.asarray(meta["train_max"], dtype=np.float64)))
+    outputs = generator.output_nc
+    sequences = tuple(meta.get("sequences") or (("t1c",) if outputs == 1 else ()))
+    if len(maxima) != outputs or len(sequences) != outputs:
         raise InputError(
-            f"{path}: recorded training maximum {train_max} is not a 16-bit intensity (1..65535)"
+            f"{path}: the generator has {outputs} output channels, but the checkpoint records "
+            f"{len(maxima)} training maxima and sequences {list(sequences)}"
         )
-    return generator.eval(), train_max
+    for name, value in zip(sequences, maxima, strict=True):
+        if not 0 < value <= 65535:
+            raise InputError(
+                f"{path}: recorded training maximum {value} of {name} is not a 16-bit intensity (1..65535)"
+            )
+    return ImageGenerator(generator.eval(), sequences, maxima)
+
+
+def load_image_generator(path: str | Path) -> tuple[SPADEGenerator, float]:
+    """The generator and the training maximum of a single-sequence SPADE (see :func:`load_generator`)."""
+    loaded = load_generator(path)
+    if len(loaded.sequences) != 1:
+        raise InputError(
+            f"{path}: the generator paints {len(loaded.sequences)} sequences {list(loaded.sequences)}; "
+            "use load_generator for their training maxima"
+        )
+    return loaded.generator, loaded.train_max[0]
 
 
 def output_ids(source_ids: list[str], keep_ids: bool = False) -> list[str]:
@@ -187,12 +221,13 @@ def generate_images(
     inputs = [checkpoint, masks]
     output = check_output(output, command="generate-images", inputs=inputs, overwrite=overwrite)
     start = time.time()
-    generator, train_max = load_image_generator(checkpoint)
+    loaded = load_generator(checkpoint)
+    generator, sequences, train_max = loaded.generator, loaded.sequences, loaded.train_max
     items = list_masks(masks, "masks")
     ids = output_ids([item.id for item in items], keep_ids)
     size, label_nc = generator.image_size, generator.label_nc
-    # Upper bound: uncompressed 16-bit image + 8-bit label per slice.
-    check_free_space(output.parent, len(items) * size * size * 3, "generated images")
+    # Upper bound: uncompressed 16-bit images + 8-bit label per slice.
+    check_free_space(output.parent, len(items) * size * size * (2 * len(sequences) + 1), "generated images")
     dev = _device(device)
     generator.to(dev)
     latent_gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -204,14 +239,16 @@ def generate_images(
     )
     written = 0
     class_counts = np.zeros(NUM_CLASSES, np.int64)
-    maximum, total = 0, 0.0
+    maximum, total = np.zeros(len(sequences), np.int64), np.zeros(len(sequences), np.float64)
     with claim_output(
         output, command="generate-images", inputs=inputs, overwrite=overwrite, later=DATASET_LATER
     ) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
+        for seq in sequences:
+            (tmp / image_relpath("x", seq, sequences)).parent.mkdir(parents=True, exist_ok=True)
         # Manifest rows are written as they come, so memory does not grow with the number of masks.
-        with manifest_writer(tmp / MANIFEST) as writer, torch.inference_mode():
+        with manifest_writer(tmp / MANIFEST, sequences=sequences) as writer, torch.inference_mode():
             bar = tqdm(total=len(items), desc="generate-images", unit="img", disable=not progress)
             for positions, labels in loader:
                 one_hot = F.one_hot(labels, label_nc).permute(0, 3, 1, 2).float().to(dev)
@@ -220,20 +257,25 @@ def generate_images(
                     z = torch.randn(labels.shape[0], generator.z_dim, generator=latent_gen).to(dev)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     fake = generator(one_hot, z)
-                images = tanh_to_uint16(fake.float()[:, 0], train_max)
+                # (B, S, H, W): channel c back to 16 bits with sequence c's training maximum
+                images = np.stack(
+                    [tanh_to_uint16(fake.float()[:, c], top) for c, top in enumerate(train_max)], axis=1
+                )
                 masks_np = labels.numpy().astype(np.uint8)
                 for position, image, mask in zip(positions.tolist(), images, masks_np, strict=True):
                     sid = ids[position]
-                    write_image16(tmp / "images" / f"{sid}.png", image)
+                    for c, seq in enumerate(sequences):
+                        write_image16(tmp / image_relpath(sid, seq, sequences), image[c])
                     write_label8(tmp / "labels" / f"{sid}.png", mask)
                     counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
                     class_counts += counts
-                    maximum = max(maximum, int(image.max()))
-                    total += float(image.sum(dtype=np.float64))
+                    maximum = np.maximum(maximum, image.reshape(len(sequences), -1).max(axis=1))
+                    total += image.reshape(len(sequences), -1).sum(axis=1, dtype=np.float64)
                     written += 1
-                    writer.writerow(synthetic_row(sid, counts, has_image=True))
+                    writer.writerow(synthetic_row(sid, counts, has_image=True, sequences=sequences))
                 bar.update(len(positions))
             bar.close()
+        pixels = max(written, 1) * size * size
         stats = dataset_stats(
             source="synthetic",
             size=size,
@@ -242,8 +284,9 @@ def generate_images(
             split_mode="synthetic",
             seed=seed,
             reduced_fraction=0.0,
-            train_max=maximum,
-            train_mean=total / maximum / (written * size * size) if maximum else 0.0,
+            sequences=sequences,
+            train_max=[int(m) for m in maximum],
+            train_mean=[float(t / m / pixels) if m else 0.0 for m, t in zip(maximum, total, strict=True)],
         )
         write_stats(tmp, stats)
         elapsed = time.time() - start
@@ -253,7 +296,8 @@ def generate_images(
             "checkpoint": str(Path(checkpoint).resolve()),
             "masks": str(Path(masks).resolve()),
             "generator": dict(generator.init_args),
-            "checkpoint_train_max": train_max,
+            "sequences": list(sequences),
+            "checkpoint_train_max": train_max[0] if len(train_max) == 1 else list(train_max),
             "device": str(dev),
             "host": platform.node(),
             "seconds": round(elapsed, 3),

@@ -162,7 +162,8 @@ def synthesize(
         (tmp / "dataset").rmdir()
         lock_path(tmp / "dataset").unlink(missing_ok=True)
         provenance["images"] = {
-            k: image_record.get(k) for k in ("checkpoint_train_max", "seconds", "images_per_second")
+            k: image_record.get(k)
+            for k in ("sequences", "checkpoint_train_max", "seconds", "images_per_second")
         }
         write_provenance(tmp, {**(read_provenance(tmp) or {}), "synthesize": provenance})
         if quality:
