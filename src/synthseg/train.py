@@ -23,6 +23,7 @@ from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd
+from synthseg.utils.fastpath import apply_fallbacks
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics (``train/``, ``val/``, ``test/`` keys) as floats.
     """
+    apply_fallbacks(cfg)  # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
