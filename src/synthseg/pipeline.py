@@ -271,7 +271,7 @@ def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Pat
 
 
 def collect_results(out: Path) -> list[dict[str, Any]]:
-    """One row per U-Net run of the sweep: mix, classes, counts and the paper's Dice error (%)."""
+    """One row per U-Net run of the sweep: mix, classes, counts, the paper's Dice error and the WT Dice (%)."""
     rows = []
     for path in sorted(out.glob("table1/*/results.json")):
         results = json.loads(path.read_text())
@@ -283,6 +283,7 @@ def collect_results(out: Path) -> list[dict[str, Any]]:
                 "synthetic": results["data_stats"].get("num_synthetic"),
                 "dice_error_percent": 100 * results["metrics"]["test/dice_error"],
                 "dice_error_fixed_percent": 100 * results["metrics"]["test/dice_error_fixed"],
+                "dice_WT_percent": 100 * results["metrics"].get("test/dice_WT", float("nan")),
                 "results": str(path),
             }
         )
