@@ -24,12 +24,17 @@ def test_fallbacks_follow_detection(
 ) -> None:
     monkeypatch.setattr(fastpath, "bf16_native", lambda cuda: bf16)
     monkeypatch.setattr(fastpath, "compile_works", lambda cuda: compiles)
+    monkeypatch.setattr(fastpath, "_SAID", set())
     cfg = compose_train(FAST, tmp_path)
     said = fastpath.apply_fallbacks(cfg)
     assert cfg.trainer.precision == ("bf16-mixed" if bf16 else "32-true")
     assert cfg.model.compile is compiles
     assert len(said) == (not bf16) + (not compiles)
     assert capsys.readouterr().out.splitlines() == said
+    assert (
+        fastpath.apply_fallbacks(compose_train(FAST, tmp_path)) == said
+    )  # a second run of a sweep: same fallbacks,
+    assert capsys.readouterr().out == ""  # not said again
 
 
 def test_fp32_eager_configs_are_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

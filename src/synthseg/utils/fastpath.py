@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
+_SAID: set[str] = set()  # a sweep of runs in one process says each fallback once
 
 
 def wants_cuda(accelerator: str) -> bool:
@@ -57,5 +58,7 @@ def apply_fallbacks(cfg: DictConfig) -> list[str]:
             said.append("torch.compile does not work here (no C++ compiler/Triton?): model.compile -> false")
             cfg.model.compile = False
     for line in said:
-        print(line, flush=True)
+        if line not in _SAID:
+            _SAID.add(line)
+            print(line, flush=True)
     return said
