@@ -90,7 +90,7 @@ class DemoSynthetic(Settings):
 class DemoSweep(Settings):
     mixes: tuple[str, ...] = ("full_real", "full_syn23960", "reduced_real", "reduced_syn20832")
     classes: tuple[int, ...] = (7, 4, 2)
-    epochs: int = 8
+    epochs: int = 4
     same_steps: bool = (
         True  # reduced_real: as many optimisation steps as full_real (more epochs of fewer slices)
     )
