@@ -91,9 +91,8 @@ class DemoSweep(Settings):
     mixes: tuple[str, ...] = ("full_real", "full_syn23960", "reduced_real", "reduced_syn20832")
     classes: tuple[int, ...] = (7, 4, 2)
     epochs: int = 4
-    same_steps: bool = (
-        True  # reduced_real: as many optimisation steps as full_real (more epochs of fewer slices)
-    )
+    # reduced_real: as many optimisation steps as full_real (more epochs of fewer slices)
+    same_steps: bool = True
     precision: str = "32-true"
     compile: bool = False
 
