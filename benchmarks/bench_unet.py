@@ -3,6 +3,11 @@ achieved FLOP/s as a fraction of this machine's peak measured in the same run.
 
     python benchmarks/bench_unet.py [--device cpu|cuda] [--threads 2] [--precision 32-true|bf16-mixed|16-mixed]
                                     [--channels-last] [--compile] [--batch-size 8] [--size 256] [--json PATH]
+    python benchmarks/bench_unet.py --compare [--rounds 7] [--size 64 --base-width 8]   # the demo's U-Net
+
+``--compare`` times the training step of fp32, compiled, bf16-autocast and compiled bf16 copies of the same
+network in one process, alternating one step of each per round, and prints each median with its ratio to
+the fp32 median of the same run (a shared machine's speed drifts; alternation spreads the drift evenly).
 
 The training step is the one UNetModule takes: forward, softmax, the paper's weighted Dice loss, backward,
 Adam. Inputs are random tensors already on the device (the loader is measured by bench_loader.py), so the
@@ -16,6 +21,7 @@ The JSON result (hardware, peaks, figures, top operators) is printed, and writte
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import torch
@@ -54,6 +60,82 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Modu
     return net, runner
 
 
+VARIANTS = {"fp32": (False, None), "compiled": (True, None), "bf16": (False, torch.bfloat16)}
+VARIANTS["compiled+bf16"] = (True, torch.bfloat16)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Median training-step seconds of each variant and its ratio to fp32, steps alternating per round."""
+    import statistics
+    import time
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b, s, c = args.batch_size, args.size, args.classes
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(b, 1, s, s, generator=gen)
+    target = torch.nn.functional.one_hot(torch.randint(0, c, (b, s, s), generator=gen), c).permute(0, 3, 1, 2)
+    target, weights = target.float(), torch.rand(c, generator=gen) + 0.1
+    steps = {}
+    for name, (compiled, dtype) in VARIANTS.items():
+        torch.manual_seed(0)
+        net = UNet(in_channels=1, num_classes=c, base_width=args.base_width)
+        runner = torch.compile(net) if compiled else net
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+        def step(
+            runner: torch.nn.Module = runner, optimizer: torch.optim.Optimizer = optimizer, dtype=dtype
+        ) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = runner(images)
+            weighted_dice_loss(torch.softmax(logits.float(), dim=1), target, weights).backward()
+            optimizer.step()
+
+        t0 = time.perf_counter()
+        step()  # compiles the compiled variants
+        first = time.perf_counter() - t0
+        for _ in range(args.warmup or 1):
+            step()
+        steps[name] = (step, first, [])
+    for _ in range(args.rounds):
+        for step, _, times in steps.values():
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    fp32 = statistics.median(steps["fp32"][2])
+    result = {
+        "benchmark": "unet_compare",
+        "settings": {
+            "batch_size": b,
+            "size": s,
+            "classes": c,
+            "base_width": args.base_width,
+            "threads": torch.get_num_threads(),
+            "rounds": args.rounds,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "variants": {
+            name: {
+                "median_step_s": statistics.median(times),
+                "first_step_s": first,
+                "ratio_to_fp32": statistics.median(times) / fp32,
+            }
+            for name, (_, first, times) in steps.items()
+        },
+    }
+    print(
+        f"U-Net {s}x{s} width {args.base_width} batch {b}, {torch.get_num_threads()} threads, "
+        f"{args.rounds} alternating rounds (median; ratio to fp32 of the same run)"
+    )
+    for name, v in result["variants"].items():
+        print(
+            f"  {name:<14} {1000 * v['median_step_s']:8.1f} ms/step  x{v['ratio_to_fp32']:.2f}  "
+            f"(first step, compile included: {v['first_step_s']:.1f} s)"
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
@@ -62,7 +144,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--classes", type=int, default=7)
     parser.add_argument("--base-width", type=int, default=64)
+    parser.add_argument("--compare", action="store_true", help="fp32 / compiled / bf16 steps side by side")
+    parser.add_argument("--rounds", type=int, default=7, help="--compare: timed steps per variant")
     args = parser.parse_args()
+    if args.compare:
+        result = compare(args)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     run = BenchRun(args)
     device = run.device
     # Peaks measured before and after the model, so that a change in what the machine gives us shows.

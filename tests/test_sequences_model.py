@@ -442,6 +442,8 @@ def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, 
     monkeypatch.setattr(prepare, "main", lambda c: seen.setdefault("prepare", list(c.sequences)))
     monkeypatch.setattr(pipeline, "_train", lambda o, d: seen.setdefault(d.name, []).append(o))
     stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
+    # The sweep reads the prepared manifest (the reduced row's step count); prepare itself is mocked.
+    write_dataset(tmp_path / "prepared", num_slices=20, size=16, sequences=tuple(expected))
     for name in ("prepared", "spade", "table1"):
         stages[name].run(tmp_path)
     assert seen["prepare"] == expected

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from synthseg.errors import InputError
 from synthseg.train_checks import check_train_config
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd
+from synthseg.utils.fastpath import apply_fallbacks
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,39 @@ class ResultsWriter(pl.Callback):
         self._write(trainer, pl_module)
 
 
+def stdout_is_terminal() -> bool:
+    """Whether stdout is a terminal (a progress bar's carriage-return frames only make sense there)."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class EpochLines(pl.Callback):
+    """One line per training epoch on stdout, in place of the progress bar when stdout is not a terminal.
+
+    Lightning's bar redraws itself with carriage returns: in a log file (``synthseg demo > log``) that is
+    megabytes of frames. PGAN's single endless epoch prints nothing here; its tick line is the log's line.
+    """
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        shown = {
+            k: v
+            for k, v in _primitive_metrics(trainer.progress_bar_metrics).items()
+            if not k.endswith("_step")
+        }
+        values = "".join(f"  {k.removesuffix('_epoch')} {v:.4g}" for k, v in sorted(shown.items()))
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        seconds = time.perf_counter() - self._start
+        print(f"epoch {trainer.current_epoch + 1}{total}{values}  ({seconds:.1f} s)", flush=True)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test the configured model; write ``results.json`` into the run's output folder.
 
@@ -126,6 +162,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The metrics (``train/``, ``val/``, ``test/`` keys) as floats.
     """
     check_train_config(cfg)  # before anything is built or written
+    apply_fallbacks(cfg)  # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -146,7 +183,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(results_writer)
     callbacks.append(LastCheckpointAtEnd())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra: dict[str, Any] = {}
+    if cfg.trainer.get("enable_progress_bar", True) and not stdout_is_terminal():
+        callbacks.append(EpochLines())
+        extra["enable_progress_bar"] = False
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
 
     metrics: dict[str, float] = {}
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)

@@ -57,6 +57,11 @@ class Cell:
     num_synthetic: int | None = None
     best: bool = False
     sequences: tuple[str, ...] = ("t1c",)
+    wt: list[float] = field(default_factory=list)  # whole-tumor Dice % of the same runs
+
+    @property
+    def wt_mean(self) -> float | None:
+        return float(np.mean(self.wt)) if self.wt else None
 
     @property
     def mean(self) -> float:
@@ -84,6 +89,11 @@ def table1_cells(groups: dict[tuple[str, int], list[Run]]) -> dict[tuple[str, in
             stats.get("num_real"),
             stats.get("num_synthetic"),
             sequences=runs[0].sequences,
+            wt=[
+                100 * r.results["metrics"]["test/dice_WT"]
+                for r in runs
+                if "test/dice_WT" in r.results["metrics"]
+            ],
         )
     for half in {c.half for c in cells.values()}:
         for classes in {c.classes for c in cells.values()}:
@@ -116,18 +126,41 @@ def _sequences_sentence(groups: dict[tuple[str, int], list[Run]]) -> str:
     return "Input sequences per mix: " + "; ".join(parts) + "."
 
 
+def disagreements(cells: dict[tuple[str, int], Cell]) -> list[str]:
+    """Sentences for the columns where the Dice error and the whole-tumor Dice tell different stories."""
+    said = []
+    for half, classes in sorted({(c.half, c.classes) for c in cells.values()}, key=lambda k: (k[0], -k[1])):
+        column = [
+            c for c in cells.values() if c.half == half and c.classes == classes and c.wt_mean is not None
+        ]
+        if len(column) < 2:
+            continue
+        by_error = min(column, key=lambda c: c.mean)
+        by_wt = max(column, key=lambda c: c.wt_mean or 0.0)
+        if by_error is not by_wt and (by_wt.wt_mean or 0.0) > (by_error.wt_mean or 0.0):
+            said.append(
+                f"{classes} classes, {half} half: the lowest Dice error is {by_error.mix}'s "
+                f"({_fmt(by_error.mean)}) but the highest WT Dice is {by_wt.mix}'s ({_fmt(by_wt.wt_mean, 1)} against "
+                f"{_fmt(by_error.wt_mean, 1)}): the two metrics disagree, so neither ranking alone says which mix "
+                "segments the tumor better."
+            )
+    return said
+
+
 def table1_markdown(groups: dict[tuple[str, int], list[Run]], cells: dict[tuple[str, int], Cell]) -> str:
     classes_list = _classes_present(groups)
     header = ["half", "mix", "(real, synthetic) in the paper", "ours", "seeds"]
     for c in classes_list:
-        header += [f"{c} classes", "paper"]
+        header += [f"{c} classes", "paper", "WT Dice"]
     lines = [
         "# Table 1: Dice error (%) on the test set",
         "",
         "Mean ± standard deviation over seeds of the weighted Dice error, each run with the class weights of "
         "its own training set (the paper's metric). **Bold**: the lowest mean of each column within each half "
         "(full / reduced real data). *paper*: Foroozandeh & Eklund (2020), Table 1. *ours*: the (real, "
-        "synthetic) slice counts of our runs. " + _sequences_sentence(groups),
+        "synthetic) slice counts of our runs. *WT Dice*: the whole-tumor Dice (%) of the same runs (higher is "
+        "better), beside the Dice error to show whether the tumor was segmented at all. "
+        + _sequences_sentence(groups),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -147,8 +180,10 @@ def table1_markdown(groups: dict[tuple[str, int], list[Run]], cells: dict[tuple[
         for c in classes_list:
             cell = cells.get((mix, c))
             row += [_mean_std(cell) if cell else "", _fmt(cell.paper) if cell else ""]
+            row.append(_fmt(cell.wt_mean, 1) if cell else "")
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    notes = disagreements(cells)
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def table1_csv(cells: dict[tuple[str, int], Cell]) -> str:

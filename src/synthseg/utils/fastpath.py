@@ -1,0 +1,64 @@
+"""Whether this machine can take the fast paths a config asks for (bf16 autocast, ``torch.compile``).
+
+A config written for a workstation (``trainer.precision=bf16-mixed``, ``model.compile=true``) should still run
+on a laptop without native bf16 or without a C++ compiler: the setting falls back to fp32 / eager with one
+line saying so, instead of a slow emulated bf16 or a compiler traceback minutes into training.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+_SAID: set[str] = set()  # a sweep of runs in one process says each fallback once
+
+
+def wants_cuda(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def bf16_native(cuda: bool) -> bool:
+    """bf16 arithmetic in hardware: avx512_bf16 or AMX on CPU, Ampere or newer on CUDA."""
+    if cuda:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    return bool(
+        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+
+
+@functools.cache
+def compile_works(cuda: bool) -> bool:
+    """A tiny function through ``torch.compile`` (inductor needs a C++ compiler on CPU, Triton on CUDA)."""
+    device = "cuda" if cuda else "cpu"
+    try:
+        probe = torch.compile(lambda x: torch.relu(x) * 2.0 + 1.0)
+        probe(torch.ones(4, device=device))
+    except Exception as err:  # any backend failure means: run eagerly
+        log.debug("torch.compile probe failed: %s", err)
+        return False
+    return True
+
+
+def apply_fallbacks(cfg: DictConfig) -> list[str]:
+    """Switch ``trainer.precision`` bf16 and ``model.compile`` off where unsupported; the lines said, one each."""
+    said: list[str] = []
+    cuda = wants_cuda(str(cfg.trainer.get("accelerator", "cpu")))
+    where = "this GPU" if cuda else "this CPU"
+    with open_dict(cfg):
+        if str(cfg.trainer.get("precision", "")).startswith("bf16") and not bf16_native(cuda):
+            said.append(f"{where} has no native bf16: trainer.precision={cfg.trainer.precision} -> 32-true")
+            cfg.trainer.precision = "32-true"
+        if cfg.get("model") is not None and cfg.model.get("compile") and not compile_works(cuda):
+            said.append("torch.compile does not work here (no C++ compiler/Triton?): model.compile -> false")
+            cfg.model.compile = False
+    for line in said:
+        if line not in _SAID:
+            _SAID.add(line)
+            print(line, flush=True)
+    return said

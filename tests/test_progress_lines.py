@@ -1,0 +1,79 @@
+"""Progress output: a progress bar on a terminal, one line per epoch when stdout is a file or a pipe."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+import synthseg.train as train_module
+from tests.conftest import compose_train, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=unet", "debug=tiny_unet"]
+
+
+def _train_to_file(tmp_path: Path, *overrides: str) -> str:
+    """``python train.py ...`` as a user runs it with ``> log``: the log's text."""
+    log = tmp_path / "log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"paths.log_dir={tmp_path / 'logs'}"]
+    with log.open("w") as out:
+        subprocess.run(
+            command, stdout=out, stderr=subprocess.PIPE, check=True, cwd=tmp_path, env=env, timeout=300
+        )
+    return log.read_text()
+
+
+def test_train_with_stdout_to_a_file_logs_one_line_per_epoch(tiny_dataset: Path, tmp_path: Path) -> None:
+    text = _train_to_file(tmp_path, *TINY, f"data.root={tiny_dataset}", "trainer.max_epochs=3", "test=false")
+    assert "\r" not in text
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert all("val/loss" in line and "train/loss" in line for line in epochs)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_bar_on_a_terminal_lines_otherwise(
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    terminal: bool,
+) -> None:
+    monkeypatch.setattr(train_module, "stdout_is_terminal", lambda: terminal)
+    cfg = compose_train([*TINY, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.test = False
+    train_module.train(cfg)
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    if terminal:
+        assert "\r" in out and not epochs  # Lightning's bar, redrawn in place
+    else:
+        assert "\r" not in out and len(epochs) == 2
+
+
+def test_pgan_with_stdout_to_a_file_logs_one_line_per_tick(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "prepared", num_slices=40, size=16)
+    text = _train_to_file(
+        tmp_path,
+        "experiment=pgan_demo",
+        "debug=tiny_pgan",
+        f"data.root={data}",
+        "model.total_kimg=0.016",
+        "model.stable_kimg=0.004",
+        "model.transition_kimg=0.004",
+        f"paths.output_dir={tmp_path / 'run'}",
+    )
+    assert "\r" not in text
+    ticks = [line for line in text.splitlines() if " - tick " in line]
+    with open(tmp_path / "run" / "swd.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(ticks) == len(rows) >= 1
