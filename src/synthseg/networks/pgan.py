@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from synthseg.utils.init_args import records_init_args
+
 LEAKY_SLOPE = 0.2
 PIXEL_NORM_EPS = 1e-8
 
@@ -267,6 +269,7 @@ class PGANGenerator(nn.Module):
     ``lerp(up2(toRGB_{r/2}(x_{r/2})), toRGB_r(x_r), alpha)``. The output is linear (no tanh).
     """
 
+    @records_init_args
     def __init__(
         self,
         resolution: int = 256,
@@ -284,15 +287,6 @@ class PGANGenerator(nn.Module):
                 f"channels, latent_dim, fmap_base, fmap_max must be positive, got "
                 f"{channels}, {latent_dim}, {fmap_base}, {fmap_max}"
             )
-        self.init_args = dict(
-            resolution=resolution,
-            channels=channels,
-            latent_dim=latent_dim,
-            fmap_base=fmap_base,
-            fmap_max=fmap_max,
-            normalize_latents=normalize_latents,
-            fused_scale=bool(fused_scale),
-        )
         self.resolution = resolution
         self.channels = channels
         self.latent_dim = latent_dim
@@ -393,6 +387,7 @@ class PGANDiscriminator(nn.Module):
     alpha)``.
     """
 
+    @records_init_args
     def __init__(
         self,
         resolution: int = 256,
@@ -409,14 +404,6 @@ class PGANDiscriminator(nn.Module):
                 f"channels, fmap_base, fmap_max, mbstd_group_size must be positive, got "
                 f"{channels}, {fmap_base}, {fmap_max}, {mbstd_group_size}"
             )
-        self.init_args = dict(
-            resolution=resolution,
-            channels=channels,
-            fmap_base=fmap_base,
-            fmap_max=fmap_max,
-            mbstd_group_size=mbstd_group_size,
-            fused_scale=bool(fused_scale),
-        )
         self.resolution = resolution
         self.channels = channels
         log2 = int(math.log2(resolution))

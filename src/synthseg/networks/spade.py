@@ -23,6 +23,7 @@ from torch.nn.utils import spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from synthseg.networks.sync_norm import SyncBatchNorm2d
+from synthseg.utils.init_args import records_init_args
 
 PARAM_FREE_NORMS = ("batch", "instance")
 UPSAMPLING_LAYERS = (5, 6, 7)  # official "normal", "more", "most"
@@ -213,6 +214,7 @@ class SPADEGenerator(nn.Module):
         image_size).
     """
 
+    @records_init_args
     def __init__(
         self,
         label_nc: int = 7,
@@ -240,19 +242,6 @@ class SPADEGenerator(nn.Module):
             )
         if num_upsampling_layers == 7 and ngf < 2:
             raise ValueError("num_upsampling_layers 7 halves ngf in its last block: ngf must be at least 2")
-        self.init_args = {
-            "label_nc": label_nc,
-            "output_nc": output_nc,
-            "ngf": ngf,
-            "image_size": image_size,
-            "num_upsampling_layers": num_upsampling_layers,
-            "use_vae": use_vae,
-            "z_dim": z_dim,
-            "spectral": spectral,
-            "hidden_channels": hidden_channels,
-            "param_free_norm": param_free_norm,
-            "init_gain": init_gain,
-        }
         self.label_nc = label_nc
         self.output_nc = output_nc
         self.image_size = image_size
@@ -332,6 +321,7 @@ class ConvEncoder(nn.Module):
         image (B, input_nc, H, W) -> mu (B, z_dim), logvar (B, z_dim).
     """
 
+    @records_init_args
     def __init__(
         self,
         input_nc: int = 1,
@@ -342,13 +332,6 @@ class ConvEncoder(nn.Module):
     ):
         super().__init__()
         _check_positive(input_nc=input_nc, ndf=ndf, z_dim=z_dim, image_size=image_size)
-        self.init_args = {
-            "input_nc": input_nc,
-            "ndf": ndf,
-            "z_dim": z_dim,
-            "image_size": image_size,
-            "init_gain": init_gain,
-        }
         widths = [input_nc, ndf, 2 * ndf, 4 * ndf, 8 * ndf, 8 * ndf] + (
             [8 * ndf] if image_size >= 256 else []
         )
@@ -399,6 +382,7 @@ class NLayerDiscriminator(nn.Module):
         x (B, input_nc, H, W) -> list of n_layers + 1 feature maps, the last (B, 1, h, w).
     """
 
+    @records_init_args
     def __init__(
         self,
         input_nc: int = 8,
@@ -410,14 +394,6 @@ class NLayerDiscriminator(nn.Module):
     ):
         super().__init__()
         _check_positive(input_nc=input_nc, ndf=ndf, n_layers=n_layers, kernel_size=kernel_size)
-        self.init_args = {
-            "input_nc": input_nc,
-            "ndf": ndf,
-            "n_layers": n_layers,
-            "kernel_size": kernel_size,
-            "spectral": spectral,
-            "init_gain": init_gain,
-        }
         pad = math.ceil((kernel_size - 1) / 2)  # official: 2 for kernel 4
         nf = ndf
         layers = [
@@ -470,6 +446,7 @@ class MultiscaleDiscriminator(nn.Module):
         x (B, label_nc + output_nc, H, W) -> list over discriminators of lists of feature maps.
     """
 
+    @records_init_args
     def __init__(
         self,
         label_nc: int = 7,
@@ -483,16 +460,6 @@ class MultiscaleDiscriminator(nn.Module):
     ):
         super().__init__()
         _check_positive(label_nc=label_nc, output_nc=output_nc, num_D=num_D)
-        self.init_args = {
-            "label_nc": label_nc,
-            "output_nc": output_nc,
-            "num_D": num_D,
-            "ndf": ndf,
-            "n_layers": n_layers,
-            "kernel_size": kernel_size,
-            "spectral": spectral,
-            "init_gain": init_gain,
-        }
         self.input_nc = label_nc + output_nc
         self.discriminators = nn.ModuleList(
             NLayerDiscriminator(self.input_nc, ndf, n_layers, kernel_size, spectral, init_gain)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from synthseg.utils.init_args import records_init_args
+
 # Keras' BatchNormalization defaults: epsilon 1e-3, moving-average momentum 0.99 (PyTorch's 0.01).
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01
@@ -113,6 +115,7 @@ class UNet(nn.Module):
         ``predict_proba`` applies the paper's softmax over channels.
     """
 
+    @records_init_args
     def __init__(
         self,
         in_channels: int = 1,
@@ -131,14 +134,6 @@ class UNet(nn.Module):
             )
         if not bn_eps > 0 or not 0 <= bn_momentum <= 1:
             raise ValueError(f"UNet needs bn_eps > 0 and bn_momentum in [0, 1]; got {bn_eps}, {bn_momentum}")
-        self.init_args = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "base_width": base_width,
-            "bn_eps": float(bn_eps),
-            "bn_momentum": float(bn_momentum),
-            "up_alignment": up_alignment,
-        }
         bn = {"bn_eps": float(bn_eps), "bn_momentum": float(bn_momentum)}
         widths = [base_width * 2**i for i in range(4)]
         self.encoders = nn.ModuleList()
