@@ -355,3 +355,16 @@ def test_a_symlink_to_an_input_is_that_input(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="contains the input"):
         command.run(tmp_path / "parent_link", True)
     assert tree(command.input) == before
+
+
+def test_synthesize_says_in_one_line_when_the_filter_keeps_no_mask(tmp_path: Path) -> None:
+    """A PGAN whose every mask the filter drops: a clear line naming the filter's folder, no output folder."""
+    from synthseg.synth.synthesize import FilterKeptNothing, synthesize
+
+    prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
+    out = tmp_path / "synthetic"
+    with pytest.raises(FilterKeptNothing, match=r"kept none of the 6 generated masks") as err:
+        synthesize(tiny_snapshot(tmp_path / "pgan.pt", size=32), tiny_spade_snapshot(tmp_path / "spade.pt"),
+                   prepared, 6, out, threshold=0.0, device="cpu", progress=False, quality=False)  # fmt: skip
+    assert "\n" not in str(err.value) and "kept" in str(err.value)
+    assert not out.exists()

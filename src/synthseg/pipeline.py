@@ -217,20 +217,25 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         _train(overrides, out / "spade")
 
     def synthetic(out: Path) -> None:
-        from synthseg.synth.synthesize import synthesize
+        from synthseg.synth.synthesize import FilterKeptNothing, synthesize
 
-        synthesize(
-            out / "pgan",
-            _spade_checkpoint(out),
-            out / "prepared",
-            cfg.synthetic.count,
-            out / "synthetic",
-            threshold=cfg.synthetic.threshold,
-            full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
-            mask_size=cfg.resolution,
-            seed=seed,
-            progress=True,
-        )
+        try:
+            synthesize(
+                out / "pgan",
+                _spade_checkpoint(out),
+                out / "prepared",
+                cfg.synthetic.count,
+                out / "synthetic",
+                threshold=cfg.synthetic.threshold,
+                full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
+                mask_size=cfg.resolution,
+                seed=seed,
+                progress=True,
+            )
+        except FilterKeptNothing as err:
+            # A weak demo PGAN: the rows that need synthetic pairs are skipped by the sweep, said there too.
+            print(f"  no synthetic pairs: {err}", flush=True)
+            (out / "synthetic").mkdir(exist_ok=True)
 
     def spade_test(out: Path) -> None:
         # The paper's Fig. 7: SPADE applied to real test label maps, beside the true images.
@@ -275,9 +280,10 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         figures = {
             "real": str(out / "prepared"),
             "masks_full": str(out / "synthetic.work" / "masks"),
-            "synthetic_full": str(out / "synthetic"),
             "spade_test": [str(out / "spade_test")],
         }
+        if (out / "synthetic" / "manifest.csv").is_file():  # absent when the filter kept no mask
+            figures["synthetic_full"] = str(out / "synthetic")
         write_report({"runs": str(out / "table1"), "output": str(out / "report"), "figures": figures})
 
     return [

@@ -124,6 +124,13 @@ def synthesize(
         overwrite=True,
         progress=progress,
     )
+    if report.summary["kept"] == 0:
+        # Nothing to paint: one line that says why, not a complaint about an empty manifest further on.
+        raise FilterKeptNothing(
+            f"{kept_dir}: the Z-score filter kept none of the {count} generated masks (threshold "
+            f"{report.summary['threshold']:g} at their size; filter_discarded.png shows them): train the PGAN "
+            "longer, or check its samples"
+        )
     pgan_file = Path(mask_record.get("checkpoint") or pgan)
     provenance = {
         "command": "synthesize",
@@ -176,6 +183,10 @@ def synthesize(
         if work.is_dir() and not any(work.iterdir()):
             work.rmdir()
     return provenance
+
+
+class FilterKeptNothing(InputError):
+    """The Z-score filter discarded every generated mask, so there is no synthetic pair to make."""
 
 
 def measure_quality(dataset: Path, reference: str | os.PathLike[str], reference_split: str, seed: int) -> None:
