@@ -75,7 +75,8 @@ def test_commands_default_to_the_paper() -> None:
     assert compose_raw("select", ["run=R"]).full_resolution_only is False
     assert compose_raw("filter", ["masks=M", "reference=R", "output=O"]).include_empty is True
     synth = compose_raw("synthesize", ["pgan=P", "spade=S", "reference=R", "output=O"])
-    assert synth.full_resolution_only is False and synth.include_empty is True
+    assert synth.full_resolution_only is False and synth.include_empty is True and synth.min_island == 0
+    assert compose_raw("generate_masks", ["checkpoint=C", "count=1", "output=O"]).min_island == 0
 
 
 def test_python_defaults_match_the_yaml() -> None:
@@ -101,6 +102,7 @@ def test_python_defaults_match_the_yaml() -> None:
     assert default(synthesize, "include_empty") is True and field(SynthesizeSettings, "include_empty") is True
     assert default(synthesize, "full_resolution_only") is False
     assert field(SynthesizeSettings, "full_resolution_only") is False
+    assert default(synthesize, "min_island") == 0 and field(SynthesizeSettings, "min_island") == 0
 
 
 def test_the_demo_says_which_improvements_it_uses() -> None:
@@ -108,11 +110,30 @@ def test_the_demo_says_which_improvements_it_uses() -> None:
 
     cfg = compose_raw("train", ["experiment=pgan_demo"])
     assert cfg.model.lowres_labels == "majority" and cfg.model.swd_images < 16384
-    for said in ("lowres_labels=majority", "swd_images", "full_resolution_only=true", "docs/fidelity.md"):
+    for said in (
+        "lowres_labels=majority",
+        "swd_images",
+        "full_resolution_only=true",
+        "synthetic.min_island",
+        "docs/fidelity.md",
+    ):
         assert said in DEMO_CHOICES
     readme = (ROOT / "README.md").read_text()
     demo = readme[readme.index("## The demo") :]
-    assert "lowres_labels=majority" in demo and "docs/fidelity.md" in demo
+    assert "lowres_labels=majority" in demo and "docs/fidelity.md" in demo and "min_island" in demo
+
+
+def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: Path, monkeypatch) -> None:
+    from synthseg import pipeline
+    from synthseg.synth import synthesize as synthesize_module
+
+    cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", [f"output={tmp_path}"]))
+    assert cfg.synthetic.min_island == 8
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(synthesize_module, "synthesize", lambda *a, **k: seen.update(k))
+    stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
+    stages["synthetic"].run(tmp_path)
+    assert seen["min_island"] == 8 and seen["full_resolution_only"] is True
 
 
 # ---------------------------------------------------------------------------------- 1. PGAN low-res reals

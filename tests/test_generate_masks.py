@@ -17,7 +17,7 @@ from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
-from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_mask_generator
+from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_mask_generator, remove_islands
 from synthseg.synth.select import select_best
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -279,3 +279,42 @@ def test_full_checkpoint_runs_at_its_recorded_stage(tmp_path: Path):
     )
     _, meta = load_mask_generator(path)
     assert (meta["resolution"], meta["alpha"], meta["kimg"], meta["dataset_size"]) == (16, 0.25, 2.5, 64)
+
+
+def test_remove_islands_clears_small_islands_only():
+    masks = np.zeros((2, 12, 12), np.uint8)
+    masks[0, 4:8, 4:8] = 4  # 16 px: kept
+    masks[0, 8, 8] = 1  # touches the block diagonally: part of its island, kept
+    masks[0, 0, 0] = 6  # 1 px corner speckle: removed
+    masks[0, 0, 10:12] = [1, 2]  # 2 px, two classes, one island: removed
+    masks[1, 0:3, 0:3] = 3  # 9 px in the second mask: kept (islands never join across masks)
+    masks[1, 11, 11] = 5  # 1 px: removed
+    cleaned, removed = remove_islands(masks, 8)
+    expected = masks.copy()
+    expected[0, 0, 0] = 0
+    expected[0, 0, 10:12] = 0
+    expected[1, 11, 11] = 0
+    assert np.array_equal(cleaned, expected) and removed == 4
+    assert masks[0, 0, 0] == 6  # the input is not changed in place
+    same, none = remove_islands(masks, 0)
+    assert same is masks and none == 0
+    assert remove_islands(masks, 17)[0][0, 5, 5] == 4  # the 17 px island is kept at 17
+    assert not remove_islands(masks, 18)[0][0].any()  # and removed at 18
+
+
+def test_generated_masks_can_be_cleared_of_islands(snapshot: Path, tmp_path: Path):
+    generate_masks(snapshot, 6, tmp_path / "raw", size=16, progress=False)
+    info = generate_masks(snapshot, 6, tmp_path / "clean", size=16, min_island=5, progress=False)
+    raw = np.stack([read_png(p) for p in sorted((tmp_path / "raw" / "labels").glob("*.png"))])
+    clean = np.stack([read_png(p) for p in sorted((tmp_path / "clean" / "labels").glob("*.png"))])
+    expected, removed = remove_islands(raw, 5)
+    assert removed > 0 and np.array_equal(clean, expected)
+    provenance = json.loads((tmp_path / "clean" / "prepare.json").read_text())
+    assert (
+        provenance["min_island"] == 5
+        and provenance["island_pixels_removed"] == removed == info["island_pixels_removed"]
+    )
+    counts = read_manifest(tmp_path / "clean").counts
+    assert counts.tolist() == [np.bincount(m.ravel(), minlength=7).tolist() for m in clean]
+    with pytest.raises(InputError, match="min_island"):
+        generate_masks(snapshot, 2, tmp_path / "bad", min_island=-1, progress=False)

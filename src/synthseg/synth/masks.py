@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm import tqdm
 
 from synthseg import __version__
@@ -183,6 +184,41 @@ def _device(name: str) -> torch.device:
     return device
 
 
+# 8-connected within a mask, never across the batch axis.
+_ISLAND_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_ISLAND_STRUCTURE[1] = True
+
+
+def remove_islands(masks: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """Set foreground islands smaller than ``min_size`` pixels to background.
+
+    A short PGAN run leaves speckle of one or two pixels where the real masks are always background (the
+    corners of the image); the Z-score filter, rightly, discards a mask for any of them. An island is an
+    8-connected group of non-background pixels, whatever its classes; the brain and everything touching it
+    form one island and are kept as they are.
+
+    Args:
+        masks: (N, H, W) class indices.
+        min_size: islands of fewer pixels are removed; 0 returns ``masks`` unchanged.
+
+    Returns:
+        The cleaned masks (a new array when anything changed) and the number of pixels set to background.
+    """
+    if min_size <= 0 or masks.size == 0:
+        return masks, 0
+    components, _ = ndimage.label(masks > 0, structure=_ISLAND_STRUCTURE)
+    sizes = np.bincount(components.ravel())
+    small = sizes < min_size
+    small[0] = False  # background
+    drop = small[components]
+    removed = int(drop.sum())
+    if removed == 0:
+        return masks, 0
+    cleaned = masks.copy()
+    cleaned[drop] = 0
+    return cleaned, removed
+
+
 def _write_batch(folder: Path, ids: list[str], masks: np.ndarray) -> None:
     for sid, mask in zip(ids, masks, strict=True):
         write_label8(folder / f"{sid}.png", mask)
@@ -198,10 +234,15 @@ def generate_masks(
     size: int | None = None,
     device: str = "auto",
     autocast: str | None = None,
+    min_island: int = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write ``count`` generated masks as a dataset folder; return the provenance written to prepare.json.
+
+    ``min_island`` > 0 sets foreground islands (8-connected groups of non-background pixels) smaller than
+    that many pixels, at the output size, to background (:func:`remove_islands`); 0 (the paper) writes the
+    generator's masks as they are.
 
     ``autocast`` (``bf16`` or ``fp16``, GPU) runs the generator in mixed precision: faster, and the masks
     may differ from float32 ones where a pixel's value lies near the rounding boundary between two classes.
@@ -212,6 +253,8 @@ def generate_masks(
         raise InputError(f"count={count}: ids have 6 digits (synth_000000 .. synth_999999)")
     if int(batch_size) <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(min_island, bool) or int(min_island) < 0:
+        raise InputError(f"min_island must be 0 (off) or a number of pixels, got {min_island}")
     count, batch_size = int(count), int(batch_size)
     amp_dtype = autocast_dtype(autocast)
     output = check_output(output, command="generate-masks", inputs=[checkpoint], overwrite=overwrite)
@@ -251,11 +294,13 @@ def generate_masks(
             "batch_size": batch_size,
             "size": size,
             "autocast": autocast,
+            "min_island": int(min_island),
         }
         state = _load_progress(work, settings)
         resumed_from = int(state["done"])
         class_counts = np.asarray(state["class_counts"], np.int64)
         empty = int(state["empty"])
+        islands = int(state.get("island_pixels", 0))
         labels_dir = work / "labels"
         labels_dir.mkdir(parents=True, exist_ok=True)
         manifest_part = work / "manifest.part.csv"
@@ -268,19 +313,21 @@ def generate_masks(
 
         def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int]) -> None:
             # A batch counts as done only once its files are on disk: then its rows and the progress record.
-            future, stop, rows, counts, batch_empty = batch
+            future, stop, rows, counts, batch_empty, batch_islands = batch
             future.result()
-            nonlocal empty
+            nonlocal empty, islands
             with open(manifest_part, "a", newline="") as handle:
                 csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS)).writerows(rows)
                 handle.flush()
                 os.fsync(handle.fileno())
             class_counts[:] += counts
             empty += batch_empty
+            islands += batch_islands
             state.update(
                 done=stop,
                 class_counts=class_counts.tolist(),
                 empty=empty,
+                island_pixels=islands,
                 manifest_bytes=manifest_part.stat().st_size,
             )
             write_text_atomic(work / PROGRESS, json.dumps(state))
@@ -295,6 +342,7 @@ def generate_masks(
                     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         x = generator(z, stage_resolution, alpha)
                     masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
+                masks, batch_islands = remove_islands(masks, int(min_island))
                 ids = [f"synth_{i:06d}" for i in range(start, stop)]
                 if pending is not None:
                     commit(pending)  # one batch in flight: constant memory
@@ -305,7 +353,7 @@ def generate_masks(
                     is_empty = int(mask_counts[1:].sum() == 0)
                     batch_empty += is_empty
                     rows.append(synthetic_row(sid, mask_counts, has_image=False))
-                pending = (future, stop, rows, counts.sum(axis=0), batch_empty)
+                pending = (future, stop, rows, counts.sum(axis=0), batch_empty, batch_islands)
             if pending is not None:
                 commit(pending)
         bar.close()
@@ -338,6 +386,8 @@ def generate_masks(
                 "autocast": autocast,
                 "empty": empty,
                 "empty_fraction": empty / count,
+                "min_island": int(min_island),
+                "island_pixels_removed": islands,
                 "resumed_from": resumed_from,
                 "seconds": seconds,
                 "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
@@ -362,6 +412,7 @@ class GenerateMasksSettings(Settings):
     size: int | None = None
     device: str = "auto"
     autocast: str | None = None
+    min_island: int = 0
     overwrite: bool = False
     progress: bool = True
 
@@ -370,6 +421,7 @@ class GenerateMasksSettings(Settings):
             raise InputError(f"count must be a positive number of masks, got {self.count}")
         check_positive("batch_size", self.batch_size)
         check_positive("size", self.size)
+        check_positive("min_island", self.min_island, allow_zero=True)
 
 
 def main(cfg: Any) -> dict[str, Any]:

@@ -52,6 +52,7 @@ def synthesize(
     mask_size: int | None = None,
     mask_batch_size: int = 256,
     image_batch_size: int = 16,
+    min_island: int = 0,
     device: str = "auto",
     overwrite: bool = False,
     keep_intermediate: bool = True,
@@ -74,6 +75,8 @@ def synthesize(
         mask_size: side of the generated masks (None: the training data's); SPADE must have been trained at
             this size. Masks smaller than the reference are filtered against the reference reduced to their
             size.
+        min_island: remove foreground islands smaller than this many pixels from the generated masks before
+            the filter (:func:`synthseg.synth.masks.remove_islands`); 0: off, as the paper.
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
         quality: measure what needs no feature extractor (diversity, memorisation, label maps) into
             ``<output>/quality/`` (docs/quality.md); FD/KID come later, from the report's real-data U-Net.
@@ -110,6 +113,7 @@ def synthesize(
         batch_size=mask_batch_size,
         size=mask_size,
         device=device,
+        min_island=min_island,
         overwrite=True,
         progress=progress,
     )
@@ -147,6 +151,8 @@ def synthesize(
         "reference_split": reference_split,
         "include_empty": include_empty,
         "full_resolution_only": full_resolution_only,
+        "min_island": min_island,
+        "island_pixels_removed": mask_record.get("island_pixels_removed", 0),
         "seed": seed,
         "generated": count,
         "filter": {"threshold": threshold, "threshold_at": threshold_at, **report.summary},
@@ -224,6 +230,7 @@ class SynthesizeSettings(Settings):
     mask_size: int | None = None
     mask_batch_size: int = 256
     image_batch_size: int = 16
+    min_island: int = 0
     device: str = "auto"
     overwrite: bool = False
     keep_intermediate: bool = True
@@ -238,6 +245,7 @@ class SynthesizeSettings(Settings):
         check_positive("mask_size", self.mask_size)
         check_positive("mask_batch_size", self.mask_batch_size)
         check_positive("image_batch_size", self.image_batch_size)
+        check_positive("min_island", self.min_island, allow_zero=True)
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
