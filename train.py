@@ -2,7 +2,8 @@
 
 import sys
 
-from synthseg.cli import run
+from synthseg.cli import quiet_progress_when_logged, run
 
 if __name__ == "__main__":
+    quiet_progress_when_logged()
     run("train", sys.argv[1:])

@@ -77,3 +77,19 @@ def test_pgan_with_stdout_to_a_file_logs_one_line_per_tick(tmp_path: Path) -> No
     with open(tmp_path / "run" / "swd.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(ticks) == len(rows) >= 1
+
+
+@pytest.mark.parametrize("preset, expected", [(None, 30.0), ("2", 2.0)])
+def test_progress_bars_redraw_rarely_when_stderr_is_a_file(tmp_path: Path, preset, expected) -> None:
+    probe = (
+        "import io, sys; from synthseg.cli import quiet_progress_when_logged as quiet; quiet(); "
+        "import tqdm; print(tqdm.tqdm(total=1, file=io.StringIO()).mininterval)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_MININTERVAL"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    if preset:
+        env["TQDM_MININTERVAL"] = preset  # the user's own setting wins
+    with (tmp_path / "err").open("w") as err:  # stderr to a file, as with `synthseg demo > log 2>&1`
+        out = subprocess.run([sys.executable, "-c", probe], stderr=err, capture_output=False, text=True,
+                             stdout=subprocess.PIPE, env=env, check=True, timeout=120)  # fmt: skip
+    assert float(out.stdout.strip()) == expected

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,17 @@ def run(command: str, overrides: list[str]) -> Any:
     return app()
 
 
+def quiet_progress_when_logged(seconds: int = 30) -> None:
+    """Progress bars redraw every 0.1 s; sent to a file, each redraw is kept. Then redraw every ``seconds``.
+
+    tqdm (4.66+) reads ``TQDM_*`` defaults when it is imported, so this runs before anything imports it; a
+    ``TQDM_MININTERVAL`` the user set wins.
+    """
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not (isatty and isatty()):
+        os.environ.setdefault("TQDM_MININTERVAL", str(seconds))
+
+
 def _usage() -> str:
     names = "\n".join(f"  {name}" for name in COMMANDS)
     return f"usage: synthseg <command> [key=value ...]\n\ncommands:\n{names}\n\n`synthseg <command> --help` shows its config."
@@ -70,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         sys.exit(0 if argv else 2)
     command, *overrides = argv
+    quiet_progress_when_logged()
     if command not in COMMANDS:
         print(f"synthseg: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
