@@ -266,10 +266,17 @@ def make_run(
     per_case: dict[str, Any] | None = None,
     favour: int | None = None,
     resolution: int | None = 16,
+    sequences: Sequence[str] = ("t1c",),
 ) -> Path:
-    """A fake run folder: results.json plus a tiny U-Net checkpoint (``favour``: always predict that class)."""
+    """A fake run folder: results.json plus a tiny U-Net checkpoint (``favour``: always predict that class).
+
+    ``sequences``: the U-Net's input sequences (``data.sequences``; one input channel each, with per-sequence
+    ``train_max`` / ``train_mean`` lists in ``data_stats`` when there are several, as the DataModule writes).
+    """
     folder.mkdir(parents=True)
-    net = UNet(1, classes, base_width=2)
+    sequences = tuple(sequences)
+    one = len(sequences) == 1
+    net = UNet(len(sequences), classes, base_width=2)
     if favour is not None:
         with torch.no_grad():
             net.head.weight.zero_()
@@ -288,17 +295,23 @@ def make_run(
                 "root": str(data_root),
                 "resolution": resolution,
                 "image_norm": "paper",
+                **({} if sequences == ("t1c",) else {"sequences": list(sequences)}),
             },
             "model": {
                 "net": {
                     "_target_": "synthseg.networks.unet.UNet",
-                    "in_channels": 1,
+                    "in_channels": len(sequences),
                     "num_classes": classes,
                     "base_width": 2,
                 }
             },  # fmt: skip
         },
-        "data_stats": {"num_real": 32, "num_synthetic": 0, "train_max": 1500.0, "train_mean": 0.1},
+        "data_stats": {
+            "num_real": 32,
+            "num_synthetic": 0,
+            "train_max": 1500.0 if one else [1500.0 + 100 * i for i in range(len(sequences))],
+            "train_mean": 0.1 if one else [0.1] * len(sequences),
+        },
         "best_checkpoint": str(ckpt),
         "metrics": {"test/dice_error": dice_error},
         "real_class_weights": WEIGHTS_2 if classes == 2 else [1 / classes] * classes,

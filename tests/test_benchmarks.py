@@ -1,6 +1,6 @@
 """``benchmarks/run_all.py``: the one command runs the model benchmarks, writes their JSON records and the
-table, and reports a failed benchmark instead of stopping. Smoke sizes (``--quick``): the figures themselves
-are not checked, only that they are measured and consistent."""
+table, and reports a failed benchmark instead of stopping; ``benchmarks/bench_quality.py`` on its own. Smoke
+sizes (``--quick``): the figures themselves are not checked, only that they are measured and consistent."""
 
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def test_run_all_reports_a_failed_benchmark_and_exits_non_zero(tmp_path: Path) -
     assert "FAILED" in (tmp_path / "table.md").read_text()
     assert "timed out" in json.loads((tmp_path / "all.json").read_text())["records"]["pgan"]["error"]
     assert (tmp_path / "pgan.log").is_file()
+
+
+def test_bench_quality_quick_times_every_part_against_the_spade_baseline(tmp_path: Path) -> None:
+    script = RUN_ALL.parent / "bench_quality.py"
+    record_path = tmp_path / "quality.json"
+    command = [sys.executable, str(script), "--quick", "--threads", "1", "--sequences", "t1c,flair",
+               "--workdir", str(tmp_path / "sets"), "--json", str(record_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(record_path.read_text())
+    assert record == json.loads(done.stdout)
+    parts = record["seconds_by_part"]
+    assert set(parts) >= {"features", "fd_kid", "precision_recall", "diversity", "memorisation"}
+    assert all(seconds >= 0 for seconds in parts.values()) and record["quality_seconds"] > 0
+    assert record["settings"]["sequences"] == ["t1c", "flair"] and record["synthetic_count"] == 48
+    assert record["peak_rss_mib"] > 0 and record["spade_seconds_per_image"] > 0
+    assert record["quality_over_synthesis"] == pytest.approx(
+        record["quality_seconds"] / (48 * record["spade_seconds_per_image"]), rel=0.01
+    )
+    assert "quality / synthesis" in done.stderr

@@ -2,7 +2,8 @@
 
 A synthetic set much more self-similar (higher MS-SSIM) than the real one has collapsed. At 256x256 the
 standard 5 scales fit; smaller images get fewer scales (the first weights of the standard five, renormalised),
-and the number used is reported beside the value.
+and the number used is reported beside the value. With several sequences each is measured on its own, on the
+same pairs (:func:`ms_ssim_by_channel`); the set's figure is their mean.
 """
 
 from __future__ import annotations
@@ -39,25 +40,44 @@ def random_pairs(n: int, count: int, seed: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def ms_ssim_by_channel(
+    images: torch.Tensor, pairs: int = 500, seed: int = 0, batch_size: int = 64
+) -> tuple[list[float], int]:
+    """Mean MS-SSIM over ``pairs`` random pairs of (N, C, H, W) images in [0, 1], per channel.
+
+    Every channel (sequence) is compared on its own, on the same pairs (the pairs depend on N and ``seed``
+    only).
+
+    Returns:
+        (C mean MS-SSIM values, number of scales used).
+    """
+    scales = ms_ssim_scales(min(images.shape[-2:]))
+    weights = torch.tensor(BETAS[:scales])
+    betas = tuple((weights / weights.sum()).tolist())
+    index = random_pairs(len(images), pairs, seed)
+    channels, side = images.shape[1], images.shape[-2:]
+    values = []
+    for start in range(0, len(index), batch_size):
+        chunk = index[start : start + batch_size]
+        # Channels become batch entries: (B, C, H, W) -> (B C, 1, H, W), one MS-SSIM each.
+        first = images[chunk[:, 0]].float().reshape(-1, 1, *side)
+        second = images[chunk[:, 1]].float().reshape(-1, 1, *side)
+        values.append(
+            multiscale_structural_similarity_index_measure(
+                first, second, data_range=1.0, betas=betas, kernel_size=KERNEL, reduction="none",
+            ).reshape(-1, channels)
+        )  # fmt: skip
+    return [float(v) for v in torch.cat(values).mean(0)], scales
+
+
 def mean_ms_ssim(
     images: torch.Tensor, pairs: int = 500, seed: int = 0, batch_size: int = 64
 ) -> tuple[float, int]:
-    """Mean MS-SSIM over ``pairs`` random pairs of (N, 1, H, W) images scaled to [0, 1].
+    """Mean MS-SSIM over ``pairs`` random pairs of (N, C, H, W) images scaled to [0, 1], averaged over the
+    C channels (one channel: the plain mean).
 
     Returns:
         (mean MS-SSIM, number of scales used).
     """
-    scales = ms_ssim_scales(min(images.shape[-2:]))
-    betas = torch.tensor(BETAS[:scales])
-    betas = tuple((betas / betas.sum()).tolist())
-    index = random_pairs(len(images), pairs, seed)
-    values = []
-    for start in range(0, len(index), batch_size):
-        chunk = index[start : start + batch_size]
-        values.append(
-            multiscale_structural_similarity_index_measure(
-                images[chunk[:, 0]].float(), images[chunk[:, 1]].float(), data_range=1.0, betas=betas,
-                kernel_size=KERNEL, reduction="none",
-            )
-        )  # fmt: skip
-    return float(torch.cat(values).mean()), scales
+    values, scales = ms_ssim_by_channel(images, pairs, seed, batch_size)
+    return sum(values) / len(values), scales

@@ -2,8 +2,9 @@
 
 Default: the encoder of a U-Net trained on real data (``unet``): the four skip levels and the bridge, each
 averaged over the image, concatenated. In-domain and already trained by the pipeline; its distances are named
-``fd_unet`` / ``kid_unet`` so no one mistakes them for Inception FID. Optional: Inception-v3 through
-torchmetrics (``inception``), only from a weights file the user placed on disk.
+``fd_unet`` / ``kid_unet`` so no one mistakes them for Inception FID. It reads every sequence the U-Net was
+trained on at once, as its input channels. Optional: Inception-v3 through torchmetrics (``inception``), only
+from a weights file the user placed on disk; it sees one gray image, so each sequence is measured on its own.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from synthseg.checkpoint import CheckpointError, load_network
+from synthseg.data.sequences import check_sequences
 from synthseg.errors import InputError
 from synthseg.networks.unet import UNet
 
@@ -96,26 +99,57 @@ class Extractor:
 
     Attributes:
         name: ``unet`` or ``inception`` (the suffix of ``fd_<name>``).
-        module: (B, 1, H, W) -> (B, D), in eval mode.
-        norm: ``paper`` (image / max - mean, the U-Net's training input) or ``unit`` (image / max in [0, 1]).
-        train_max, train_mean: the normalisation statistics (``paper``); None: from the real sample.
+        module: (B, C, H, W) -> (B, D), in eval mode (U-Net: C its input sequences; Inception: C = 1).
+        norm: ``paper`` (image / max - mean per sequence, the U-Net's training input) or ``unit`` (image / max
+            in [0, 1]).
+        train_max, train_mean: the normalisation statistics (``paper``), one per sequence in ``sequences``
+            order; None: from the real sample.
         source: where the weights came from, for quality.json.
         resolution: the side the network was trained at (images are block-averaged to it); None: as given.
+        sequences: the U-Net's input sequences in channel order; None: not recorded (a bare snapshot; see
+            :func:`measured_sequences`) or any (Inception, one sequence at a time).
+        channels: the U-Net's input channels (None: Inception).
     """
 
     name: str
     module: nn.Module
     norm: str
-    train_max: float | None
-    train_mean: float | None
+    train_max: tuple[float, ...] | None
+    train_mean: tuple[float, ...] | None
     source: str
     resolution: int | None = None
+    sequences: tuple[str, ...] | None = None
+    channels: int | None = None
 
 
-def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str, int | None]:
-    """A U-Net run folder (results.json) or a network snapshot -> (UNet, train_max, train_mean, source,
-    training resolution)."""
+def _per_sequence(value: object) -> tuple[float, ...] | None:
+    """A statistic as recorded (a number for one sequence, a list for several, or absent) -> a tuple."""
+    if value is None:
+        return None
+    return tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64)))
+
+
+def _check_channels(
+    named: str, net: nn.Module, sequences: tuple[str, ...] | None, stats: dict[str, tuple[float, ...] | None]
+) -> int:
+    """The U-Net's input channels; one line when its sequences or statistics do not match them."""
+    channels = int(getattr(net, "init_args", {}).get("in_channels", 1))
+    if sequences is not None and len(sequences) != channels:
+        raise InputError(
+            f"{named}: the U-Net has {channels} input channels but names the sequences {list(sequences)}"
+        )
+    for key, value in stats.items():
+        if value is not None and len(value) != channels:
+            raise InputError(
+                f"{named}: {key} has {len(value)} values for a U-Net of {channels} input channels"
+            )
+    return channels
+
+
+def _unet_run(path: Path) -> Extractor:
+    """A U-Net run folder (results.json) or a network snapshot -> the ``unet`` extractor."""
     results_path = path / "results.json" if path.is_dir() else path
+    sequences: tuple[str, ...] | None
     if results_path.name == "results.json":
         if not results_path.is_file():
             raise InputError(f"unet={path}: no results.json (pass a U-Net run folder or a network snapshot)")
@@ -129,24 +163,54 @@ def _unet_run(path: Path) -> tuple[nn.Module, float | None, float | None, str, i
         norm = run.config.get("data", {}).get("image_norm", "paper")
         if norm != "paper":
             raise InputError(f"{results_path}: image_norm={norm!r}; the quality extractor supports 'paper'")
-        if isinstance(stats.get("train_max"), list):  # a multi-sequence run: quality reads one sequence
-            raise InputError(
-                f"{results_path}: a U-Net of sequences {run.sequences}; the quality extractor reads one "
-                "sequence, pass a T1c-only full_real run"
-            )
+        sequences = check_sequences(run.sequences, f"{results_path}: data.sequences")
+        # As the DataModule normalised the U-Net's input: per sequence, image / train_max - train_mean.
+        train_max = _per_sequence(stats.get("train_max", [1.0] * len(sequences)))
+        train_mean = _per_sequence(stats.get("train_mean", [0.0] * len(sequences)))
         net = load_unet(run)
+        named = str(results_path)
         resolution = run.config.get("data", {}).get("resolution")
-        return (
-            net, float(stats.get("train_max", 1.0)), float(stats.get("train_mean", 0.0)), str(results_path),
-            int(resolution) if resolution else None,
-        )  # fmt: skip
-    try:
-        net, meta = load_network(path)
-    except CheckpointError as err:  # the loader's message names the file already
-        raise InputError(f"unet=: {err} (pass the U-Net run folder or a network snapshot)") from None
+    else:
+        try:
+            net, meta = load_network(path)
+        except CheckpointError as err:  # the loader's message names the file already
+            raise InputError(f"unet=: {err} (pass the U-Net run folder or a network snapshot)") from None
+        named = f"unet={path}"
+        recorded = meta.get("sequences")
+        sequences = check_sequences(recorded, f"{named}: meta.sequences") if recorded is not None else None
+        train_max, train_mean = _per_sequence(meta.get("train_max")), _per_sequence(meta.get("train_mean"))
+        resolution = meta.get("resolution")
     if not isinstance(net, UNet):
-        raise InputError(f"unet={path}: holds a {type(net).__name__}, not a U-Net")
-    return net, meta.get("train_max"), meta.get("train_mean"), str(path), meta.get("resolution")
+        raise InputError(f"{named}: holds a {type(net).__name__}, not a U-Net")
+    channels = _check_channels(named, net, sequences, {"train_max": train_max, "train_mean": train_mean})
+    return Extractor(
+        "unet", UNetEncoderFeatures(net).eval(), "paper", train_max, train_mean, str(results_path),
+        int(resolution) if resolution else None, sequences, channels,
+    )  # fmt: skip
+
+
+def measured_sequences(
+    extractor: Extractor | None, available: tuple[str, ...], named: str
+) -> tuple[str, ...]:
+    """The sequences a quality measurement reads: the U-Net's, else those of the synthetic set (``available``).
+
+    A U-Net snapshot that does not record its sequences (``meta.sequences``) reads the synthetic set's when
+    their number matches its input channels, else the first one when it has one channel (the behaviour before
+    several sequences); anything else is one line naming the snapshot and ``named`` (the synthetic folder).
+    """
+    if extractor is None or extractor.name != "unet":
+        return available
+    if extractor.sequences is not None:
+        return extractor.sequences
+    channels = extractor.channels or 1
+    if channels == len(available):
+        return available
+    if channels == 1:
+        return available[:1]
+    raise InputError(
+        f"unet={extractor.source}: a U-Net of {channels} input channels that records no meta.sequences, and "
+        f"{named} holds {list(available)}: save the snapshot with meta={{'sequences': [...]}}"
+    )
 
 
 def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str | None = None) -> Extractor:
@@ -157,9 +221,7 @@ def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str
         path = Path(unet)
         if not path.exists():
             raise InputError(f"unet={path}: not found")
-        net, train_max, train_mean, source, resolution = _unet_run(path)
-        module = UNetEncoderFeatures(net).eval()
-        return Extractor("unet", module, "paper", train_max, train_mean, source, resolution)
+        return _unet_run(path)
     if kind == "inception":
         return Extractor("inception", InceptionFeatures(weights).eval(), "unit", None, None, str(weights))
     raise InputError(f"extractor={kind!r}: expected one of {list(EXTRACTORS)}")
@@ -177,7 +239,7 @@ def resolve_device(device: str) -> torch.device:
 
 @torch.inference_mode()
 def extract(module: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Features of (N, 1, H, W) float images in batches on the module's device -> (N, D) float64 on CPU."""
+    """Features of (N, C, H, W) float images in batches on the module's device -> (N, D) float64 on CPU."""
     device = next(module.parameters()).device
     out = [
         module(images[i : i + batch_size].to(device)).double().cpu()

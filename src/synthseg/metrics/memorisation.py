@@ -1,7 +1,9 @@
 """Memorisation: the nearest real training slice of every synthetic pair, by label map and by image.
 
 Label-map agreement is the mean Dice over the classes present in either map (background excluded; two maps
-with nothing but background agree fully, 1.0). Image agreement is the Pearson correlation of the pixels. The
+with nothing but background agree fully, 1.0). Image agreement is the Pearson correlation of the pixels; with
+several sequences, the mean over sequences of each sequence's correlation (one matrix product: each sequence
+standardised on its own, the rows concatenated and scaled by 1/sqrt(S)). The
 search is two-pass: every synthetic slice against the whole real training set at a small size
 (``search_size``, majority-vote labels and block-mean images) with matrix products, then the best
 ``candidates`` of each pass re-scored at the common full size. No loop over images in Python.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +21,17 @@ import torch.nn.functional as F
 
 from synthseg.data.labels import NUM_CLASSES, colorize, resize_labels
 from synthseg.utils.visual import grid, to_gray_rgb
+
+
+class Rows(Protocol):
+    """What the search reads the real slices from: an array (memory-mapped allowed) or a lazy view of one."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> Any: ...
 
 
 def dice_matrix(a: torch.Tensor, b: torch.Tensor, classes: int = NUM_CLASSES) -> torch.Tensor:
@@ -49,10 +62,18 @@ def paired_dice(a: torch.Tensor, b: torch.Tensor, classes: int = NUM_CLASSES) ->
 
 
 def standardize(images: torch.Tensor) -> torch.Tensor:
-    """(N, ...) -> (N, P) zero-mean, unit-norm rows, so a matrix product gives Pearson correlations."""
-    flat = images.reshape(len(images), -1).float()
-    flat = flat - flat.mean(1, keepdim=True)
-    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    """(N, S, H, W) -> (N, S H W) rows whose products are the mean over sequences of the Pearson correlations.
+
+    Each sequence is made zero-mean and unit-norm on its own, then the S parts are concatenated and scaled by
+    1/sqrt(S): a row times another is the mean of the S per-sequence correlations (one sequence: the plain
+    Pearson correlation). A constant sequence contributes 0.
+    """
+    flat = images.reshape(len(images), images.shape[1], -1).float()
+    flat = flat - flat.mean(2, keepdim=True)
+    flat = flat / flat.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    if flat.shape[1] > 1:
+        flat = flat / flat.shape[1] ** 0.5
+    return flat.reshape(len(images), -1)
 
 
 # Rows per step when label maps are expanded one-hot for majority-vote downsampling (about 2**23 pixels:
@@ -61,33 +82,37 @@ PIXELS_PER_STEP = 2**23
 
 
 def read_rows(
-    labels: np.ndarray, images: np.ndarray, rows: np.ndarray | slice, size: int
+    labels: Rows, images: Rows, rows: np.ndarray | slice, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of (M, R, R) label and image arrays (memory-mapped allowed) at side ``size`` (divides R).
+    """Rows of (M, R, R) label and (M, R, R) or (M, S, R, R) image arrays (memory-mapped allowed) at side
+    ``size`` (divides R).
 
     Returns:
-        (labels (n, size, size) int64 by majority vote, images (n, 1, size, size) float32 block means),
-        downsampled in steps of bounded memory.
+        (labels (n, size, size) int64 by majority vote, images (n, S, size, size) float32 block means; S = 1
+        for (M, R, R) images), downsampled in steps of bounded memory.
     """
     picked_labels = np.asarray(labels[rows])
     picked_images = np.asarray(images[rows], dtype=np.float32)
+    if picked_images.ndim == 3:
+        picked_images = picked_images[:, None]
+    channels = picked_images.shape[1]
     factor = picked_labels.shape[-1] // size
     step = max(1, PIXELS_PER_STEP // max(picked_labels[0].size, 1)) if len(picked_labels) else 1
     out_labels, out_images = [], []
     for i in range(0, len(picked_labels), step):
         lab = torch.from_numpy(picked_labels[i : i + step].astype(np.int64))
-        img = torch.from_numpy(picked_images[i : i + step])[:, None]
+        img = torch.from_numpy(picked_images[i : i + step])
         if factor > 1:
             lab, img = resize_labels(lab, lab.shape[-1] // factor, NUM_CLASSES), F.avg_pool2d(img, factor)
         out_labels.append(lab)
         out_images.append(img)
     if not out_labels:
-        return torch.zeros(0, size, size, dtype=torch.long), torch.zeros(0, 1, size, size)
+        return torch.zeros(0, size, size, dtype=torch.long), torch.zeros(0, channels, size, size)
     return torch.cat(out_labels), torch.cat(out_images)
 
 
 def _shrink(labels: torch.Tensor, images: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    small_labels, small_images = read_rows(labels.numpy(), images[:, 0].numpy(), slice(None), size)
+    small_labels, small_images = read_rows(labels.numpy(), images.numpy(), slice(None), size)
     return small_labels.reshape(len(labels), -1), standardize(small_images)
 
 
@@ -120,8 +145,8 @@ class Nearest:
 def nearest_real(
     labels: torch.Tensor,
     images: torch.Tensor,
-    real_labels: np.ndarray,
-    real_images: np.ndarray,
+    real_labels: Rows,
+    real_images: Rows,
     *,
     exclude: np.ndarray | None = None,
     search_size: int = 32,
@@ -131,9 +156,10 @@ def nearest_real(
     """Nearest real slice of every query slice.
 
     Args:
-        labels: (N, S, S) query label maps; images: (N, 1, S, S) query images (any intensity scale).
+        labels: (N, S, S) query label maps; images: (N, C, S, S) query images of C sequences (any
+            intensity scale).
         real_labels: (M, R, R) real label maps, R a multiple of S (a memory-mapped array is read in chunks).
-        real_images: (M, R, R) real images.
+        real_images: (M, C, R, R) real images of the same sequences ((M, R, R): one).
         exclude: (N,) real row of each query to skip (the query itself, for the real-to-real baseline).
         search_size: side of the first pass (divides S).
         candidates: real slices per query re-scored at size S.

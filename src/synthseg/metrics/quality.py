@@ -5,7 +5,9 @@ FD / KID / precision-recall on the features of a trained U-Net's encoder (or a l
 diversity within each set, label-map statistics (class areas, tumor fragmentation, the filter's discard rate)
 and the nearest real training slice of every synthetic pair. Writes ``quality.json`` and PNG figures into
 ``output``. Every statistic runs on a seeded sample of ``max_images`` slices per set; the nearest-real search
-covers the whole real training split. Nothing is downloaded. See docs/quality.md.
+covers the whole real training split. With several MR sequences (t1, t1c, t2, flair) every measure reads the
+sequences the U-Net was trained on (without an extractor: the synthetic set's); both sets must hold them.
+Nothing is downloaded. See docs/quality.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,26 +37,46 @@ REAL_SPLITS = ("train", "reduced")
 
 
 class DatasetSlices:
-    """A dataset folder's training slices: memory-mapped arrays and the rows in use (manifest order)."""
+    """A dataset folder's training slices: memory-mapped arrays and the rows in use (manifest order).
 
-    def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
+    :meth:`use` picks the sequences measured and opens the slice cache (built then if needed).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", key: str = "") -> None:
         if split not in REAL_SPLITS:
             raise InputError(f"real_split={split!r}: expected one of {list(REAL_SPLITS)}")
         self.root = Path(root)
+        self.named = f"{key}={self.root}" if key else str(self.root)
         manifest = read_manifest(self.root)
         rows = manifest.rows("train")
         if split == "reduced":
             rows = rows[manifest.reduced[rows]]
         if len(rows) < 2:
             raise InputError(f"{self.root}: fewer than 2 training slices ({len(rows)})")
-        if any(not str(p) for p in manifest.image[rows]):
-            raise InputError(
-                f"{self.root}: its manifest lists label maps without images; quality needs pairs"
-            )
-        images, self.labels = open_cache(self.root, manifest)
-        self.images = images[:, 0]  # (N, H, W): the first sequence (quality measures one)
+        self.manifest = manifest
+        self.sequences = manifest.sequences
         self.rows = rows
         self.ids = manifest.ids
+
+    def use(self, sequences: tuple[str, ...], why: str) -> None:
+        """Read only ``sequences``, in that order; one line naming the folder when it lacks one (``why``: who
+        asks for them), before any cache is built."""
+        missing = [s for s in sequences if s not in self.sequences]
+        if missing:
+            raise InputError(
+                f"{self.named}: holds the sequences {list(self.sequences)}, not {missing} ({why})"
+            )
+        channels = [self.sequences.index(s) for s in sequences]
+        paths = self.manifest.images[self.rows][:, channels]
+        if (paths == "").any():
+            raise InputError(
+                f"{self.named}: its manifest lists label maps without images; quality needs pairs"
+            )
+        images, self.labels = open_cache(self.root, self.manifest)
+        whole = channels == list(range(len(self.sequences)))
+        # (N, S, H, W) of the sequences measured, read lazily from the memory map.
+        self.images = RowView(images, channels=None if whole else np.asarray(channels))
+        self.sequences = tuple(sequences)
         self.size = int(self.labels.shape[-1])
 
     def sample(self, count: int, seed: int) -> np.ndarray:
@@ -63,22 +86,27 @@ class DatasetSlices:
         return np.sort(np.random.default_rng(seed).choice(self.rows, size=count, replace=False))
 
     def load(self, rows: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels (N, size, size) int64 majority-downsampled, images (N, 1, size, size) float32 block means)."""
+        """(labels (N, size, size) int64 majority-downsampled, images (N, S, size, size) float32 block means)."""
         return memorisation.read_rows(self.labels, self.images, rows, size)
 
 
 class RowView:
-    """Rows ``rows`` of a (memory-mapped) array, indexed lazily: the whole real split is never loaded at once."""
+    """Rows ``rows`` (None: all) and channels ``channels`` (None: all) of a (memory-mapped) array, indexed
+    lazily: the whole real split is never loaded at once."""
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
-        self.array, self.rows = array, rows
-        self.shape = (len(rows), *array.shape[1:])
+    def __init__(
+        self, array: np.ndarray | RowView, rows: np.ndarray | None = None, channels: np.ndarray | None = None
+    ) -> None:
+        self.array, self.rows, self.channels = array, rows, channels
+        rest = array.shape[1:] if channels is None else (len(channels), *array.shape[2:])
+        self.shape: tuple[int, ...] = (len(array) if rows is None else len(rows), *rest)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.shape[0]
 
     def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
-        return np.asarray(self.array[self.rows[index]])
+        picked = np.asarray(self.array[index if self.rows is None else self.rows[index]])
+        return picked if self.channels is None else picked[:, self.channels]
 
 
 def _common_size(synthetic: DatasetSlices, real: DatasetSlices) -> int:
@@ -91,52 +119,96 @@ def _common_size(synthetic: DatasetSlices, real: DatasetSlices) -> int:
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
-    """Images scaled to [0, 1] by the set's maximum (MS-SSIM's data range)."""
-    return images / images.max().clamp_min(1e-12)
+    """(N, S, H, W) images scaled to [0, 1] by the set's maximum of each sequence (MS-SSIM's data range)."""
+    return images / images.amax(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
+
+
+def _scaler(extractor: Any, real: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
+    """How (N, S, H, W) images enter the extractor, per sequence: ``paper`` as the U-Net was trained
+    (image / train_max - train_mean; without recorded statistics, those of the real sample), ``unit`` in [0, 1]
+    by the real sample's maximum. The function returned scales the channels ``group`` of its input."""
+    dims = (0, 2, 3)
+    real_max = real.amax(dim=dims, keepdim=True)
+
+    def per_sequence(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1)
+
+    if extractor.norm == "paper":
+        top = per_sequence(extractor.train_max) if extractor.train_max else real_max
+        top = torch.where(top > 0, top, real_max)  # a recorded 0 (no signal) falls back to the sample's
+        if extractor.train_mean is not None:
+            mean = per_sequence(extractor.train_mean)
+        else:
+            mean = (real / top).mean(dim=dims, keepdim=True)
+        return lambda x, group: x[:, group] / top[:, group] - mean[:, group]
+    top = real_max.clamp_min(1e-12)
+    return lambda x, group: (x[:, group] / top[:, group]).clamp(0, 1)
+
+
+def _distances(
+    name: str, f_real: torch.Tensor, f_syn: torch.Tensor, *, seed: int, k: int, subsets: int,
+    lap: Callable[[str], None],
+) -> dict[str, float]:  # fmt: skip
+    """FD, KID (mean, std), precision and recall of two feature sets, keys suffixed with ``name``."""
+    fd = fidelity.frechet_distance(f_real, f_syn)
+    kid, kid_std = fidelity.kernel_distance(f_real, f_syn, subset_size=1000, subsets=subsets, seed=seed)
+    lap("fd_kid")
+    precision, recall = fidelity.precision_recall(f_real, f_syn, k=k)
+    lap("precision_recall")
+    return {
+        f"fd_{name}": fd, f"kid_{name}": kid, f"kid_{name}_std": kid_std, f"precision_{name}": precision,
+        f"recall_{name}": recall,
+    }  # fmt: skip
 
 
 def extractor_metrics(
     extractor: Any, real: torch.Tensor, synthetic: torch.Tensor, *, seed: int, k: int, subsets: int,
-    batch_size: int,
+    batch_size: int, sequences: tuple[str, ...] = ("t1c",), lap: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """FD, KID, precision and recall on the extractor's features, keys suffixed with its name."""
+    """FD, KID, precision and recall on the extractor's features of (N, S, H, W) images, keys suffixed with its
+    name.
+
+    The U-Net reads the S sequences together (its input channels): one feature vector per pair. Inception reads
+    one gray image: with several sequences each is measured on its own (``by_sequence``) and the headline
+    figures are the means over the sequences. ``lap(stage)`` is called after each stage (``features``,
+    ``fd_kid``, ``precision_recall``).
+    """
     from synthseg.metrics.features import extract
 
-    if extractor.norm == "paper":
-        top = extractor.train_max if extractor.train_max else float(real.max())
-        mean = extractor.train_mean if extractor.train_mean is not None else float((real / top).mean())
-
-        def scale(x: torch.Tensor) -> torch.Tensor:
-            return x / top - mean
-    else:
-        top = float(real.max())
-
-        def scale(x: torch.Tensor) -> torch.Tensor:
-            return (x / top).clamp(0, 1)
-
+    lap = lap or (lambda stage: None)
+    scale = _scaler(extractor, real)
     size = real.shape[-1]
     factor = size // extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else 1
     if factor > 1:
         # The U-Net saw its training resolution: its features mean most there.
         real, synthetic = F.avg_pool2d(real, factor), F.avg_pool2d(synthetic, factor)
-    f_real = extract(extractor.module, scale(real), batch_size)
-    f_syn = extract(extractor.module, scale(synthetic), batch_size)
     name = extractor.name
-    kid, kid_std = fidelity.kernel_distance(f_real, f_syn, subset_size=1000, subsets=subsets, seed=seed)
-    precision, recall = fidelity.precision_recall(f_real, f_syn, k=k)
-    return {
+    groups = (
+        [slice(None)]
+        if name == "unet" or real.shape[1] == 1
+        else [slice(c, c + 1) for c in range(real.shape[1])]
+    )
+    figures, dims = [], 0
+    for group in groups:
+        f_real = extract(extractor.module, scale(real, group), batch_size)
+        f_syn = extract(extractor.module, scale(synthetic, group), batch_size)
+        lap("features")
+        figures.append(_distances(name, f_real, f_syn, seed=seed, k=k, subsets=subsets, lap=lap))
+        dims = int(f_real.shape[1])
+    result: dict[str, Any] = {
         "extractor": name,
         "extractor_source": extractor.source,
-        "feature_dim": int(f_real.shape[1]),
+        "sequences": list(sequences),
+        "feature_dim": dims,
         "feature_size": size // factor,
-        f"fd_{name}": fidelity.frechet_distance(f_real, f_syn),
-        f"kid_{name}": kid,
-        f"kid_{name}_std": kid_std,
-        "kid_subset_size": min(1000, len(f_real), len(f_syn)),
-        f"precision_{name}": precision,
-        f"recall_{name}": recall,
+        **{key: sum(f[key] for f in figures) / len(figures) for key in figures[0]},
+        "kid_subset_size": min(1000, len(real), len(synthetic)),
         "k": k,
     }
+    if len(figures) > 1:
+        result["by_sequence"] = dict(zip(sequences, figures, strict=True))
+        result["note"] = f"{name} reads one sequence at a time: the figures are means over {list(sequences)}"
+    return result
 
 
 def quality(
@@ -166,16 +238,16 @@ def quality(
     ``extractor=None`` skips the feature-based metrics (FD, KID, precision, recall): what ``synthesize`` runs
     before any U-Net exists.
     """
-    from synthseg.metrics.features import build_extractor
+    from synthseg.metrics.features import build_extractor, measured_sequences
 
     output = Path(output)
     started = time.perf_counter()
     laps: dict[str, float] = {}
     last = [started]
 
-    def lap(stage: str) -> None:
+    def lap(stage: str) -> None:  # a stage met twice (Inception per sequence) adds up
         now = time.perf_counter()
-        laps[stage] = round(now - last[0], 2)
+        laps[stage] = laps.get(stage, 0.0) + now - last[0]
         last[0] = now
 
     # The extractor first: a missing weights file or run is one line before minutes of work.
@@ -184,7 +256,16 @@ def quality(
         from synthseg.metrics.features import resolve_device
 
         feature_extractor.module.to(resolve_device(device))
-    syn_set, real_set = DatasetSlices(synthetic), DatasetSlices(real, real_split)
+    syn_set, real_set = DatasetSlices(synthetic, key="synthetic"), DatasetSlices(real, real_split, key="real")
+    # The sequences measured: the U-Net's (its input channels), else the synthetic set's; both sets hold them.
+    sequences = measured_sequences(feature_extractor, syn_set.sequences, syn_set.named)
+    why = (
+        f"the U-Net {feature_extractor.source} reads {list(sequences)}"
+        if feature_extractor is not None and feature_extractor.name == "unet"
+        else f"the synthetic set {syn_set.root} holds {list(sequences)}"
+    )
+    syn_set.use(sequences, why)
+    real_set.use(sequences, why)
     size = _common_size(syn_set, real_set)
     syn_rows = syn_set.sample(max_images, seed)
     real_rows = real_set.sample(max_images, seed + 1)
@@ -204,12 +285,14 @@ def quality(
         min_resolution=min(16, size),
     )  # fmt: skip
     lap("label_maps")
-    ms_syn, scales = diversity.mean_ms_ssim(_unit(syn_images), pairs, seed)
-    ms_real, _ = diversity.mean_ms_ssim(_unit(real_images), pairs, seed)
+    # Per sequence, on the same pairs; the set's figure is the mean over its sequences.
+    ms_syn, scales = diversity.ms_ssim_by_channel(_unit(syn_images), pairs, seed)
+    ms_real, _ = diversity.ms_ssim_by_channel(_unit(real_images), pairs, seed)
     lap("diversity")
 
     # Nearest real training slice: the sample against the whole real split (memory-mapped, in chunks).
     all_labels, all_images = RowView(real_set.labels, real_set.rows), RowView(real_set.images, real_set.rows)
+    # Image agreement with several sequences: the mean of the per-sequence Pearson correlations.
     # One pass over the real split for both query sets: synthetic slices, then the real sample (the baseline,
     # each excluding its own row; -1 excludes nothing).
     position = np.searchsorted(real_set.rows, real_rows)
@@ -231,12 +314,18 @@ def quality(
         "real_count": len(real_rows),
         "real_search_count": len(real_set.rows),
         "seed": seed,
+        "sequences": list(sequences),
         "diversity": {
-            "ms_ssim_synthetic": ms_syn,
-            "ms_ssim_real": ms_real,
+            "ms_ssim_synthetic": sum(ms_syn) / len(ms_syn),
+            "ms_ssim_real": sum(ms_real) / len(ms_real),
             "pairs": pairs,
             "scales": scales,
-            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px",
+            "by_sequence": {
+                seq: {"ms_ssim_synthetic": a, "ms_ssim_real": b}
+                for seq, a, b in zip(sequences, ms_syn, ms_real, strict=True)
+            },
+            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px"
+            + ("" if len(sequences) == 1 else f", each of {list(sequences)} on its own, then their mean"),
         },
         "label_maps": {
             "swd": swd,
@@ -249,9 +338,8 @@ def quality(
     if feature_extractor is not None:
         result["features"] = extractor_metrics(
             feature_extractor, real_images, syn_images, seed=seed, k=k, subsets=kid_subsets,
-            batch_size=batch_size,
+            batch_size=batch_size, sequences=sequences, lap=lap,
         )  # fmt: skip
-        lap("features")
     # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
     output.mkdir(parents=True, exist_ok=True)
     labelmaps.plot_areas(output / "class_areas.png", syn_areas, real_areas, areas)
@@ -277,7 +365,7 @@ def quality(
     result["figures"] = {"class_areas": "class_areas.png", "closest_pairs": "closest_pairs.png"}
     lap("figures")
     result["seconds"] = round(time.perf_counter() - started, 2)
-    result["seconds_by_stage"] = laps
+    result["seconds_by_stage"] = {stage: round(seconds, 2) for stage, seconds in laps.items()}
     (output / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -2,10 +2,10 @@
 
 Table 3 has one row per synthetic set named in the report config (``figures.synthetic_full`` /
 ``figures.synthetic_reduced``), measured by :func:`synthseg.metrics.quality.quality` against the real
-training data with the encoder of the sweep's ``full_real`` U-Net (the most classes present). HD95 per BraTS
-region comes from each run's ``per_case[...]["hd95"]`` (written at test time). ``metrics.json`` holds
-everything the tables show: ``synthetic_quality`` (one object per synthetic set) and ``segmentation`` (one
-object per run).
+training data with the encoder of the sweep's ``full_real`` U-Net (the most classes present), on the sequences
+that U-Net reads (its ``data.sequences``; the ``sequences`` column). HD95 per BraTS region comes from each
+run's ``per_case[...]["hd95"]`` (written at test time). ``metrics.json`` holds everything the tables show:
+``synthetic_quality`` (one object per synthetic set) and ``segmentation`` (one object per run).
 """
 
 from __future__ import annotations
@@ -115,9 +115,6 @@ def synthetic_quality(out: Path, runs: list[Run], cfg: dict[str, Any]) -> list[d
         if unet is None:
             log.warning("no full_real U-Net run: Table 3 (synthetic quality) is left out")
             return []
-        if len(unet.sequences) != 1:
-            log.warning("the full_real U-Net reads %s: Table 3 needs a one-sequence run, left out", unet.sequences)
-            return []
         real = figures.get("real") or unet.config["data"]["root"]
         result = quality(
             str(folder), str(real), out / "quality" / name, unet=str(unet.path), extractor="unet",
@@ -130,6 +127,7 @@ def synthetic_quality(out: Path, runs: list[Run], cfg: dict[str, Any]) -> list[d
                 "synthetic": str(folder),
                 "extractor": feats["extractor"],
                 "unet": str(unet.path),
+                "sequences": result["sequences"],
                 "fd": feats["fd_unet"],
                 "kid": feats["kid_unet"],
                 "precision": feats["precision_unet"],
@@ -155,12 +153,15 @@ def synthetic_quality(out: Path, runs: list[Run], cfg: dict[str, Any]) -> list[d
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
+    if isinstance(value, list):  # the sequences
+        return "+".join(str(v) for v in value)
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 TABLE3_COLUMNS = (
-    ("set", "set"), ("swd", "SWD ×10³"), ("fd", "FD-U-Net"), ("kid", "KID-U-Net"), ("precision", "precision"),
-    ("recall", "recall"), ("ms_ssim_synthetic", "MS-SSIM syn"), ("ms_ssim_real", "MS-SSIM real"),
+    ("set", "set"), ("sequences", "sequences"), ("swd", "SWD ×10³"), ("fd", "FD-U-Net"), ("kid", "KID-U-Net"),
+    ("precision", "precision"), ("recall", "recall"), ("ms_ssim_synthetic", "MS-SSIM syn"),
+    ("ms_ssim_real", "MS-SSIM real"),
     ("nearest_real_dice_median", "NN Dice syn"), ("nearest_real_dice_real_median", "NN Dice real"),
     ("above_threshold", "copies"), ("filter_discard_rate", "discarded"),
 )  # fmt: skip
@@ -172,11 +173,13 @@ def table3_markdown(entries: list[dict[str, Any]]) -> str:
         "",
         "One row per synthetic set against the real training slices it imitates. SWD: label maps, ×10³. "
         "FD / KID / precision / recall (k = 3): on the globally pooled encoder features of the sweep's "
-        "full_real U-Net (not Inception; lower FD/KID and higher precision/recall are closer to real). MS-SSIM: "
-        "mean over random pairs within a set (higher = less diverse; a synthetic set far above the real one "
-        "has collapsed). NN Dice: median label-map Dice of each slice's nearest real training slice "
-        "(synthetic, and real-to-real as the baseline). copies: synthetic pairs above both the Dice and the "
-        "correlation threshold. discarded: the Z-score filter's discard rate. Details: quality/<set>/.",
+        "full_real U-Net, which reads the sequences listed together as its input channels (not Inception; "
+        "lower FD/KID and higher precision/recall are closer to real). MS-SSIM: mean over random pairs within a "
+        "set (higher = less diverse; a synthetic set far above the real one has collapsed; with several "
+        "sequences, each on its own, then their mean). NN Dice: median label-map Dice of each slice's nearest "
+        "real training slice (synthetic, and real-to-real as the baseline). copies: synthetic pairs above both "
+        "the Dice and the correlation threshold (with several sequences, the image correlation is the mean of "
+        "the per-sequence ones). discarded: the Z-score filter's discard rate. Details: quality/<set>/.",
         "",
         "| " + " | ".join(title for _, title in TABLE3_COLUMNS) + " |",
         "|" + "---|" * len(TABLE3_COLUMNS),
@@ -192,7 +195,9 @@ def table3_csv(entries: list[dict[str, Any]]) -> str:
     keys = [key for key, _ in TABLE3_COLUMNS]
     writer.writerow(keys)
     for entry in entries:
-        writer.writerow([entry.get(key, "") for key in keys])
+        writer.writerow(
+            ["+".join(v) if isinstance(v, list) else v for v in (entry.get(key, "") for key in keys)]
+        )
     return out.getvalue()
 
 
