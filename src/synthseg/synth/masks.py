@@ -311,7 +311,7 @@ def generate_masks(
             total=count, initial=resumed_from, desc="generating masks", unit="mask", disable=not progress
         )
 
-        def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int]) -> None:
+        def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int, int]) -> None:
             # A batch counts as done only once its files are on disk: then its rows and the progress record.
             future, stop, rows, counts, batch_empty, batch_islands = batch
             future.result()
