@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,9 @@ from synthseg.metrics.quality import quality
 from synthseg.networks.unet import UNet
 from tests.conftest import write_dataset
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
 
 FAST = {"pairs": 20, "kid_subsets": 5, "search_size": 8}
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing here may download: any connection attempt fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a quality test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture
