@@ -136,7 +136,7 @@ def test_reduced_and_drop_empty(tiny_dataset: Path) -> None:
     [
         ({"classes": 5}, "data.classes"),
         ({"resolution": 48}, "power of two"),
-        ({"image_norm": "zscore"}, "image_norm"),
+        ({"image_norm": "minmax"}, "image_norm"),
         ({"real": -1}, "must not be negative"),
         ({"real": 1000}, "only 32 are available"),
         ({"real": 0}, "training set is empty"),
@@ -259,3 +259,74 @@ def test_sampler_shards_global_batches_over_ranks(monkeypatch: pytest.MonkeyPatc
         shards.append(_consume(ResumableBatchSampler(12, 4, seed=3), 3))
     for whole, a, b in zip(single, *shards, strict=True):
         assert sorted(a + b) == sorted(whole) and len(a) == len(b) == 2
+
+
+def test_zscore_normalises_each_channel_over_its_brain_pixels_and_zeroes_the_rest() -> None:
+    from synthseg.data.dataset import zscore_brain
+
+    image = np.zeros((2, 4, 4), np.float32)
+    image[0, :2, :2] = [[1, 3], [5, 7]]  # mean 4, population std sqrt(5)
+    image[1, 3, :] = [10, 10, 10, 10]  # constant brain: std 0, floored, so (x - mean) / floor = 0
+    out = zscore_brain(image)
+    assert out.dtype == np.float32
+    expected = (np.array([[1, 3], [5, 7]]) - 4) / np.sqrt(5)
+    assert np.allclose(out[0, :2, :2], expected)
+    assert np.all(out[0][image[0] == 0] == 0) and np.all(out[1] == 0)
+    assert np.all(zscore_brain(np.zeros((1, 3, 3), np.float32)) == 0)  # a slice without brain stays 0
+
+
+def test_zscore_datamodule_serves_zero_mean_unit_std_brains(tiny_dataset: Path) -> None:
+    dm = make(tiny_dataset, classes=7, batch_size=4, image_norm="zscore")
+    item = next(i for i in (dm.train_set[k] for k in range(len(dm.train_set))) if (i["image"] != 0).sum() > 8)
+    brain = item["image"] != 0
+    assert abs(float(item["image"][brain].mean())) < 1e-4
+    assert abs(float(item["image"][brain].std(unbiased=False)) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("image_norm", ["paper", "zscore", "raw"])
+def test_memoised_resized_slices_serve_exactly_what_a_fresh_read_does(tiny_dataset: Path, image_norm) -> None:
+    dm = make(tiny_dataset, classes=4, batch_size=4, resolution=8, image_norm=image_norm)
+    fresh = make(tiny_dataset, classes=4, batch_size=4, resolution=8, image_norm=image_norm)
+    fresh.train_set._memo = None  # the uncached path
+    assert dm.train_set._memo == {} and dm.val_set._memo == {}
+    for _ in range(2):  # the second pass is served from the memo
+        for k in range(len(dm.train_set)):
+            a, b = dm.train_set[k], fresh.train_set[k]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert len(dm.train_set._memo) == len(dm.train_set)
+    dm.train_set[0]["image"].add_(1.0)  # a consumer writing into a batch does not reach the memo
+    assert torch.equal(dm.train_set[0]["image"], fresh.train_set[0]["image"])
+    # a per-sample resolution other than the dataset's own (PGAN's growing stages) is never memoised
+    assert dm.train_set[(1, 4)]["image"].shape[-1] == 4 and dm.train_set[(1, 4)]["label"].shape[-1] == 4
+
+
+def test_no_memo_with_augmentation_native_size_or_over_the_byte_cap(tiny_dataset: Path) -> None:
+    assert make(tiny_dataset, classes=4, resolution=8, augment=True).train_set._memo is None
+    assert make(tiny_dataset, classes=4).train_set._memo is None  # native size: nothing to resize
+    from synthseg.data.dataset import SliceDataset
+
+    ds = make(tiny_dataset, classes=4, resolution=8).train_set
+    small = SliceDataset(ds.sources, ds.items, classes=4, image_norm="paper", train_max=1.0, train_mean=0.0,
+                         resolution=8, memo_bytes=10)
+    assert small._memo is None
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 64])
+def test_majority_vote_equals_a_per_block_count_with_ties_to_the_higher_class(factor: int) -> None:
+    rng = np.random.default_rng(factor)
+    labels = rng.integers(0, 7, (3, 64, 64)).astype(np.uint8)
+    labels[:, :32] = rng.integers(0, 2, (3, 32, 64))  # two classes: many tied blocks
+    out = resize_labels(labels, 64 // factor)
+    assert out.dtype == np.uint8 and out.shape == (3, 64 // factor, 64 // factor)
+    for n, i, j in np.ndindex(out.shape):
+        block = labels[n, i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
+        counts = np.bincount(block.ravel(), minlength=7)
+        assert out[n, i, j] == np.flatnonzero(counts == counts.max()).max()
+    assert torch.equal(resize_labels(torch.from_numpy(labels), 8), torch.from_numpy(resize_labels(labels, 8)))
+
+
+def test_majority_vote_refuses_a_label_outside_the_classes() -> None:
+    labels = np.zeros((8, 8), np.uint8)
+    labels[3, 3] = 7
+    with pytest.raises(ValueError, match=r"0\.\.6, found 0\.\.7"):
+        resize_labels(labels, 4)

@@ -170,16 +170,25 @@ def test_same_seed_same_bytes_through_cli(
     from synthseg.cli import run
 
     monkeypatch.chdir(tmp_path)
+    # two worker processes make the two cases: the same bytes as the one-process fixture
     run(
         "demo-cohort",
-        [f"output={tmp_path / 'again'}", "cases=1", f"seed={SEED}", "montage=false", "progress=false"],
+        [
+            f"output={tmp_path / 'again'}",
+            f"cases={CASES}",
+            f"seed={SEED}",
+            "montage=false",
+            "progress=false",
+            "workers=2",
+        ],
     )
     again = _case_dirs(tmp_path / "again")
-    assert len(again) == 1
     first = _case_dirs(cohort)
-    original = next(p for p in first if p.name == again[0].name)
-    for path in original.iterdir():
-        assert (again[0] / path.name).read_bytes() == path.read_bytes(), path.name
+    assert [p.name for p in again] == [p.name for p in first]
+    for original, copy in zip(first, again, strict=True):
+        assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in original.iterdir())
+        for path in original.iterdir():
+            assert (copy / path.name).read_bytes() == path.read_bytes(), path.name
     assert not (tmp_path / "again" / "montage.png").exists()
 
 

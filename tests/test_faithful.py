@@ -69,6 +69,8 @@ def test_table1_evaluates_as_keras() -> None:
     assert (cfg.model.optimizer.lr, cfg.model.optimizer.eps) == (1e-4, 1e-7)
     assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (8, 150)
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    # the paper's input scaling and loss: one training maximum, weighted Dice alone
+    assert (cfg.data.image_norm, cfg.model.ce_weight) == ("paper", 0.0)
 
 
 def test_commands_default_to_the_paper() -> None:
@@ -80,6 +82,7 @@ def test_commands_default_to_the_paper() -> None:
 
 
 def test_python_defaults_match_the_yaml() -> None:
+    from synthseg.data.datamodule import BraTSDataModule
     from synthseg.models.pgan import PGAN
     from synthseg.models.unet import UNetModule
     from synthseg.synth.select import SelectSettings, select_best
@@ -103,6 +106,7 @@ def test_python_defaults_match_the_yaml() -> None:
     assert default(synthesize, "full_resolution_only") is False
     assert field(SynthesizeSettings, "full_resolution_only") is False
     assert default(synthesize, "min_island") == 0 and field(SynthesizeSettings, "min_island") == 0
+    assert default(UNetModule, "ce_weight") == 0.0 and default(BraTSDataModule, "image_norm") == "paper"
 
 
 def test_the_demo_says_which_improvements_it_uses() -> None:
@@ -110,17 +114,22 @@ def test_the_demo_says_which_improvements_it_uses() -> None:
 
     cfg = compose_raw("train", ["experiment=pgan_demo"])
     assert cfg.model.lowres_labels == "majority" and cfg.model.swd_images < 16384
+    unet = compose_raw("train", ["experiment=table1_demo"])
+    assert (unet.data.image_norm, unet.model.ce_weight) == ("zscore", 1.0)
     for said in (
         "lowres_labels=majority",
         "swd_images",
         "full_resolution_only=true",
         "synthetic.min_island",
+        "image_norm=zscore",
+        "ce_weight=1",
         "docs/fidelity.md",
     ):
         assert said in DEMO_CHOICES
     readme = (ROOT / "README.md").read_text()
     demo = readme[readme.index("## The demo") :]
     assert "lowres_labels=majority" in demo and "docs/fidelity.md" in demo and "min_island" in demo
+    assert "image_norm=zscore" in demo and "ce_weight=1" in demo
 
 
 def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: Path, monkeypatch) -> None:

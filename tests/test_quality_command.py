@@ -264,3 +264,25 @@ def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
     torch.save({"state_dict": {"net.head.weight": torch.zeros(1)}}, ckpt)
     with pytest.raises(InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"):
         quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=ckpt)
+
+
+def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, Path], tmp_path: Path) -> None:
+    from synthseg.data.dataset import zscore_brain
+    from synthseg.metrics.features import build_extractor
+    from synthseg.metrics.quality import _scaler
+
+    torch.manual_seed(0)
+    path = tmp_path / "zscore_unet.pt"
+    save_network(UNet(1, 7, base_width=2), path, meta={"image_norm": "zscore"})
+    extractor = build_extractor("unet", path)
+    assert extractor.norm == "zscore"
+    images = torch.rand(3, 1, 8, 8) * 1000
+    images[:, :, :2] = 0  # outside the brain
+    scaled = _scaler(extractor, images)(images, slice(0, 1))
+    assert torch.equal(scaled, torch.from_numpy(zscore_brain(images.numpy())))
+    assert torch.all(scaled[:, :, :2] == 0) and abs(float(scaled[:, :, 2:].mean())) < 1e-5
+    result = quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=path, **FAST)
+    assert math.isfinite(result["features"]["fd_unet"])
+    save_network(UNet(1, 7, base_width=2), tmp_path / "tanh.pt", meta={"image_norm": "tanh"})
+    with pytest.raises(InputError, match="image_norm='tanh'"):
+        build_extractor("unet", tmp_path / "tanh.pt")

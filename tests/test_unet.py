@@ -156,3 +156,37 @@ def test_weighted_dice_error_accumulates_over_batches_like_one_batch() -> None:
         [weighted_dice_loss(probs[i : i + 2], target[i : i + 2], weights) for i in range(0, 6, 2)]
     )
     assert abs(per_batch.mean().item() - whole.item()) > 1e-6
+
+
+def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
+    import math
+    from functools import partial
+
+    from synthseg.models.unet import UNetModule
+
+    # Two pixels, two classes; the network's logits are fixed by a stand-in whose output ignores its input.
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).reshape(1, 2, 1, 2)  # pixel0 -> class 1, pixel1 -> class 0
+
+    class Fixed(torch.nn.Module):
+        init_args = {"num_classes": 2}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits + self.bias
+
+    batch = {"image": torch.zeros(1, 1, 1, 2), "label": torch.tensor([[[0, 1]]])}
+    weights = torch.tensor([0.25, 0.75])
+    p = 1 / (1 + math.e)  # softmax probability of the right class at either pixel
+    dice = 1 - 2 * (0.25 * p + 0.75 * p) / (0.25 * 2 + 0.75 * 2)
+    ce = (0.25 * -math.log(p) + 0.75 * -math.log(p)) / (0.25 + 0.75)  # weighted mean over pixels
+    losses = {}
+    for ce_weight in (0.0, 0.5):
+        module = UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1), ce_weight=ce_weight)
+        module.class_weights.copy_(weights)
+        module.log = lambda *a, **k: None  # no Trainer attached
+        losses[ce_weight] = module.training_step(batch, 0).item()
+    assert losses[0.0] == pytest.approx(dice)
+    assert losses[0.5] == pytest.approx(dice + 0.5 * ce)

@@ -30,7 +30,7 @@ class DataSummary:
     Attributes:
         classes: label classes served (7, 4 or 2).
         sequences: the image channels, in order (``data.sequences``).
-        image_norm: how images are normalised ("paper", "tanh" or "raw").
+        image_norm: how images are normalised ("paper", "tanh", "raw" or "zscore").
         size: side of the slices on disk.
         resolution: side of the slices served (the configured one, else ``size``).
         train_max, train_mean: the normalisation statistics of the training set in use, one per sequence
@@ -110,7 +110,7 @@ class BraTSDataModule(pl.LightningDataModule):
         eval_batch_size: validation/test batch size (default: batch_size).
         num_workers, pin_memory, persistent_workers: DataLoader settings.
         one_hot: labels as float one-hot (C, H, W).
-        image_norm: "paper", "tanh" or "raw" (see SliceDataset), per sequence.
+        image_norm: "paper", "tanh", "raw" or "zscore" (each slice by its own brain; see SliceDataset), per sequence.
         stats_from: "train" computes normalization and class weights over the whole training set in use,
             synthetic included (the paper); "real" over its real slices only.
         seed: seed of the per-epoch shuffling.

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from synthseg.data.labels import reduce_labels, resize_labels
 
-IMAGE_NORMS = ("paper", "tanh", "raw")
+IMAGE_NORMS = ("paper", "tanh", "raw", "zscore")
 
 
 def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
@@ -23,6 +23,19 @@ def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(-3, -1))
 
 
+def zscore_brain(image: np.ndarray) -> np.ndarray:
+    """Each channel of an (S, H, W) image to zero mean, unit std over its non-zero (brain) pixels; 0 outside."""
+    brain = image > 0
+    count = brain.sum(axis=(-2, -1), keepdims=True)
+    safe = np.maximum(count, 1)
+    mean = (image * brain).sum(axis=(-2, -1), keepdims=True) / safe
+    var = (((image - mean) * brain) ** 2).sum(axis=(-2, -1), keepdims=True) / safe
+    std = np.sqrt(var)
+    return np.where(brain, (image - mean) / np.maximum(std, 1e-3 * np.maximum(mean, 1.0)), 0.0).astype(
+        np.float32
+    )
+
+
 class SliceDataset(Dataset):
     """Slices from one or more (images, labels) memory-mapped arrays.
 
@@ -30,7 +43,9 @@ class SliceDataset(Dataset):
         sources: list of (images (N, S, H, W) uint16 (or (N, H, W): one sequence), labels (N, H, W) uint8).
         items: (M, 2) int array of (source index, row) pairs this dataset serves.
         classes: 7, 4 or 2; labels are reduced on read.
-        image_norm: "paper" (image / max - mean), "tanh" (image / max * 2 - 1) or "raw".
+        image_norm: "paper" (image / max - mean), "tanh" (image / max * 2 - 1), "raw" or "zscore" (each
+            slice and sequence by the mean and std of its own non-zero (brain) pixels, 0 outside: per-image
+            normalisation as nnU-Net does for MR, where scanners differ in grey-level scale).
         train_max, train_mean: normalization statistics of the training set in use, one per sequence served
             (a scalar for one).
         channels: per source, the indices of the sequences served, in order (None: all of each source).
@@ -39,6 +54,9 @@ class SliceDataset(Dataset):
         augment: ``augment(image, label, rng) -> (image, label)`` applied at native size before resizing;
             its generator is seeded by (seed, epoch, index), so a resumed run sees the same augmentations.
         seed: seed of the augmentation generators.
+        memo_bytes: without augmentation, slices resized to the dataset's own ``resolution`` are kept in
+            memory after their first read when they fit in this many bytes in all (0: never), so later epochs
+            skip the area/majority-vote resizing; what is served is the same either way.
         cases: per source, the case (subject) id of every row; items then carry ``"case"`` (test metrics are
             gathered per subject).
         slices: per source, the axial slice index of every row; items then carry ``"slice"`` (a subject's
@@ -65,6 +83,7 @@ class SliceDataset(Dataset):
         cases: Sequence[np.ndarray] | None = None,
         slices: Sequence[np.ndarray] | None = None,
         channels: Sequence[Sequence[int]] | None = None,
+        memo_bytes: int = 1 << 30,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -84,6 +103,17 @@ class SliceDataset(Dataset):
         self.seed = seed
         self.cases = None if cases is None else [np.asarray(c) for c in cases]
         self.slices = None if slices is None else [np.asarray(s) for s in slices]
+        self._memo: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        if augment is None and resolution and self.sources:
+            images, labels = self.sources[0]
+            served = (
+                len(channels[0]) if channels is not None else (images.shape[1] if images.ndim == 4 else 1)
+            )
+            if (
+                labels.shape[-1] > resolution
+                and len(self.items) * (4 * served + 1) * resolution**2 <= memo_bytes
+            ):
+                self._memo = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,13 +123,42 @@ class SliceDataset(Dataset):
             return image / self.train_max - self.train_mean
         if self.image_norm == "tanh":
             return image / self.train_max * 2.0 - 1.0
-        return image
+        if self.image_norm == "zscore":
+            return zscore_brain(image)
+        return image.copy()  # never the memoised array itself
 
     def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
         index, resolution, position = (
             (key, 0, None) if isinstance(key, int | np.integer) else (key[0], key[1], key[2:])
         )
+        size = resolution or self.resolution
+        memo = self._memo if self._memo is not None and size == self.resolution else None
+        if memo is not None and int(index) in memo:
+            image, label = memo[int(index)]
+        else:
+            image, label = self._read(int(index), position, size)
+            if memo is not None:
+                memo[int(index)] = (image, label)
+        label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
+        out: dict[str, Any] = {
+            "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image), dtype=np.float32)),
+            "label": torch.nn.functional.one_hot(label_t, self.classes).permute(2, 0, 1).float()
+            if self.one_hot
+            else label_t,
+            "index": int(index),
+        }
         source, row = self.items[int(index)]
+        if self.cases is not None:
+            out["case"] = str(self.cases[source][row])
+        if self.slices is not None:
+            out["slice"] = int(self.slices[source][row])
+        if position:
+            out["position"] = torch.tensor(position, dtype=torch.int64)
+        return out
+
+    def _read(self, index: int, position: Any, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """One item's (S, H, W) float32 image and (H, W) stored labels at side ``size`` (None: native)."""
+        source, row = self.items[index]
         images, labels = self.sources[source]
         # (S, H, W): only the channels served are read from the memory map; an (N, H, W) source is one sequence
         picked = images[row] if images.ndim == 4 else images[row][None]
@@ -109,26 +168,9 @@ class SliceDataset(Dataset):
         label = np.asarray(labels[row])
         if self.augment is not None:
             epoch = int(position[0]) if position else 0
-            rng = np.random.default_rng((self.seed, epoch, int(index)))
+            rng = np.random.default_rng((self.seed, epoch, index))
             image, label = self.augment(image, label, rng)
-        size = resolution or self.resolution or image.shape[-1]
+        size = size or image.shape[-1]
         if image.shape[-1] % size:
             raise ValueError(f"resolution {size} does not divide the slice size {image.shape[-1]}")
-        factor = image.shape[-1] // size
-        image = downsample_image(image, factor)
-        label = resize_labels(label, size)
-        label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
-        out: dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image), dtype=np.float32)),
-            "label": torch.nn.functional.one_hot(label_t, self.classes).permute(2, 0, 1).float()
-            if self.one_hot
-            else label_t,
-            "index": int(index),
-        }
-        if self.cases is not None:
-            out["case"] = str(self.cases[source][row])
-        if self.slices is not None:
-            out["slice"] = int(self.slices[source][row])
-        if position:
-            out["position"] = torch.tensor(position, dtype=torch.int64)
-        return out
+        return downsample_image(image, image.shape[-1] // size), resize_labels(label, size)

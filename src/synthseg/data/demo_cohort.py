@@ -38,8 +38,9 @@ from scipy import ndimage
 
 from synthseg.data.demo_sequences import paint_sequences, periventricular_caps
 from synthseg.errors import InputError
-from synthseg.settings import Settings
+from synthseg.settings import Settings, check_positive
 from synthseg.utils.outputs import check_output, claim_output
+from synthseg.utils.procs import ordered_map
 
 GRID_SHAPE: tuple[int, int, int] = (240, 240, 155)
 # The BraTS 2018 files' voxel-to-world matrix (1 mm, LPS axes): the same for T1c, seg and the tissue maps.
@@ -460,6 +461,7 @@ def generate_cohort(
     montage: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> list[Path]:
     """Write a demo cohort of ``cases`` HGG cases in BraTS 2018 layout under ``output``.
 
@@ -473,9 +475,9 @@ def generate_cohort(
         montage: also write ``output/montage.png`` (axial T1, T1c, T2, FLAIR slices and the colored labels).
         progress: show a progress bar.
         overwrite: replace a cohort this command wrote earlier.
+        workers: cases made in parallel processes (the same files for any count).
 
-    Returns:
-        The case folders, in generation order.
+    Returns the case folders, in generation order.
     """
     from tqdm import tqdm
 
@@ -485,18 +487,15 @@ def generate_cohort(
     output = check_output(output, command="demo-cohort", overwrite=overwrite)
     names = case_names(cases, seed)
     shown: list[DemoCase] = []
-    folders = []
+    folders = [output / "HGG" / f"Brats18_{inst}_{ident}_1" for inst, ident in names]
     with claim_output(output, command="demo-cohort", overwrite=overwrite) as tmp:
-        for index, (inst, ident) in enumerate(
-            tqdm(names, desc="demo cohort", unit="case", disable=not progress)
-        ):
-            name = f"Brats18_{inst}_{ident}_1"
-            rngs = (np.random.default_rng([seed, 11, index]), np.random.default_rng([seed, 13, index]))
-            case = make_case(name, _scanner(seed, inst), *rngs)
-            write_case(tmp / "HGG" / name, case)
-            folders.append(output / "HGG" / name)
-            if montage and len(shown) < 3:
-                shown.append(case)
+        jobs = [
+            (tmp, seed, index, inst, ident, montage and index < 3)
+            for index, (inst, ident) in enumerate(names)
+        ]
+        made = ordered_map(_make_and_write, jobs, int(workers))
+        for case in tqdm(made, total=len(jobs), desc="demo cohort", unit="case", disable=not progress):
+            shown += [case] if case is not None else []
         if montage:
             save_montage(tmp / "montage.png", shown)
         meta = {
@@ -507,6 +506,15 @@ def generate_cohort(
         }
         (tmp / _MARKER).write_text(json.dumps(meta, indent=2) + "\n")
     return folders
+
+
+def _make_and_write(job: tuple[Path, int, int, str, str, bool]) -> DemoCase | None:
+    """Make case ``index`` and write it under ``tmp/HGG``; return it when it goes into the montage."""
+    tmp, seed, index, inst, ident, keep = job
+    rngs = (np.random.default_rng([seed, 11, index]), np.random.default_rng([seed, 13, index]))
+    case = make_case(f"Brats18_{inst}_{ident}_1", _scanner(seed, inst), *rngs)
+    write_case(tmp / "HGG" / case.name, case)
+    return case if keep else None
 
 
 @dataclass(frozen=True)
@@ -521,12 +529,22 @@ class DemoCohortSettings(Settings):
     montage: bool = True
     progress: bool = True
     overwrite: bool = False
+    workers: int = 1
+
+    def check(self) -> None:
+        check_positive("workers", self.workers)
 
 
 def main(cfg: Any) -> None:
     """``synthseg demo-cohort output=DIR cases=N seed=S [montage=true]``."""
     s = DemoCohortSettings.from_config(cfg)
     folders = generate_cohort(
-        s.output, s.cases, s.seed, montage=s.montage, progress=s.progress, overwrite=s.overwrite
+        s.output,
+        s.cases,
+        s.seed,
+        montage=s.montage,
+        progress=s.progress,
+        overwrite=s.overwrite,
+        workers=s.workers,
     )
     print(f"demo cohort: {len(folders)} cases in {Path(s.output) / 'HGG'}")

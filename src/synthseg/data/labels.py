@@ -80,9 +80,18 @@ def colorize(labels: np.ndarray, classes: int = 7) -> np.ndarray:
 
 def _majority_vote(labels: torch.Tensor, factor: int, classes: int) -> torch.Tensor:
     """Majority class per ``factor`` x ``factor`` block of (N, H, W) indices; ties go to the higher class."""
-    onehot = torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float()
-    counts = torch.nn.functional.avg_pool2d(onehot, factor)
-    return (classes - 1 - counts.flip(1).argmax(dim=1)).to(labels.dtype)
+    n, h, w = labels.shape
+    # (blocks, factor^2) class indices, counted per block by one scatter: no (N, classes, H, W) one-hot
+    blocks = labels.long().reshape(n, h // factor, factor, w // factor, factor).permute(0, 1, 3, 2, 4)
+    blocks = blocks.reshape(-1, factor * factor)
+    if len(blocks) and (int(blocks.min()) < 0 or int(blocks.max()) >= classes):
+        raise ValueError(
+            f"label values must lie in 0..{classes - 1}, found {int(blocks.min())}..{int(blocks.max())}"
+        )
+    ones = torch.ones(1, dtype=torch.int32).expand_as(blocks)
+    counts = torch.zeros(len(blocks), classes, dtype=torch.int32).scatter_add_(1, blocks, ones)
+    # argmax takes the first maximum: over the flipped classes, the highest class among the tied
+    return (classes - 1 - counts.flip(1).argmax(dim=1)).reshape(n, h // factor, w // factor).to(labels.dtype)
 
 
 def resize_labels(labels: LabelArray, size: int, classes: int = NUM_CLASSES) -> LabelArray:

@@ -23,6 +23,7 @@ from synthseg.errors import InputError
 from synthseg.networks.unet import UNet
 
 EXTRACTORS = ("unet", "inception")
+UNET_NORMS = ("paper", "zscore")  # the image_norm values a U-Net extractor reproduces
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
 
@@ -100,8 +101,9 @@ class Extractor:
     Attributes:
         name: ``unet`` or ``inception`` (the suffix of ``fd_<name>``).
         module: (B, C, H, W) -> (B, D), in eval mode (U-Net: C its input sequences; Inception: C = 1).
-        norm: ``paper`` (image / max - mean per sequence, the U-Net's training input) or ``unit`` (image / max
-            in [0, 1]).
+        norm: ``paper`` (image / max - mean per sequence, the U-Net's training input), ``zscore`` (each
+            slice's own z-score over its brain, per sequence: a U-Net trained with ``data.image_norm=zscore``)
+            or ``unit`` (image / max in [0, 1]).
         train_max, train_mean: the normalisation statistics (``paper``), one per sequence in ``sequences``
             order; None: from the real sample.
         source: where the weights came from, for quality.json.
@@ -161,10 +163,13 @@ def _unet_run(path: Path) -> Extractor:
             raise InputError(f"{results_path}: not a tested U-Net run")
         stats = run.results.get("data_stats", {})
         norm = run.config.get("data", {}).get("image_norm", "paper")
-        if norm != "paper":
-            raise InputError(f"{results_path}: image_norm={norm!r}; the quality extractor supports 'paper'")
+        if norm not in UNET_NORMS:
+            raise InputError(
+                f"{results_path}: image_norm={norm!r}; the quality extractor supports {UNET_NORMS}"
+            )
         sequences = check_sequences(run.sequences, f"{results_path}: data.sequences")
-        # As the DataModule normalised the U-Net's input: per sequence, image / train_max - train_mean.
+        # As the DataModule normalised the U-Net's input: per sequence, image / train_max - train_mean
+        # (or each slice's own z-score).
         train_max = _per_sequence(stats.get("train_max", [1.0] * len(sequences)))
         train_mean = _per_sequence(stats.get("train_mean", [0.0] * len(sequences)))
         net = load_unet(run)
@@ -180,11 +185,16 @@ def _unet_run(path: Path) -> Extractor:
         sequences = check_sequences(recorded, f"{named}: meta.sequences") if recorded is not None else None
         train_max, train_mean = _per_sequence(meta.get("train_max")), _per_sequence(meta.get("train_mean"))
         resolution = meta.get("resolution")
+        norm = meta.get("image_norm", "paper")
+        if norm not in UNET_NORMS:
+            raise InputError(
+                f"{named}: meta.image_norm={norm!r}; the quality extractor supports {UNET_NORMS}"
+            )
     if not isinstance(net, UNet):
         raise InputError(f"{named}: holds a {type(net).__name__}, not a U-Net")
     channels = _check_channels(named, net, sequences, {"train_max": train_max, "train_mean": train_mean})
     return Extractor(
-        "unet", UNetEncoderFeatures(net).eval(), "paper", train_max, train_mean, str(results_path),
+        "unet", UNetEncoderFeatures(net).eval(), norm, train_max, train_mean, str(results_path),
         int(resolution) if resolution else None, sequences, channels,
     )  # fmt: skip
 

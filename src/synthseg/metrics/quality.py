@@ -125,7 +125,8 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 
 def _scaler(extractor: Any, real: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
     """How (N, S, H, W) images enter the extractor, per sequence: ``paper`` as the U-Net was trained
-    (image / train_max - train_mean; without recorded statistics, those of the real sample), ``unit`` in [0, 1]
+    (image / train_max - train_mean; without recorded statistics, those of the real sample), ``zscore`` each
+    slice by its own brain's mean and std (``data.image_norm=zscore``), ``unit`` in [0, 1]
     by the real sample's maximum. The function returned scales the channels ``group`` of its input."""
     dims = (0, 2, 3)
     real_max = real.amax(dim=dims, keepdim=True)
@@ -133,6 +134,10 @@ def _scaler(extractor: Any, real: torch.Tensor) -> Callable[[torch.Tensor, slice
     def per_sequence(values: tuple[float, ...]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1)
 
+    if extractor.norm == "zscore":
+        from synthseg.data.dataset import zscore_brain
+
+        return lambda x, group: torch.from_numpy(zscore_brain(x[:, group].numpy()))
     if extractor.norm == "paper":
         top = per_sequence(extractor.train_max) if extractor.train_max else real_max
         top = torch.where(top > 0, top, real_max)  # a recorded 0 (no signal) falls back to the sample's

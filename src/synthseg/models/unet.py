@@ -53,6 +53,9 @@ class UNetModule(pl.LightningModule):
             (one weighted Dice over every slice). See :mod:`synthseg.metrics.dice_error`.
         eval_batch_size: slices per batch of the ``batch_mean`` reduction (Keras' default 32), independent of
             the DataLoader's batch size.
+        ce_weight: 0 (the paper): the training loss is the weighted Dice loss alone; > 0 adds this much
+            cross-entropy, weighted by the same class weights (Dice + CE, as nnU-Net trains). Validation loss,
+            checkpoint choice and every test figure stay the paper's weighted Dice.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class UNetModule(pl.LightningModule):
         compile: bool = False,
         eval_reduction: str = "batch_mean",
         eval_batch_size: int = 32,
+        ce_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -117,14 +121,21 @@ class UNetModule(pl.LightningModule):
             image = image.contiguous(memory_format=torch.channels_last)
         return self.run_net(image)
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(self(batch["image"]).float(), dim=1)
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(logits, probabilities, one-hot target, weighted Dice loss) of a batch."""
+        logits = self(batch["image"]).float()
+        probs = torch.softmax(logits, dim=1)
         target = nn.functional.one_hot(batch["label"], self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
-        return probs, target, weighted_dice_loss(probs, target, self.class_weights)
+        return logits, probs, target, weighted_dice_loss(probs, target, self.class_weights)
 
     # --------------------------------------------------------------------------------------------- train
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        _, _, loss = self._step(batch)
+        logits, _, _, loss = self._step(batch)
+        if self.hparams.ce_weight:
+            self.log("train/dice_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["image"]))
+            # with the Dice loss's own class weights, so that rare tumour classes are not drowned out
+            ce = nn.functional.cross_entropy(logits, batch["label"], weight=self.class_weights)
+            loss = loss + self.hparams.ce_weight * ce
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"])
         )
@@ -134,7 +145,7 @@ class UNetModule(pl.LightningModule):
         self.val_dice_error.weights.copy_(self.class_weights.double())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probs, target, _ = self._step(batch)
+        _, probs, target, _ = self._step(batch)
         self.val_dice_error.update(probs, target, batch["index"])
         # The paper's validation metric is its training loss over the validation set (eval_reduction).
         self.log(
@@ -165,7 +176,7 @@ class UNetModule(pl.LightningModule):
         self.hd95 = HD95Accumulator()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probs, target, _ = self._step(batch)
+        _, probs, target, _ = self._step(batch)
         pred = probs.argmax(1)
         n = len(pred)
         self.test_dice_error.update(probs, target, batch["index"])

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -34,3 +41,21 @@ def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def ordered_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int) -> Iterator[R]:
+    """``map(fn, jobs)`` in order; in spawned processes that die with this one when ``workers`` > 1.
+
+    spawn, never fork: a forked copy of the parent's threads (torch's, tqdm's) can deadlock.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=context,
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        yield from pool.map(fn, jobs)
