@@ -330,3 +330,13 @@ def test_majority_vote_refuses_a_label_outside_the_classes() -> None:
     labels[3, 3] = 7
     with pytest.raises(ValueError, match=r"0\.\.6, found 0\.\.7"):
         resize_labels(labels, 4)
+
+
+def test_majority_vote_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthseg.data import labels as labels_module
+
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 7, (5, 16, 16)).astype(np.uint8))
+    whole = resize_labels(labels, 4)
+    monkeypatch.setattr(labels_module, "_VOTE_PIXELS", 2 * 16 * 16)  # chunks of 2, 2 and 1 slices
+    assert torch.equal(resize_labels(labels, 4), whole)

@@ -78,20 +78,29 @@ def colorize(labels: np.ndarray, classes: int = 7) -> np.ndarray:
     return palette(classes)[np.clip(np.asarray(labels, dtype=np.int64), 0, classes - 1)]
 
 
+_VOTE_PIXELS = 1 << 24  # label pixels per chunk of the vote: its int64 copy stays at 128 MiB, whatever N
+
+
 def _majority_vote(labels: torch.Tensor, factor: int, classes: int) -> torch.Tensor:
     """Majority class per ``factor`` x ``factor`` block of (N, H, W) indices; ties go to the higher class."""
     n, h, w = labels.shape
-    # (blocks, factor^2) class indices, counted per block by one scatter: no (N, classes, H, W) one-hot
-    blocks = labels.long().reshape(n, h // factor, factor, w // factor, factor).permute(0, 1, 3, 2, 4)
-    blocks = blocks.reshape(-1, factor * factor)
-    if len(blocks) and (int(blocks.min()) < 0 or int(blocks.max()) >= classes):
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise ValueError(
-            f"label values must lie in 0..{classes - 1}, found {int(blocks.min())}..{int(blocks.max())}"
+            f"label values must lie in 0..{classes - 1}, found {int(labels.min())}..{int(labels.max())}"
         )
-    ones = torch.ones(1, dtype=torch.int32).expand_as(blocks)
-    counts = torch.zeros(len(blocks), classes, dtype=torch.int32).scatter_add_(1, blocks, ones)
-    # argmax takes the first maximum: over the flipped classes, the highest class among the tied
-    return (classes - 1 - counts.flip(1).argmax(dim=1)).reshape(n, h // factor, w // factor).to(labels.dtype)
+    out = torch.empty((n, h // factor, w // factor), dtype=labels.dtype)
+    step = max(1, _VOTE_PIXELS // max(h * w, 1))
+    for start in range(0, n, step):
+        part = labels[start : start + step].long()
+        # (blocks, factor^2) class indices, counted per block by one scatter: no (N, classes, H, W) one-hot
+        blocks = part.reshape(len(part), h // factor, factor, w // factor, factor).permute(0, 1, 3, 2, 4)
+        blocks = blocks.reshape(-1, factor * factor)
+        ones = torch.ones(1, dtype=torch.int32).expand_as(blocks)
+        counts = torch.zeros(len(blocks), classes, dtype=torch.int32).scatter_add_(1, blocks, ones)
+        # argmax takes the first maximum: over the flipped classes, the highest class among the tied
+        votes = classes - 1 - counts.flip(1).argmax(dim=1)
+        out[start : start + step] = votes.reshape(len(part), h // factor, w // factor).to(labels.dtype)
+    return out
 
 
 def resize_labels(labels: LabelArray, size: int, classes: int = NUM_CLASSES) -> LabelArray:
