@@ -47,6 +47,7 @@ def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> Non
         "compile": False,
         "eval_reduction": "batch_mean",
         "eval_batch_size": 32,
+        "ce_weight": 0.0,
     }
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
