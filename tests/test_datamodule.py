@@ -306,8 +306,16 @@ def test_no_memo_with_augmentation_native_size_or_over_the_byte_cap(tiny_dataset
     from synthseg.data.dataset import SliceDataset
 
     ds = make(tiny_dataset, classes=4, resolution=8).train_set
-    small = SliceDataset(ds.sources, ds.items, classes=4, image_norm="paper", train_max=1.0, train_mean=0.0,
-                         resolution=8, memo_bytes=10)
+    small = SliceDataset(
+        ds.sources,
+        ds.items,
+        classes=4,
+        image_norm="paper",
+        train_max=1.0,
+        train_mean=0.0,
+        resolution=8,
+        memo_bytes=10,
+    )
     assert small._memo is None
 
 
@@ -340,3 +348,15 @@ def test_majority_vote_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch
     whole = resize_labels(labels, 4)
     monkeypatch.setattr(labels_module, "_VOTE_PIXELS", 2 * 16 * 16)  # chunks of 2, 2 and 1 slices
     assert torch.equal(resize_labels(labels, 4), whole)
+
+
+def test_dataloader_workers_do_not_memoise(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthseg.data import dataset as dataset_module
+
+    dm = make(tiny_dataset, classes=4, resolution=8)
+    monkeypatch.setattr(dataset_module, "get_worker_info", lambda: object())  # as inside a worker process
+    dm.train_set[0]
+    assert dm.train_set._memo == {}
+    monkeypatch.setattr(dataset_module, "get_worker_info", lambda: None)
+    dm.train_set[0]
+    assert list(dm.train_set._memo) == [0]

@@ -212,3 +212,23 @@ def test_hd95_agrees_with_monai_hausdorff_metric_class() -> None:
     metric = HausdorffDistanceMetric(include_background=True, percentile=95)
     metric(torch.from_numpy(a)[None, None].float(), torch.from_numpy(b)[None, None].float())
     assert hausdorff.hd95(a, b) == pytest.approx(float(metric.aggregate()))
+
+
+@pytest.mark.parametrize(("size", "expected"), [(256, 4), (64, 64), (32, 64), (1024, 1)])
+def test_extractor_batches_hold_a_bounded_number_of_pixels(size: int, expected: int) -> None:
+    seen: list[int] = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return x.mean(dim=(2, 3))
+
+    out = extract(Probe(), torch.ones(70, 1, size, size))
+    assert out.shape == (70, 1) and max(seen) == expected and sum(seen) == 70
+    seen.clear()
+    extract(Probe(), torch.ones(10, 1, size, size), batch_size=3)  # an explicit batch still wins
+    assert seen == [3, 3, 3, 1]

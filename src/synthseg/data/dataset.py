@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from synthseg.data.labels import reduce_labels, resize_labels
 
@@ -132,7 +132,10 @@ class SliceDataset(Dataset):
             (key, 0, None) if isinstance(key, int | np.integer) else (key[0], key[1], key[2:])
         )
         size = resolution or self.resolution
+        # main process only: DataLoader workers would each fill a copy, and lose it with the worker
         memo = self._memo if self._memo is not None and size == self.resolution else None
+        if memo is not None and get_worker_info() is not None:
+            memo = None
         if memo is not None and int(index) in memo:
             image, label = memo[int(index)]
         else:

@@ -247,9 +247,19 @@ def resolve_device(device: str) -> torch.device:
         raise InputError(f"device={device!r}: not a torch device") from None
 
 
+EXTRACT_PIXELS = 1 << 18  # image pixels per extractor batch: 4 slices at 256x256, 64 at 64x64
+
+
 @torch.inference_mode()
-def extract(module: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Features of (N, C, H, W) float images in batches on the module's device -> (N, D) float64 on CPU."""
+def extract(module: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Features of (N, C, H, W) float images in batches on the module's device -> (N, D) float64 on CPU.
+
+    ``batch_size`` None: as many images as make ``EXTRACT_PIXELS`` pixels (at most 64). A width-64 U-Net's
+    first activations are 16 MiB per 256x256 image; batches of 64 peaked 3.3 GiB and ran slower on 2 CPU
+    threads than batches of 4 (0.65 GiB; benchmarks/RESULTS.md).
+    """
+    if batch_size is None:
+        batch_size = max(1, min(64, EXTRACT_PIXELS // max(images.shape[-2] * images.shape[-1], 1)))
     device = next(module.parameters()).device
     out = [
         module(images[i : i + batch_size].to(device)).double().cpu()

@@ -168,7 +168,7 @@ def _distances(
 
 def extractor_metrics(
     extractor: Any, real: torch.Tensor, synthetic: torch.Tensor, *, seed: int, k: int, subsets: int,
-    batch_size: int, sequences: tuple[str, ...] = ("t1c",), lap: Callable[[str], None] | None = None,
+    batch_size: int | None, sequences: tuple[str, ...] = ("t1c",), lap: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """FD, KID, precision and recall on the extractor's features of (N, S, H, W) images, keys suffixed with its
     name.
@@ -234,7 +234,7 @@ def quality(
     candidates: int = 8,
     dice_threshold: float = 0.95,
     correlation_threshold: float = 0.98,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Measure a synthetic set against the real training data; write ``output/quality.json`` and figures.
@@ -397,7 +397,7 @@ class QualitySettings(Settings):
     candidates: int = 8
     dice_threshold: float = 0.95
     correlation_threshold: float = 0.98
-    batch_size: int = 64
+    batch_size: int | None = None
     device: str = "auto"
     overwrite: bool = False
 
@@ -406,8 +406,10 @@ class QualitySettings(Settings):
             raise InputError(f"extractor must be unet, inception or null, got {self.extractor!r}")
         if self.real_split not in REAL_SPLITS:
             raise InputError(f"real_split must be one of {list(REAL_SPLITS)}, got {self.real_split!r}")
-        for key in ("max_images", "pairs", "k", "kid_subsets", "search_size", "candidates", "batch_size"):
+        for key in ("max_images", "pairs", "k", "kid_subsets", "search_size", "candidates"):
             check_positive(key, getattr(self, key))
+        if self.batch_size is not None:
+            check_positive("batch_size", self.batch_size)
         for key in ("dice_threshold", "correlation_threshold"):
             if not 0.0 < getattr(self, key) <= 1.0:
                 raise InputError(f"{key} must be in (0, 1], got {getattr(self, key)}")
