@@ -76,3 +76,19 @@ def test_bench_quality_quick_times_every_part_against_the_spade_baseline(tmp_pat
         record["quality_seconds"] / (48 * record["spade_seconds_per_image"]), rel=0.01
     )
     assert "quality / synthesis" in done.stderr
+
+
+def test_quality_memory_benchmark_measures_the_vote_against_its_baseline_and_each_batch(
+    tmp_path: Path,
+) -> None:
+    script = RUN_ALL.parent / "bench_quality_memory.py"
+    out = tmp_path / "memory.json"
+    command = [sys.executable, str(script), "--quick", "--threads", "1", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["vote"]["shape"] == record["vote_baseline"]["shape"] == [8, 32, 32]
+    assert record["vote_time_ratio"] > 0
+    assert [e["batch"] for e in record["extract"]] == ["2", "auto"]
+    for part in (record["vote"], record["vote_baseline"], *record["extract"]):
+        assert part["peak_rss_gib"] >= part["peak_rss_gib_before"] > 0

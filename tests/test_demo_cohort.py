@@ -207,6 +207,11 @@ def test_other_seed_differs() -> None:
 def test_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="at least 1"):
         demo_cohort.generate_cohort(tmp_path / "x", 0, 0)
+    with pytest.raises(InputError, match="workers must be positive"):
+        demo_cohort.DemoCohortSettings.from_config(
+            {"output": str(tmp_path / "y"), "workers": 0}, partial=True
+        )
+    assert not (tmp_path / "y").exists()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("not a cohort")

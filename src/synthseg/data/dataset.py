@@ -131,26 +131,27 @@ class SliceDataset(Dataset):
         index, resolution, position = (
             (key, 0, None) if isinstance(key, int | np.integer) else (key[0], key[1], key[2:])
         )
+        index = int(index)
         size = resolution or self.resolution
         # main process only: DataLoader workers would each fill a copy, and lose it with the worker
         memo = self._memo if self._memo is not None and size == self.resolution else None
         if memo is not None and get_worker_info() is not None:
             memo = None
-        if memo is not None and int(index) in memo:
-            image, label = memo[int(index)]
+        if memo is not None and index in memo:
+            image, label = memo[index]
         else:
-            image, label = self._read(int(index), position, size)
+            image, label = self._read(index, position, size)
             if memo is not None:
-                memo[int(index)] = (image, label)
+                memo[index] = (image, label)
         label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
         out: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image), dtype=np.float32)),
             "label": torch.nn.functional.one_hot(label_t, self.classes).permute(2, 0, 1).float()
             if self.one_hot
             else label_t,
-            "index": int(index),
+            "index": index,
         }
-        source, row = self.items[int(index)]
+        source, row = self.items[index]
         if self.cases is not None:
             out["case"] = str(self.cases[source][row])
         if self.slices is not None:

@@ -256,7 +256,7 @@ def extract(module: nn.Module, images: torch.Tensor, batch_size: int | None = No
 
     ``batch_size`` None: as many images as make ``EXTRACT_PIXELS`` pixels (at most 64). A width-64 U-Net's
     first activations are 16 MiB per 256x256 image; batches of 64 peaked 3.3 GiB and ran slower on 2 CPU
-    threads than batches of 4 (0.65 GiB; benchmarks/RESULTS.md).
+    threads than batches of 4 (0.53 GiB; benchmarks/bench_quality_memory.py).
     """
     if batch_size is None:
         batch_size = max(1, min(64, EXTRACT_PIXELS // max(images.shape[-2] * images.shape[-1], 1)))
