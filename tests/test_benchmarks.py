@@ -92,3 +92,19 @@ def test_quality_memory_benchmark_measures_the_vote_against_its_baseline_and_eac
     assert [e["batch"] for e in record["extract"]] == ["2", "auto"]
     for part in (record["vote"], record["vote_baseline"], *record["extract"]):
         assert part["peak_rss_gib"] >= part["peak_rss_gib_before"] > 0
+
+
+@pytest.mark.slow
+def test_side_by_side_benchmark_times_one_process_against_one_per_core(tmp_path: Path) -> None:
+    script = RUN_ALL.parent / "bench_side_by_side.py"
+    out = tmp_path / "side.json"
+    command = [sys.executable, str(script), "--threads", "2", "--steps", "3", "--rounds", "2", "--size", "16",
+               "--base-width", "2", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert len(record["rounds"]) == 2 and record["config"]["threads"] == 2
+    for r in record["rounds"]:
+        assert r["ratio"] == pytest.approx(r["side_by_side"]["steps_per_s"] / r["one_process"]["steps_per_s"])
+    assert record["median_ratio"] > 0 and record["peak_rss_gib_per_process"] > 0
+    assert "median: side by side / one process" in done.stdout

@@ -50,3 +50,67 @@ def test_precision_and_fast_paths_reach_the_runs() -> None:
     plain = _settings(sweep_overrides(DemoSweep(channels_last=False), 100, 100))
     assert (plain["trainer.precision"], plain["model.compile"], plain["model.channels_last"]) == (
         "32-true", "false", "false")  # fmt: skip
+
+
+def test_the_real_rows_train_beside_the_gans_and_the_report_waits_for_everything(tmp_path: Path) -> None:
+    from synthseg import pipeline
+
+    cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", [f"output={tmp_path}"]))
+    stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
+    runs = [name for name in stages if name.startswith("table1/")]
+    assert len(runs) == len(cfg.sweep.mixes) * len(cfg.sweep.classes) == 12
+    for name in runs:
+        synthetic = "_syn" in name
+        assert stages[name].needs == (("prepared", "synthetic") if synthetic else ("prepared",)), name
+        assert stages[name].budget_s == cfg.budgets.sweep * cfg.workers / len(runs)
+    assert set(stages["report"].needs) >= {*runs, "synthetic", "spade_test"}
+    assert [name for name, stage in stages.items() if stage.alone] == ["cohort", "prepared", "report"]
+    order = list(stages)  # preferred order: the real-only rows come before the rows that wait for the GANs
+    assert max(order.index(n) for n in runs if "_syn" not in n) < min(
+        order.index(n) for n in runs if "_syn" in n
+    )
+
+
+def _stand_in(name: str, out: Path) -> None:
+    import json
+    import os
+
+    import torch
+
+    (out / name).mkdir(parents=True)
+    (out / name / "ran.json").write_text(json.dumps({"pid": os.getpid(), "threads": torch.get_num_threads()}))
+
+
+def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import json
+    import os
+    from functools import partial
+
+    from synthseg import pipeline
+
+    stages = [
+        pipeline.Stage("first", "first", partial(_stand_in, "first"), 10.0, alone=True),
+        pipeline.Stage("a", "table1/a", partial(_stand_in, "table1/a"), 10.0, needs=("first",)),
+        pipeline.Stage("b", "table1/b", partial(_stand_in, "table1/b"), 10.0, needs=("first",)),
+        pipeline.Stage(
+            "last", "last", partial(_stand_in, "last"), 10.0, needs=("table1/a", "table1/b"), alone=True
+        ),
+    ]
+    monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
+    monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
+    out = tmp_path / "demo"
+    pipeline.run_demo(pipeline.DemoSettings(output=str(out), workers=2))
+    ran = {s.output: json.loads((out / s.output / "ran.json").read_text()) for s in stages}
+    assert ran["first"]["pid"] == ran["last"]["pid"] == os.getpid()
+    assert os.getpid() not in (ran["table1/a"]["pid"], ran["table1/b"]["pid"])
+    assert ran["table1/a"]["threads"] == pipeline.stage_threads(2)
+    assert all((out / s.output / ".complete").is_file() for s in stages)
+    printed = capsys.readouterr().out
+    assert "[2/4] a: done in" in printed and "[3/4] b: done in" in printed
+    # a second run finds every stage complete and runs nothing
+    for s in stages:
+        (out / s.output / "ran.json").unlink()
+    pipeline.run_demo(pipeline.DemoSettings(output=str(out), workers=2))
+    assert not any((out / s.output / "ran.json").exists() for s in stages)

@@ -277,7 +277,8 @@ def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) 
     monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
     monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
     out = tmp_path / "demo"
-    pipeline.run_demo(pipeline.DemoSettings(output=str(out), force=force))
+    # workers=1: every stage here, in order (the stand-ins are closures, which no worker process can receive)
+    pipeline.run_demo(pipeline.DemoSettings(output=str(out), force=force, workers=1))
     return out
 
 

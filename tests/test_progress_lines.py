@@ -60,6 +60,24 @@ def test_bar_on_a_terminal_lines_otherwise(
         assert "\r" not in out and len(epochs) == 2
 
 
+def test_a_process_sharing_stdout_prints_lines_naming_its_run(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(train_module, "_shared_stdout", False)
+    train_module.share_stdout()  # as the demo's worker processes do: another stage writes to the same terminal
+    assert not train_module.stdout_is_terminal()
+    cfg = compose_train([*TINY, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run7")
+        cfg.trainer.enable_progress_bar = True
+        cfg.test = False
+    train_module.train(cfg)
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    assert [line.split()[:2] for line in out.splitlines() if " epoch " in line] == [
+        ["run7:", "epoch"], ["run7:", "epoch"]]  # fmt: skip
+
+
 def test_pgan_with_stdout_to_a_file_logs_one_line_per_tick(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "prepared", num_slices=40, size=16)
     text = _train_to_file(

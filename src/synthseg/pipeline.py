@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.outputs import TRAIN_RUN_FILES, claim_folder, claim_output, output_lock, remove_own
 
 log = logging.getLogger(__name__)
+SWEEP = "table1"  # the demo's Table 1 runs, one folder each
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
@@ -58,6 +60,8 @@ class Stage:
     # What the stage writes when it leaves no marker of its own (training runs): the clean-up may delete
     # these and refuses any other file (synthseg.utils.outputs.remove_own).
     own: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # outputs of the stages it reads; it starts once they are complete
+    alone: bool = False  # nothing beside it: it runs worker processes of its own (cohort, prepare)
     seconds: float = field(default=0.0)
     skipped: bool = field(default=False)
 
@@ -191,140 +195,188 @@ class DemoSettings(Settings):
         object.__setattr__(self, "sequences", check_sequences(self.sequences, "sequences"))
 
 
-def build_stages(cfg: DemoSettings) -> list[Stage]:
-    """The demo's stages, each the same code path as its command."""
-    budgets, seed = cfg.budgets, cfg.seed
+def _sequences(cfg: DemoSettings) -> str:
     # The same setting for every command: prepare writes them, SPADE paints them, the U-Net reads them.
-    sequences = f"[{','.join(cfg.sequences)}]"
+    return f"[{','.join(cfg.sequences)}]"
 
-    def cohort(out: Path) -> None:
-        from synthseg.data.demo_cohort import main as cohort_main
 
-        cohort_main(
-            compose_config(
-                "demo_cohort",
-                [
-                    f"output={out / 'cohort'}",
-                    f"cases={cfg.cases}",
-                    f"seed={seed}",
-                    "overwrite=true",
-                    f"workers={cfg.workers}",
-                ],
-            )
+# The stages are module-level functions of (settings, demo folder): a worker process runs them from a pickle.
+def _cohort(cfg: DemoSettings, out: Path) -> None:
+    from synthseg.data.demo_cohort import main as cohort_main
+
+    overrides = [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={cfg.seed}", "overwrite=true"]
+    cohort_main(compose_config("demo_cohort", [*overrides, f"workers={cfg.workers}"]))
+
+
+def _prepare(cfg: DemoSettings, out: Path) -> None:
+    from synthseg.data.prepare import main as prepare_main
+
+    overrides = [
+        f"source={out / 'cohort'}",
+        f"output={out / 'prepared'}",
+        f"seed={cfg.seed}",
+        f"workers={cfg.workers}",
+        f"sequences={_sequences(cfg)}",
+        "overwrite=true",
+    ]
+    prepare_main(compose_config("prepare", overrides))
+
+
+def _pgan(cfg: DemoSettings, out: Path) -> None:
+    _train(["experiment=pgan_demo", f"data.root={out / 'prepared'}", f"seed={cfg.seed}"], out / "pgan")
+
+
+def _spade(cfg: DemoSettings, out: Path) -> None:
+    overrides = [
+        "experiment=spade_demo",
+        f"data.root={out / 'prepared'}",
+        f"data.sequences={_sequences(cfg)}",
+        f"seed={cfg.seed}",
+        f"trainer.max_epochs={cfg.spade.epochs}",
+        f"model.niter={cfg.spade.epochs}",
+        "model.niter_decay=0",
+    ]
+    _train(overrides, out / "spade")
+
+
+def _synthetic(cfg: DemoSettings, out: Path) -> None:
+    from synthseg.synth.synthesize import FilterKeptNothing, synthesize
+    from synthseg.train import stdout_is_terminal
+
+    try:
+        synthesize(
+            out / "pgan",
+            _spade_checkpoint(out),
+            out / "prepared",
+            cfg.synthetic.count,
+            out / "synthetic",
+            threshold=cfg.synthetic.threshold,
+            min_island=cfg.synthetic.min_island,
+            full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
+            mask_size=cfg.resolution,
+            seed=cfg.seed,
+            progress=stdout_is_terminal(),  # no bar redrawn over another stage's lines
         )
+    except FilterKeptNothing as err:
+        # A weak demo PGAN: the rows that need synthetic pairs are skipped by the sweep, said there too.
+        print(f"  no synthetic pairs: {err}", flush=True)
+        (out / "synthetic").mkdir(exist_ok=True)
 
-    def prepare(out: Path) -> None:
-        from synthseg.data.prepare import main as prepare_main
 
-        overrides = [
-            f"source={out / 'cohort'}",
-            f"output={out / 'prepared'}",
-            f"seed={seed}",
-            f"workers={cfg.workers}",
-            f"sequences={sequences}",
-            "overwrite=true",
-        ]
-        prepare_main(compose_config("prepare", overrides))
+def _spade_test(cfg: DemoSettings, out: Path) -> None:
+    # The paper's Fig. 7: SPADE applied to real test label maps, beside the true images.
+    from synthseg.synth.images import generate_images
 
-    def pgan(out: Path) -> None:
-        _train(["experiment=pgan_demo", f"data.root={out / 'prepared'}", f"seed={seed}"], out / "pgan")
+    masks = _real_test_masks(
+        out / "prepared", out / "spade_test.masks", cfg.resolution, cfg.spade.test_images
+    )
+    generate_images(
+        _spade_checkpoint(out), masks, out / "spade_test", seed=cfg.seed, keep_ids=True, overwrite=True
+    )
 
-    def spade(out: Path) -> None:
-        overrides = [
-            "experiment=spade_demo",
-            f"data.root={out / 'prepared'}",
-            f"data.sequences={sequences}",
-            f"seed={seed}",
-            f"trainer.max_epochs={cfg.spade.epochs}",
-            f"model.niter={cfg.spade.epochs}",
-            "model.niter_decay=0",
-        ]
-        _train(overrides, out / "spade")
 
-    def synthetic(out: Path) -> None:
-        from synthseg.synth.synthesize import FilterKeptNothing, synthesize
+def _sweep_run(cfg: DemoSettings, mix: str, classes: int, out: Path) -> None:
+    """One U-Net of Table 1; a mix asking for more synthetic pairs than the filter kept is skipped, said."""
+    slices, full = row_slices(out / "prepared", mix)
+    overrides = [
+        "experiment=table1_demo",
+        f"mix={mix}",
+        f"data.classes={classes}",
+        f"data.root={out / 'prepared'}",
+        f"data.sequences={_sequences(cfg)}",
+        f"paths.synthetic_full={out / 'synthetic'}",
+        f"paths.synthetic_reduced={out / 'synthetic'}",
+        f"seed={cfg.seed}",
+        *sweep_overrides(cfg.sweep, slices, full),
+    ]
+    run_dir = out / SWEEP / f"{mix}_classes{classes}"
+    try:
+        _train(overrides, run_dir)
+    except InputError as err:
+        remove_own(run_dir, patterns=TRAIN_RUN_FILES)
+        print(f"  {mix}, {classes} classes: skipped ({err})", flush=True)
 
-        try:
-            synthesize(
-                out / "pgan",
-                _spade_checkpoint(out),
-                out / "prepared",
-                cfg.synthetic.count,
-                out / "synthetic",
-                threshold=cfg.synthetic.threshold,
-                min_island=cfg.synthetic.min_island,
-                full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
-                mask_size=cfg.resolution,
-                seed=seed,
-                progress=True,
-            )
-        except FilterKeptNothing as err:
-            # A weak demo PGAN: the rows that need synthetic pairs are skipped by the sweep, said there too.
-            print(f"  no synthetic pairs: {err}", flush=True)
-            (out / "synthetic").mkdir(exist_ok=True)
 
-    def spade_test(out: Path) -> None:
-        # The paper's Fig. 7: SPADE applied to real test label maps, beside the true images.
-        from synthseg.synth.images import generate_images
+def _report(cfg: DemoSettings, out: Path) -> None:
+    from synthseg.report.table import write_report
 
-        masks = _real_test_masks(
-            out / "prepared", out / "spade_test.masks", cfg.resolution, cfg.spade.test_images
-        )
-        generate_images(
-            _spade_checkpoint(out), masks, out / "spade_test", seed=seed, keep_ids=True, overwrite=True
-        )
+    figures = {
+        "real": str(out / "prepared"),
+        "masks_full": str(out / "synthetic.work" / "masks"),
+        "spade_test": [str(out / "spade_test")],
+    }
+    if (out / "synthetic" / "manifest.csv").is_file():  # absent when the filter kept no mask
+        figures["synthetic_full"] = str(out / "synthetic")
+    write_report({"runs": str(out / SWEEP), "output": str(out / "report"), "figures": figures})
 
-    def sweep(out: Path) -> None:
-        from synthseg.errors import InputError
 
-        for mix in cfg.sweep.mixes:
-            slices, full = row_slices(out / "prepared", mix)
-            for classes in cfg.sweep.classes:
-                overrides = [
-                    "experiment=table1_demo",
-                    f"mix={mix}",
-                    f"data.classes={classes}",
-                    f"data.root={out / 'prepared'}",
-                    f"data.sequences={sequences}",
-                    f"paths.synthetic_full={out / 'synthetic'}",
-                    f"paths.synthetic_reduced={out / 'synthetic'}",
-                    f"seed={seed}",
-                    *sweep_overrides(cfg.sweep, slices, full),
-                ]
-                run_dir = out / "table1" / f"{mix}_classes{classes}"
-                try:
-                    _train(overrides, run_dir)
-                except InputError as err:
-                    # The filter may keep fewer synthetic pairs than a mix asks for: say so, run the rest.
-                    remove_own(run_dir, patterns=TRAIN_RUN_FILES)
-                    print(f"  {mix}: skipped ({err})", flush=True)
-                    break
+def _uses_synthetic(mix: str) -> bool:
+    data = compose_config("train", ["experiment=table1_demo", f"mix={mix}"]).data
+    return bool(data.get("synthetic") and data.synthetic.get("count"))
 
-    def report(out: Path) -> None:
-        from synthseg.report.table import write_report
 
-        figures = {
-            "real": str(out / "prepared"),
-            "masks_full": str(out / "synthetic.work" / "masks"),
-            "spade_test": [str(out / "spade_test")],
-        }
-        if (out / "synthetic" / "manifest.csv").is_file():  # absent when the filter kept no mask
-            figures["synthetic_full"] = str(out / "synthetic")
-        write_report({"runs": str(out / "table1"), "output": str(out / "report"), "figures": figures})
+def build_stages(cfg: DemoSettings) -> list[Stage]:
+    """The demo's stages, each the same code path as its command, in the order they are preferred.
 
+    Each U-Net of the sweep is a stage of its own, so that the real-data rows train beside the GANs.
+    """
+    budgets = cfg.budgets
+    runs = [(mix, classes, _uses_synthetic(mix)) for mix in cfg.sweep.mixes for classes in cfg.sweep.classes]
+    # The sweep's budget spread over its runs, as many at a time as there are workers.
+    run_budget = budgets.sweep * min(cfg.workers, len(runs)) / max(1, len(runs))
     return [
-        Stage("demo cohort", "cohort", cohort, budgets.cohort),
-        Stage("prepare", "prepared", prepare, budgets.prepare),
-        Stage("PGAN (label maps)", "pgan", pgan, budgets.pgan, TRAIN_RUN_FILES),
+        Stage("demo cohort", "cohort", partial(_cohort, cfg), budgets.cohort, alone=True),
+        Stage("prepare", "prepared", partial(_prepare, cfg), budgets.prepare, needs=("cohort",), alone=True),
         Stage(
-            f"SPADE (label map -> {'+'.join(cfg.sequences)})", "spade", spade, budgets.spade, TRAIN_RUN_FILES
+            "PGAN (label maps)",
+            "pgan",
+            partial(_pgan, cfg),
+            budgets.pgan,
+            TRAIN_RUN_FILES,
+            needs=("prepared",),
         ),
-        Stage("synthetic pairs", "synthetic", synthetic, budgets.synthetic),
-        Stage("SPADE on real test masks", "spade_test", spade_test, budgets.spade_test),
         Stage(
-            "Table 1 sweep (U-Net)", "table1", sweep, budgets.sweep, tuple(f"*/{p}" for p in TRAIN_RUN_FILES)
+            f"SPADE (label map -> {'+'.join(cfg.sequences)})",
+            "spade",
+            partial(_spade, cfg),
+            budgets.spade,
+            TRAIN_RUN_FILES,
+            needs=("prepared",),
         ),
-        Stage("report", "report", report, budgets.report),
+        Stage(
+            "synthetic pairs",
+            "synthetic",
+            partial(_synthetic, cfg),
+            budgets.synthetic,
+            needs=("pgan", "spade"),
+        ),
+        Stage(
+            "SPADE on real test masks",
+            "spade_test",
+            partial(_spade_test, cfg),
+            budgets.spade_test,
+            needs=("spade",),
+        ),
+        *[
+            Stage(
+                f"Table 1: {mix}, {classes} classes (U-Net)",
+                f"{SWEEP}/{mix}_classes{classes}",
+                partial(_sweep_run, cfg, mix, classes),
+                run_budget,
+                TRAIN_RUN_FILES,
+                needs=("prepared", "synthetic") if synthetic else ("prepared",),
+            )
+            # real-only rows first: they can start while the GANs train
+            for mix, classes, synthetic in sorted(runs, key=lambda r: r[2])
+        ],
+        Stage(
+            "report",
+            "report",
+            partial(_report, cfg),
+            budgets.report,
+            needs=("prepared", "synthetic", "spade_test", *(f"{SWEEP}/{m}_classes{c}" for m, c, _ in runs)),
+            alone=True,
+        ),
     ]
 
 
@@ -397,6 +449,13 @@ def run_demo(config: DictConfig | DemoSettings) -> dict[str, Any]:
         return _run_stages(cfg, out)
 
 
+def stage_threads(workers: int) -> int:
+    """torch threads for each of ``workers`` stages running side by side: the cores shared out."""
+    import torch
+
+    return max(1, torch.get_num_threads() // max(1, workers))
+
+
 def _run_stages(cfg: DemoSettings, out: Path) -> dict[str, Any]:
     stages = build_stages(cfg)
     start = time.perf_counter()
@@ -409,20 +468,42 @@ def _run_stages(cfg: DemoSettings, out: Path) -> dict[str, Any]:
         flush=True,
     )
     print(DEMO_CHOICES, flush=True)
-    for index, stage in enumerate(stages, 1):
+    from synthseg.train import share_stdout
+    from synthseg.utils.graph import Job, run_graph
+
+    number = {stage.output: f"[{i}/{len(stages)}] {stage.name}" for i, stage in enumerate(stages, 1)}
+    by_output = {stage.output: stage for stage in stages}
+    jobs = []
+    for stage in stages:
         target = out / stage.output
         if (target / DONE).is_file() and not cfg.force:
             stage.skipped = True
-            print(f"[{index}/{len(stages)}] {stage.name}: {target} is complete, skipped")
-            continue
+            print(f"{number[stage.output]}: {target} is complete, skipped")
+        else:
+            jobs.append(Job(stage.output, partial(stage.run, out), stage.needs, stage.alone))
+
+    def started(job: Job) -> None:
+        stage, target = by_output[job.key], out / job.key
         remove_own(target, patterns=stage.own)
-        print(f"[{index}/{len(stages)}] {stage.name} (budget {stage.budget_s:.0f} s) -> {target}", flush=True)
-        t0 = time.perf_counter()
-        stage.run(out)
-        stage.seconds = time.perf_counter() - t0
-        (target / DONE).write_text(f"{stage.seconds:.1f}\n")
-        over = " - over its budget" if stage.seconds > stage.budget_s else ""
-        print(f"[{index}/{len(stages)}] {stage.name}: done in {stage.seconds:.0f} s{over}", flush=True)
+        print(f"{number[job.key]} (budget {stage.budget_s:.0f} s) -> {target}", flush=True)
+
+    def finished(job: Job, seconds: float) -> None:
+        stage, target = by_output[job.key], out / job.key
+        stage.seconds = seconds
+        if not target.is_dir():  # a sweep run without enough synthetic pairs: said by the run, left unmarked
+            return
+        (target / DONE).write_text(f"{seconds:.1f}\n")
+        over = " - over its budget" if seconds > stage.budget_s else ""
+        print(f"{number[job.key]}: done in {seconds:.0f} s{over}", flush=True)
+
+    run_graph(
+        jobs,
+        cfg.workers,
+        threads=stage_threads(cfg.workers),
+        initializer=share_stdout,
+        on_start=started,
+        on_done=finished,
+    )
     summary = {
         "output": str(out),
         "total_seconds": round(time.perf_counter() - start, 1),

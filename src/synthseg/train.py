@@ -122,10 +122,21 @@ class ResultsWriter(pl.Callback):
         self._write(trainer, pl_module)
 
 
+# Set in a process whose stdout other processes write to as well (the demo's stages side by side): two
+# progress bars redrawing one terminal are unreadable, lines naming their run are not.
+_shared_stdout = False
+
+
+def share_stdout() -> None:
+    """This process shares its stdout with others: one line per epoch naming the run, no progress bars."""
+    global _shared_stdout
+    _shared_stdout = True
+
+
 def stdout_is_terminal() -> bool:
-    """Whether stdout is a terminal (a progress bar's carriage-return frames only make sense there)."""
+    """Whether stdout is a terminal this process has to itself (a progress bar's frames only make sense there)."""
     isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty())
+    return not _shared_stdout and bool(isatty and isatty())
 
 
 class EpochLines(pl.Callback):
@@ -135,8 +146,9 @@ class EpochLines(pl.Callback):
     megabytes of frames. PGAN's single endless epoch prints nothing here; its tick line is the log's line.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
         self._start = time.perf_counter()
+        self._prefix = f"{label}: " if label else ""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -152,7 +164,9 @@ class EpochLines(pl.Callback):
         values = "".join(f"  {k.removesuffix('_epoch')} {v:.4g}" for k, v in sorted(shown.items()))
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         seconds = time.perf_counter() - self._start
-        print(f"epoch {trainer.current_epoch + 1}{total}{values}  ({seconds:.1f} s)", flush=True)
+        print(
+            f"{self._prefix}epoch {trainer.current_epoch + 1}{total}{values}  ({seconds:.1f} s)", flush=True
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -185,7 +199,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     extra: dict[str, Any] = {}
     if cfg.trainer.get("enable_progress_bar", True) and not stdout_is_terminal():
-        callbacks.append(EpochLines())
+        callbacks.append(EpochLines(output_dir.name if _shared_stdout else ""))
         extra["enable_progress_bar"] = False
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
 
