@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 from synthseg.data.brats import BratsConvention, Case
 from synthseg.data.prepare_settings import PrepareSettings
 from synthseg.data.slices import CaseResult, process_case
 from synthseg.errors import InputError
-from synthseg.utils.procs import die_with_parent
+from synthseg.utils.procs import spawn_pool
 
 
 def worker(job: tuple[Case, BratsConvention, PrepareSettings, Path]) -> CaseResult:
@@ -45,12 +43,8 @@ def run_cases(
             for job in jobs:
                 collect(worker(job))
         else:
-            # spawn: the workers need numpy and nibabel only, never a forked copy of the parent's threads
-            context = multiprocessing.get_context("spawn")
-            # die_with_parent: a SIGKILLed prepare must not leave workers writing into its partial folder
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
-            ) as pool:
+            # dying with the parent: a SIGKILLed prepare must not leave workers writing into its partial folder
+            with spawn_pool(workers) as pool:
                 pending: set[Future[CaseResult]] = {pool.submit(worker, job) for job in jobs}
                 try:
                     while pending:

@@ -7,13 +7,12 @@ each finish sooner than the same jobs one after the other with two threads (benc
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 
-from synthseg.utils.procs import die_with_parent
+from synthseg.utils.procs import spawn_pool
 
 
 @dataclass
@@ -27,8 +26,7 @@ class Job:
     alone: bool = False
 
 
-def _start_worker(parent_pid: int, threads: int, initializer: Callable[[], None] | None) -> None:
-    die_with_parent(parent_pid)
+def _set_up_worker(threads: int, initializer: Callable[[], None] | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -88,7 +86,7 @@ def run_graph(
                     break  # its completion may make earlier jobs ready
                 if len(running) < workers:
                     if pool is None:
-                        pool = _pool(workers, threads, initializer)
+                        pool = spawn_pool(workers, _set_up_worker, (threads, initializer))
                     pending.remove(job)
                     on_start(job)
                     running[pool.submit(job.run)] = (job, time.perf_counter())
@@ -109,14 +107,3 @@ def run_graph(
             else:
                 pool.shutdown()
 
-
-def _pool(workers: int, threads: int, initializer: Callable[[], None] | None) -> ProcessPoolExecutor:
-    import multiprocessing
-
-    # spawn, never fork: a forked copy of the parent's threads (torch's, tqdm's) can deadlock.
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(os.getpid(), threads, initializer),
-    )

@@ -43,19 +43,31 @@ def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def ordered_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int) -> Iterator[R]:
-    """``map(fn, jobs)`` in order; in spawned processes that die with this one when ``workers`` > 1.
+def _start_worker(parent_pid: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    die_with_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def spawn_pool(
+    workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes that die with this one, each calling ``initializer(*initargs)``.
 
     spawn, never fork: a forked copy of the parent's threads (torch's, tqdm's) can deadlock.
     """
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(), initializer, initargs),
+    )
+
+
+def ordered_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int) -> Iterator[R]:
+    """``map(fn, jobs)`` in order; in spawned processes that die with this one when ``workers`` > 1."""
     if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
-        mp_context=context,
-        initializer=die_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
+    with spawn_pool(min(workers, len(jobs))) as pool:
         yield from pool.map(fn, jobs)
