@@ -24,6 +24,10 @@ def _record(folder: Path, name: str, sleep_s: float = 0.0) -> None:
 
 
 def _fail(folder: Path) -> None:
+    for _ in range(600):  # fail only once the sleeper runs, so that there is a running job to stop
+        if (folder / "sleeper.pid").exists():
+            break
+        time.sleep(0.05)
     raise ValueError(f"{folder}: bad input")
 
 
@@ -86,14 +90,13 @@ def test_a_failing_job_stops_the_graph_and_kills_the_running_ones(tmp_path: Path
     ]
     with pytest.raises(ValueError, match="bad input"):
         run_graph(jobs, 2)
-    pid = int((tmp_path / "sleeper.pid").read_text()) if (tmp_path / "sleeper.pid").exists() else None
-    if pid is not None:  # it had started: it is gone, without finishing
-        for _ in range(100):
-            if not _alive(pid):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"the running job (pid {pid}) was left running")
+    pid = int((tmp_path / "sleeper.pid").read_text())  # it had started: it is gone, without finishing
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the running job (pid {pid}) was left running")
     assert not (tmp_path / "sleeper.json").exists() and not (tmp_path / "after.json").exists()
 
 

@@ -1,6 +1,7 @@
 """``synthseg demo``: the whole flow on the built-in demo cohort, in one output folder.
 
-Each stage reads only what the stage before it wrote and is skipped when its output already exists, so an
+Each stage reads only what the stages it names in ``needs`` wrote, starts once they are complete (``workers``
+stages at a time, :mod:`synthseg.utils.graph`), and is skipped when its output is already complete, so an
 interrupted demo resumes where it stopped. Stages are the same functions the individual commands run,
 called on configs composed from ``conf/`` with the demo's overrides.
 """
