@@ -26,7 +26,7 @@ from synthseg.checkpoint import save_network
 from synthseg.data.labels import net_to_labels
 from synthseg.data.pngio import write_label8
 from synthseg.networks.pgan import PGANGenerator
-from synthseg.synth.masks import _device, generate_masks
+from synthseg.synth.generate_masks import _device, generate_masks
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from synthseg.data.prepare import PrepareSettings, prepare_dataset
+from synthseg.data.prepare.prepare import prepare_dataset
+from synthseg.data.prepare.settings import PrepareSettings
 
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 
@@ -62,7 +63,7 @@ def random_cohort(root: Path, cases: int, seed: int = 0) -> Path:
 
 def make_cohort(root: Path, cases: int) -> tuple[Path, str]:
     try:
-        from synthseg.data.demo_cohort import generate_cohort
+        from synthseg.data.demo.demo_cohort import generate_cohort
     except ImportError:
         return random_cohort(root, cases), "random volumes"
     generate_cohort(root, cases, 0, montage=False, progress=False)

@@ -71,7 +71,7 @@ from synthseg.data.pngio import write_label8
 from synthseg.data.sequences import SEQUENCES
 from synthseg.models.spade import SPADEModule
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
-from synthseg.synth.images import generate_images
+from synthseg.synth.generate_images import generate_images
 
 PAPER_IMAGES_PER_S = 5.9
 PAPER_HARDWARE = "two V100 (DDP), about 2.9 images/s per GPU"

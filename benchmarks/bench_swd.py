@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein
+from synthseg.metrics.sliced_wasserstein import labels_to_uint8, sliced_wasserstein
 
 
 def synthetic_labels(count: int, size: int, seed: int) -> torch.Tensor:

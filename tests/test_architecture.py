@@ -1,6 +1,8 @@
-"""Standing rules of the code's shape (docs/architecture in the README's Development section).
+"""Standing rules of the code's shape (the README's Development section, docs/contributing.md).
 
-- no module under src/synthseg over 550 lines;
+- no module under src/synthseg over 550 lines, no package folder with more than 15 modules directly inside;
+- imports run down the layers only, and no module imports itself back through others (no import circles);
+- every command's module is named after the command;
 - networks/, synth/ and metrics/ import neither Lightning nor synthseg.models (they run without a trainer);
 - utils/ imports nothing from synthseg.models or synthseg.data;
 - the dataset format tag is spelled out in exactly one module (data/manifest.py owns the dataset folder).
@@ -17,6 +19,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "synthseg"
 MAX_LINES = 550
+MAX_MODULES = 15
+# From the ground up; a module imports from its own layer or those below it. (Top-level modules by name,
+# packages by their folder.)
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "paths", "settings", "utils", "progressive"),
+    ("data",),
+    ("networks", "losses", "checkpoint"),
+    ("metrics",),
+    ("synth",),
+    ("models",),
+    ("report",),
+    ("train", "train_checks", "demo", "cli", "__main__"),
+)
 
 
 def _modules(folder: str = "") -> list[Path]:
@@ -32,6 +47,80 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__main__"
+    ranks = [i for i, names in enumerate(LAYERS) if top in names]
+    assert ranks, f"{module}: not in any layer of test_architecture.LAYERS"
+    return ranks[0]
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (anywhere in it: function-level imports count too)."""
+    return {
+        _module_name(path): {n for n in _imports(path) if n.startswith("synthseg.")} for path in _modules()
+    }
+
+
+def test_imports_run_down_the_layers() -> None:
+    upward = sorted(
+        f"{module} -> {name}"
+        for module, names in _graph().items()
+        for name in names
+        if _layer(name) > _layer(module)
+    )
+    assert not upward, upward
+
+
+def test_no_import_circles() -> None:
+    graph = _graph()
+    circles: list[str] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for name in sorted(graph.get(module, ())):
+            if name not in graph:
+                continue
+            if state.get(name) == 1:
+                circles.append(" -> ".join([*stack[stack.index(name) :], name]))
+            elif name not in state:
+                visit(name)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert not circles, circles
+
+
+def test_package_folders_stay_readable() -> None:
+    crowded = {
+        str(folder.relative_to(PACKAGE)): n
+        for folder in [PACKAGE, *(p for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__")]
+        if (n := len([p for p in folder.glob("*.py") if p.name != "__init__.py"])) > MAX_MODULES
+    }
+    assert not crowded, f"package folders with more than {MAX_MODULES} modules: {crowded}"
+
+
+def test_command_modules_are_named_after_their_command() -> None:
+    from synthseg.cli import COMMANDS
+
+    misnamed = {
+        command: target
+        for command, (_, target) in COMMANDS.items()
+        if target.partition(":")[0].rsplit(".", 1)[-1] != command.replace("-", "_")
+    }
+    assert not misnamed, misnamed
 
 
 def test_no_module_is_longer_than_the_limit() -> None:

@@ -16,8 +16,8 @@ from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.synth.export import export_nnunet
-from synthseg.synth.masks import generate_masks
-from synthseg.synth.zfilter import run_filter
+from synthseg.synth.filter import run_filter
+from synthseg.synth.generate_masks import generate_masks
 from synthseg.train import train
 from tests.conftest import compose_train, tiny_snapshot, write_dataset
 

@@ -243,7 +243,8 @@ def test_a_manifest_with_a_byte_order_mark_is_read(inputs, tmp_path) -> None:
 
 
 def test_a_case_name_with_a_comma_survives_the_manifest(tmp_path) -> None:
-    from synthseg.data.prepare import PrepareSettings, prepare_dataset
+    from synthseg.data.prepare.prepare import prepare_dataset
+    from synthseg.data.prepare.settings import PrepareSettings
 
     make_case(tmp_path / "src", "Brats18_T,1_1", 1, shape=(6, 5, 4))
     make_case(tmp_path / "src", "Brats18_T_2_1", 2, shape=(6, 5, 4))
@@ -269,7 +270,8 @@ def test_masks_only_folder_as_training_data_says_what_is_missing(inputs, tmp_pat
 
 # ------------------------------------------------------------------------ prepare: header pass, skip, read-only
 def test_ambiguous_case_is_skipped_with_on_error_skip(inputs, tmp_path) -> None:
-    from synthseg.data.prepare import PrepareSettings, prepare_dataset
+    from synthseg.data.prepare.prepare import prepare_dataset
+    from synthseg.data.prepare.settings import PrepareSettings
 
     source = _ambiguous(tmp_path, inputs)
     settings = PrepareSettings(source=str(source), output=str(tmp_path / "out"), size=8, workers=1,
@@ -336,7 +338,7 @@ def test_select_says_when_a_better_snapshot_was_deleted(tmp_path, capsys) -> Non
 
 
 def test_fractional_label_values_are_printed_with_their_precision(tmp_path) -> None:
-    from synthseg.data.nifti import read_labels
+    from synthseg.data.sources.nifti import read_labels
 
     seg = np.zeros((4, 4, 2), np.float32)
     seg[1, 1, 0] = np.float32(4.0000005)
@@ -347,7 +349,8 @@ def test_fractional_label_values_are_printed_with_their_precision(tmp_path) -> N
 
 
 def test_an_ambiguous_sequence_stops_only_the_runs_that_read_it(inputs, tmp_path) -> None:
-    from synthseg.data.brats import PRESETS, check_case, find_cases
+    from synthseg.data.sources.brats import check_case, find_cases
+    from synthseg.data.sources.releases import PRESETS
 
     source = tmp_path / "src"
     shutil.copytree(inputs["brats"], source)

@@ -8,15 +8,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data.brats import (
-    PRESETS,
+from synthseg.data.sources.brats import (
     check_case,
     combine_labels,
     find_cases,
-    make_convention,
     map_tumor_labels,
     read_fast_tissue,
 )
+from synthseg.data.sources.releases import PRESETS, make_convention
 from synthseg.errors import InputError
 
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -168,7 +167,7 @@ def test_check_case_mismatch_and_missing(tmp_path: Path) -> None:
 
 
 def test_every_preset_names_every_sequence_and_label() -> None:
-    from synthseg.data.releases import SEQUENCES
+    from synthseg.data.sequences import SEQUENCES
 
     names = {
         name: tuple(p.suffix(s) for s in SEQUENCES) for name, p in PRESETS.items() if p.layout == "folders"

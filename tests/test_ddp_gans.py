@@ -10,8 +10,8 @@ import torch
 from omegaconf import open_dict
 
 from synthseg.data.labels import net_to_labels
-from synthseg.synth.images import load_image_generator
-from synthseg.synth.masks import load_mask_generator
+from synthseg.synth.generate_images import load_image_generator
+from synthseg.synth.generate_masks import load_mask_generator
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
 from tests.test_experiments import shrink

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data import demo_cohort
+from synthseg.data.demo import case as demo_case
+from synthseg.data.demo import demo_cohort
 from synthseg.errors import InputError
 
 SEED = 3
@@ -135,7 +136,7 @@ def test_t1_t2_flair_have_their_own_contrast(cohort: Path) -> None:
 def test_a_sequence_sometimes_has_a_slightly_different_skull_strip() -> None:
     from types import SimpleNamespace
 
-    from synthseg.data.demo_sequences import paint_sequences
+    from synthseg.data.demo.sequences import paint_sequences
 
     shape = (20, 20, 20)
     brain = np.zeros(shape, bool)
@@ -149,7 +150,7 @@ def test_a_sequence_sometimes_has_a_slightly_different_skull_strip() -> None:
     for seed in range(12):
         out = paint_sequences(
             np.random.default_rng(seed), scanner, wm * 0.87, (brain * 0.0, gm, wm), brain * 0.0, seg,
-            (slice(None),) * 3, brain, demo_cohort._smooth_field,
+            (slice(None),) * 3, brain, demo_case._smooth_field,
         )  # fmt: skip
         masks = [out[s] > 0 for s in ("t1", "t2", "flair")]
         changed = [m for m in masks if not np.array_equal(m, brain)]
@@ -193,11 +194,11 @@ def test_same_seed_same_bytes_through_cli(
 
 
 def test_other_seed_differs() -> None:
-    assert demo_cohort.case_names(4, SEED) != demo_cohort.case_names(4, SEED + 1)
-    assert len(set(demo_cohort.case_names(50, SEED))) == 50
-    scanner = demo_cohort._scanner(SEED, "CBICA")
-    a = demo_cohort.make_case("a", scanner, np.random.default_rng([SEED, 11, 0]))
-    b = demo_cohort.make_case("b", scanner, np.random.default_rng([SEED + 1, 11, 0]))
+    assert demo_case.case_names(4, SEED) != demo_case.case_names(4, SEED + 1)
+    assert len(set(demo_case.case_names(50, SEED))) == 50
+    scanner = demo_case.scanner_of(SEED, "CBICA")
+    a = demo_case.make_case("a", scanner, np.random.default_rng([SEED, 11, 0]))
+    b = demo_case.make_case("b", scanner, np.random.default_rng([SEED + 1, 11, 0]))
     assert not np.array_equal(a.t1ce, b.t1ce)
     # Tumour position varies between cases.
     ca, cb = (np.argwhere(c.seg > 0).mean(0) for c in (a, b))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthseg.data.manifest import read_manifest
-from synthseg.pipeline import DemoSweep, row_slices, sweep_overrides
+from synthseg.demo import DemoSweep, row_slices, sweep_overrides
 from tests.conftest import write_dataset
 
 
@@ -53,7 +53,7 @@ def test_precision_and_fast_paths_reach_the_runs() -> None:
 
 
 def test_the_real_rows_train_beside_the_gans_and_the_report_waits_for_everything(tmp_path: Path) -> None:
-    from synthseg import pipeline
+    from synthseg import demo as pipeline
 
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", [f"output={tmp_path}"]))
     stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
@@ -88,7 +88,7 @@ def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
     import os
     from functools import partial
 
-    from synthseg import pipeline
+    from synthseg import demo as pipeline
 
     stages = [
         pipeline.Stage("first", "first", partial(_stand_in, "first"), 10.0, alone=True),

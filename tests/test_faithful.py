@@ -85,9 +85,9 @@ def test_python_defaults_match_the_yaml() -> None:
     from synthseg.data.datamodule import BraTSDataModule
     from synthseg.models.pgan import PGAN
     from synthseg.models.unet import UNetModule
+    from synthseg.synth.filter import FilterSettings, run_filter
     from synthseg.synth.select import SelectSettings, select_best
     from synthseg.synth.synthesize import SynthesizeSettings, synthesize
-    from synthseg.synth.zfilter import FilterSettings, run_filter
 
     def default(func: Any, name: str) -> Any:
         return inspect.signature(func).parameters[name].default
@@ -110,7 +110,7 @@ def test_python_defaults_match_the_yaml() -> None:
 
 
 def test_the_demo_says_which_improvements_it_uses() -> None:
-    from synthseg.pipeline import DEMO_CHOICES
+    from synthseg.demo import DEMO_CHOICES
 
     cfg = compose_raw("train", ["experiment=pgan_demo"])
     assert cfg.model.lowres_labels == "majority" and cfg.model.swd_images < 16384
@@ -133,7 +133,7 @@ def test_the_demo_says_which_improvements_it_uses() -> None:
 
 
 def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: Path, monkeypatch) -> None:
-    from synthseg import pipeline
+    from synthseg import demo as pipeline
     from synthseg.synth import synthesize as synthesize_module
 
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", [f"output={tmp_path}"]))
@@ -290,7 +290,7 @@ def test_swd_reals_repeat_in_order_up_to_swd_images() -> None:
 
 
 def test_swd_constant_channel_is_a_point_mass_not_nan() -> None:
-    from synthseg.metrics.swd import normalize_descriptors
+    from synthseg.metrics.sliced_wasserstein import normalize_descriptors
 
     desc = torch.full((6, 3, 49), 7.0)  # e.g. a level of all-background masks: std 0 in every channel
     desc[:, 1] = torch.arange(6 * 49, dtype=torch.float32).reshape(6, 49)
@@ -303,7 +303,9 @@ def test_swd_constant_channel_is_a_point_mass_not_nan() -> None:
 def test_synthesize_selects_among_all_ticks_and_filters_against_every_real(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from synthseg.synth import masks, select, synthesize, zfilter
+    from synthseg.synth import filter as zfilter
+    from synthseg.synth import generate_masks as masks
+    from synthseg.synth import select, synthesize
 
     seen: dict[str, Any] = {}
 

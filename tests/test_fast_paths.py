@@ -28,7 +28,7 @@ from synthseg.networks.spade import (
     spectral_norm_float32,
 )
 from synthseg.train import train
-from synthseg.utils.precision import autocast_dtype
+from synthseg.utils.fastpath import autocast_dtype
 from tests.conftest import compose_train, write_dataset
 from tests.test_pgan_training import TINY as PGAN_TINY
 from tests.test_spade_training import TINY as SPADE_TINY

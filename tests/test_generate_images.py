@@ -19,7 +19,7 @@ from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.models.spade import CHECKPOINT_KEY
 from synthseg.networks.spade import SPADEGenerator
-from synthseg.synth.images import generate_images, load_image_generator, output_ids, tanh_to_uint16
+from synthseg.synth.generate_images import generate_images, load_image_generator, output_ids, tanh_to_uint16
 
 TRAIN_MAX = 1500.0
 

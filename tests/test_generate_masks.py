@@ -17,7 +17,13 @@ from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
-from synthseg.synth.masks import LATENT_BLOCK, generate_masks, latents, load_mask_generator, remove_islands
+from synthseg.synth.generate_masks import (
+    LATENT_BLOCK,
+    generate_masks,
+    latents,
+    load_mask_generator,
+    remove_islands,
+)
 from synthseg.synth.select import select_best
 
 pytestmark = pytest.mark.usefixtures("single_thread")

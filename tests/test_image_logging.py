@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from synthseg.models.images import ImageLogger, write_images
+from synthseg.models.common import ImageLogger, write_images
 
 
 class _Sink:

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data.nifti import (
+from synthseg.data.sources.nifti import (
     check_same_grid,
     find_nifti,
     read_header,

@@ -40,7 +40,8 @@ class Command:
 
 
 def _prepare(tmp: Path) -> Command:
-    from synthseg.data.prepare import PrepareSettings, prepare_dataset
+    from synthseg.data.prepare.prepare import prepare_dataset
+    from synthseg.data.prepare.settings import PrepareSettings
     from tests.test_prepare import make_cohort
 
     source = tmp / "brats"
@@ -56,7 +57,7 @@ def _prepare(tmp: Path) -> Command:
 
 
 def _generate_masks(tmp: Path) -> Command:
-    from synthseg.synth.masks import generate_masks
+    from synthseg.synth.generate_masks import generate_masks
 
     run_dir = tmp / "pgan_run"
     run_dir.mkdir(parents=True)
@@ -65,7 +66,7 @@ def _generate_masks(tmp: Path) -> Command:
 
 
 def _filter(tmp: Path) -> Command:
-    from synthseg.synth.zfilter import run_filter
+    from synthseg.synth.filter import run_filter
 
     masks = write_dataset(tmp / "masks", num_slices=6, size=16, source="synthetic", seed=1, empty_every=0)
     reference = write_dataset(tmp / "reference", num_slices=10, size=16)
@@ -77,7 +78,7 @@ def _filter(tmp: Path) -> Command:
 
 
 def _generate_images(tmp: Path) -> Command:
-    from synthseg.synth.images import generate_images
+    from synthseg.synth.generate_images import generate_images
 
     spade = tiny_spade_snapshot(tmp / "spade.pt")
     masks = write_dataset(tmp / "masks", num_slices=3, size=32, source="synthetic", seed=1, empty_every=0)
@@ -114,7 +115,7 @@ def _export(tmp: Path) -> Command:
 
 
 def _report(tmp: Path) -> Command:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
     from tests.test_report import make_run
 
     prepared = write_dataset(tmp / "prepared", num_slices=10, size=16)
@@ -129,7 +130,7 @@ def _report(tmp: Path) -> Command:
 
 
 def _demo_cohort(tmp: Path) -> Command:
-    from synthseg.data.demo_cohort import generate_cohort
+    from synthseg.data.demo.demo_cohort import generate_cohort
 
     return Command(
         lambda out, ow: generate_cohort(out, 1, 0, montage=False, progress=False, overwrite=ow), None
@@ -249,7 +250,7 @@ def test_a_datamodule_cache_inside_a_prepared_dataset_is_the_tools_own(tmp_path:
 # --------------------------------------------------------------------------------- demo stage clean-up
 def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) -> Path:
     """Run the demo loop with two stand-in stages: one with a marker (prepare), one training run."""
-    from synthseg import pipeline
+    from synthseg import demo as pipeline
     from tests.test_prepare import make_cohort
 
     source = tmp_path / "brats"
@@ -257,7 +258,8 @@ def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) 
         make_cohort(source, 3, shape=(6, 5, 4))
 
     def prepare(out: Path) -> None:
-        from synthseg.data.prepare import PrepareSettings, prepare_dataset
+        from synthseg.data.prepare.prepare import prepare_dataset
+        from synthseg.data.prepare.settings import PrepareSettings
 
         prepare_dataset(
             PrepareSettings(
@@ -328,7 +330,7 @@ def test_synthesize_removes_only_its_own_intermediate_folders(tmp_path: Path) ->
 
 
 def test_generate_masks_starting_over_keeps_a_user_file_in_its_resume_folder(tmp_path: Path) -> None:
-    from synthseg.synth.masks import generate_masks, resume_folder
+    from synthseg.synth.generate_masks import generate_masks, resume_folder
 
     snap = tiny_snapshot(tmp_path / "snap.pt", size=16)
     out = tmp_path / "masks"

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synthseg.report.table import write_report
+from synthseg.report.report import write_report
 from tests.conftest import make_run, write_dataset
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb"

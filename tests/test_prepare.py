@@ -20,11 +20,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data import prepare as prep
-from synthseg.data import slices
 from synthseg.data.manifest import DATASET_FORMAT
 from synthseg.data.pngio import read_png
-from synthseg.data.prepare import PrepareSettings, prepare_dataset
+from synthseg.data.prepare import prepare as prep
+from synthseg.data.prepare import slices
+from synthseg.data.prepare.prepare import prepare_dataset
+from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
 
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -447,7 +448,7 @@ def test_pve_files_and_brats2023(tmp_path: Path) -> None:
 def test_builtin_tissue_called_with_brain_and_tumor_excluded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tissue_mod = pytest.importorskip("synthseg.data.tissue")
+    tissue_mod = pytest.importorskip("synthseg.data.sources.tissue")
     cases = make_cohort(tmp_path / "src", 2, shape=(6, 5, 4), fast=None)
     make_case(tmp_path / "src", "Brats18_T_9_1", 9, shape=(6, 5, 4), fast="pveseg")
     seen = []
@@ -568,7 +569,8 @@ def test_real_size_case(tmp_path: Path) -> None:
 
 _KILLABLE = """
 import sys, time
-from synthseg.data import prepare as prep, slices
+from synthseg.data.prepare import prepare as prep
+from synthseg.data.prepare import slices
 real = slices.write_label8
 def slow(path, array):
     real(path, array)

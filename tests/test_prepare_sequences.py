@@ -11,7 +11,8 @@ import pytest
 
 from synthseg.data.manifest import DATASET_FORMAT_MULTI, read_manifest
 from synthseg.data.pngio import read_png
-from synthseg.data.prepare import PrepareSettings, prepare_dataset, summarize
+from synthseg.data.prepare.prepare import prepare_dataset, summarize
+from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
 from tests.test_prepare import SHAPE, SIZE, expected_slice, make_cohort, save, settings
 

@@ -143,7 +143,7 @@ def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- report
 def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
     from tests.test_report import make_run
 
     runs = tmp_path / "runs"
@@ -197,7 +197,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
     from tests.test_report import make_run
 
     make_run(

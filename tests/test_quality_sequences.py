@@ -225,7 +225,7 @@ def test_ms_ssim_per_sequence_equals_each_sequence_measured_alone() -> None:
 
 # ------------------------------------------------------------------------------------------------ report
 def test_the_report_has_table3_for_a_multi_sequence_sweep(two: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
 
     out = tmp_path / "report"
     summary = write_report({

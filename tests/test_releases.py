@@ -16,10 +16,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data import prepare as prep
-from synthseg.data import slices
 from synthseg.data.pngio import read_png
-from synthseg.data.prepare import PrepareSettings, prepare_dataset
+from synthseg.data.prepare import prepare as prep
+from synthseg.data.prepare import slices
+from synthseg.data.prepare.prepare import prepare_dataset
+from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
 
 SHAPE = (24, 24, 8)
@@ -427,8 +428,8 @@ def test_unknown_or_ambiguous_tree_refused(
 
 
 def test_broken_flair_does_not_stop_t1c_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synthseg.data.brats import check_case, find_cases
-    from synthseg.data.releases import PRESETS
+    from synthseg.data.sources.brats import check_case, find_cases
+    from synthseg.data.sources.releases import PRESETS
 
     source, cases = tree_2021(tmp_path / "download")
     flair = source / "BraTS2021_00000" / "BraTS2021_00000_flair.nii.gz"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthseg.data.brats import tumor_and_cavity
-from synthseg.data.label_check import check_label_order, outside_shares
-from synthseg.data.releases import PRESETS, class_name, make_convention, read_dataset_json, recognise
+from synthseg.data.sources.brats import tumor_and_cavity
+from synthseg.data.sources.label_check import check_label_order, outside_shares
+from synthseg.data.sources.releases import PRESETS, class_name, make_convention, read_dataset_json, recognise
 from synthseg.errors import InputError
 
 SHAPE = (40, 40, 24)
@@ -176,7 +176,7 @@ def test_shares_do_not_depend_on_the_volume_around_the_tumor() -> None:
     big[10:50, 20:60, 5:29] = seg
     edge = seg[14:, :, :]  # cut through the tumor: the cut face is outside
     assert outside_shares(big, PRESETS["brats2018"]) == outside_shares(seg, PRESETS["brats2018"])
-    from synthseg.data.label_check import contacts
+    from synthseg.data.sources.label_check import contacts
 
     lookup = np.array([0, 1, 2, 0, 1])
     assert outside_shares(edge, PRESETS["brats2018"]) == pytest.approx(

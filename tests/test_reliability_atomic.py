@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from synthseg.checkpoint import save_network
-from synthseg.synth import masks as masks_module
+from synthseg.synth import generate_masks as masks_module
 from synthseg.synth.export import export_nnunet
-from synthseg.synth.masks import PROGRESS, generate_masks, resume_folder
-from synthseg.synth.zfilter import run_filter
+from synthseg.synth.filter import run_filter
+from synthseg.synth.generate_masks import PROGRESS, generate_masks, resume_folder
 from tests.conftest import tiny_snapshot, write_dataset
 
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
@@ -197,7 +197,7 @@ def test_sigkill_of_export_keeps_the_old_output_and_a_rerun_completes(big, tmp_p
 
 @pytest.mark.slow
 def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: Path) -> None:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
     from tests.conftest import make_run
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
@@ -262,7 +262,7 @@ def test_sigkill_of_synthesize_keeps_the_old_output_and_a_rerun_completes(big, t
 
 @pytest.mark.slow
 def test_sigkill_of_generate_images_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
-    from synthseg.synth.images import generate_images
+    from synthseg.synth.generate_images import generate_images
 
     spade = tiny_spade_snapshot(tmp_path / "spade.pt")
     out = tmp_path / "images"

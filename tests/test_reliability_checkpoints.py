@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from synthseg.checkpoint import CheckpointError, save_network
 from synthseg.cli import run as cli_run
 from synthseg.networks.pgan import PGANGenerator
-from synthseg.report.table import write_report
-from synthseg.synth.masks import generate_masks
+from synthseg.report.report import write_report
+from synthseg.synth.generate_masks import generate_masks
 from synthseg.train import train
 from tests.conftest import compose_train, make_run, write_dataset
 
@@ -190,7 +190,7 @@ def test_pgan_resume_with_another_configuration_is_one_clear_error(tmp_path, tra
 
 
 def test_generate_images_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
-    from synthseg.synth.images import generate_images
+    from synthseg.synth.generate_images import generate_images
 
     masks = write_dataset(tmp_path / "masks", num_slices=4, size=32, source="synthetic")
     marker = tmp_path / "ran"

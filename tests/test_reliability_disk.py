@@ -10,10 +10,10 @@ import pytest
 
 from synthseg.cli import run as cli_run
 from synthseg.errors import InputError
-from synthseg.report.table import write_report
+from synthseg.report.report import write_report
 from synthseg.synth.export import export_nnunet
-from synthseg.synth.masks import generate_masks, resume_folder
-from synthseg.synth.zfilter import run_filter
+from synthseg.synth.filter import run_filter
+from synthseg.synth.generate_masks import generate_masks, resume_folder
 from tests.conftest import make_run, tiny_snapshot, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -20,7 +20,7 @@ from synthseg.data.cache import build_cache, open_cache, stale_reason
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
-from synthseg.synth.masks import PROGRESS, resume_folder
+from synthseg.synth.generate_masks import PROGRESS, resume_folder
 from synthseg.utils.outputs import OutputLockedError, claim_output, output_lock
 from tests.test_prepare import make_cohort
 from tests.test_reliability_atomic import tiny_snapshot
@@ -31,7 +31,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # prepare that, after its first label, waits for a file named by argv[3]: the second run starts meanwhile.
 _HELD_PREPARE = """
 import os, sys, time
-from synthseg.data import prepare as prep, slices
+from synthseg.data.prepare import prepare as prep
+from synthseg.data.prepare import slices
 real = slices.write_label8
 def held(path, array):
     real(path, array)
@@ -45,7 +46,7 @@ prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2]
 # generate-masks that, from its third batch on, waits for a file named by argv[3].
 _HELD_MASKS = """
 import os, sys, time
-from synthseg.synth import masks
+from synthseg.synth import generate_masks as masks
 real = masks._write_batch
 def held(folder, ids, batch):
     while ids[0] >= "synth_000100" and not os.path.exists(sys.argv[3]):
@@ -212,7 +213,8 @@ def test_a_cache_of_the_old_format_is_rebuilt(tiny_dataset: Path) -> None:
 # prepare with two spawn workers; the parent then stalls (its wait for results sleeps), workers alive.
 _STALLED_PREPARE = """
 import sys, time
-from synthseg.data import prepare as prep, prepare_runner
+from synthseg.data.prepare import prepare as prep
+from synthseg.data.prepare import runner as prepare_runner
 real_wait = prepare_runner.wait
 def stalled(*args, **kwargs):
     time.sleep(120)

@@ -15,8 +15,8 @@ import pytest
 from synthseg.data.labels import PALETTE
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
+from synthseg.report.report import write_report
 from synthseg.report.stats import RatioMetrics, bootstrap, paired_bootstrap, resample_weights
-from synthseg.report.table import write_report
 from tests.conftest import SUBJECT_A, SUBJECT_B, make_run, write_dataset
 from tests.conftest import case_sums as _case
 

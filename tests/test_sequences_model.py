@@ -18,7 +18,12 @@ from synthseg.models.spade import CHECKPOINT_KEY
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.networks.unet import UNet
 from synthseg.synth.export import export_nnunet, select_cases, subject_folds
-from synthseg.synth.images import generate_images, load_generator, load_image_generator, tanh_to_uint16
+from synthseg.synth.generate_images import (
+    generate_images,
+    load_generator,
+    load_image_generator,
+    tanh_to_uint16,
+)
 from tests.conftest import compose_train, write_dataset
 
 FOUR = ("t1", "t1c", "t2", "flair")
@@ -412,7 +417,7 @@ def _run_with_sequences(folder: Path, data: Path, mix: str, seed: int, sequences
 
 def test_the_report_says_which_sequences_each_run_used(tmp_path):
     from synthseg.report.runs import find_runs, group_runs
-    from synthseg.report.table import table1_cells, table1_csv, table1_markdown
+    from synthseg.report.tables import table1_cells, table1_csv, table1_markdown
 
     data = write_dataset(tmp_path / "prepared", num_slices=20, size=16)
     _run_with_sequences(tmp_path / "runs" / "a", data, "full_real", 0, None)  # before 0.2.0: T1c
@@ -433,8 +438,8 @@ def test_the_report_says_which_sequences_each_run_used(tmp_path):
 # -------------------------------------------------------------------------------------------------- demo
 @pytest.mark.parametrize("given, expected", [(None, ["t1c"]), ("[t1,t1c,t2,flair]", list(FOUR))])
 def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, monkeypatch, given, expected):
-    from synthseg import pipeline
-    from synthseg.data import prepare
+    from synthseg import demo as pipeline
+    from synthseg.data.prepare import prepare
 
     overrides = [f"output={tmp_path / 'demo'}"] + ([f"sequences={given}"] if given else [])
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", overrides))

@@ -20,17 +20,17 @@ from synthseg.settings import Settings
 
 # command -> (its Settings class, "module:Class"); train is configured by its own config tree.
 SETTINGS = {
-    "demo": "synthseg.pipeline:DemoSettings",
-    "demo-cohort": "synthseg.data.demo_cohort:DemoCohortSettings",
-    "prepare": "synthseg.data.prepare:PrepareSettings",
-    "swd": "synthseg.metrics.swd_cli:SWDSettings",
+    "demo": "synthseg.demo:DemoSettings",
+    "demo-cohort": "synthseg.data.demo.demo_cohort:DemoCohortSettings",
+    "prepare": "synthseg.data.prepare.prepare:PrepareSettings",
+    "swd": "synthseg.metrics.swd:SWDSettings",
     "select": "synthseg.synth.select:SelectSettings",
-    "generate-masks": "synthseg.synth.masks:GenerateMasksSettings",
-    "generate-images": "synthseg.synth.images:GenerateImagesSettings",
-    "filter": "synthseg.synth.zfilter:FilterSettings",
+    "generate-masks": "synthseg.synth.generate_masks:GenerateMasksSettings",
+    "generate-images": "synthseg.synth.generate_images:GenerateImagesSettings",
+    "filter": "synthseg.synth.filter:FilterSettings",
     "synthesize": "synthseg.synth.synthesize:SynthesizeSettings",
     "export": "synthseg.synth.export:ExportSettings",
-    "report": "synthseg.report.table:ReportSettings",
+    "report": "synthseg.report.report:ReportSettings",
     "quality": "synthseg.metrics.quality:QualitySettings",
 }
 
@@ -114,7 +114,7 @@ def test_a_bad_setting_stops_the_command_before_it_writes(tmp_path: Path, capsys
 
 
 def test_python_callers_may_give_some_keys() -> None:
-    from synthseg.report.table import ReportSettings
+    from synthseg.report.report import ReportSettings
 
     settings = ReportSettings.from_config(
         {"runs": "R", "output": "O", "bootstrap": {"samples": 5}}, partial=True

@@ -15,7 +15,7 @@ from synthseg.errors import InputError
 from synthseg.models.spade import SPADEModule, lr_factor, split_epochs
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.paths import config_dir
-from synthseg.synth.images import load_image_generator
+from synthseg.synth.generate_images import load_image_generator
 from synthseg.train import train
 
 TINY = [

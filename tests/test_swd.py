@@ -13,7 +13,7 @@ import torch
 
 from synthseg.cli import main as cli_main
 from synthseg.data.pngio import write_image16, write_label8
-from synthseg.metrics.swd import (
+from synthseg.metrics.sliced_wasserstein import (
     STREAM_A,
     STREAM_B,
     STREAM_DIRECTIONS,
@@ -142,7 +142,7 @@ def test_laplacian_pyramid_matches_scipy_and_collapses_back():
     for mine, theirs in zip(ours, ref, strict=True):
         np.testing.assert_allclose(mine.numpy(), theirs, atol=2e-3)
     # Collapsing a Laplacian pyramid (upsample, add the detail) must give the image back.
-    from synthseg.metrics.swd import pyr_up
+    from synthseg.metrics.sliced_wasserstein import pyr_up
 
     image = ours[-1]
     for detail in reversed(ours[:-1]):

@@ -143,7 +143,7 @@ def test_counts_resolve_on_a_tiny_dataset(name: str, datasets: dict[str, Path], 
 
 @pytest.mark.slow
 def test_a_table1_run_carries_its_mix_into_results(datasets: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
     from synthseg.train import train
 
     cfg = compose_train(

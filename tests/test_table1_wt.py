@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthseg.report.table import write_report
+from synthseg.report.report import write_report
 from tests.conftest import make_run, write_dataset
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synthseg.data import demo_cohort
-from synthseg.data.tissue import CSF, GM, WM, dice_per_class, segment_tissue
+from synthseg.data.demo import case as demo_case
+from synthseg.data.sources.tissue import CSF, GM, WM, dice_per_class, segment_tissue
 from synthseg.errors import InputError
 
 
@@ -85,9 +85,9 @@ def test_refuses_bad_input(change: dict, error: type[Exception]) -> None:
 def test_demo_cohort_dice_at_least_080(index: int) -> None:
     """Only the T1c and the brain/tumour masks go in; the true tissue (FAST-style pve maps) is held back."""
     seed = 21
-    inst, _ = demo_cohort.case_names(2, seed)[index]
-    case = demo_cohort.make_case(
-        "c", demo_cohort._scanner(seed, inst), np.random.default_rng([seed, 11, index])
+    inst, _ = demo_case.case_names(2, seed)[index]
+    case = demo_case.make_case(
+        "c", demo_case.scanner_of(seed, inst), np.random.default_rng([seed, 11, index])
     )
     brain, tumor = case.t1ce > 0, case.seg > 0
     labels = segment_tissue(case.t1ce, brain, tumor)

@@ -13,8 +13,8 @@ import pytest
 from synthseg.data.labels import PALETTE
 from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
-from synthseg.synth import zfilter
-from synthseg.synth.zfilter import (
+from synthseg.synth import filter as zfilter
+from synthseg.synth.zscore import (
     RunningMoments,
     discarded_fraction,
     filter_masks,

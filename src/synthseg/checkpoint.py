@@ -11,6 +11,7 @@ A *network snapshot* is ``{"network": "<dotted class path>", "init_args": {...},
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 import zipfile
@@ -300,3 +301,45 @@ def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> Non
     if entry is not None and isinstance(getattr(generator, "init_args", None), dict):
         check_init_args(ckpt, entry[0]["init_args"], generator.init_args)
     check_weights(ckpt, model.state_dict(), state, what=f"the configured {type(model).__name__}")
+
+
+def read_unet_results(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A U-Net run's ``results.json``; None when it is not a tested U-Net run (no ``test/dice_error``).
+
+    Raises:
+        InputError: the file cannot be read as JSON, or its ``config.data.classes`` is missing.
+    """
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable results.json ({err})") from None
+    if not isinstance(results, dict) or "test/dice_error" not in results.get("metrics", {}):
+        return None
+    try:
+        int(results["config"]["data"]["classes"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: config.data.classes missing") from None
+    return results
+
+
+def load_unet(results_path: str | os.PathLike[str], results: Mapping[str, Any]) -> nn.Module:
+    """The U-Net of a tested run with the weights of its best checkpoint, in eval mode on CPU.
+
+    Args:
+        results_path: the run's ``results.json``.
+        results: its content (:func:`read_unet_results`): the network is built from ``config.model.net``.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    results_path = Path(results_path)
+    path = Path(str(results.get("best_checkpoint") or ""))
+    if not path.is_file():
+        # A sweep folder that was moved: look for the checkpoint beside the results.json.
+        candidate = results_path.parent / "checkpoints" / path.name
+        if not path.name or not candidate.is_file():
+            raise InputError(f"{results_path}: best checkpoint {path} not found")
+        path = candidate
+    net = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
+    return load_network(path, into=net, weights_prefix="net.")[0]

@@ -16,17 +16,17 @@ from typing import Any
 # command -> (config name under conf/, "module:function" taking the composed DictConfig)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "synthseg.train:train_main"),
-    "demo": ("demo", "synthseg.pipeline:run_demo"),
-    "demo-cohort": ("demo_cohort", "synthseg.data.demo_cohort:main"),
-    "prepare": ("prepare", "synthseg.data.prepare:main"),
-    "swd": ("swd", "synthseg.metrics.swd_cli:main"),
+    "demo": ("demo", "synthseg.demo:run_demo"),
+    "demo-cohort": ("demo_cohort", "synthseg.data.demo.demo_cohort:main"),
+    "prepare": ("prepare", "synthseg.data.prepare.prepare:main"),
+    "swd": ("swd", "synthseg.metrics.swd:main"),
     "select": ("select", "synthseg.synth.select:main"),
-    "generate-masks": ("generate_masks", "synthseg.synth.masks:main"),
-    "generate-images": ("generate_images", "synthseg.synth.images:main"),
-    "filter": ("filter", "synthseg.synth.zfilter:main"),
+    "generate-masks": ("generate_masks", "synthseg.synth.generate_masks:main"),
+    "generate-images": ("generate_images", "synthseg.synth.generate_images:main"),
+    "filter": ("filter", "synthseg.synth.filter:main"),
     "synthesize": ("synthesize", "synthseg.synth.synthesize:main"),
     "export": ("export", "synthseg.synth.export:main"),
-    "report": ("report", "synthseg.report.table:main"),
+    "report": ("report", "synthseg.report.report:main"),
     "quality": ("quality", "synthseg.metrics.quality:main"),
 }
 

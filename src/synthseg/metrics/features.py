@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthseg.checkpoint import CheckpointError, load_network
+from synthseg.checkpoint import CheckpointError, load_network, load_unet, read_unet_results
 from synthseg.data.sequences import check_sequences
 from synthseg.errors import InputError
 from synthseg.networks.unet import UNet
@@ -155,26 +155,27 @@ def _unet_run(path: Path) -> Extractor:
     if results_path.name == "results.json":
         if not results_path.is_file():
             raise InputError(f"unet={path}: no results.json (pass a U-Net run folder or a network snapshot)")
-        from synthseg.report.figures import load_unet  # the report's route to a run's best checkpoint
-        from synthseg.report.runs import load_run
-
-        run = load_run(results_path)
-        if run is None:
+        results = read_unet_results(results_path)
+        if results is None:
             raise InputError(f"{results_path}: not a tested U-Net run")
-        stats = run.results.get("data_stats", {})
-        norm = run.config.get("data", {}).get("image_norm", "paper")
+        stats = results.get("data_stats", {})
+        data = results["config"].get("data", {})
+        norm = data.get("image_norm", "paper")
         if norm not in UNET_NORMS:
             raise InputError(
                 f"{results_path}: image_norm={norm!r}; the quality extractor supports {UNET_NORMS}"
             )
-        sequences = check_sequences(run.sequences, f"{results_path}: data.sequences")
+        # Before 0.2.0 a run had no data.sequences: T1c alone.
+        sequences = check_sequences(
+            tuple(data.get("sequences") or ("t1c",)), f"{results_path}: data.sequences"
+        )
         # As the DataModule normalised the U-Net's input: per sequence, image / train_max - train_mean
         # (or each slice's own z-score).
         train_max = _per_sequence(stats.get("train_max", [1.0] * len(sequences)))
         train_mean = _per_sequence(stats.get("train_mean", [0.0] * len(sequences)))
-        net = load_unet(run)
+        net = load_unet(results_path, results)
         named = str(results_path)
-        resolution = run.config.get("data", {}).get("resolution")
+        resolution = data.get("resolution")
     else:
         try:
             net, meta = load_network(path)

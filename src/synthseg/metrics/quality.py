@@ -29,7 +29,7 @@ from synthseg.data.cache import open_cache
 from synthseg.data.manifest import read_manifest
 from synthseg.errors import InputError
 from synthseg.metrics import diversity, fidelity, labelmaps, memorisation
-from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein
+from synthseg.metrics.sliced_wasserstein import labels_to_uint8, sliced_wasserstein
 from synthseg.settings import Settings, check_positive
 from synthseg.utils.outputs import claim_output
 

@@ -51,8 +51,7 @@ from synthseg.data.labels import (
 )
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
-from synthseg.models.contract import data_summary
-from synthseg.models.ddp import allow_unused_parameters
+from synthseg.models.common import allow_unused_parameters, data_summary
 from synthseg.models.pgan_ticks import PGANTicks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule

@@ -16,7 +16,8 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -24,12 +25,53 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from synthseg.checkpoint import save_network
-from synthseg.models.images import write_images
-from synthseg.progressive import GrowthStage
+from synthseg.models.common import write_images
+from synthseg.progressive import GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
 
-if TYPE_CHECKING:
-    from synthseg.models.pgan import PGAN
+
+class TickedPGAN(Protocol):
+    """What the tick callback reads and advances on the PGAN module (:class:`synthseg.models.pgan.PGAN`).
+
+    The tick counters and the SWD history live in the module, so that they are in its checkpoint; the
+    callback depends on this interface, not on the module, so the two files import in one direction only.
+    """
+
+    generator: Any
+    generator_ema: Any
+    reals: Any
+    schedule: ProgressiveSchedule
+    classes: int
+    seed: int
+    device: torch.device
+    ema_decay: float
+    swd_images: int
+    swd_batch_size: int
+    snapshot_ticks: int
+    checkpoint_ticks: int
+    keep_checkpoints: int
+    group_done: bool
+    stage_images: int
+    images_seen: int
+    total_images: int
+    tick: int
+    tick_start_images: int
+    swd_history: list[dict[str, Any]]
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    def dataset_size(self) -> int | None: ...
+
+    def generate_labels(
+        self, count: int, stage: GrowthStage, seed: int, size: int | None = None
+    ) -> Iterator[Tensor]: ...
+
+    def log_images(self, stage: GrowthStage | None = None) -> dict[str, Any]: ...
+
+    def log(self, name: str, value: Any, **kwargs: Any) -> None: ...
+
+    def log_dict(self, values: dict[str, Any], **kwargs: Any) -> None: ...
 
 
 class PGANTicks(pl.Callback):
@@ -39,11 +81,11 @@ class PGANTicks(pl.Callback):
         self._wall_start = time.perf_counter()
         self._swd_warned = False
 
-    def on_train_start(self, trainer: pl.Trainer, pgan: PGAN) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pgan: TickedPGAN) -> None:
         self._wall_start = time.perf_counter()
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pgan: PGAN, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: pl.Trainer, pgan: TickedPGAN, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not pgan.group_done:
             return
@@ -53,7 +95,7 @@ class PGANTicks(pl.Callback):
         if done or pgan.images_seen >= pgan.tick_start_images + round(trained.tick_kimg * 1000):
             self.tick(trainer, pgan, trained, done)
 
-    def tick(self, trainer: pl.Trainer, pgan: PGAN, stage: GrowthStage, done: bool) -> None:
+    def tick(self, trainer: pl.Trainer, pgan: TickedPGAN, stage: GrowthStage, done: bool) -> None:
         # Training time of this tick per kimg, without the previous tick's maintenance (as the official log).
         tick_seconds = time.perf_counter() - self._wall_start
         tick_kimg = (pgan.images_seen - pgan.tick_start_images) / 1000.0
@@ -91,7 +133,7 @@ class PGANTicks(pl.Callback):
             save_full_checkpoint(trainer, pgan)
         self._wall_start = time.perf_counter()
 
-    def measure_swd(self, pgan: PGAN, stage: GrowthStage) -> dict[str, float] | None:
+    def measure_swd(self, pgan: TickedPGAN, stage: GrowthStage) -> dict[str, float] | None:
         """SWD (x1000) of EMA samples against training reals, both at the target resolution.
 
         Samples of earlier stages are nearest-upsampled to the target resolution, as the official networks
@@ -103,7 +145,7 @@ class PGANTicks(pl.Callback):
         size = pgan.generator.resolution
         train_set = pgan.reals
         try:
-            from synthseg.metrics.swd import labels_to_uint8, sliced_wasserstein_from_batches
+            from synthseg.metrics.sliced_wasserstein import labels_to_uint8, sliced_wasserstein_from_batches
         except ImportError:
             train_set = None
         if train_set is None or size < 16 or pgan.classes != 7:
@@ -146,14 +188,14 @@ def swd_real_indices(available: int, count: int) -> list[int]:
 class _AtStage:
     """``pgan.log_images`` bound to the stage the tick's group was trained with."""
 
-    def __init__(self, pgan: PGAN, stage: GrowthStage) -> None:
+    def __init__(self, pgan: TickedPGAN, stage: GrowthStage) -> None:
         self.pgan, self.stage = pgan, stage
 
     def log_images(self) -> dict[str, Any]:
         return self.pgan.log_images(self.stage)
 
 
-def snapshot_meta(pgan: PGAN, stage: GrowthStage) -> dict[str, Any]:
+def snapshot_meta(pgan: TickedPGAN, stage: GrowthStage) -> dict[str, Any]:
     """What a snapshot records besides the weights: where training stood, and the stage to run it at."""
     return {
         "tick": pgan.tick,
@@ -166,7 +208,7 @@ def snapshot_meta(pgan: PGAN, stage: GrowthStage) -> dict[str, Any]:
     }
 
 
-def write_history(pgan: PGAN) -> None:
+def write_history(pgan: TickedPGAN) -> None:
     """Rewrite ``swd.csv`` (one row per tick, the union of the rows' columns) atomically."""
     keys: list[str] = []
     for row in pgan.swd_history:
@@ -178,7 +220,7 @@ def write_history(pgan: PGAN) -> None:
     write_text_atomic(pgan.run_dir / "swd.csv", text.getvalue())
 
 
-def save_full_checkpoint(trainer: pl.Trainer, pgan: PGAN) -> None:
+def save_full_checkpoint(trainer: pl.Trainer, pgan: TickedPGAN) -> None:
     """The full training state (for resume) to ``checkpoints/last.ckpt``, keeping ``keep_checkpoints`` older."""
     folder = pgan.run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)

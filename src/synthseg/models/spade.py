@@ -29,9 +29,7 @@ from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, network_entry
 from synthseg.data.labels import colorize
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
-from synthseg.models.contract import data_summary
-from synthseg.models.ddp import allow_unused_parameters
-from synthseg.models.images import ImageLogger
+from synthseg.models.common import ImageLogger, allow_unused_parameters, data_summary
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
 from synthseg.utils.visual import grid
 

@@ -17,8 +17,7 @@ from synthseg.errors import InputError
 from synthseg.losses.dice import weighted_dice_loss
 from synthseg.metrics.dice_error import EvalDiceError
 from synthseg.metrics.hausdorff import HD95Accumulator, hd95_per_case
-from synthseg.models.contract import data_summary
-from synthseg.models.images import ImageLogger
+from synthseg.models.common import ImageLogger, data_summary
 from synthseg.utils.visual import grid, to_gray_rgb
 
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.

@@ -16,10 +16,8 @@ from typing import Any
 import numpy as np
 import png
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from synthseg.checkpoint import CheckpointError, load_network
+from synthseg.checkpoint import CheckpointError, load_unet
 from synthseg.data.dataset import SliceDataset
 from synthseg.data.labels import colorize
 from synthseg.data.manifest import Manifest, dataset_sequences, image_relpath, list_masks, read_manifest
@@ -144,19 +142,6 @@ def first_test_rows(manifest: Manifest, count: int) -> np.ndarray:
     return ordered[:count]
 
 
-def load_unet(run: Run) -> torch.nn.Module:
-    """The run's U-Net with the weights of its best checkpoint, in eval mode on CPU."""
-    path = Path(str(run.results.get("best_checkpoint") or ""))
-    if not path.is_file():
-        # A sweep folder that was moved: look for the checkpoint beside the results.json.
-        candidate = run.path.parent / "checkpoints" / path.name
-        if not path.name or not candidate.is_file():
-            raise InputError(f"{run.path}: best checkpoint {path} not found")
-        path = candidate
-    net = instantiate(OmegaConf.create(run.config["model"]["net"]))
-    return load_network(path, into=net, weights_prefix="net.")[0]
-
-
 def segment(run: Run, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment raw slices with a run's U-Net, normalised and resized as in that run.
 
@@ -186,7 +171,7 @@ def segment(run: Run, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     x = torch.stack([b["image"] for b in batch])
     truth = torch.stack([b["label"] for b in batch]).numpy()
     with torch.no_grad():
-        pred = load_unet(run)(x).argmax(1).numpy()
+        pred = load_unet(run.path, run.results)(x).argmax(1).numpy()
     return x[:, 0].numpy(), truth, pred
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from synthseg.checkpoint import read_unet_results
 from synthseg.data.labels import class_names
 from synthseg.errors import InputError
 from synthseg.report.stats import RatioMetrics
@@ -101,20 +101,13 @@ def mix_of(results: dict[str, Any]) -> Mix:
 
 def load_run(path: Path) -> Run | None:
     """Read one results.json; None (with a warning) when it is not a tested U-Net run."""
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable results.json ({err})") from None
-    if not isinstance(results, dict) or "test/dice_error" not in results.get("metrics", {}):
+    results = read_unet_results(path)
+    if results is None:
         log.warning("%s: no test/dice_error (not a tested U-Net run): skipped", path)
         return None
-    config = results.get("config", {})
-    try:
-        classes = int(config["data"]["classes"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{path}: config.data.classes missing") from None
+    config = results["config"]
     mix = mix_of(results)
-    return Run(path, mix.name, classes, int(config.get("seed", 0)), mix.half, results)
+    return Run(path, mix.name, int(config["data"]["classes"]), int(config.get("seed", 0)), mix.half, results)
 
 
 def find_runs(root: str | Path) -> list[Run]:

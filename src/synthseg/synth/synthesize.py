@@ -22,7 +22,7 @@ from synthseg import __version__
 from synthseg.data.manifest import read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_positive
-from synthseg.synth.masks import BYTES_PER_MASK_ESTIMATE
+from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output, lock_path, remove_own
 
@@ -76,15 +76,15 @@ def synthesize(
             this size. Masks smaller than the reference are filtered against the reference reduced to their
             size.
         min_island: remove foreground islands smaller than this many pixels from the generated masks before
-            the filter (:func:`synthseg.synth.masks.remove_islands`); 0: off, as the paper.
+            the filter (:func:`synthseg.synth.generate_masks.remove_islands`); 0: off, as the paper.
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
         quality: measure what needs no feature extractor (diversity, memorisation, label maps) into
             ``<output>/quality/`` (docs/quality.md); FD/KID come later, from the report's real-data U-Net.
     """
-    from synthseg.synth.images import generate_images
-    from synthseg.synth.masks import generate_masks
+    from synthseg.synth.filter import run_filter
+    from synthseg.synth.generate_images import generate_images
+    from synthseg.synth.generate_masks import generate_masks
     from synthseg.synth.select import select_best
-    from synthseg.synth.zfilter import run_filter
 
     for name, path in (("pgan", pgan), ("spade", spade), ("reference", reference)):
         if not Path(path).exists():

@@ -1,6 +1,6 @@
 """Z-score statistics of label maps (paper section 3.4): the numbers behind ``synthseg filter``.
 
-See :mod:`synthseg.synth.zfilter` for the decisions; these functions work on any iterable of ``(H, W)`` arrays, so
+See :mod:`synthseg.synth.filter` for the decisions; these functions work on any iterable of ``(H, W)`` arrays, so
 the synthesis pipeline can call them on masks in memory.
 """
 

@@ -1,4 +1,5 @@
-"""Whether this machine can take the fast paths a config asks for (bf16 autocast, ``torch.compile``).
+"""Whether this machine can take the fast paths a config asks for (bf16 autocast, ``torch.compile``), and the
+autocast setting of the generation commands (``autocast: null | bf16 | fp16``).
 
 A config written for a workstation (``trainer.precision=bf16-mixed``, ``model.compile=true``) should still run
 on a laptop without native bf16 or without a C++ compiler: the setting falls back to fp32 / eager with one
@@ -13,7 +14,10 @@ import logging
 import torch
 from omegaconf import DictConfig, open_dict
 
+from synthseg.errors import InputError
+
 log = logging.getLogger(__name__)
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _SAID: set[str] = set()  # a sweep of runs in one process says each fallback once
 
 
@@ -62,3 +66,12 @@ def apply_fallbacks(cfg: DictConfig) -> list[str]:
             _SAID.add(line)
             print(line, flush=True)
     return said
+
+
+def autocast_dtype(name: str | None) -> torch.dtype | None:
+    """The autocast dtype named by a command's ``autocast`` setting (None: float32, no autocast)."""
+    if name is None:
+        return None
+    if name not in AUTOCAST_DTYPES:
+        raise InputError(f"autocast must be null, bf16 or fp16, got {name!r}")
+    return AUTOCAST_DTYPES[name]

@@ -106,4 +106,3 @@ def run_graph(
                 _stop(pool)
             else:
                 pool.shutdown()
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthseg.data.releases import BratsConvention
+from synthseg.data.sources.releases import BratsConvention
 
 
 def release_record(

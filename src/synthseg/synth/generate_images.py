@@ -47,8 +47,8 @@ from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
 from synthseg.settings import Settings, check_positive
 from synthseg.utils.atomic import check_free_space
+from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
-from synthseg.utils.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 

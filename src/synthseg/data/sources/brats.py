@@ -2,11 +2,11 @@
 
 BraTS 2018/2019 (``<root>/HGG/<case>/<case>_{t1ce,seg}.nii[.gz]``), 2020 and 2021 (flat case folders),
 2023/2024 GLI (``<case>-{t1c,seg}.nii.gz``) and MSD Task01 (``imagesTr/<case>.nii.gz``, 4-D); the presets,
-their label maps and the recognition of a tree are in :mod:`synthseg.data.releases`.
+their label maps and the recognition of a tree are in :mod:`synthseg.data.sources.releases`.
 
 Tumor labels on disk are mapped by their class names onto the 7-class indices 0 background, 1 NCR/NET,
 2 edema, 3 enhancing; BraTS 2024's resection cavity becomes CSF by default (setting ``cavity``). Tissue (WM 4, GM 5, CSF 6) comes from FSL FAST outputs beside
-the case when present, otherwise from the built-in segmentation in :mod:`synthseg.data.tissue`.
+the case when present, otherwise from the built-in segmentation in :mod:`synthseg.data.sources.tissue`.
 
 File names are built exactly from the case name and the configured suffixes, never globbed, so FAST's hard
 segmentation ``<case>_t1ce_seg`` can never be taken for the tumor annotation ``<case>_seg``.
@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from synthseg.data.nifti import (
+from synthseg.data.sequences import SEQUENCES
+from synthseg.data.sources.label_check import check_label_order, outside_shares
+from synthseg.data.sources.nifti import (
     NIFTI_EXTENSIONS,
     check_same_grid,
     find_nifti,
@@ -28,11 +30,10 @@ from synthseg.data.nifti import (
     read_image,
     read_labels,
 )
-from synthseg.data.releases import (
+from synthseg.data.sources.releases import (
     CAVITY_MODES,
     IGNORED_FOLDERS,
     PRESETS,
-    SEQUENCES,
     TUMOR_CLASS,
     BratsConvention,
     make_convention,
@@ -269,7 +270,7 @@ def read_sequence(case: Case, sequence: str, convention: BratsConvention) -> tup
     """Read one sequence's volume (X, Y, Z) and affine (MSD: its channel of the 4-D image).
 
     Raises:
-        InputError: naming the file (see :func:`synthseg.data.nifti.read_image`).
+        InputError: naming the file (see :func:`synthseg.data.sources.nifti.read_image`).
     """
     path = case.file(sequence)
     if path is None:
@@ -341,10 +342,8 @@ def read_tumor(
 
     Raises:
         InputError: naming the file, for a grid mismatch, unexpected values, labels that contradict the
-            convention (:mod:`synthseg.data.label_check`), or a cavity under ``cavity=refuse``.
+            convention (:mod:`synthseg.data.sources.label_check`), or a cavity under ``cavity=refuse``.
     """
-    from synthseg.data.label_check import check_label_order
-
     assert case.seg is not None and case.t1c is not None
     seg, seg_affine = read_labels(case.seg)
     check_same_grid(case.t1c, shape, affine, case.seg, seg.shape, seg_affine)
@@ -429,3 +428,31 @@ def combine_labels(tumor: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """
     label = FAST_TO_CLASS[tissue]
     return np.where(tumor > 0, tumor, label).astype(np.uint8)
+
+
+def check_sample(cases: list, convention: BratsConvention, wanted: int = 3, limit: int = 12) -> int:
+    """Cross-check the first cases' annotations before anything is written (stops under any on_error).
+
+    Reads annotations in case order until ``wanted`` of them were decidable or ``limit`` were read.
+
+    Returns:
+        How many annotations were decidable.
+
+    Raises:
+        InputError: from :func:`check_label_order`; unreadable files are left to the per-case run.
+    """
+    decided = 0
+    for case in cases[:limit]:
+        if case.seg is None:
+            continue
+        try:
+            seg, _ = read_labels(case.seg)
+            tumor_and_cavity(seg, convention, case.seg)
+        except InputError:
+            continue  # reported, with the case, when it is processed
+        if outside_shares(seg, convention) is not None:
+            check_label_order(seg, convention, case.seg)
+            decided += 1
+            if decided >= wanted:
+                break
+    return decided

@@ -7,9 +7,9 @@ as one 16-bit image PNG per requested sequence and an 8-bit label PNG. Then spli
 the reduced set and write ``manifest.csv``, ``stats.json`` and ``prepare.json``.
 
 The dataset is written into a temporary sibling of the output and renamed into place when complete.
-The work is split by concern: settings (:mod:`~synthseg.data.prepare_settings`), slice conversion
-(:mod:`~synthseg.data.slices`), the parallel runner (:mod:`~synthseg.data.prepare_runner`), the split design
-(:mod:`~synthseg.data.splits`); this module writes the dataset folder.
+The work is split by concern: settings (:mod:`~synthseg.data.prepare.settings`), slice conversion
+(:mod:`~synthseg.data.prepare.slices`), the parallel runner (:mod:`~synthseg.data.prepare.runner`), the split design
+(:mod:`~synthseg.data.prepare.splits`); this module writes the dataset folder.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from synthseg.data.brats import Case, find_cases
-from synthseg.data.label_check import check_sample
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
     DATASET_FORMAT,
@@ -37,12 +35,20 @@ from synthseg.data.manifest import (
     write_provenance,
     write_stats,
 )
-from synthseg.data.nifti import read_header
-from synthseg.data.prepare_runner import run_cases
-from synthseg.data.prepare_settings import PrepareSettings
-from synthseg.data.release_summary import release_lines, release_record
-from synthseg.data.slices import CaseResult, check_inputs, pad_center, process_case, slice_id, to_uint16
-from synthseg.data.splits import assign_splits, split_counts
+from synthseg.data.prepare.runner import run_cases
+from synthseg.data.prepare.settings import PrepareSettings
+from synthseg.data.prepare.slices import (
+    CaseResult,
+    check_inputs,
+    pad_center,
+    process_case,
+    slice_id,
+    to_uint16,
+)
+from synthseg.data.prepare.splits import assign_splits, split_counts
+from synthseg.data.prepare.summary import release_lines, release_record
+from synthseg.data.sources.brats import Case, check_sample, find_cases
+from synthseg.data.sources.nifti import read_header
 from synthseg.errors import InputError
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthseg.data.releases import CAVITY, PRESETS, BratsConvention
+from synthseg.data.sources.releases import CAVITY, PRESETS, BratsConvention
 from synthseg.errors import InputError
 
 MIN_VOXELS = 30  # fewer voxels of core or edema: too small to tell inside from outside
@@ -106,33 +106,3 @@ def check_label_order(seg: np.ndarray, convention: BratsConvention, path: Path |
             f"tumor); the data looks like {_swapped(convention)}"
         )
 
-
-def check_sample(cases: list, convention: BratsConvention, wanted: int = 3, limit: int = 12) -> int:
-    """Cross-check the first cases' annotations before anything is written (stops under any on_error).
-
-    Reads annotations in case order until ``wanted`` of them were decidable or ``limit`` were read.
-
-    Returns:
-        How many annotations were decidable.
-
-    Raises:
-        InputError: from :func:`check_label_order`; unreadable files are left to the per-case run.
-    """
-    from synthseg.data.brats import tumor_and_cavity
-    from synthseg.data.nifti import read_labels
-
-    decided = 0
-    for case in cases[:limit]:
-        if case.seg is None:
-            continue
-        try:
-            seg, _ = read_labels(case.seg)
-            tumor_and_cavity(seg, convention, case.seg)
-        except InputError:
-            continue  # reported, with the case, when it is processed
-        if outside_shares(seg, convention) is not None:
-            check_label_order(seg, convention, case.seg)
-            decided += 1
-            if decided >= wanted:
-                break
-    return decided

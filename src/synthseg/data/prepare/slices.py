@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from synthseg.data.brats import (
-    BratsConvention,
+from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.manifest import image_relpath
+from synthseg.data.pngio import write_image16, write_label8
+from synthseg.data.prepare.settings import PrepareSettings
+from synthseg.data.sources.brats import (
     Case,
     apply_cavity,
     check_case,
@@ -27,11 +30,8 @@ from synthseg.data.brats import (
     read_sequence,
     read_tumor,
 )
-from synthseg.data.labels import NUM_CLASSES
-from synthseg.data.manifest import image_relpath
-from synthseg.data.nifti import rescale_if_scaled
-from synthseg.data.pngio import write_image16, write_label8
-from synthseg.data.prepare_settings import PrepareSettings
+from synthseg.data.sources.nifti import rescale_if_scaled
+from synthseg.data.sources.releases import BratsConvention
 from synthseg.errors import InputError
 
 _MAX_UINT16 = 65535
@@ -119,7 +119,7 @@ def pad_center(volume: np.ndarray, size: int, path: Path) -> np.ndarray:
 
 
 def _segment_builtin(image: np.ndarray, exclude: np.ndarray, seed: int) -> np.ndarray:
-    from synthseg.data.tissue import segment_tissue  # heavy, and only needed without FAST outputs
+    from synthseg.data.sources.tissue import segment_tissue  # heavy, and only needed without FAST outputs
 
     return segment_tissue(image, image > 0, exclude, seed=seed)
 
@@ -130,7 +130,7 @@ def check_inputs(
     """Check a case's files from their headers; return the tissue source to use (kind, files).
 
     Raises:
-        InputError: naming the file and the problem (see :func:`synthseg.data.brats.check_case`), or the case
+        InputError: naming the file and the problem (see :func:`synthseg.data.sources.brats.check_case`), or the case
             folder when ``tissue=fast`` and it has no FAST output.
     """
     use_fast = settings.tissue != "builtin"

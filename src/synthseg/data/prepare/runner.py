@@ -6,9 +6,10 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from synthseg.data.brats import BratsConvention, Case
-from synthseg.data.prepare_settings import PrepareSettings
-from synthseg.data.slices import CaseResult, process_case
+from synthseg.data.prepare.settings import PrepareSettings
+from synthseg.data.prepare.slices import CaseResult, process_case
+from synthseg.data.sources.brats import Case
+from synthseg.data.sources.releases import BratsConvention
 from synthseg.errors import InputError
 from synthseg.utils.procs import spawn_pool
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from synthseg.data.prepare_settings import PrepareSettings
+from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
 
 

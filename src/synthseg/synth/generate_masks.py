@@ -53,6 +53,7 @@ from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
 from synthseg.settings import Settings, check_positive
 from synthseg.synth.select import select_best
 from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
+from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import (
     DATASET_LATER,
     check_output,
@@ -61,7 +62,6 @@ from synthseg.utils.outputs import (
     remove_own,
     write_marker,
 )
-from synthseg.utils.precision import autocast_dtype
 
 LATENT_BLOCK = 1024
 BYTES_PER_MASK_ESTIMATE = 2_000  # PNG label maps compress to a few hundred bytes; generous margin

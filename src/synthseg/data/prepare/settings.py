@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthseg.data.brats import BratsConvention
-from synthseg.data.releases import CAVITY_MODES, CONVENTIONS, resolve_convention
 from synthseg.data.sequences import DEFAULT_SEQUENCES, check_sequences
+from synthseg.data.sources.releases import CAVITY_MODES, CONVENTIONS, BratsConvention, resolve_convention
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 

@@ -203,14 +203,14 @@ def _sequences(cfg: DemoSettings) -> str:
 
 # The stages are module-level functions of (settings, demo folder): a worker process runs them from a pickle.
 def _cohort(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.data.demo_cohort import main as cohort_main
+    from synthseg.data.demo.demo_cohort import main as cohort_main
 
     overrides = [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={cfg.seed}", "overwrite=true"]
     cohort_main(compose_config("demo_cohort", [*overrides, f"workers={cfg.workers}"]))
 
 
 def _prepare(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.data.prepare import main as prepare_main
+    from synthseg.data.prepare.prepare import main as prepare_main
 
     overrides = [
         f"source={out / 'cohort'}",
@@ -266,7 +266,7 @@ def _synthetic(cfg: DemoSettings, out: Path) -> None:
 
 def _spade_test(cfg: DemoSettings, out: Path) -> None:
     # The paper's Fig. 7: SPADE applied to real test label maps, beside the true images.
-    from synthseg.synth.images import generate_images
+    from synthseg.synth.generate_images import generate_images
 
     masks = _real_test_masks(
         out / "prepared", out / "spade_test.masks", cfg.resolution, cfg.spade.test_images
@@ -299,7 +299,7 @@ def _sweep_run(cfg: DemoSettings, mix: str, classes: int, out: Path) -> None:
 
 
 def _report(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.report.table import write_report
+    from synthseg.report.report import write_report
 
     figures = {
         "real": str(out / "prepared"),
