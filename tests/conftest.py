@@ -184,6 +184,17 @@ def write_dataset(
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The per-user cache folder (``synthseg.paths.user_cache_dir``) lives in the session's temporary folder:
+    tests never write to, nor read choices from, the user's own cache (subprocesses inherit it)."""
+    import os
+
+    path = tmp_path_factory.mktemp("user_cache")
+    os.environ["SYNTHSEG_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def make_dataset() -> Callable[..., Path]:
     """:func:`write_dataset` as a fixture, for tests that take their helpers as arguments."""

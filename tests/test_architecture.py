@@ -168,3 +168,13 @@ def test_importing_synth_and_metrics_loads_no_lightning() -> None:
 def test_the_dataset_format_tag_lives_in_one_module() -> None:
     holders = [str(p.relative_to(PACKAGE)) for p in _modules() if "synthseg-dataset/" in p.read_text()]
     assert holders == ["data/manifest.py"]
+
+
+def test_user_cache_dir_follows_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthseg.paths import user_cache_dir
+
+    monkeypatch.setenv("SYNTHSEG_CACHE_DIR", str(tmp_path / "cache"))
+    assert user_cache_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
+    monkeypatch.delenv("SYNTHSEG_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert user_cache_dir() == tmp_path / "xdg" / "synthseg"

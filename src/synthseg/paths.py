@@ -1,4 +1,4 @@
-"""Where the project's own files live (Hydra configs)."""
+"""Where the project's own files live (Hydra configs) and its per-user cache folder."""
 
 from __future__ import annotations
 
@@ -15,4 +15,21 @@ def config_dir() -> Path:
             f"synthseg configs not found in {path}: install the project with `pip install -e .` from its "
             "repository, or set SYNTHSEG_CONFIG_DIR to its conf/ folder"
         )
+    return path
+
+
+def user_cache_dir() -> Path:
+    """The one per-user cache folder: ``$SYNTHSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/synthseg``, else
+    ``~/.cache/synthseg``; created on first use.
+
+    It holds what synthseg keeps between runs that belongs to no dataset or run folder: slice caches of
+    datasets it may not write into (read-only folders) and the fast-path choices measured on this machine.
+    """
+    override = os.environ.get("SYNTHSEG_CACHE_DIR")
+    if override:
+        path = Path(override).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base).expanduser() / "synthseg"
+    path.mkdir(parents=True, exist_ok=True)
     return path
