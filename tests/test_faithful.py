@@ -396,15 +396,13 @@ def test_dataset_switch_is_one_weighted_dice_over_the_set() -> None:
 def test_unet_validates_and_tests_with_the_configured_reduction() -> None:
     from hydra.utils import instantiate
 
-    from synthseg.train import fill_channels
-
     cfg = compose_raw("train", ["model=unet", "model.net.base_width=2"])
-    fill_channels(cfg)  # in_channels: null -> len(data.sequences), as train() does
     module = instantiate(cfg.model, _convert_="partial")
     for metric in (module.val_dice_error, module.test_dice_error, module.test_dice_error_fixed):
         assert (metric.reduction, metric.batch_size) == ("batch_mean", 32)
-    switched_cfg = compose_raw("train", ["model=unet", "model.net.base_width=2", "model.eval_reduction=dataset"])
-    fill_channels(switched_cfg)
+    switched_cfg = compose_raw(
+        "train", ["model=unet", "model.net.base_width=2", "model.eval_reduction=dataset"]
+    )
     switched = instantiate(switched_cfg.model, _convert_="partial")
     assert switched.val_dice_error.reduction == "dataset"
 

@@ -60,30 +60,49 @@ def test_shapes_with_several_sequences(outputs):
 
 
 # ----------------------------------------------------------------------------- channels from sequences
-def test_train_fills_null_channel_counts_from_data_sequences(tmp_path):
-    spade = compose_train(["model=spade", "data.sequences=[t1,t1c,t2,flair]"], tmp_path, fill=False)
-    assert spade.model.generator.output_nc is None and spade.model.discriminator.output_nc is None
-    from synthseg.train import fill_channels
+@pytest.mark.parametrize("model", ["unet", "pgan", "spade"])
+@pytest.mark.parametrize("sequences", [None, "[t2]", "[t1,t1c]", "[t1,t1c,t2,flair]"])
+def test_model_configs_instantiate_alone_for_every_sequence_choice(model, sequences):
+    """The Hydra idiom without train(): the channel counts are interpolations of data.sequences."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
 
-    fill_channels(spade)
-    assert spade.model.generator.output_nc == spade.model.discriminator.output_nc == 4
-    unet = compose_train(["model=unet", "data.sequences=[t2,flair]"], tmp_path, fill=False)
-    assert unet.model.net.in_channels is None
-    fill_channels(unet)
-    assert unet.model.net.in_channels == 2
-    default = compose_train(["model=unet"], tmp_path)  # the paper: T1c alone
-    assert default.model.net.in_channels == 1
+    from synthseg.paths import config_dir
+
+    overrides = [f"model={model}", *([f"data.sequences={sequences}"] if sequences else [])]
+    shrink = {
+        "unet": ["model.net.base_width=2"],
+        "pgan": ["debug=tiny_pgan"],
+        "spade": ["debug=tiny_spade"],
+    }[model]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, *shrink])
+    GlobalHydra.instance().clear()
+    module = instantiate(cfg.model)
+    count = len(sequences.split(",")) if sequences else 1  # the default: T1c alone
+    if model == "unet":
+        assert module.net.init_args["in_channels"] == count
+        assert module.net.eval()(torch.zeros(1, count, 16, 16)).shape == (1, 7, 16, 16)
+    elif model == "spade":
+        assert module.generator.init_args["output_nc"] == module.discriminator.init_args["output_nc"] == count
+    else:  # PGAN makes label maps: one channel whatever the sequences
+        assert module.generator.channels == 1
 
 
 def test_an_explicit_channel_count_that_disagrees_is_one_line(tmp_path):
-    from synthseg.train import fill_channels
+    from synthseg.train import TrainSettings
 
-    cfg = compose_train(
-        ["model=spade", "data.sequences=[t1,t1c]", "model.generator.output_nc=1"], tmp_path, fill=False
-    )
+    cfg = compose_train(["model=spade", "data.sequences=[t1,t1c]", "model.generator.output_nc=1"], tmp_path)
     with pytest.raises(InputError, match=r"model\.generator\.output_nc=1 .*data\.sequences") as err:
-        fill_channels(cfg)
+        TrainSettings.from_config(cfg)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+    agreeing = compose_train(
+        ["model=spade", "data.sequences=[t1,t1c]", "model.generator.output_nc=2"], tmp_path
+    )
+    assert TrainSettings.from_config(agreeing).model["generator"]["output_nc"] == 2
 
 
 # ------------------------------------------------------------------------------------ generate-images
@@ -298,10 +317,8 @@ def test_spade_trains_one_step_on_four_sequences_and_generates_them(tmp_path):
     from synthseg.train import train
 
     data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
-    cfg = compose_train(
-        [*SPADE_TINY, f"data.root={data}", "data.sequences=[t1,t1c,t2,flair]"], tmp_path, fill=False
-    )
-    metrics = train(cfg)  # output_nc: null in the config, filled from data.sequences
+    cfg = compose_train([*SPADE_TINY, f"data.root={data}", "data.sequences=[t1,t1c,t2,flair]"], tmp_path)
+    metrics = train(cfg)  # output_nc: ${len:${data.sequences}} in the config
     for seq in FOUR:
         assert 0.0 < metrics[f"val/psnr_{seq}"] and -1.0 <= metrics[f"val/ssim_{seq}"] <= 1.0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -348,7 +365,6 @@ def test_unet_trains_and_tests_one_step_on_four_sequences(tmp_path):
             "test=true",
         ],
         tmp_path,
-        fill=False,
     )
     metrics = train(cfg)
     assert 0.0 <= metrics["test/dice_error"] <= 1.0
@@ -362,9 +378,7 @@ def test_a_network_built_for_other_sequences_is_one_line(tmp_path):
 
     data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
     cfg = compose_train(
-        ["model=unet", f"data.root={data}", "data.sequences=[t1,t2]", "model.net.in_channels=4"],
-        tmp_path,
-        fill=False,
+        ["model=unet", f"data.root={data}", "data.sequences=[t1,t2]", "model.net.in_channels=4"], tmp_path
     )
     with pytest.raises(
         InputError, match=r"model\.net\.in_channels=4 .*data\.sequences=\['t1', 't2'\]"

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-# command -> (config name under conf/, "module:function" taking the composed DictConfig)
+# command -> (config name under conf/, "module:main", the entry taking the composed DictConfig)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "synthseg.train:train_main"),
+    "train": ("train", "synthseg.train:main"),
     "demo": ("demo", "synthseg.demo:run_demo"),
     "demo-cohort": ("demo_cohort", "synthseg.data.demo.demo_cohort:main"),
     "prepare": ("prepare", "synthseg.data.prepare.prepare:main"),
