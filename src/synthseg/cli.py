@@ -16,7 +16,7 @@ from typing import Any
 # command -> (config name under conf/, "module:main", the entry taking the composed DictConfig)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "synthseg.train:main"),
-    "demo": ("demo", "synthseg.demo:run_demo"),
+    "demo": ("demo", "synthseg.demo:main"),
     "demo-cohort": ("demo_cohort", "synthseg.data.demo.demo_cohort:main"),
     "prepare": ("prepare", "synthseg.data.prepare.prepare:main"),
     "swd": ("swd", "synthseg.metrics.swd:main"),
