@@ -254,6 +254,25 @@ def compose_train(overrides: list[str], tmp_path: Path):
     return cfg
 
 
+def measure_quality(**options: Any) -> dict[str, Any]:
+    """The quality measures from Python (what ``synthseg quality`` writes into its folder): a
+    :class:`~synthseg.metrics.quality.QualitySettings` and :func:`~synthseg.metrics.quality.measure`; the
+    ``quality.json`` it wrote."""
+    from synthseg.metrics.quality import QualitySettings, measure
+
+    return json.loads(measure(QualitySettings(**options)).read_text())
+
+
+def run_report(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``synthseg report`` from Python with some keys of ``conf/report.yaml`` (the others at their defaults):
+    its settings object and run; the summary it wrote (``report.json``)."""
+    from synthseg.report import report
+    from synthseg.report.settings import ReportSettings
+
+    folder = report.run(ReportSettings.from_config(cfg, partial=True))
+    return json.loads((folder / "report.json").read_text())
+
+
 # ------------------------------------------------------------------- fake runs and snapshots (report, reliability)
 # Two test subjects of a 2-class problem (background, tumor); regions: WT only.
 SUBJECT_A = {"soft": ([90, 8], [200, 20]), "hard": ([92, 8], [200, 20]), "region": ([8], [20])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from synthseg.errors import InputError
 from synthseg.models.spade import CHECKPOINT_KEY
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.networks.unet import UNet
-from synthseg.synth.export import export_nnunet, select_cases, subject_folds
+from synthseg.synth import export, generate_images
+from synthseg.synth.export import ExportSettings, select_cases, subject_folds
 from synthseg.synth.generate_images import (
-    generate_images,
+    GenerateImagesSettings,
     load_generator,
     load_image_generator,
     tanh_to_uint16,
@@ -119,7 +121,11 @@ def test_generate_images_writes_every_sequence_with_its_own_maximum(tmp_path):
     snapshot = tmp_path / "generator.pt"
     save_network(four_sequence_generator(), snapshot, meta={"train_max": list(TRAIN_MAX), "sequences": FOUR})
     out = tmp_path / "synthetic"
-    generate_images(snapshot, masks, out, batch_size=4, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=masks, output=out, batch_size=4, device="cpu", progress=False
+        )
+    )
 
     manifest = read_manifest(out)
     assert manifest.sequences == FOUR and manifest.images.shape == (6, 4)
@@ -217,7 +223,9 @@ def _four_sequence_source(tmp_path: Path) -> Path:
 
 def test_export_writes_one_channel_per_sequence_in_nnunet_layout(tmp_path):
     source = _four_sequence_source(tmp_path)
-    folder = export_nnunet([source], tmp_path / "raw", classes=7, test=True, progress=False)
+    folder = export.run(
+        ExportSettings(source=[source], output=tmp_path / "raw", classes=7, test=True, progress=False)
+    )
     info = json.loads((folder / "dataset.json").read_text())
     assert info["channel_names"] == {"0": "T1", "1": "T1c", "2": "T2", "3": "FLAIR"}
     cases = sorted(p.stem for p in (folder / "labelsTr").iterdir())
@@ -233,7 +241,11 @@ def test_export_writes_one_channel_per_sequence_in_nnunet_layout(tmp_path):
         written = (folder / "imagesTr" / f"{cases[0]}_{k:04d}.png").read_bytes()
         assert written == (source / manifest.images[row, k]).read_bytes()
     assert len(list((folder / "imagesTs").iterdir())) == 2 * 4
-    chosen = export_nnunet([source], tmp_path / "raw2", sequences=["flair", "t1c"], folds=0, progress=False)
+    chosen = export.run(
+        ExportSettings(
+            source=[source], output=tmp_path / "raw2", sequences=["flair", "t1c"], folds=0, progress=False
+        )
+    )
     info = json.loads((chosen / "dataset.json").read_text())
     assert info["channel_names"] == {"0": "FLAIR", "1": "T1c"}
     written = (chosen / "imagesTr" / f"{cases[0]}_0000.png").read_bytes()
@@ -244,7 +256,9 @@ def test_export_writes_one_channel_per_sequence_in_nnunet_layout(tmp_path):
 def test_export_refuses_a_sequence_a_source_lacks(tmp_path):
     t1c_only = write_dataset(tmp_path / "t1c", num_slices=10, size=16)
     with pytest.raises(InputError, match=r"t1c: holds sequences \['t1c'\], not \['flair'\]") as err:
-        export_nnunet([t1c_only], tmp_path / "raw", sequences=["flair"], progress=False)
+        export.run(
+            ExportSettings(source=[t1c_only], output=tmp_path / "raw", sequences=["flair"], progress=False)
+        )
     assert "\n" not in str(err.value)
 
 
@@ -253,7 +267,9 @@ def test_splits_final_keeps_every_subject_in_one_fold(tmp_path):
     synthetic = write_dataset(
         tmp_path / "synthetic", num_slices=4, size=16, source="synthetic", sequences=FOUR
     )
-    folder = export_nnunet([source, synthetic], tmp_path / "raw", classes=4, progress=False)
+    folder = export.run(
+        ExportSettings(source=[source, synthetic], output=tmp_path / "raw", classes=4, progress=False)
+    )
     folds = json.loads((folder / "splits_final.json").read_text())
     cases = {row.split(",")[0]: row.split(",")[6] for row in (folder / "cases.csv").read_text().split()[1:]}
     assert len(folds) == 5
@@ -278,7 +294,9 @@ def test_subject_folds_with_fewer_subjects_than_folds(tmp_path):
 
 def test_region_labels_follow_nnunet_brats_conversion(tmp_path):
     source = _four_sequence_source(tmp_path)
-    folder = export_nnunet([source], tmp_path / "raw", classes=4, regions=True, progress=False)
+    folder = export.run(
+        ExportSettings(source=[source], output=tmp_path / "raw", classes=4, regions=True, progress=False)
+    )
     info = json.loads((folder / "dataset.json").read_text())
     assert info["labels"] == {
         "background": 0,
@@ -291,7 +309,9 @@ def test_region_labels_follow_nnunet_brats_conversion(tmp_path):
     # 7-class row 0..6 = background, NCR/NET, edema, enhancing, WM, GM, CSF -> 0, 2, 1, 3, 0, 0, 0
     assert label[0, :7].tolist() == [0, 2, 1, 3, 0, 0, 0]
     with pytest.raises(InputError, match="regions=true needs classes=4"):
-        export_nnunet([source], tmp_path / "raw7", classes=7, regions=True, progress=False)
+        export.run(
+            ExportSettings(source=[source], output=tmp_path / "raw7", classes=7, regions=True, progress=False)
+        )
 
 
 # ---------------------------------------------------------------------------------- one training step
@@ -333,7 +353,9 @@ def test_spade_trains_one_step_on_four_sequences_and_generates_them(tmp_path):
     assert len(set(loaded.train_max)) > 1  # each sequence its own maximum
 
     out = tmp_path / "synthetic"
-    generate_images(last, data, out, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(checkpoint=last, masks=data, output=out, device="cpu", progress=False)
+    )
     manifest = read_manifest(out)
     assert manifest.sequences == FOUR
     for c, seq in enumerate(FOUR):
@@ -401,7 +423,11 @@ def test_figures_show_every_sequence(tmp_path):
     snapshot = tmp_path / "generator.pt"
     save_network(four_sequence_generator(), snapshot, meta={"train_max": list(TRAIN_MAX), "sequences": FOUR})
     synthetic = tmp_path / "synthetic"
-    generate_images(snapshot, real, synthetic, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=real, output=synthetic, device="cpu", progress=False
+        )
+    )
     assert synthetic_pairs_figure(synthetic, 1, 0).shape[0] == 5 * 32
 
     test_masks = tmp_path / "test_masks"
@@ -410,7 +436,11 @@ def test_figures_show_every_sequence(tmp_path):
     for row in manifest.rows("test"):
         (test_masks / f"{manifest.ids[row]}.png").write_bytes((real / manifest.label[row]).read_bytes())
     on_test = tmp_path / "spade_test"
-    generate_images(snapshot, test_masks, on_test, device="cpu", keep_ids=True, progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=test_masks, output=on_test, device="cpu", keep_ids=True, progress=False
+        )
+    )
     figure = spade_test_figure([on_test], real, 1)
     # One tile: a column per sequence (generated above real), side by side.
     assert figure.shape[:2] == (2 * 32, 4 * 32)
@@ -458,7 +488,12 @@ def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, 
     overrides = [f"output={tmp_path / 'demo'}"] + ([f"sequences={given}"] if given else [])
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", overrides))
     seen: dict[str, list] = {}
-    monkeypatch.setattr(prepare, "main", lambda c: seen.setdefault("prepare", list(c.sequences)))
+    def fake_prepare(settings: Any) -> Path:
+        seen["prepare"] = list(settings.sequences)
+        return tmp_path / "prepared"
+
+    monkeypatch.setattr(prepare, "run", fake_prepare)
+    monkeypatch.setattr(prepare, "summarize", lambda record: "")
     monkeypatch.setattr(pipeline, "_train", lambda o, d: seen.setdefault(d.name, []).append(o))
     stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
     # The sweep reads the prepared manifest (the reduced row's step count); prepare itself is mocked.

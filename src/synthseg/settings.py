@@ -117,6 +117,14 @@ class Settings:
     REQUIRED: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # Python callers pass paths where the YAML holds strings
+            value = getattr(self, item.name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, item.name, os.fspath(value))
+            elif isinstance(value, list):  # lists become tuples, as from_config makes them
+                object.__setattr__(
+                    self, item.name, tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
+                )
         seed = getattr(self, "seed", None)
         if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
             # numpy's generators refuse a negative seed, and only when the work has begun.

@@ -49,7 +49,9 @@ def _build(node: Any, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, InputError):
             raise InputError(str(cause)) from None
         if isinstance(cause, ValueError):
-            where = str(err).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(err) else key
+            # the node is instantiated on its own: its full_key is relative to it (generator -> model.generator)
+            inner = str(err).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(err) else ""
+            where = f"{key}.{inner}" if inner and not inner.startswith(f"{key}.") else inner or key
             raise InputError(f"{where}: {cause}") from None
         raise
 
