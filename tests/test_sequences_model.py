@@ -488,6 +488,7 @@ def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, 
     overrides = [f"output={tmp_path / 'demo'}"] + ([f"sequences={given}"] if given else [])
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", overrides))
     seen: dict[str, list] = {}
+
     def fake_prepare(settings: Any) -> Path:
         seen["prepare"] = list(settings.sequences)
         return tmp_path / "prepared"
