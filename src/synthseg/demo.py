@@ -2,8 +2,8 @@
 
 Each stage reads only what the stages it names in ``needs`` wrote, starts once they are complete (``workers``
 stages at a time, :mod:`synthseg.utils.graph`), and is skipped when its output is already complete, so an
-interrupted demo resumes where it stopped. Stages are the same functions the individual commands run,
-called on configs composed from ``conf/`` with the demo's overrides.
+interrupted demo resumes where it stopped. Each stage is its command's ``run`` on a settings object (the keys
+it does not set at their YAML defaults; training: the composed ``conf/train.yaml`` with the demo's overrides).
 """
 
 from __future__ import annotations
