@@ -24,9 +24,11 @@ import torch
 
 from synthseg.checkpoint import save_network
 from synthseg.data.labels import net_to_labels
+from synthseg.data.manifest import read_provenance
 from synthseg.data.pngio import write_label8
 from synthseg.networks.pgan import PGANGenerator
-from synthseg.synth.generate_masks import _device, generate_masks
+from synthseg.synth import generate_masks
+from synthseg.synth.generate_masks import GenerateMasksSettings, _device
 
 
 def main() -> None:
@@ -81,14 +83,15 @@ def main() -> None:
         writing_s = time.perf_counter() - started
 
         # The real command, end to end.
-        info = generate_masks(
-            snapshot,
-            args.count,
-            Path(tmp) / "masks",
+        settings = GenerateMasksSettings(
+            checkpoint=str(snapshot),
+            count=args.count,
+            output=str(Path(tmp) / "masks"),
             batch_size=args.batch_size,
             device=args.device,
             progress=False,
         )
+        info = read_provenance(generate_masks.run(settings)) or {}
     result = {
         "count": args.count,
         "resolution": args.resolution,

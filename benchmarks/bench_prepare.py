@@ -25,7 +25,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from synthseg.data.prepare.prepare import prepare_dataset
+from synthseg.data.manifest import read_provenance
+from synthseg.data.prepare import prepare
 from synthseg.data.prepare.settings import PrepareSettings
 
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -63,10 +64,12 @@ def random_cohort(root: Path, cases: int, seed: int = 0) -> Path:
 
 def make_cohort(root: Path, cases: int) -> tuple[Path, str]:
     try:
-        from synthseg.data.demo.demo_cohort import generate_cohort
+        from synthseg.data.demo import demo_cohort
     except ImportError:
         return random_cohort(root, cases), "random volumes"
-    generate_cohort(root, cases, 0, montage=False, progress=False)
+    demo_cohort.run(
+        demo_cohort.DemoCohortSettings(output=str(root), cases=cases, seed=0, montage=False, progress=False)
+    )
     return root, "demo cohort"
 
 
@@ -75,7 +78,7 @@ def run(source: Path, output: Path, tissue: str, workers: int) -> dict:
         source=str(source), output=str(output), tissue=tissue, workers=workers, progress=False
     )
     start = time.perf_counter()
-    record = prepare_dataset(settings)
+    record = read_provenance(prepare.run(settings)) or {}
     record["wall_s"] = time.perf_counter() - start
     return record
 

@@ -6,7 +6,7 @@ synthesise those N images (default 2,000 vs 2,000 at 256x256).
                                        [--real DIR --synthetic DIR] [--unet RUN] [--workdir DIR]
                                        [--device cpu|cuda] [--threads N] [--quick] [--json PATH]
 
-The real ``quality()`` runs once, in this process, on two dataset folders: ``--real`` / ``--synthetic`` when
+The real ``quality`` measurement (:func:`synthseg.metrics.quality.measure`) runs once, in this process, on two dataset folders: ``--real`` / ``--synthetic`` when
 given, else ones written by the test fixture writer (plausible disc-shaped brains with a tumor, noisy images
 whose intensity follows the labels; every real slice a training slice, so the nearest-real search covers N),
 into ``--workdir`` (kept and reused on the next run) or a temporary folder. Their slice caches are built
@@ -25,7 +25,7 @@ quality total over N times that: how much a quality check adds to synthesising t
 small fraction). The PNG writing of ``generate-images`` is not in the baseline, so the fraction is an upper
 bound.
 
-Memory: the process's peak resident set size after ``quality()`` (before the SPADE baseline; it includes the
+Memory: the process's peak resident set size after the measurement (before the SPADE baseline; it includes the
 dataset writing, which holds one slice at a time), and on CUDA the allocator's peak.
 
 --quick: 48 vs 48 at 64x64, U-Net width 4, ngf 8, 20 pairs, 5 KID subsets: a smoke run whose figures mean
@@ -35,6 +35,7 @@ nothing. The JSON record is printed to stdout (and written to --json), the summa
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -50,7 +51,7 @@ from synthseg.checkpoint import save_network
 from synthseg.data.cache import build_cache
 from synthseg.data.manifest import is_dataset_folder
 from synthseg.data.sequences import check_sequences
-from synthseg.metrics.quality import quality
+from synthseg.metrics.quality import QualitySettings, measure
 from synthseg.networks.spade import SPADEGenerator
 from synthseg.networks.unet import UNet
 
@@ -169,10 +170,11 @@ def main() -> None:
         rss_before = peak_memory_mib(torch.device("cpu"))
         reset_peak_memory(device)
         start = time.perf_counter()
-        result = quality(
-            synthetic, real, tmp / "quality", unet=unet, max_images=args.images, pairs=args.pairs,
-            kid_subsets=args.kid_subsets, device=str(device),
+        settings = QualitySettings(
+            synthetic=str(synthetic), real=str(real), output=str(tmp / "quality"), unet=str(unet),
+            max_images=args.images, pairs=args.pairs, kid_subsets=args.kid_subsets, device=str(device),
         )  # fmt: skip
+        result = json.loads(measure(settings).read_text())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         total = time.perf_counter() - start

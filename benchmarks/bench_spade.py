@@ -71,7 +71,8 @@ from synthseg.data.pngio import write_label8
 from synthseg.data.sequences import SEQUENCES
 from synthseg.models.spade import SPADEModule
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
-from synthseg.synth.generate_images import generate_images
+from synthseg.synth import generate_images
+from synthseg.synth.generate_images import GenerateImagesSettings
 
 PAPER_IMAGES_PER_S = 5.9
 PAPER_HARDWARE = "two V100 (DDP), about 2.9 images/s per GPU"
@@ -131,11 +132,20 @@ def bench_generation(args: argparse.Namespace, run: BenchRun, outputs: int = 1) 
         # Warm-up call on a copy of one mask, then the timed run over all of them.
         (tmp / "warm").mkdir()
         write_label8(tmp / "warm" / "synth_000000.png", disc_mask(args.size, 0))
-        generate_images(tmp / "generator.pt", tmp / "warm", tmp / "out_warm", **options)
-        start = time.perf_counter()
-        generate_images(
-            tmp / "generator.pt", tmp / "masks", tmp / "out", batch_size=args.gen_batch, **options
+        checkpoint = str(tmp / "generator.pt")
+        warm = GenerateImagesSettings(
+            checkpoint=checkpoint, masks=str(tmp / "warm"), output=str(tmp / "out_warm"), **options
         )
+        generate_images.run(warm)
+        timed = GenerateImagesSettings(
+            checkpoint=checkpoint,
+            masks=str(tmp / "masks"),
+            output=str(tmp / "out"),
+            batch_size=args.gen_batch,
+            **options,
+        )
+        start = time.perf_counter()
+        generate_images.run(timed)
         elapsed = time.perf_counter() - start
     return {
         "images": args.gen_images,

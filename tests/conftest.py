@@ -232,14 +232,13 @@ def tiny_synthetic(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "synthetic", num_slices=20, source="synthetic", seed=1, empty_every=0)
 
 
-def compose_train(overrides: list[str], tmp_path: Path, *, fill: bool = True):
+def compose_train(overrides: list[str], tmp_path: Path):
     """The real composed ``train`` config, shrunk for tests: CPU, outputs under ``tmp_path``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
     from synthseg.paths import config_dir
-    from synthseg.train import fill_channels
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -252,9 +251,26 @@ def compose_train(overrides: list[str], tmp_path: Path, *, fill: bool = True):
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
     GlobalHydra.instance().clear()
-    if fill:  # what train() does first, so tests may instantiate cfg.model directly
-        fill_channels(cfg)
     return cfg
+
+
+def measure_quality(**options: Any) -> dict[str, Any]:
+    """The quality measures from Python (what ``synthseg quality`` writes into its folder): a
+    :class:`~synthseg.metrics.quality.QualitySettings` and :func:`~synthseg.metrics.quality.measure`; the
+    ``quality.json`` it wrote."""
+    from synthseg.metrics.quality import QualitySettings, measure
+
+    return json.loads(measure(QualitySettings(**options)).read_text())
+
+
+def run_report(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``synthseg report`` from Python with some keys of ``conf/report.yaml`` (the others at their defaults):
+    its settings object and run; the summary it wrote (``report.json``)."""
+    from synthseg.report import report
+    from synthseg.report.settings import ReportSettings
+
+    folder = report.run(ReportSettings.from_config(cfg, partial=True))
+    return json.loads((folder / "report.json").read_text())
 
 
 # ------------------------------------------------------------------- fake runs and snapshots (report, reliability)

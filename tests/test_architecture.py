@@ -119,12 +119,17 @@ def test_command_modules_are_named_after_their_command() -> None:
         command: target
         for command, (_, target) in COMMANDS.items()
         if target.partition(":")[0].rsplit(".", 1)[-1] != command.replace("-", "_")
+        or target.partition(":")[2] != "main"
     }
     assert not misnamed, misnamed
 
 
 def test_no_module_is_longer_than_the_limit() -> None:
-    long = {str(p.relative_to(PACKAGE)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in _modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 

@@ -15,9 +15,9 @@ from synthseg.data.datamodule import BraTSDataModule
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
-from synthseg.synth.export import export_nnunet
-from synthseg.synth.filter import run_filter
-from synthseg.synth.generate_masks import generate_masks
+from synthseg.synth import export, generate_masks
+from synthseg.synth import filter as zfilter
+from synthseg.synth.generate_masks import GenerateMasksSettings
 from synthseg.train import train
 from tests.conftest import compose_train, tiny_snapshot, write_dataset
 
@@ -95,7 +95,7 @@ def test_export_names_the_bad_file_and_writes_nothing(clean, tmp_path, name) -> 
     if name == "8-bit image":  # the export reads only the image's header
         problem = "expected a 16-bit single-channel grayscale PNG"
     with pytest.raises(InputError) as err:
-        export_nnunet([root], tmp_path / "raw", progress=False)
+        export.run(export.ExportSettings(source=[root], output=tmp_path / "raw", progress=False))
     one_line(err.value, problem, victim.name)
     assert not (tmp_path / "raw").exists() or no_dataset_left(tmp_path / "raw")
 
@@ -103,7 +103,7 @@ def test_export_names_the_bad_file_and_writes_nothing(clean, tmp_path, name) -> 
 def test_export_image_of_another_size_names_the_pair(clean, tmp_path) -> None:
     root, victim, _ = _damaged(clean, tmp_path, "image of another size")
     with pytest.raises(InputError) as err:
-        export_nnunet([root], tmp_path / "raw", progress=False)
+        export.run(export.ExportSettings(source=[root], output=tmp_path / "raw", progress=False))
     one_line(err.value, victim.name, "expected size 12x16, found 16x16")
     assert not (tmp_path / "raw").exists() or no_dataset_left(tmp_path / "raw")
 
@@ -114,7 +114,15 @@ def test_filter_names_the_bad_mask_and_writes_nothing(clean, tmp_path, name) -> 
     if name == "label value 9":
         problem = "label value 9 is not one of the 7 classes"
     with pytest.raises(InputError) as err:
-        run_filter(root, clean, tmp_path / "filtered", threshold_quantile=1.0, progress=False)
+        zfilter.run(
+            zfilter.FilterSettings(
+                masks=root,
+                reference=clean,
+                output=tmp_path / "filtered",
+                threshold_quantile=1.0,
+                progress=False,
+            )
+        )
     one_line(err.value, problem, victim.name)
     assert not (tmp_path / "filtered").exists() and leftovers(tmp_path) == []
 
@@ -168,7 +176,9 @@ def test_the_train_command_prints_one_line_for_a_setting_that_cannot_work(clean,
 def test_generate_masks_settings_that_cannot_work(tmp_path, kwargs, message) -> None:
     snap = tiny_snapshot(tmp_path / "snap.pt")
     with pytest.raises(InputError) as err:
-        generate_masks(snap, output=tmp_path / "masks", progress=False, **kwargs)
+        generate_masks.run(
+            GenerateMasksSettings(checkpoint=snap, output=tmp_path / "masks", progress=False, **kwargs)
+        )
     one_line(err.value, message)
     assert not any(p.name.startswith(("masks", ".masks")) for p in tmp_path.iterdir())
 
@@ -182,7 +192,7 @@ def test_generate_masks_settings_that_cannot_work(tmp_path, kwargs, message) -> 
 )
 def test_export_settings_that_cannot_work(clean, tmp_path, kwargs, message) -> None:
     with pytest.raises(InputError) as err:
-        export_nnunet([clean], tmp_path / "raw", progress=False, **kwargs)
+        export.run(export.ExportSettings(source=[clean], output=tmp_path / "raw", progress=False, **kwargs))
     one_line(err.value, message)
     assert not (tmp_path / "raw").exists() or no_dataset_left(tmp_path / "raw")
 
@@ -193,6 +203,14 @@ def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
     victim = _victim(root, "label")
     victim.unlink()
     with pytest.raises(InputError) as err:
-        run_filter(root, clean, tmp_path / "filtered", threshold_quantile=1.0, progress=False)
+        zfilter.run(
+            zfilter.FilterSettings(
+                masks=root,
+                reference=clean,
+                output=tmp_path / "filtered",
+                threshold_quantile=1.0,
+                progress=False,
+            )
+        )
     one_line(err.value, victim.name)
     assert not (tmp_path / "filtered").exists() and leftovers(tmp_path) == []

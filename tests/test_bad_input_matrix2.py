@@ -209,11 +209,11 @@ def test_training_config_is_checked_before_anything(name, overrides, message, in
 
 
 def test_pgan_keeps_max_epochs_minus_one(inputs, tmp_path) -> None:
-    from synthseg.train_checks import check_train_config
+    from synthseg.train import TrainSettings
 
     cfg = compose_train([f"data.root={inputs['prep']}", "model=pgan"], tmp_path)
     assert cfg.trainer.max_epochs == -1
-    check_train_config(cfg)  # PGAN stops itself at total_kimg
+    TrainSettings.from_config(cfg)  # PGAN stops itself at total_kimg: its checks pass
 
 
 def test_the_train_command_prints_the_check_as_one_line(inputs, tmp_path, capsys) -> None:
@@ -243,14 +243,14 @@ def test_a_manifest_with_a_byte_order_mark_is_read(inputs, tmp_path) -> None:
 
 
 def test_a_case_name_with_a_comma_survives_the_manifest(tmp_path) -> None:
-    from synthseg.data.prepare.prepare import prepare_dataset
+    from synthseg.data.prepare import prepare
     from synthseg.data.prepare.settings import PrepareSettings
 
     make_case(tmp_path / "src", "Brats18_T,1_1", 1, shape=(6, 5, 4))
     make_case(tmp_path / "src", "Brats18_T_2_1", 2, shape=(6, 5, 4))
     settings = PrepareSettings(source=str(tmp_path / "src"), output=str(tmp_path / "out"), size=8, workers=1,
                                progress=False)  # fmt: skip
-    prepare_dataset(settings)
+    prepare.run(settings)
     manifest = read_manifest(tmp_path / "out")
     assert "Brats18_T,1_1" in set(manifest.case)
     assert all((tmp_path / "out" / p).is_file() for p in manifest.image)
@@ -270,13 +270,14 @@ def test_masks_only_folder_as_training_data_says_what_is_missing(inputs, tmp_pat
 
 # ------------------------------------------------------------------------ prepare: header pass, skip, read-only
 def test_ambiguous_case_is_skipped_with_on_error_skip(inputs, tmp_path) -> None:
-    from synthseg.data.prepare.prepare import prepare_dataset
+    from synthseg.data.manifest import read_provenance
+    from synthseg.data.prepare import prepare
     from synthseg.data.prepare.settings import PrepareSettings
 
     source = _ambiguous(tmp_path, inputs)
     settings = PrepareSettings(source=str(source), output=str(tmp_path / "out"), size=8, workers=1,
                                progress=False, on_error="skip")  # fmt: skip
-    record = prepare_dataset(settings)
+    record = read_provenance(prepare.run(settings)) or {}
     assert [s["case"] for s in record["skipped"]] == ["Brats18_T_0_1"]
     assert "ambiguous" in record["skipped"][0]["reason"]
 
@@ -319,7 +320,7 @@ def test_a_read_only_parent_is_one_line(command, inputs, tmp_path, capsys, monke
 
 # ------------------------------------------------------------------------ select, NIfTI precision
 def test_select_says_when_a_better_snapshot_was_deleted(tmp_path, capsys) -> None:
-    from synthseg.synth.select import select_best
+    from synthseg.synth import select
 
     run = tmp_path / "run"
     (run / "snapshots").mkdir(parents=True)
@@ -330,7 +331,7 @@ def test_select_says_when_a_better_snapshot_was_deleted(tmp_path, capsys) -> Non
         rows.append(f"{tick},{tick},16,1.0,{name},{swd}")
     (run / "swd.csv").write_text("\n".join(rows) + "\n")
     (run / "snapshots" / "network-snapshot-000002.pt").unlink()
-    best = select_best(run)
+    best = select.run(select.SelectSettings(run=run))
     assert best["tick"] == 3
     assert best["missing_better"] == [str(run / "snapshots" / "network-snapshot-000002.pt")]
     err = capsys.readouterr().err

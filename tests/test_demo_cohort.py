@@ -20,7 +20,9 @@ CASES = 2
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "cohort"
-    demo_cohort.generate_cohort(root, CASES, SEED, montage=True, progress=False)
+    demo_cohort.run(
+        demo_cohort.DemoCohortSettings(output=root, cases=CASES, seed=SEED, montage=True, progress=False)
+    )
     return root
 
 
@@ -207,7 +209,7 @@ def test_other_seed_differs() -> None:
 
 def test_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="at least 1"):
-        demo_cohort.generate_cohort(tmp_path / "x", 0, 0)
+        demo_cohort.run(demo_cohort.DemoCohortSettings(output=tmp_path / "x", cases=0, seed=0))
     with pytest.raises(InputError, match="workers must be positive"):
         demo_cohort.DemoCohortSettings.from_config(
             {"output": str(tmp_path / "y"), "workers": 0}, partial=True
@@ -217,5 +219,5 @@ def test_refuses_bad_arguments(tmp_path: Path) -> None:
     busy.mkdir()
     (busy / "keep.txt").write_text("not a cohort")
     with pytest.raises(InputError, match=f"{busy}: not empty and not written by synthseg demo-cohort"):
-        demo_cohort.generate_cohort(busy, 1, 0, progress=False)
+        demo_cohort.run(demo_cohort.DemoCohortSettings(output=busy, cases=1, seed=0, progress=False))
     assert (busy / "keep.txt").read_text() == "not a cohort"

@@ -101,7 +101,7 @@ def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
     monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
     monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
     out = tmp_path / "demo"
-    pipeline.run_demo(pipeline.DemoSettings(output=str(out), workers=2))
+    pipeline.run(pipeline.DemoSettings(output=str(out), workers=2))
     ran = {s.output: json.loads((out / s.output / "ran.json").read_text()) for s in stages}
     assert ran["first"]["pid"] == ran["last"]["pid"] == os.getpid()
     assert os.getpid() not in (ran["table1/a"]["pid"], ran["table1/b"]["pid"])
@@ -112,5 +112,5 @@ def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
     # a second run finds every stage complete and runs nothing
     for s in stages:
         (out / s.output / "ran.json").unlink()
-    pipeline.run_demo(pipeline.DemoSettings(output=str(out), workers=2))
+    pipeline.run(pipeline.DemoSettings(output=str(out), workers=2))
     assert not any((out / s.output / "ran.json").exists() for s in stages)

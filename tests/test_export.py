@@ -14,7 +14,7 @@ import pytest
 from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.synth import export
-from synthseg.synth.export import export_nnunet
+from synthseg.synth.export import ExportSettings
 from tests.conftest import write_dataset
 
 SIDE = 16
@@ -111,7 +111,9 @@ def check_nnunet(folder: Path) -> dict:
 
 def test_real_and_synthetic_to_nnunet(sources: dict, tmp_path: Path) -> None:
     out = tmp_path / "nnUNet_raw"
-    folder = export_nnunet([sources["real"], sources["synthetic"]], out, classes=7, progress=False)
+    folder = export.run(
+        ExportSettings(source=[sources["real"], sources["synthetic"]], output=out, classes=7, progress=False)
+    )
     assert folder == out / "Dataset501_SynthSeg"
     info = check_nnunet(folder)
     assert info["channel_names"] == {"0": "T1c"}
@@ -154,7 +156,9 @@ def test_real_and_synthetic_to_nnunet(sources: dict, tmp_path: Path) -> None:
 def test_reduced_classes(
     sources: dict, tmp_path: Path, classes: int, first_row: list[int], names: list[str]
 ) -> None:
-    folder = export_nnunet([sources["real"]], tmp_path / "raw", classes=classes, progress=False)
+    folder = export.run(
+        ExportSettings(source=[sources["real"]], output=tmp_path / "raw", classes=classes, progress=False)
+    )
     info = check_nnunet(folder)
     assert list(info["labels"]) == names
     sid = sources["real_ids"][0]  # a single source keeps the slice ids as case names
@@ -192,7 +196,9 @@ def test_command_with_test_split_val_and_limit(sources: dict, tmp_path: Path) ->
 
 
 def test_reduced_split(sources: dict, tmp_path: Path) -> None:
-    folder = export_nnunet([sources["real"]], tmp_path / "raw", split="reduced", progress=False)
+    folder = export.run(
+        ExportSettings(source=[sources["real"]], output=tmp_path / "raw", split="reduced", progress=False)
+    )
     assert check_nnunet(folder)["numTraining"] == 2  # rows 0 and 1 are marked reduced
 
 
@@ -233,12 +239,18 @@ def test_bad_settings_are_refused(sources: dict, tmp_path: Path, overrides: dict
 
 
 def test_existing_and_clashing_datasets_are_refused(sources: dict, tmp_path: Path) -> None:
-    export_nnunet([sources["real"]], tmp_path / "raw", progress=False)
+    export.run(ExportSettings(source=[sources["real"]], output=tmp_path / "raw", progress=False))
     with pytest.raises(InputError, match="already exists"):
-        export_nnunet([sources["real"]], tmp_path / "raw", progress=False)
+        export.run(ExportSettings(source=[sources["real"]], output=tmp_path / "raw", progress=False))
     with pytest.raises(InputError, match="taken by Dataset501_SynthSeg"):
-        export_nnunet([sources["real"]], tmp_path / "raw", name="Other", progress=False)
-    folder = export_nnunet([sources["real"]], tmp_path / "raw", classes=2, overwrite=True, progress=False)
+        export.run(
+            ExportSettings(source=[sources["real"]], output=tmp_path / "raw", name="Other", progress=False)
+        )
+    folder = export.run(
+        ExportSettings(
+            source=[sources["real"]], output=tmp_path / "raw", classes=2, overwrite=True, progress=False
+        )
+    )
     assert check_nnunet(folder)["labels"] == {"background": 0, "tumor": 1}
 
 
@@ -247,5 +259,5 @@ def test_a_bad_file_leaves_no_partial_dataset(sources: dict, tmp_path: Path) -> 
     sid = sources["real_ids"][3]
     write_label8(sources["real"] / "images" / f"{sid}.png", np.zeros((SIDE, SIDE), np.uint8))
     with pytest.raises(InputError, match=f"{sid}.png.*16-bit"):
-        export_nnunet([sources["real"]], tmp_path / "raw", progress=False)
+        export.run(ExportSettings(source=[sources["real"]], output=tmp_path / "raw", progress=False))
     assert [p.name for p in (tmp_path / "raw").iterdir()] == [".Dataset501_SynthSeg.lock"]  # the lock only

@@ -85,9 +85,9 @@ def test_python_defaults_match_the_yaml() -> None:
     from synthseg.data.datamodule import BraTSDataModule
     from synthseg.models.pgan import PGAN
     from synthseg.models.unet import UNetModule
-    from synthseg.synth.filter import FilterSettings, run_filter
-    from synthseg.synth.select import SelectSettings, select_best
-    from synthseg.synth.synthesize import SynthesizeSettings, synthesize
+    from synthseg.synth.filter import FilterSettings
+    from synthseg.synth.select import SelectSettings
+    from synthseg.synth.synthesize import SynthesizeSettings
 
     def default(func: Any, name: str) -> Any:
         return inspect.signature(func).parameters[name].default
@@ -99,13 +99,12 @@ def test_python_defaults_match_the_yaml() -> None:
     assert (
         default(UNetModule, "eval_reduction") == "batch_mean" and default(UNetModule, "eval_batch_size") == 32
     )
-    assert default(select_best, "full_resolution_only") is False
+    # The settings classes are the only Python way in (their run takes nothing else).
     assert field(SelectSettings, "full_resolution_only") is False
-    assert default(run_filter, "include_empty") is True and field(FilterSettings, "include_empty") is True
-    assert default(synthesize, "include_empty") is True and field(SynthesizeSettings, "include_empty") is True
-    assert default(synthesize, "full_resolution_only") is False
+    assert field(FilterSettings, "include_empty") is True
+    assert field(SynthesizeSettings, "include_empty") is True
     assert field(SynthesizeSettings, "full_resolution_only") is False
-    assert default(synthesize, "min_island") == 0 and field(SynthesizeSettings, "min_island") == 0
+    assert field(SynthesizeSettings, "min_island") == 0
     assert default(UNetModule, "ce_weight") == 0.0 and default(BraTSDataModule, "image_norm") == "paper"
 
 
@@ -139,7 +138,7 @@ def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: 
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", [f"output={tmp_path}"]))
     assert cfg.synthetic.min_island == 8
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(synthesize_module, "synthesize", lambda *a, **k: seen.update(k))
+    monkeypatch.setattr(synthesize_module, "run", lambda settings: seen.update(vars(settings)))
     stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
     stages["synthetic"].run(tmp_path)
     assert seen["min_island"] == 8 and seen["full_resolution_only"] is True
@@ -312,21 +311,21 @@ def test_synthesize_selects_among_all_ticks_and_filters_against_every_real(
     class Stop(Exception):
         pass
 
-    def fake_select(run: Any, *, full_resolution_only: bool = False) -> dict[str, Any]:
-        seen["full_resolution_only"] = full_resolution_only
+    def fake_select(settings: Any) -> dict[str, Any]:
+        seen["full_resolution_only"] = settings.full_resolution_only
         return {"snapshot": str(tmp_path / "best.pt")}
 
-    def fake_masks(checkpoint: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        seen["checkpoint"] = str(checkpoint)
-        return {}
+    def fake_masks(settings: Any) -> Path:
+        seen["checkpoint"] = str(settings.checkpoint)
+        return Path(settings.output)
 
-    def fake_filter(*args: Any, include_empty: bool, **kwargs: Any) -> None:
-        seen["include_empty"] = include_empty
+    def fake_filter(settings: Any) -> None:
+        seen["include_empty"] = settings.include_empty
         raise Stop
 
-    monkeypatch.setattr(select, "select_best", fake_select)
-    monkeypatch.setattr(masks, "generate_masks", fake_masks)
-    monkeypatch.setattr(zfilter, "run_filter", fake_filter)
+    monkeypatch.setattr(select, "run", fake_select)
+    monkeypatch.setattr(masks, "run", fake_masks)
+    monkeypatch.setattr(zfilter, "run", fake_filter)
     for name in ("pgan_run", "reference"):
         (tmp_path / name).mkdir()
     (tmp_path / "spade.ckpt").write_bytes(b"")
@@ -396,15 +395,13 @@ def test_dataset_switch_is_one_weighted_dice_over_the_set() -> None:
 def test_unet_validates_and_tests_with_the_configured_reduction() -> None:
     from hydra.utils import instantiate
 
-    from synthseg.train import fill_channels
-
     cfg = compose_raw("train", ["model=unet", "model.net.base_width=2"])
-    fill_channels(cfg)  # in_channels: null -> len(data.sequences), as train() does
     module = instantiate(cfg.model, _convert_="partial")
     for metric in (module.val_dice_error, module.test_dice_error, module.test_dice_error_fixed):
         assert (metric.reduction, metric.batch_size) == ("batch_mean", 32)
-    switched_cfg = compose_raw("train", ["model=unet", "model.net.base_width=2", "model.eval_reduction=dataset"])
-    fill_channels(switched_cfg)
+    switched_cfg = compose_raw(
+        "train", ["model=unet", "model.net.base_width=2", "model.eval_reduction=dataset"]
+    )
     switched = instantiate(switched_cfg.model, _convert_="partial")
     assert switched.val_dice_error.reduction == "dataset"
 

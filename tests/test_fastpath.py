@@ -26,14 +26,17 @@ def test_fallbacks_follow_detection(
     monkeypatch.setattr(fastpath, "compile_works", lambda cuda: compiles)
     monkeypatch.setattr(fastpath, "_SAID", set())
     cfg = compose_train(FAST, tmp_path)
-    said = fastpath.apply_fallbacks(cfg)
-    assert cfg.trainer.precision == ("bf16-mixed" if bf16 else "32-true")
-    assert cfg.model.compile is compiles
+    trainer, model, said = fastpath.apply_fallbacks(cfg.trainer, cfg.model)
+    assert trainer["precision"] == ("bf16-mixed" if bf16 else "32-true")
+    assert model is not None and model["compile"] is compiles
+    assert (cfg.trainer.precision, cfg.model.compile) == (
+        "bf16-mixed",
+        True,
+    )  # the config given stays as it is
     assert len(said) == (not bf16) + (not compiles)
     assert capsys.readouterr().out.splitlines() == said
-    assert (
-        fastpath.apply_fallbacks(compose_train(FAST, tmp_path)) == said
-    )  # a second run of a sweep: same fallbacks,
+    again = compose_train(FAST, tmp_path)
+    assert fastpath.apply_fallbacks(again.trainer, again.model).said == said  # a second run of a sweep: same,
     assert capsys.readouterr().out == ""  # not said again
 
 
@@ -42,10 +45,9 @@ def test_fp32_eager_configs_are_left_alone(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(fastpath, "bf16_native", lambda cuda: probes.append("bf16") or False)
     monkeypatch.setattr(fastpath, "compile_works", lambda cuda: probes.append("compile") or False)
     cfg = compose_train(["model=unet"], tmp_path)
-    assert (
-        fastpath.apply_fallbacks(cfg) == [] and probes == []
-    )  # no probe (nor its compile time) when not asked
-    assert cfg.trainer.precision == "32-true" and cfg.model.compile is False
+    trainer, model, said = fastpath.apply_fallbacks(cfg.trainer, cfg.model)
+    assert said == [] and probes == []  # no probe (nor its compile time) when not asked
+    assert trainer["precision"] == "32-true" and model is not None and model["compile"] is False
 
 
 def test_bf16_detection_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,13 @@ from synthseg.data.pngio import read_png, write_label8
 from synthseg.errors import InputError
 from synthseg.models.spade import CHECKPOINT_KEY
 from synthseg.networks.spade import SPADEGenerator
-from synthseg.synth.generate_images import generate_images, load_image_generator, output_ids, tanh_to_uint16
+from synthseg.synth import generate_images
+from synthseg.synth.generate_images import (
+    GenerateImagesSettings,
+    load_image_generator,
+    output_ids,
+    tanh_to_uint16,
+)
 
 TRAIN_MAX = 1500.0
 
@@ -94,7 +100,11 @@ def png_properties(path: Path) -> dict:
 
 def test_output_has_the_prepared_layout_and_loads_as_synthetic_data(tiny_dataset, snapshot, tmp_path):
     out = tmp_path / "synthetic"
-    generate_images(snapshot, tiny_dataset, out, batch_size=7, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=tiny_dataset, output=out, batch_size=7, device="cpu", progress=False
+        )
+    )
     source = read_manifest(tiny_dataset)
     manifest = read_manifest(out)
     assert len(manifest) == len(source)
@@ -132,8 +142,26 @@ def test_training_checkpoint_and_snapshot_give_identical_files(tiny_dataset, sna
     generator, train_max = load_image_generator(checkpoint)
     assert train_max == TRAIN_MAX and generator.image_size == 32
     a, b = tmp_path / "a", tmp_path / "b"
-    generate_images(checkpoint, tiny_dataset / "labels", a, batch_size=16, device="cpu", progress=False)
-    generate_images(snapshot, tiny_dataset / "labels", b, batch_size=16, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=checkpoint,
+            masks=tiny_dataset / "labels",
+            output=a,
+            batch_size=16,
+            device="cpu",
+            progress=False,
+        )
+    )
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot,
+            masks=tiny_dataset / "labels",
+            output=b,
+            batch_size=16,
+            device="cpu",
+            progress=False,
+        )
+    )
     files = sorted(p.relative_to(a) for p in (a / "images").iterdir())
     assert files and files == sorted(p.relative_to(b) for p in (b / "images").iterdir())
     for name in files:
@@ -159,7 +187,11 @@ def test_bad_masks_name_the_file_and_leave_no_output(snapshot, tmp_path, kind, m
     folder, bad = bad_mask_folder(tmp_path, kind)
     out = tmp_path / "out"
     with pytest.raises(InputError, match=match) as info:
-        generate_images(snapshot, folder, out, batch_size=1, device="cpu", progress=False)
+        generate_images.run(
+            GenerateImagesSettings(
+                checkpoint=snapshot, masks=folder, output=out, batch_size=1, device="cpu", progress=False
+            )
+        )
     assert str(bad) in str(info.value)
     assert not out.exists()
     assert [p.name for p in tmp_path.glob(".out*")] == [".out.lock"]  # no temporary folder left behind
@@ -169,7 +201,11 @@ def test_existing_output_needs_overwrite(tiny_dataset, snapshot, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError, match="already exists"):
-        generate_images(snapshot, tiny_dataset, out, device="cpu", progress=False)
+        generate_images.run(
+            GenerateImagesSettings(
+                checkpoint=snapshot, masks=tiny_dataset, output=out, device="cpu", progress=False
+            )
+        )
 
 
 def test_cli_reports_a_bad_mask_in_one_line(snapshot, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,20 +14,31 @@ import torch
 from synthseg.checkpoint import CheckpointError, network_entry, save_network
 from synthseg.cli import run as cli_run
 from synthseg.data.labels import net_to_labels
-from synthseg.data.manifest import read_manifest
+from synthseg.data.manifest import read_manifest, read_provenance
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.synth import generate_masks, select
 from synthseg.synth.generate_masks import (
     LATENT_BLOCK,
-    generate_masks,
+    GenerateMasksSettings,
     latents,
     load_mask_generator,
     remove_islands,
 )
-from synthseg.synth.select import select_best
+from synthseg.synth.select import SelectSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def run_masks(checkpoint: Path, count: int, output: Path, **options: Any) -> dict[str, Any]:
+    """generate-masks from Python: its settings object and run; the provenance it wrote (prepare.json)."""
+    settings = GenerateMasksSettings(checkpoint=checkpoint, count=count, output=output, **options)
+    return read_provenance(generate_masks.run(settings)) or {}
+
+
+def run_select(run: Path, **options: Any) -> dict[str, Any]:
+    return select.run(SelectSettings(run=run, **options))
 
 
 def tiny_generator(seed: int = 0) -> PGANGenerator:
@@ -51,7 +63,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_masks_have_the_prepared_label_properties_and_a_consistent_manifest(snapshot: Path, tmp_path: Path):
     out = tmp_path / "masks"
-    info = generate_masks(snapshot, 10, out, batch_size=4, progress=False)
+    info = run_masks(snapshot, 10, out, batch_size=4, progress=False)
     files = sorted((out / "labels").glob("*.png"))
     assert [p.stem for p in files] == [f"synth_{i:06d}" for i in range(10)]
     manifest = read_manifest(out)
@@ -76,7 +88,7 @@ def test_masks_have_the_prepared_label_properties_and_a_consistent_manifest(snap
 
 
 def test_masks_equal_the_generator_output_for_the_documented_latents(snapshot: Path, tmp_path: Path):
-    generate_masks(snapshot, 3, tmp_path / "m", size=16, progress=False)
+    run_masks(snapshot, 3, tmp_path / "m", size=16, progress=False)
     with torch.no_grad():
         expected = net_to_labels(tiny_generator()(latents(0, 0, 3, 8)), 7).numpy()
     for i in range(3):
@@ -86,7 +98,7 @@ def test_masks_equal_the_generator_output_for_the_documented_latents(snapshot: P
 def test_autocast_generation_is_recorded_and_moves_labels_by_at_most_one_class(
     snapshot: Path, tmp_path: Path
 ):
-    info = generate_masks(snapshot, 6, tmp_path / "bf16", size=16, autocast="bf16", progress=False)
+    info = run_masks(snapshot, 6, tmp_path / "bf16", size=16, autocast="bf16", progress=False)
     assert info["autocast"] == "bf16"
     with torch.no_grad():
         values = tiny_generator()(latents(0, 0, 6, 8))
@@ -98,9 +110,9 @@ def test_autocast_generation_is_recorded_and_moves_labels_by_at_most_one_class(
 
 
 def test_same_seed_same_masks_whatever_the_batch_size(snapshot: Path, tmp_path: Path):
-    generate_masks(snapshot, 9, tmp_path / "a", batch_size=2, progress=False)
-    generate_masks(snapshot, 9, tmp_path / "b", batch_size=9, progress=False)
-    generate_masks(snapshot, 9, tmp_path / "c", batch_size=4, seed=1, progress=False)
+    run_masks(snapshot, 9, tmp_path / "a", batch_size=2, progress=False)
+    run_masks(snapshot, 9, tmp_path / "b", batch_size=9, progress=False)
+    run_masks(snapshot, 9, tmp_path / "c", batch_size=4, seed=1, progress=False)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert _files(tmp_path / "a") != _files(tmp_path / "c")
 
@@ -160,12 +172,12 @@ def test_select_picks_lowest_average_swd_among_existing_snapshots(tmp_path: Path
             (5, 200.0, 4.7, True),
         ],
     )
-    best = select_best(run)
+    best = run_select(run)
     # Tick 2 is lower but its snapshot is gone; tick 4 has no finite value.
     assert (best["tick"], best["kimg"], best["swd_avg"]) == (3, 120.0, 4.1)
     assert best["snapshot"].endswith("network-snapshot-000120.pt") and best["ticks_scored"] == 3
     assert best["swd"] == {"16": 4.1}
-    assert select_best(tmp_path)["tick"] == 3  # a folder above the run works too
+    assert run_select(tmp_path)["tick"] == 3  # a folder above the run works too
 
 
 def test_select_prefers_full_resolution_snapshots(tmp_path: Path):
@@ -180,9 +192,9 @@ def test_select_prefers_full_resolution_snapshots(tmp_path: Path):
             writer.writerow([tick, tick, resolution, alpha, snap, swd])
             save_network(tiny_generator(seed=tick), run / snap)
     # Ticks 1 (8x8) and 2 (still fading in) score lower but make upsampled masks.
-    assert select_best(run, full_resolution_only=True)["tick"] == 4
+    assert run_select(run, full_resolution_only=True)["tick"] == 4
     # The default, as the paper: the lowest SWD among all saved ticks.
-    assert select_best(run)["tick"] == 1
+    assert run_select(run)["tick"] == 1
 
 
 def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):
@@ -197,14 +209,14 @@ def test_run_folder_as_checkpoint_uses_the_selected_snapshot(tmp_path: Path):
 @pytest.mark.parametrize(
     "call, error",
     [
-        (lambda s, t: generate_masks(s, 0, t / "x", progress=False), InputError),
-        (lambda s, t: generate_masks(s, 2, t, progress=False), InputError),  # exists, no overwrite
-        (lambda s, t: generate_masks(s, 2, t / "x", size=12, progress=False), InputError),
-        (lambda s, t: generate_masks(s, 2, t / "x", device="tpu:9", progress=False), InputError),
-        (lambda s, t: generate_masks(s, 2, t / "x", autocast="fp8", progress=False), InputError),
-        (lambda s, t: generate_masks(t / "missing.pt", 2, t / "x", progress=False), InputError),
-        (lambda s, t: select_best(t / "nowhere"), InputError),
-        (lambda s, t: select_best(t), InputError),  # no swd.csv below
+        (lambda s, t: run_masks(s, 0, t / "x", progress=False), InputError),
+        (lambda s, t: run_masks(s, 2, t, progress=False), InputError),  # exists, no overwrite
+        (lambda s, t: run_masks(s, 2, t / "x", size=12, progress=False), InputError),
+        (lambda s, t: run_masks(s, 2, t / "x", device="tpu:9", progress=False), InputError),
+        (lambda s, t: run_masks(s, 2, t / "x", autocast="fp8", progress=False), InputError),
+        (lambda s, t: run_masks(t / "missing.pt", 2, t / "x", progress=False), InputError),
+        (lambda s, t: run_select(t / "nowhere"), InputError),
+        (lambda s, t: run_select(t), InputError),  # no swd.csv below
     ],
 )
 def test_bad_input_is_one_clear_error(snapshot: Path, tmp_path: Path, call, error):
@@ -238,7 +250,7 @@ def test_commands_from_the_command_line(snapshot: Path, tmp_path: Path, capsys, 
 def test_snapshot_of_an_early_stage_runs_at_that_stage(tmp_path: Path):
     gen = tiny_generator()
     save_network(gen, tmp_path / "early.pt", meta={"resolution": 8, "alpha": 0.5, "dataset_size": 16})
-    generate_masks(tmp_path / "early.pt", 2, tmp_path / "m", progress=False)
+    run_masks(tmp_path / "early.pt", 2, tmp_path / "m", progress=False)
     with torch.no_grad():
         coarse = net_to_labels(gen(latents(0, 0, 2, 8), 8, 0.5), 7).numpy()
     for i in range(2):
@@ -309,8 +321,8 @@ def test_remove_islands_clears_small_islands_only():
 
 
 def test_generated_masks_can_be_cleared_of_islands(snapshot: Path, tmp_path: Path):
-    generate_masks(snapshot, 6, tmp_path / "raw", size=16, progress=False)
-    info = generate_masks(snapshot, 6, tmp_path / "clean", size=16, min_island=5, progress=False)
+    run_masks(snapshot, 6, tmp_path / "raw", size=16, progress=False)
+    info = run_masks(snapshot, 6, tmp_path / "clean", size=16, min_island=5, progress=False)
     raw = np.stack([read_png(p) for p in sorted((tmp_path / "raw" / "labels").glob("*.png"))])
     clean = np.stack([read_png(p) for p in sorted((tmp_path / "clean" / "labels").glob("*.png"))])
     expected, removed = remove_islands(raw, 5)
@@ -323,4 +335,4 @@ def test_generated_masks_can_be_cleared_of_islands(snapshot: Path, tmp_path: Pat
     counts = read_manifest(tmp_path / "clean").counts
     assert counts.tolist() == [np.bincount(m.ravel(), minlength=7).tolist() for m in clean]
     with pytest.raises(InputError, match="min_island"):
-        generate_masks(snapshot, 2, tmp_path / "bad", min_island=-1, progress=False)
+        run_masks(snapshot, 2, tmp_path / "bad", min_island=-1, progress=False)

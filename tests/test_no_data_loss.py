@@ -40,7 +40,7 @@ class Command:
 
 
 def _prepare(tmp: Path) -> Command:
-    from synthseg.data.prepare.prepare import prepare_dataset
+    from synthseg.data.prepare import prepare
     from synthseg.data.prepare.settings import PrepareSettings
     from tests.test_prepare import make_cohort
 
@@ -51,63 +51,88 @@ def _prepare(tmp: Path) -> Command:
         settings = PrepareSettings(
             source=str(source), output=str(output), size=8, workers=1, progress=False, overwrite=overwrite
         )
-        return prepare_dataset(settings)
+        return prepare.run(settings)
 
     return Command(run, source)
 
 
 def _generate_masks(tmp: Path) -> Command:
-    from synthseg.synth.generate_masks import generate_masks
+    from synthseg.synth import generate_masks
 
     run_dir = tmp / "pgan_run"
     run_dir.mkdir(parents=True)
     snap = tiny_snapshot(run_dir / "snapshot.pt", size=16)
-    return Command(lambda out, ow: generate_masks(snap, 3, out, overwrite=ow, progress=False), run_dir)
+
+    def run(out: Path, overwrite: bool) -> Any:
+        settings = generate_masks.GenerateMasksSettings(
+            checkpoint=snap, count=3, output=out, overwrite=overwrite, progress=False
+        )
+        return generate_masks.run(settings)
+
+    return Command(run, run_dir)
 
 
 def _filter(tmp: Path) -> Command:
-    from synthseg.synth.filter import run_filter
+    from synthseg.synth import filter as zfilter
 
     masks = write_dataset(tmp / "masks", num_slices=6, size=16, source="synthetic", seed=1, empty_every=0)
     reference = write_dataset(tmp / "reference", num_slices=10, size=16)
 
     def run(out: Path, overwrite: bool) -> Any:
-        return run_filter(masks, reference, out, threshold_quantile=1.0, overwrite=overwrite, progress=False)
+        settings = zfilter.FilterSettings(
+            masks=masks, reference=reference, output=out, threshold_quantile=1.0, overwrite=overwrite,
+            progress=False,
+        )  # fmt: skip
+        return zfilter.run(settings)
 
     return Command(run, masks)
 
 
 def _generate_images(tmp: Path) -> Command:
-    from synthseg.synth.generate_images import generate_images
+    from synthseg.synth import generate_images
 
     spade = tiny_spade_snapshot(tmp / "spade.pt")
     masks = write_dataset(tmp / "masks", num_slices=3, size=32, source="synthetic", seed=1, empty_every=0)
-    return Command(
-        lambda out, ow: generate_images(spade, masks, out, device="cpu", overwrite=ow, progress=False), masks
-    )
+
+    def run(out: Path, overwrite: bool) -> Any:
+        settings = generate_images.GenerateImagesSettings(
+            checkpoint=spade, masks=masks, output=out, device="cpu", overwrite=overwrite, progress=False
+        )
+        return generate_images.run(settings)
+
+    return Command(run, masks)
 
 
 def _synthesize(tmp: Path) -> Command:
-    from synthseg.synth.synthesize import synthesize
+    from synthseg.synth import synthesize
 
     pgan = tiny_snapshot(tmp / "pgan.pt", size=32)
     spade = tiny_spade_snapshot(tmp / "spade.pt")
     reference = write_dataset(tmp / "reference", num_slices=10, size=32)
 
     def run(out: Path, overwrite: bool) -> Any:
-        options = {"threshold": 1e9, "device": "cpu", "progress": False, "overwrite": overwrite}
-        return synthesize(pgan, spade, reference, 3, out, **options)
+        settings = synthesize.SynthesizeSettings(
+            pgan=pgan, spade=spade, reference=reference, count=3, output=out, threshold=1e9, device="cpu",
+            progress=False, overwrite=overwrite,
+        )  # fmt: skip
+        return synthesize.run(settings)
 
     return Command(run, reference)
 
 
 def _export(tmp: Path) -> Command:
-    from synthseg.synth.export import export_nnunet
+    from synthseg.synth import export
 
     # The input lies inside a folder named like the dataset folder, so "a parent of the input" can be it.
     source = write_dataset(tmp / "raw" / "Dataset501_SynthSeg" / "prepared", num_slices=10, size=16)
+
+    def run(out: Path, overwrite: bool) -> Any:
+        return export.run(
+            export.ExportSettings(source=[source], output=out, overwrite=overwrite, progress=False)
+        )
+
     return Command(
-        lambda out, ow: export_nnunet([source], out, overwrite=ow, progress=False),
+        run,
         source,
         written=lambda out: out / "Dataset501_SynthSeg",
         parent_output=lambda source: source.parent.parent,
@@ -115,7 +140,8 @@ def _export(tmp: Path) -> Command:
 
 
 def _report(tmp: Path) -> Command:
-    from synthseg.report.report import write_report
+    from synthseg.report import report
+    from synthseg.report.settings import BootstrapSettings, FigureSettings, ReportSettings
     from tests.test_report import make_run
 
     prepared = write_dataset(tmp / "prepared", num_slices=10, size=16)
@@ -123,18 +149,25 @@ def _report(tmp: Path) -> Command:
     make_run(runs / "0", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=prepared)
 
     def run(out: Path, overwrite: bool) -> Any:
-        cfg = {"runs": str(runs), "output": str(out), "overwrite": overwrite, "bootstrap": {"samples": 5}}
-        return write_report(OmegaConf.create({**cfg, "figures": {"enabled": False}}))
+        settings = ReportSettings(
+            runs=runs, output=out, overwrite=overwrite, bootstrap=BootstrapSettings(samples=5),
+            figures=FigureSettings(enabled=False),
+        )  # fmt: skip
+        return report.run(settings)
 
     return Command(run, runs)
 
 
 def _demo_cohort(tmp: Path) -> Command:
-    from synthseg.data.demo.demo_cohort import generate_cohort
+    from synthseg.data.demo import demo_cohort
 
-    return Command(
-        lambda out, ow: generate_cohort(out, 1, 0, montage=False, progress=False, overwrite=ow), None
-    )
+    def run(out: Path, overwrite: bool) -> Any:
+        settings = demo_cohort.DemoCohortSettings(
+            output=out, cases=1, seed=0, montage=False, progress=False, overwrite=overwrite
+        )
+        return demo_cohort.run(settings)
+
+    return Command(run, None)
 
 
 def _quality(tmp: Path) -> Command:
@@ -152,7 +185,7 @@ def _quality(tmp: Path) -> Command:
             "output": str(out),
             "overwrite": overwrite,
         }
-        # The whole config, as Hydra composes it: the output rule lives in the command's main().
+        # The whole config, as Hydra composes it: the command's main() builds the settings and runs them.
         cfg = {**dataclasses.asdict(QualitySettings(**settings)), **options}
         return quality_main(OmegaConf.create(cfg))
 
@@ -258,12 +291,12 @@ def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) 
         make_cohort(source, 3, shape=(6, 5, 4))
 
     def prepare(out: Path) -> None:
-        from synthseg.data.prepare.prepare import prepare_dataset
+        from synthseg.data.prepare import prepare as command
         from synthseg.data.prepare.settings import PrepareSettings
 
-        prepare_dataset(
+        command.run(
             PrepareSettings(
-                str(source), str(out / "prepared"), size=8, workers=1, progress=False, overwrite=True
+                source=source, output=out / "prepared", size=8, workers=1, progress=False, overwrite=True
             )
         )
 
@@ -280,7 +313,7 @@ def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) 
     monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
     out = tmp_path / "demo"
     # workers=1: every stage here, in order (the stand-ins are closures, which no worker process can receive)
-    pipeline.run_demo(pipeline.DemoSettings(output=str(out), force=force, workers=1))
+    pipeline.run(pipeline.DemoSettings(output=str(out), force=force, workers=1))
     return out
 
 
@@ -313,7 +346,7 @@ def test_demo_stage_clean_up_keeps_user_files(
 
 
 def test_synthesize_removes_only_its_own_intermediate_folders(tmp_path: Path) -> None:
-    from synthseg.synth.synthesize import synthesize
+    from synthseg.synth import synthesize
 
     command = _synthesize(tmp_path / "in")
     out = tmp_path / "synthetic"
@@ -321,16 +354,19 @@ def test_synthesize_removes_only_its_own_intermediate_folders(tmp_path: Path) ->
     work.mkdir()
     (work / "notes.txt").write_text("mine")
     pgan, spade, reference = tmp_path / "in" / "pgan.pt", tmp_path / "in" / "spade.pt", command.input
-    synthesize(
-        pgan, spade, reference, 3, out, threshold=1e9, device="cpu", progress=False, keep_intermediate=False
-    )
+    settings = synthesize.SynthesizeSettings(
+        pgan=pgan, spade=spade, reference=reference, count=3, output=out, threshold=1e9, device="cpu",
+        progress=False, keep_intermediate=False,
+    )  # fmt: skip
+    synthesize.run(settings)
     assert sorted(p.name for p in work.iterdir()) == [
         "notes.txt"
     ]  # masks/ and kept/ are gone, the note stays
 
 
 def test_generate_masks_starting_over_keeps_a_user_file_in_its_resume_folder(tmp_path: Path) -> None:
-    from synthseg.synth.generate_masks import generate_masks, resume_folder
+    from synthseg.synth import generate_masks
+    from synthseg.synth.generate_masks import GenerateMasksSettings, resume_folder
 
     snap = tiny_snapshot(tmp_path / "snap.pt", size=16)
     out = tmp_path / "masks"
@@ -339,10 +375,12 @@ def test_generate_masks_starting_over_keeps_a_user_file_in_its_resume_folder(tmp
     (work / "labels" / "synth_000000.png").write_bytes(b"left over")
     (work / "thesis.tex").write_text("not a mask")
     with pytest.raises(InputError, match=f"{work / 'thesis.tex'}: not written by synthseg"):
-        generate_masks(snap, 3, out, progress=False)
+        generate_masks.run(GenerateMasksSettings(checkpoint=snap, count=3, output=out, progress=False))
     assert (work / "thesis.tex").read_text() == "not a mask"
     (work / "thesis.tex").unlink()
-    generate_masks(snap, 3, out, progress=False)  # its own leftovers only: started over
+    generate_masks.run(
+        GenerateMasksSettings(checkpoint=snap, count=3, output=out, progress=False)
+    )  # its own leftovers only: started over
     assert not work.exists() and len(list((out / "labels").iterdir())) == 3
 
 
@@ -362,12 +400,15 @@ def test_a_symlink_to_an_input_is_that_input(tmp_path: Path) -> None:
 
 def test_synthesize_says_in_one_line_when_the_filter_keeps_no_mask(tmp_path: Path) -> None:
     """A PGAN whose every mask the filter drops: a clear line naming the filter's folder, no output folder."""
-    from synthseg.synth.synthesize import FilterKeptNothing, synthesize
+    from synthseg.synth import synthesize
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
     out = tmp_path / "synthetic"
-    with pytest.raises(FilterKeptNothing, match=r"kept none of the 6 generated masks") as err:
-        synthesize(tiny_snapshot(tmp_path / "pgan.pt", size=32), tiny_spade_snapshot(tmp_path / "spade.pt"),
-                   prepared, 6, out, threshold=0.0, device="cpu", progress=False, quality=False)  # fmt: skip
+    settings = synthesize.SynthesizeSettings(
+        pgan=tiny_snapshot(tmp_path / "pgan.pt", size=32), spade=tiny_spade_snapshot(tmp_path / "spade.pt"),
+        reference=prepared, count=6, output=out, threshold=0.0, device="cpu", progress=False, quality=False,
+    )  # fmt: skip
+    with pytest.raises(synthesize.FilterKeptNothing, match=r"kept none of the 6 generated masks") as err:
+        synthesize.run(settings)
     assert "\n" not in str(err.value) and "kept" in str(err.value)
     assert not out.exists()

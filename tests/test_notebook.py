@@ -8,8 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from synthseg.report.report import write_report
-from tests.conftest import make_run, write_dataset
+from tests.conftest import make_run, run_report, write_dataset
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb"
 
@@ -25,7 +24,7 @@ def test_the_notebook_walks_through_a_tiny_report(tmp_path: Path, monkeypatch: p
     for i, (mix, error) in enumerate((("reduced_real", 0.2), ("reduced_syn4792", 0.18))):
         make_run(tmp_path / "runs" / str(i), mix=mix, classes=2, seed=0, dice_error=error, data_root=prepared)
     report = tmp_path / "report"
-    write_report(
+    run_report(
         {
             "runs": str(tmp_path / "runs"),
             "output": str(report),

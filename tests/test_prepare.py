@@ -20,11 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.data.manifest import DATASET_FORMAT
+from synthseg.data.manifest import DATASET_FORMAT, read_provenance
 from synthseg.data.pngio import read_png
 from synthseg.data.prepare import prepare as prep
 from synthseg.data.prepare import slices
-from synthseg.data.prepare.prepare import prepare_dataset
 from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
 
@@ -33,6 +32,13 @@ SHAPE = (12, 10, 6)  # X, Y, Z
 SIZE = 16
 FAST_TO_CLASS = {0: 0, 1: 6, 2: 5, 3: 4}  # FAST codes (CSF, GM, WM) -> 7-class indices
 TUMOR_2018 = {0: 0, 1: 1, 2: 2, 4: 3}
+
+
+def run_prepare(settings: PrepareSettings) -> dict[str, Any]:
+    """prepare from Python: its settings object and run; the record it wrote (prepare.json)."""
+    return read_provenance(prep.run(settings)) or {}
+
+
 COLUMNS = ["id", "case", "slice", "split", "source", "reduced", "empty", "image", "label"] + [
     f"count_{c}" for c in range(7)
 ]
@@ -112,7 +118,7 @@ def prepared(
 ) -> tuple[Path, dict[str, dict[str, Any]], dict[str, Any]]:
     root = tmp_path_factory.mktemp("cohort")
     cases = make_cohort(root / "src", 5)
-    record = prepare_dataset(settings(root / "src", root / "out"))
+    record = run_prepare(settings(root / "src", root / "out"))
     return root / "out", cases, record
 
 
@@ -214,7 +220,7 @@ def test_prepare_json(prepared: tuple[Path, dict, dict]) -> None:
 
 def test_subject_split_no_case_in_two_splits(tmp_path: Path) -> None:
     make_cohort(tmp_path / "src", 10, shape=(6, 5, 4))
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "out", split="subject", seed=3))
+    run_prepare(settings(tmp_path / "src", tmp_path / "out", split="subject", seed=3))
     rows = read_manifest(tmp_path / "out")
     split_of: dict[str, set[str]] = {}
     for row in rows:
@@ -236,7 +242,7 @@ def test_subject_split_no_case_in_two_splits(tmp_path: Path) -> None:
 
 def test_paper_split_mixes_cases(tmp_path: Path) -> None:
     make_cohort(tmp_path / "src", 4, shape=(6, 5, 20))
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "out", seed=1))
+    run_prepare(settings(tmp_path / "src", tmp_path / "out", seed=1))
     rows = read_manifest(tmp_path / "out")
     cases_in = {name: {r["case"] for r in rows if r["split"] == name} for name in ("train", "val", "test")}
     assert len(cases_in["train"] & (cases_in["val"] | cases_in["test"])) > 0
@@ -245,12 +251,12 @@ def test_paper_split_mixes_cases(tmp_path: Path) -> None:
 
 def test_rerun_identical_and_workers_agree(tmp_path: Path) -> None:
     make_cohort(tmp_path / "src", 3, shape=(6, 5, 4))
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "a", seed=7))
+    run_prepare(settings(tmp_path / "src", tmp_path / "a", seed=7))
     first = {
         p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()
     }
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "a", seed=7))  # re-run over the old output
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "b", seed=7, workers=2))
+    run_prepare(settings(tmp_path / "src", tmp_path / "a", seed=7))  # re-run over the old output
+    run_prepare(settings(tmp_path / "src", tmp_path / "b", seed=7, workers=2))
     for other in ("a", "b"):
         files = {
             p.relative_to(tmp_path / other): p.read_bytes()
@@ -260,7 +266,7 @@ def test_rerun_identical_and_workers_agree(tmp_path: Path) -> None:
         assert set(files) == set(first)
         differing = [str(p) for p in first if files[p] != first[p]]
         assert set(differing) <= {"prepare.json"}  # timings live only there (equal when they round alike)
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "c", seed=8))
+    run_prepare(settings(tmp_path / "src", tmp_path / "c", seed=8))
     assert (tmp_path / "c/manifest.csv").read_bytes() != first[Path("manifest.csv")]
 
 
@@ -283,16 +289,16 @@ def test_failure_midway_leaves_no_output_or_old_intact(
 
     monkeypatch.setattr(slices, "write_label8", failing_write)
     with pytest.raises(OSError, match="disk on fire"):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
+        run_prepare(settings(tmp_path / "src", tmp_path / "out"))
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
     monkeypatch.setattr(slices, "write_label8", real_write)
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
+    run_prepare(settings(tmp_path / "src", tmp_path / "out"))
     before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     calls["n"] = 0
     monkeypatch.setattr(slices, "write_label8", failing_write)
     with pytest.raises(OSError):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "out", seed=5))
+        run_prepare(settings(tmp_path / "src", tmp_path / "out", seed=5))
     after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert after == before and _leftovers(tmp_path) == []
 
@@ -385,12 +391,12 @@ def test_bad_input_stop_and_skip(tmp_path: Path, kind: str, message: str) -> Non
     name = "Brats18_T_1_1"
     culprit = _corrupt(cases[name], name, kind)
     with pytest.raises(InputError) as info:
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
+        run_prepare(settings(tmp_path / "src", tmp_path / "out"))
     line = str(info.value)
     assert "\n" not in line and message in line and str(culprit) in line, line
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
-    record = prepare_dataset(settings(tmp_path / "src", tmp_path / "out", on_error="skip"))
+    record = run_prepare(settings(tmp_path / "src", tmp_path / "out", on_error="skip"))
     assert [s["case"] for s in record["skipped"]] == [name]
     assert message in record["skipped"][0]["reason"]
     rows = read_manifest(tmp_path / "out")
@@ -405,7 +411,7 @@ def test_intensity_rule_float_rounding_and_negatives(tmp_path: Path) -> None:
     image = cases[name]["image"].astype(np.float32) + 0.4
     image[1, 1, 1], image[1, 2, 1], image[2, 2, 2] = -3.0, -0.4, 10.6  # -0.4 rounds to 0: not counted
     save(cases[name]["folder"] / f"{name}_t1ce.nii.gz", image)
-    record = prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
+    record = run_prepare(settings(tmp_path / "src", tmp_path / "out"))
     assert [c["negatives_clipped"] for c in record["cases"]] == [1, 0]
     assert f"{name}: 1 negative voxels clipped to 0" in prep.summarize(record)
     expected = np.clip(np.rint(image), 0, None).astype(np.uint16)
@@ -436,13 +442,13 @@ def test_pve_files_and_brats2023(tmp_path: Path) -> None:
             prefix="-",
             image_suffix="t1c",
         )
-    record = prepare_dataset(settings(tmp_path / "src", tmp_path / "out", convention="brats2023"))
+    record = run_prepare(settings(tmp_path / "src", tmp_path / "out", convention="brats2023"))
     assert {c["tissue"] for c in record["cases"]} == {"pve"}
     label = read_png(tmp_path / "out/labels/BraTS-GLI-00001-000_002.png")
     np.testing.assert_array_equal(label, expected_slice(case["label"], 2))
     assert 3 in case["label"][:, :, 1:3]  # the 2023 value 3 really occurs and maps to enhancing
     with pytest.raises(InputError, match=r"-seg\.nii\.gz: unexpected label value 3 in"):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "o2", convention="brats2023", enhancing=4))
+        run_prepare(settings(tmp_path / "src", tmp_path / "o2", convention="brats2023", enhancing=4))
 
 
 def test_builtin_tissue_called_with_brain_and_tumor_excluded(
@@ -460,7 +466,7 @@ def test_builtin_tissue_called_with_brain_and_tumor_excluded(
         return np.where(brain_mask & ~exclude, 2, 0).astype(np.uint8)  # all GM
 
     monkeypatch.setattr(tissue_mod, "segment_tissue", fake_segment)
-    record = prepare_dataset(settings(tmp_path / "src", tmp_path / "out", seed=4))
+    record = run_prepare(settings(tmp_path / "src", tmp_path / "out", seed=4))
     assert [c["tissue"] for c in record["cases"]] == ["builtin", "builtin", "pveseg"]
     assert len(seen) == 2
     image, brain, exclude, seed = seen[0]
@@ -474,10 +480,10 @@ def test_builtin_tissue_called_with_brain_and_tumor_excluded(
     np.testing.assert_array_equal(label, expected_slice(expected, 2))
 
     seen.clear()
-    record = prepare_dataset(settings(tmp_path / "src", tmp_path / "out", tissue="builtin"))
+    record = run_prepare(settings(tmp_path / "src", tmp_path / "out", tissue="builtin"))
     assert [c["tissue"] for c in record["cases"]] == ["builtin"] * 3 and len(seen) == 3
     with pytest.raises(InputError, match="tissue=fast but no FAST output found"):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "o2", tissue="fast"))
+        run_prepare(settings(tmp_path / "src", tmp_path / "o2", tissue="fast"))
 
 
 def test_settings_and_paths_refused(tmp_path: Path) -> None:
@@ -494,25 +500,25 @@ def test_settings_and_paths_refused(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=message):
             replace(base, **change)
     with pytest.raises(InputError, match="lies inside the input"):
-        prepare_dataset(replace(base, output=str(tmp_path / "src/HGG/out")))
+        run_prepare(replace(base, output=str(tmp_path / "src/HGG/out")))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/thesis.tex").write_text("precious")
     with pytest.raises(InputError, match="not empty and not written by synthseg prepare"):
-        prepare_dataset(replace(base, output=str(tmp_path / "mine")))
+        run_prepare(replace(base, output=str(tmp_path / "mine")))
     assert (tmp_path / "mine/thesis.tex").read_text() == "precious"
     with pytest.raises(InputError, match="in-plane size 6x5 is larger than size=4"):
-        prepare_dataset(replace(base, size=4))
+        run_prepare(replace(base, size=4))
     assert not (tmp_path / "out").exists()
     with pytest.raises(InputError, match="2 cases are too few"):
         make_cohort(tmp_path / "two", 2, shape=(6, 5, 4))
-        prepare_dataset(settings(tmp_path / "two", tmp_path / "out", split="subject"))
+        run_prepare(settings(tmp_path / "two", tmp_path / "out", split="subject"))
 
 
 def test_free_space_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_cohort(tmp_path / "src", 1, shape=(6, 5, 4))
     monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
     with pytest.raises(InputError, match="not enough disk space for the prepared dataset"):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "out"))
+        run_prepare(settings(tmp_path / "src", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -556,7 +562,7 @@ def test_real_size_case(tmp_path: Path) -> None:
     save(folder / "Brats18_R_1_1_t1ce.nii.gz", image)
     save(folder / "Brats18_R_1_1_seg.nii.gz", seg)
     save(folder / "Brats18_R_1_1_t1ce_pveseg.nii.gz", (image > 0).astype(np.uint8) * 3)
-    record = prepare_dataset(settings(tmp_path / "src", tmp_path / "out", size=256))
+    record = run_prepare(settings(tmp_path / "src", tmp_path / "out", size=256))
     rows = read_manifest(tmp_path / "out")
     assert len(rows) == 155 and record["stats"]["splits"] == {"train": 123, "val": 16, "test": 16}
     k = 70
@@ -576,14 +582,14 @@ def slow(path, array):
     real(path, array)
     time.sleep(0.05)
 slices.write_label8 = slow
-prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1, progress=False, seed=9, overwrite=True))
+prep.run(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1, progress=False, seed=9, overwrite=True))
 """
 
 
 def test_sigkill_midway_keeps_old_output_and_rerun_completes(tmp_path: Path) -> None:
     make_cohort(tmp_path / "src", 3, shape=(6, 5, 20))
     out = tmp_path / "out"
-    prepare_dataset(settings(tmp_path / "src", out, size=8))
+    run_prepare(settings(tmp_path / "src", out, size=8))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(tmp_path / "src"), str(out)])
     try:
@@ -600,7 +606,7 @@ def test_sigkill_midway_keeps_old_output_and_rerun_completes(tmp_path: Path) -> 
     assert proc.returncode == -signal.SIGKILL
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the old dataset is untouched; the half-written one only exists as .partial
-    prepare_dataset(settings(tmp_path / "src", out, size=8, seed=9))
+    run_prepare(settings(tmp_path / "src", out, size=8, seed=9))
     assert json.loads((out / "stats.json").read_text())["seed"] == 9
     for stale in tmp_path.glob(".out.*.partial"):
         shutil.rmtree(stale)

@@ -11,10 +11,10 @@ import pytest
 
 from synthseg.data.manifest import DATASET_FORMAT_MULTI, read_manifest
 from synthseg.data.pngio import read_png
-from synthseg.data.prepare.prepare import prepare_dataset, summarize
+from synthseg.data.prepare.prepare import summarize
 from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
-from tests.test_prepare import SHAPE, SIZE, expected_slice, make_cohort, save, settings
+from tests.test_prepare import SHAPE, SIZE, expected_slice, make_cohort, run_prepare, save, settings
 
 OTHERS = {"t1": "_t1", "t2": "_t2", "flair": "_flair"}
 
@@ -47,7 +47,7 @@ def test_prepare_writes_exactly_the_requested_sequences_losslessly(cohort: tuple
     root, cases = cohort
     order = ("flair", "t1c", "t2")
     out = root / "three"
-    record = prepare_dataset(settings(root / "src", out, sequences=list(order)))
+    record = run_prepare(settings(root / "src", out, sequences=list(order)))
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(order)  # no t1, no flat copy
     manifest = read_manifest(out)
     assert manifest.sequences == order and len(manifest) == 4 * SHAPE[2]
@@ -76,7 +76,7 @@ def test_prepare_writes_exactly_the_requested_sequences_losslessly(cohort: tuple
 def test_a_single_other_sequence_writes_no_t1c(cohort: tuple[Path, dict]) -> None:
     root, cases = cohort
     out = root / "t2only"
-    prepare_dataset(settings(root / "src", out, sequences=["t2"]))
+    run_prepare(settings(root / "src", out, sequences=["t2"]))
     assert [p.name for p in (out / "images").iterdir()] == ["t2"]
     assert json.loads((out / "stats.json").read_text())["sequences"] == ["t2"]
     # the tissue still comes from the T1c: labels equal a T1c-only run's
@@ -93,11 +93,11 @@ def test_a_missing_requested_sequence_is_one_line_or_a_skipped_case(tmp_path: Pa
     victim = cases[name]["folder"] / f"{name}_flair.nii.gz"
     victim.unlink()
     with pytest.raises(InputError, match=rf"^missing FLAIR: expected {victim}"):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "out", sequences=["t1c", "flair"]))
+        run_prepare(settings(tmp_path / "src", tmp_path / "out", sequences=["t1c", "flair"]))
     assert not (tmp_path / "out").exists()
     # not requested: not looked at
-    prepare_dataset(settings(tmp_path / "src", tmp_path / "t1c"))
-    record = prepare_dataset(
+    run_prepare(settings(tmp_path / "src", tmp_path / "t1c"))
+    record = run_prepare(
         settings(tmp_path / "src", tmp_path / "skip", sequences=["t1c", "flair"], on_error="skip")
     )
     assert [s["case"] for s in record["skipped"]] == [name] and "missing FLAIR" in record["skipped"][0][
@@ -114,7 +114,7 @@ def test_sequences_on_another_grid_are_refused_naming_the_file(tmp_path: Path) -
         cases[name]["folder"] / f"{name}_t2.nii.gz", np.ones((SHAPE[0], SHAPE[1], SHAPE[2] + 1), np.int16)
     )
     with pytest.raises(InputError, match=rf"{bad.name}"):
-        prepare_dataset(settings(tmp_path / "src", tmp_path / "out", sequences=["t1c", "t2"]))
+        run_prepare(settings(tmp_path / "src", tmp_path / "out", sequences=["t1c", "t2"]))
 
 
 def test_unknown_sequences_are_one_line_before_any_work() -> None:

@@ -12,9 +12,8 @@ import torch
 
 from synthseg.checkpoint import save_network
 from synthseg.errors import InputError
-from synthseg.metrics.quality import quality
 from synthseg.networks.unet import UNet
-from tests.conftest import write_dataset
+from tests.conftest import measure_quality, run_report, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
 
@@ -33,7 +32,9 @@ def sets(tmp_path: Path) -> dict[str, Path]:
 
 def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "quality"
-    result = quality(sets["synthetic"], sets["real"], out, unet=sets["unet"], **FAST)
+    result = measure_quality(
+        synthetic=sets["synthetic"], real=sets["real"], output=out, unet=sets["unet"], **FAST
+    )
     saved = json.loads((out / "quality.json").read_text())
     assert saved["size"] == 32 and saved["synthetic_count"] == 24 and saved["real_count"] == 40
     feats = saved["features"]
@@ -55,8 +56,22 @@ def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path:
 
 
 def test_quality_is_seeded(sets: dict[str, Path], tmp_path: Path) -> None:
-    a = quality(sets["synthetic"], sets["real"], tmp_path / "a", unet=sets["unet"], max_images=16, **FAST)
-    b = quality(sets["synthetic"], sets["real"], tmp_path / "b", unet=sets["unet"], max_images=16, **FAST)
+    a = measure_quality(
+        synthetic=sets["synthetic"],
+        real=sets["real"],
+        output=tmp_path / "a",
+        unet=sets["unet"],
+        max_images=16,
+        **FAST,
+    )
+    b = measure_quality(
+        synthetic=sets["synthetic"],
+        real=sets["real"],
+        output=tmp_path / "b",
+        unet=sets["unet"],
+        max_images=16,
+        **FAST,
+    )
     for result in (a, b):
         result.pop("seconds")
     assert a["features"] == b["features"] and a["memorisation"] == b["memorisation"]
@@ -66,7 +81,7 @@ def test_quality_is_seeded(sets: dict[str, Path], tmp_path: Path) -> None:
 def test_a_planted_copy_is_counted_and_shown_first(sets: dict[str, Path], tmp_path: Path) -> None:
     # A synthetic set made of the real training slices themselves: every pair is a copy.
     copy = write_dataset(tmp_path / "copy", num_slices=50, size=64)
-    result = quality(copy, sets["real"], tmp_path / "q", extractor=None, **FAST)
+    result = measure_quality(synthetic=copy, real=sets["real"], output=tmp_path / "q", extractor=None, **FAST)
     memo = result["memorisation"]
     assert memo["dice"]["synthetic"]["median"] == pytest.approx(1.0)
     assert memo["synthetic_above_dice"] == 40
@@ -79,7 +94,9 @@ def test_a_planted_copy_is_counted_and_shown_first(sets: dict[str, Path], tmp_pa
 def test_discard_rate_comes_from_the_synthesize_record(sets: dict[str, Path], tmp_path: Path) -> None:
     record = {"synthesize": {"filter": {"synthetic_discarded_fraction": 0.25}}}
     (sets["synthetic"] / "prepare.json").write_text(json.dumps(record))
-    result = quality(sets["synthetic"], sets["real"], tmp_path / "q", extractor=None, **FAST)
+    result = measure_quality(
+        synthetic=sets["synthetic"], real=sets["real"], output=tmp_path / "q", extractor=None, **FAST
+    )
     assert result["label_maps"]["filter_discard_rate"] == 0.25
 
 
@@ -99,12 +116,12 @@ def test_inception_without_a_local_weights_file_is_one_line_saying_where_to_put_
 
 def test_bad_inputs_are_one_clear_error(sets: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unet=RUN"):
-        quality(sets["synthetic"], sets["real"], tmp_path / "q")
+        measure_quality(synthetic=sets["synthetic"], real=sets["real"], output=tmp_path / "q")
     with pytest.raises(InputError, match="manifest not found"):
-        quality(tmp_path, sets["real"], tmp_path / "q", extractor=None)
+        measure_quality(synthetic=tmp_path, real=sets["real"], output=tmp_path / "q", extractor=None)
     odd = write_dataset(tmp_path / "odd", num_slices=10, size=48, source="synthetic")
     with pytest.raises(InputError, match="one must divide the other"):
-        quality(odd, sets["real"], tmp_path / "q", extractor=None)
+        measure_quality(synthetic=odd, real=sets["real"], output=tmp_path / "q", extractor=None)
 
 
 def test_cli_runs_the_quality_command(sets: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -143,7 +160,6 @@ def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- report
 def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.report import write_report
     from tests.test_report import make_run
 
     runs = tmp_path / "runs"
@@ -158,7 +174,7 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
     make_run(runs / "syn", mix="full_syn8960", classes=7, seed=0, dice_error=0.1, data_root=sets["real"],
              per_case=per_case(2.0), resolution=32)  # fmt: skip
     out = tmp_path / "report"
-    summary = write_report({
+    summary = run_report({
         "runs": str(runs), "output": str(out), "bootstrap": {"samples": 50},
         "figures": {"enabled": False, "synthetic_full": str(sets["synthetic"]), "real": str(sets["real"])},
         "quality": {"max_images": 2000, **FAST},
@@ -197,14 +213,13 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.report import write_report
     from tests.test_report import make_run
 
     make_run(
         tmp_path / "runs" / "r", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=sets["real"]
     )
     out = tmp_path / "report"
-    write_report({"runs": str(tmp_path / "runs"), "output": str(out), "bootstrap": {"samples": 20},
+    run_report({"runs": str(tmp_path / "runs"), "output": str(out), "bootstrap": {"samples": 20},
                   "figures": {"enabled": False}})  # fmt: skip
     assert not any(r["metric"].startswith("hd95") for r in _csv(out / "table2.csv"))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -213,13 +228,16 @@ def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_p
 
 
 def test_synthesize_runs_the_extractor_free_quality(tmp_path: Path) -> None:
-    from synthseg.synth.synthesize import synthesize
+    from synthseg.synth import synthesize
     from tests.test_reliability_atomic import tiny_snapshot, tiny_spade_snapshot
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
     out = tmp_path / "synthetic"
-    synthesize(tiny_snapshot(tmp_path / "pgan.pt", size=32), tiny_spade_snapshot(tmp_path / "spade.pt"), prepared,
-               12, out, threshold=1e9, device="cpu", progress=False)  # fmt: skip
+    settings = synthesize.SynthesizeSettings(
+        pgan=tiny_snapshot(tmp_path / "pgan.pt", size=32), spade=tiny_spade_snapshot(tmp_path / "spade.pt"),
+        reference=prepared, count=12, output=out, threshold=1e9, device="cpu", progress=False,
+    )  # fmt: skip
+    synthesize.run(settings)
     saved = json.loads((out / "quality" / "quality.json").read_text())
     assert "features" not in saved and saved["synthetic_count"] == 12
     assert saved["label_maps"]["filter_discard_rate"] == 0.0
@@ -262,8 +280,10 @@ def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
 ) -> None:
     ckpt = tmp_path / "best.ckpt"
     torch.save({"state_dict": {"net.head.weight": torch.zeros(1)}}, ckpt)
-    with pytest.raises(InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"):
-        quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=ckpt)
+    with pytest.raises(
+        InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"
+    ):
+        measure_quality(synthetic=sets["synthetic"], real=sets["real"], output=tmp_path / "q", unet=ckpt)
 
 
 def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, Path], tmp_path: Path) -> None:
@@ -281,7 +301,9 @@ def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, P
     scaled = _scaler(extractor, images)(images, slice(0, 1))
     assert torch.equal(scaled, torch.from_numpy(zscore_brain(images.numpy())))
     assert torch.all(scaled[:, :, :2] == 0) and abs(float(scaled[:, :, 2:].mean())) < 1e-5
-    result = quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=path, **FAST)
+    result = measure_quality(
+        synthetic=sets["synthetic"], real=sets["real"], output=tmp_path / "q", unet=path, **FAST
+    )
     assert math.isfinite(result["features"]["fd_unet"])
     save_network(UNet(1, 7, base_width=2), tmp_path / "tanh.pt", meta={"image_norm": "tanh"})
     with pytest.raises(InputError, match="image_norm='tanh'"):

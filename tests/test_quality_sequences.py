@@ -17,9 +17,9 @@ from synthseg.checkpoint import save_network
 from synthseg.errors import InputError
 from synthseg.metrics import diversity, memorisation
 from synthseg.metrics.features import Extractor, build_extractor
-from synthseg.metrics.quality import DatasetSlices, extractor_metrics, quality
+from synthseg.metrics.quality import DatasetSlices, extractor_metrics
 from synthseg.networks.unet import UNet
-from tests.conftest import make_run, write_dataset
+from tests.conftest import make_run, measure_quality, run_report, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
 
@@ -43,7 +43,9 @@ def two(tmp_path: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------- end to end
 def test_two_sequences_through_quality_end_to_end(two: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "q"
-    result = quality(two["synthetic"], two["real"], out, unet=two["run"], **FAST)
+    result = measure_quality(
+        synthetic=two["synthetic"], real=two["real"], output=out, unet=two["run"], **FAST
+    )
     saved = json.loads((out / "quality.json").read_text())
     assert saved["sequences"] == ["t1c", "flair"] and saved["size"] == 32
     feats = saved["features"]
@@ -69,7 +71,7 @@ def test_two_sequences_through_quality_end_to_end(two: dict[str, Path], tmp_path
 
 def test_fd_of_a_multi_sequence_set_against_itself_is_zero(two: dict[str, Path], tmp_path: Path) -> None:
     same = two["synthetic"]  # every slice a training slice: both samples are the whole set
-    result = quality(same, same, tmp_path / "q", unet=two["run"], **FAST)
+    result = measure_quality(synthetic=same, real=same, output=tmp_path / "q", unet=two["run"], **FAST)
     feats = result["features"]
     assert feats["fd_unet"] == pytest.approx(0.0, abs=1e-6)
     assert feats["precision_unet"] == 1.0 and feats["recall_unet"] == 1.0
@@ -121,12 +123,16 @@ def test_a_set_missing_a_sequence_is_one_line_naming_the_folder_and_the_sequence
     with pytest.raises(
         InputError, match=r"synthetic=.*t1c_only: holds the sequences \['t1c'\], not \['flair'\]"
     ):
-        quality(t1c_only, two["real"], tmp_path / "q", unet=two["run"], **FAST)
+        measure_quality(synthetic=t1c_only, real=two["real"], output=tmp_path / "q", unet=two["run"], **FAST)
     with pytest.raises(InputError, match=r"real=.*t1c_only: holds the sequences \['t1c'\], not \['flair'\]"):
-        quality(two["synthetic"], t1c_only, tmp_path / "q", unet=two["run"], **FAST)
+        measure_quality(
+            synthetic=two["synthetic"], real=t1c_only, output=tmp_path / "q", unet=two["run"], **FAST
+        )
     # Without an extractor the synthetic set's sequences are measured: the real set must hold them.
     with pytest.raises(InputError, match=r"real=.*not \['flair'\] \(the synthetic set .* holds"):
-        quality(two["synthetic"], t1c_only, tmp_path / "q", extractor=None, **FAST)
+        measure_quality(
+            synthetic=two["synthetic"], real=t1c_only, output=tmp_path / "q", extractor=None, **FAST
+        )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["quality", f"synthetic={t1c_only}", f"real={two['real']}", f"unet={two['run']}",
@@ -143,15 +149,19 @@ def test_a_snapshot_reads_its_recorded_sequences_or_the_synthetic_sets(
     torch.manual_seed(0)
     recorded = tmp_path / "recorded.pt"
     save_network(UNet(1, 7, base_width=2), recorded, meta={"sequences": ["flair"]})
-    result = quality(two["synthetic"], two["real"], tmp_path / "a", unet=recorded, **FAST)
+    result = measure_quality(
+        synthetic=two["synthetic"], real=two["real"], output=tmp_path / "a", unet=recorded, **FAST
+    )
     assert result["sequences"] == ["flair"] and list(result["diversity"]["by_sequence"]) == ["flair"]
     bare = tmp_path / "bare.pt"
     save_network(UNet(2, 7, base_width=2), bare)  # two channels, no meta.sequences: the synthetic set's two
-    assert quality(two["synthetic"], two["real"], tmp_path / "b", unet=bare, **FAST)["sequences"] == list(TWO)
+    assert measure_quality(
+        synthetic=two["synthetic"], real=two["real"], output=tmp_path / "b", unet=bare, **FAST
+    )["sequences"] == list(TWO)
     three = write_dataset(tmp_path / "three", num_slices=12, size=32, source="synthetic",
                           sequences=("t1", "t1c", "flair"))  # fmt: skip
     with pytest.raises(InputError, match=r"2 input channels that records no meta.sequences.*three holds"):
-        quality(three, two["real"], tmp_path / "c", unet=bare, **FAST)
+        measure_quality(synthetic=three, real=two["real"], output=tmp_path / "c", unet=bare, **FAST)
     wrong = tmp_path / "wrong.pt"
     save_network(UNet(2, 7, base_width=2), wrong, meta={"sequences": ["t1c"]})
     with pytest.raises(InputError, match=r"wrong.pt: the U-Net has 2 input channels but names the sequences"):
@@ -225,10 +235,9 @@ def test_ms_ssim_per_sequence_equals_each_sequence_measured_alone() -> None:
 
 # ------------------------------------------------------------------------------------------------ report
 def test_the_report_has_table3_for_a_multi_sequence_sweep(two: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.report import write_report
 
     out = tmp_path / "report"
-    summary = write_report({
+    summary = run_report({
         "runs": str(two["run"].parent), "output": str(out), "bootstrap": {"samples": 20},
         "figures": {"enabled": False, "synthetic_full": str(two["synthetic"]), "real": str(two["real"])},
         "quality": FAST,

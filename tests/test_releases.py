@@ -19,9 +19,9 @@ import pytest
 from synthseg.data.pngio import read_png
 from synthseg.data.prepare import prepare as prep
 from synthseg.data.prepare import slices
-from synthseg.data.prepare.prepare import prepare_dataset
 from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
+from tests.test_prepare import run_prepare
 
 SHAPE = (24, 24, 8)
 SIZE = 32
@@ -189,7 +189,7 @@ def run(
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     monkeypatch.setattr(slices, "_segment_builtin", fake_tissue)
     options = {"size": SIZE, "workers": 1, "progress": False, "tissue": "builtin", **kwargs}
-    record = prepare_dataset(PrepareSettings(source=str(source), output=str(output), **options))
+    record = run_prepare(PrepareSettings(source=str(source), output=str(output), **options))
     with open(output / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return record, rows

@@ -11,22 +11,29 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from synthseg.checkpoint import save_network
+from synthseg.data.manifest import read_provenance
+from synthseg.synth import export
+from synthseg.synth import filter as zfilter
 from synthseg.synth import generate_masks as masks_module
-from synthseg.synth.export import export_nnunet
-from synthseg.synth.filter import run_filter
-from synthseg.synth.generate_masks import PROGRESS, generate_masks, resume_folder
+from synthseg.synth.generate_masks import PROGRESS, GenerateMasksSettings, resume_folder
 from tests.conftest import tiny_snapshot, write_dataset
 
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def run_masks(**options: Any) -> dict[str, Any]:
+    """generate-masks from Python: its settings object and run; the provenance it wrote (prepare.json)."""
+    return read_provenance(masks_module.run(GenerateMasksSettings(**options))) or {}
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -62,7 +69,7 @@ def no_leftovers(target: Path) -> bool:
 def test_interrupted_generation_resumes_to_identical_files_without_redoing_batches(tmp_path, monkeypatch):
     snap = tiny_snapshot(tmp_path / "snap.pt")
     whole = tmp_path / "whole"
-    generate_masks(snap, 23, whole, batch_size=5, progress=False)
+    run_masks(checkpoint=snap, count=23, output=whole, batch_size=5, progress=False)
 
     out = tmp_path / "masks"
     real_write = masks_module._write_batch
@@ -76,7 +83,7 @@ def test_interrupted_generation_resumes_to_identical_files_without_redoing_batch
 
     monkeypatch.setattr(masks_module, "_write_batch", crash_in_fourth_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        generate_masks(snap, 23, out, batch_size=5, progress=False)
+        run_masks(checkpoint=snap, count=23, output=out, batch_size=5, progress=False)
     assert not out.exists()
     work = resume_folder(out)
     assert json.loads((work / PROGRESS).read_text())["done"] == 15
@@ -86,7 +93,7 @@ def test_interrupted_generation_resumes_to_identical_files_without_redoing_batch
     monkeypatch.setattr(
         masks_module, "_write_batch", lambda f, i, m: (written.extend(i), real_write(f, i, m))
     )
-    info = generate_masks(snap, 23, out, batch_size=5, progress=False)
+    info = run_masks(checkpoint=snap, count=23, output=out, batch_size=5, progress=False)
     assert info["resumed_from"] == 15
     assert written == [f"synth_{i:06d}" for i in range(15, 23)]  # completed batches were not redone
     again = (out / "labels" / "synth_000000.png").stat()
@@ -109,12 +116,12 @@ def test_a_different_configuration_starts_over(tmp_path, monkeypatch):
 
     monkeypatch.setattr(masks_module, "_write_batch", crash)
     with pytest.raises(RuntimeError):
-        generate_masks(snap, 12, out, batch_size=5, seed=0, progress=False)
+        run_masks(checkpoint=snap, count=12, output=out, batch_size=5, seed=0, progress=False)
     monkeypatch.setattr(masks_module, "_write_batch", real_write)
-    info = generate_masks(snap, 12, out, batch_size=5, seed=1, progress=False)
+    info = run_masks(checkpoint=snap, count=12, output=out, batch_size=5, seed=1, progress=False)
     assert info["resumed_from"] == 0
     fresh = tmp_path / "fresh"
-    generate_masks(snap, 12, fresh, batch_size=5, seed=1, progress=False)
+    run_masks(checkpoint=snap, count=12, output=fresh, batch_size=5, seed=1, progress=False)
     assert tree(out)["manifest.csv"] == tree(fresh)["manifest.csv"]
     assert {k: v for k, v in tree(out).items() if k.startswith("labels")} == {
         k: v for k, v in tree(fresh).items() if k.startswith("labels")
@@ -125,7 +132,7 @@ def test_a_different_configuration_starts_over(tmp_path, monkeypatch):
 def test_sigkill_of_generate_masks_keeps_the_old_output_and_resumes(tmp_path: Path) -> None:
     snap = tiny_snapshot(tmp_path / "snap.pt", size=64)
     out = tmp_path / "masks"
-    generate_masks(snap, 3, out, progress=False)
+    run_masks(checkpoint=snap, count=3, output=out, progress=False)
     before = tree(out)
     work = resume_folder(out)
 
@@ -143,10 +150,12 @@ def test_sigkill_of_generate_masks_keeps_the_old_output_and_resumes(tmp_path: Pa
     done = json.loads((work / PROGRESS).read_text())["done"]
     assert 100 <= done < count
 
-    info = generate_masks(snap, count, out, batch_size=50, overwrite=True, progress=False, device="cpu")
+    info = run_masks(
+        checkpoint=snap, count=count, output=out, batch_size=50, overwrite=True, progress=False, device="cpu"
+    )
     assert info["resumed_from"] == done
     whole = tmp_path / "whole"
-    generate_masks(snap, count, whole, batch_size=50, progress=False, device="cpu")
+    run_masks(checkpoint=snap, count=count, output=whole, batch_size=50, progress=False, device="cpu")
     a, b = tree(whole), tree(out)
     a.pop("prepare.json"), b.pop("prepare.json")
     assert a == b
@@ -168,14 +177,22 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_sigkill_of_filter_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
     out = tmp_path / "filtered"
     options = {"threshold_quantile": 1.0, "progress": False}
-    run_filter(big["synthetic"], big["prepared"], out, **options)
+    zfilter.run(
+        zfilter.FilterSettings(masks=big["synthetic"], reference=big["prepared"], output=out, **options)
+    )
     before = tree(out)
     command = [SYNTHSEG, "filter", f"masks={big['synthetic']}", f"reference={big['prepared']}",
                f"output={out}", "overwrite=true", "progress=false", "threshold_quantile=0.5"]  # fmt: skip
     kill_when(command, partial_of(out), tmp_path)
     assert tree(out) == before
-    run_filter(
-        big["synthetic"], big["prepared"], out, overwrite=True, **{**options, "threshold_quantile": 0.5}
+    zfilter.run(
+        zfilter.FilterSettings(
+            masks=big["synthetic"],
+            reference=big["prepared"],
+            output=out,
+            overwrite=True,
+            **{**options, "threshold_quantile": 0.5},
+        )
     )
     assert tree(out) != before and (out / "filter.json").is_file()
     assert no_leftovers(out)
@@ -184,20 +201,25 @@ def test_sigkill_of_filter_keeps_the_old_output_and_a_rerun_completes(big, tmp_p
 @pytest.mark.slow
 def test_sigkill_of_export_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
     out = tmp_path / "nnUNet_raw"
-    folder = export_nnunet([big["prepared"]], out, progress=False)
+    folder = export.run(export.ExportSettings(source=[big["prepared"]], output=out, progress=False))
     before = tree(folder)
     command = [SYNTHSEG, "export", f"source=[{big['prepared']},{big['synthetic']}]", f"output={out}",
                "overwrite=true", "progress=false"]  # fmt: skip
     kill_when(command, partial_of(folder), tmp_path)
     assert tree(folder) == before
-    export_nnunet([big["prepared"], big["synthetic"]], out, overwrite=True, progress=False)
+    export.run(
+        export.ExportSettings(
+            source=[big["prepared"], big["synthetic"]], output=out, overwrite=True, progress=False
+        )
+    )
     assert len(list((folder / "imagesTr").glob("*.png"))) == 48 + 1500
     assert no_leftovers(folder)
 
 
 @pytest.mark.slow
 def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: Path) -> None:
-    from synthseg.report.report import write_report
+    from synthseg.report import report
+    from synthseg.report.settings import ReportSettings
     from tests.conftest import make_run
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
@@ -206,16 +228,17 @@ def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: 
         make_run(runs / f"{seed}", mix="full_real", classes=7, seed=seed, dice_error=0.1 + seed / 100,
                  data_root=prepared)  # fmt: skip
     out = tmp_path / "report"
-    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 20},
-                  "figures": {"enabled": False}})  # fmt: skip
+    report.run(ReportSettings.from_config({"runs": runs, "output": out, "bootstrap": {"samples": 20},
+                                           "figures": {"enabled": False}}, partial=True))  # fmt: skip
     before = tree(out)
     command = [SYNTHSEG, "report", f"runs={runs}", f"output={out}", "bootstrap.samples=20",
                "figures.segmentation_slices=4", f"figures.masks_full={big_masks(tmp_path)}",
                "overwrite=true"]  # fmt: skip
     kill_when(command, partial_of(out), tmp_path)
     assert tree(out) == before
-    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 20}, "overwrite": True,
-                  "figures": {"segmentation_slices": 4}})  # fmt: skip
+    report.run(ReportSettings.from_config({"runs": runs, "output": out, "bootstrap": {"samples": 20},
+                                           "overwrite": True, "figures": {"segmentation_slices": 4}},
+                                          partial=True))  # fmt: skip
     assert (out / "fig8_segmentations_7class.png").is_file() and no_leftovers(out)
 
 
@@ -241,13 +264,17 @@ def tiny_spade_snapshot(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_sigkill_of_synthesize_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
-    from synthseg.synth.synthesize import synthesize
+    from synthseg.synth import synthesize
 
     pgan = tiny_snapshot(tmp_path / "pgan.pt", size=32)
     spade = tiny_spade_snapshot(tmp_path / "spade.pt")
     out = tmp_path / "synthetic"
     options = {"threshold": 1e9, "device": "cpu", "progress": False}
-    synthesize(pgan, spade, big["prepared"], 6, out, **options)
+    synthesize.run(
+        synthesize.SynthesizeSettings(
+            pgan=pgan, spade=spade, reference=big["prepared"], count=6, output=out, **options
+        )
+    )
     before = tree(out)
     count = 1200
     command = [SYNTHSEG, "synthesize", f"pgan={pgan}", f"spade={spade}", f"reference={big['prepared']}",
@@ -255,23 +282,41 @@ def test_sigkill_of_synthesize_keeps_the_old_output_and_a_rerun_completes(big, t
                "progress=false"]  # fmt: skip
     kill_when(command, partial_of(out), tmp_path)
     assert tree(out) == before
-    synthesize(pgan, spade, big["prepared"], count, out, overwrite=True, **options)
+    synthesize.run(
+        synthesize.SynthesizeSettings(
+            pgan=pgan,
+            spade=spade,
+            reference=big["prepared"],
+            count=count,
+            output=out,
+            overwrite=True,
+            **options,
+        )
+    )
     assert len(list((out / "images").glob("*.png"))) == len(list((out / "labels").glob("*.png"))) == count
     assert no_leftovers(out)
 
 
 @pytest.mark.slow
 def test_sigkill_of_generate_images_keeps_the_old_output_and_a_rerun_completes(big, tmp_path: Path) -> None:
-    from synthseg.synth.generate_images import generate_images
+    from synthseg.synth import generate_images
 
     spade = tiny_spade_snapshot(tmp_path / "spade.pt")
     out = tmp_path / "images"
     small = write_dataset(tmp_path / "small", num_slices=5, size=32, source="synthetic", seed=4)
-    generate_images(spade, small, out, device="cpu", progress=False)
+    generate_images.run(
+        generate_images.GenerateImagesSettings(
+            checkpoint=spade, masks=small, output=out, device="cpu", progress=False
+        )
+    )
     before = tree(out)
     command = [SYNTHSEG, "generate-images", f"checkpoint={spade}", f"masks={big['synthetic']}", f"output={out}",
                "device=cpu", "overwrite=true", "progress=false"]  # fmt: skip
     kill_when(command, partial_of(out), tmp_path)
     assert tree(out) == before
-    generate_images(spade, big["synthetic"], out, device="cpu", overwrite=True, progress=False)
+    generate_images.run(
+        generate_images.GenerateImagesSettings(
+            checkpoint=spade, masks=big["synthetic"], output=out, device="cpu", overwrite=True, progress=False
+        )
+    )
     assert len(list((out / "images").glob("*.png"))) == 1500 and no_leftovers(out)

@@ -13,8 +13,10 @@ from hydra.utils import instantiate
 from synthseg.checkpoint import CheckpointError, save_network
 from synthseg.cli import run as cli_run
 from synthseg.networks.pgan import PGANGenerator
-from synthseg.report.report import write_report
-from synthseg.synth.generate_masks import generate_masks
+from synthseg.report import report
+from synthseg.report.settings import ReportSettings
+from synthseg.synth import generate_masks
+from synthseg.synth.generate_masks import GenerateMasksSettings
 from synthseg.train import train
 from tests.conftest import compose_train, make_run, write_dataset
 
@@ -52,7 +54,9 @@ def test_generate_masks_refuses_a_malicious_checkpoint(tmp_path: Path, capsys, m
     marker = tmp_path / "ran"
     evil = evil_checkpoint(tmp_path / "evil.pt", marker)
     with pytest.raises(CheckpointError, match="refused to load"):
-        generate_masks(evil, 4, tmp_path / "masks", progress=False)
+        generate_masks.run(
+            GenerateMasksSettings(checkpoint=evil, count=4, output=tmp_path / "masks", progress=False)
+        )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         cli_run("generate-masks", [f"checkpoint={evil}", "count=4", f"output={tmp_path / 'masks'}"])
@@ -89,7 +93,7 @@ def test_report_refuses_a_malicious_best_checkpoint(tmp_path: Path) -> None:
     cfg = {"runs": str(tmp_path / "runs"), "output": str(out), "bootstrap": {"samples": 20},
            "figures": {"segmentation_slices": 2}}  # fmt: skip
     with pytest.raises(CheckpointError, match="refused to load") as err:
-        write_report(cfg)
+        report.run(ReportSettings.from_config(cfg, partial=True))
     _one_line(str(err.value))
     assert not marker.exists()
     assert not out.exists() and [p.name for p in tmp_path.glob(".report.*")] == [".report.lock"]
@@ -110,7 +114,7 @@ def test_report_checkpoint_of_other_classes_is_one_clear_error(tmp_path: Path) -
         CheckpointError,
         match=r"checkpoint has 4 label classes \(net\.head\.weight 4x\S+\), config asks for 7",
     ) as err:
-        write_report(cfg)
+        report.run(ReportSettings.from_config(cfg, partial=True))
     _one_line(str(err.value))
 
 
@@ -190,13 +194,17 @@ def test_pgan_resume_with_another_configuration_is_one_clear_error(tmp_path, tra
 
 
 def test_generate_images_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
-    from synthseg.synth.generate_images import generate_images
+    from synthseg.synth import generate_images
 
     masks = write_dataset(tmp_path / "masks", num_slices=4, size=32, source="synthetic")
     marker = tmp_path / "ran"
     evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)
     with pytest.raises(CheckpointError, match="refused to load") as err:
-        generate_images(evil, masks, tmp_path / "images", progress=False)
+        generate_images.run(
+            generate_images.GenerateImagesSettings(
+                checkpoint=evil, masks=masks, output=tmp_path / "images", progress=False
+            )
+        )
     _one_line(str(err.value))
     assert not marker.exists()
     assert not any(p.name.startswith(("images", ".images")) for p in tmp_path.iterdir())

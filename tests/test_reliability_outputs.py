@@ -39,7 +39,7 @@ def held(path, array):
     while not os.path.exists(sys.argv[3]):
         time.sleep(0.02)
 slices.write_label8 = held
-prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1,
+prep.run(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=1,
                                           progress=False, overwrite=True))
 """
 
@@ -53,7 +53,8 @@ def held(folder, ids, batch):
         time.sleep(0.02)
     real(folder, ids, batch)
 masks._write_batch = held
-masks.generate_masks(sys.argv[1], 300, sys.argv[2], batch_size=50, progress=False, device="cpu")
+masks.run(masks.GenerateMasksSettings(checkpoint=sys.argv[1], count=300, output=sys.argv[2], batch_size=50,
+                                      progress=False, device="cpu"))
 """
 
 
@@ -220,7 +221,7 @@ def stalled(*args, **kwargs):
     time.sleep(120)
     return real_wait(*args, **kwargs)
 prepare_runner.wait = stalled
-prep.prepare_dataset(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=2,
+prep.run(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, workers=2,
                                           progress=False))
 """
 

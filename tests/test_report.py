@@ -15,9 +15,8 @@ import pytest
 from synthseg.data.labels import PALETTE
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
-from synthseg.report.report import write_report
 from synthseg.report.stats import RatioMetrics, bootstrap, paired_bootstrap, resample_weights
-from tests.conftest import SUBJECT_A, SUBJECT_B, make_run, write_dataset
+from tests.conftest import SUBJECT_A, SUBJECT_B, make_run, run_report, write_dataset
 from tests.conftest import case_sums as _case
 
 
@@ -54,7 +53,7 @@ def test_table1_mean_std_paper_and_best_cells(prepared: Path, tmp_path: Path) ->
             make_run(runs / str(n), mix=mix, classes=classes, seed=seed, dice_error=error, data_root=prepared)
             n += 1
     out = tmp_path / "report"
-    summary = write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 200},
+    summary = run_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 200},
                             "figures": {"enabled": False}})  # fmt: skip
     assert len(summary["runs"]) == n and summary["cells"] == len(cells)
 
@@ -88,13 +87,13 @@ def test_table1_mean_std_paper_and_best_cells(prepared: Path, tmp_path: Path) ->
 def test_repeated_seed_and_missing_runs_are_errors(prepared: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no results.json"):
-        write_report({"runs": str(tmp_path / "empty"), "output": str(tmp_path / "out")})
+        run_report({"runs": str(tmp_path / "empty"), "output": str(tmp_path / "out")})
     for i in range(2):
         make_run(
             tmp_path / "runs" / str(i), mix="full_real", classes=2, seed=0, dice_error=0.1, data_root=prepared
         )
     with pytest.raises(InputError, match="same seed"):
-        write_report({"runs": str(tmp_path / "runs"), "output": str(tmp_path / "out")})
+        run_report({"runs": str(tmp_path / "runs"), "output": str(tmp_path / "out")})
     assert not (tmp_path / "out").exists()
 
 
@@ -118,7 +117,7 @@ def test_table2_matches_hand_computed_sums(prepared: Path, tmp_path: Path) -> No
         runs / "d", mix="full_augment", classes=2, seed=0, dice_error=0.1, data_root=prepared, per_case=better
     )
     out = tmp_path / "report"
-    write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 500, "seed": 1},
+    run_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 500, "seed": 1},
                   "figures": {"enabled": False}})  # fmt: skip
     rows = {(r["mix"], r["metric"]): r for r in _read_csv(out / "table2.csv")}
     ref = {
@@ -218,7 +217,7 @@ def test_figures_exist_with_the_expected_pixel_size(prepared: Path, tmp_path: Pa
     out = tmp_path / "report"
     figures = {"segmentation_slices": 3, "pairs": 4, "masks_full": str(masks), "synthetic_full": str(synthetic),
                "spade_test": [str(p) for p in spade]}  # fmt: skip
-    summary = write_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 50},
+    summary = run_report({"runs": str(runs), "output": str(out), "bootstrap": {"samples": 50},
                             "figures": figures})  # fmt: skip
     written = {f["file"] for f in summary["files"]}
     tile = 16 + 2  # tiles of 16x16 (the runs' resolution) with 2-pixel gaps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from synthseg.errors import InputError
 from synthseg.models.spade import CHECKPOINT_KEY
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.networks.unet import UNet
-from synthseg.synth.export import export_nnunet, select_cases, subject_folds
+from synthseg.synth import export, generate_images
+from synthseg.synth.export import ExportSettings, select_cases, subject_folds
 from synthseg.synth.generate_images import (
-    generate_images,
+    GenerateImagesSettings,
     load_generator,
     load_image_generator,
     tanh_to_uint16,
@@ -60,30 +62,49 @@ def test_shapes_with_several_sequences(outputs):
 
 
 # ----------------------------------------------------------------------------- channels from sequences
-def test_train_fills_null_channel_counts_from_data_sequences(tmp_path):
-    spade = compose_train(["model=spade", "data.sequences=[t1,t1c,t2,flair]"], tmp_path, fill=False)
-    assert spade.model.generator.output_nc is None and spade.model.discriminator.output_nc is None
-    from synthseg.train import fill_channels
+@pytest.mark.parametrize("model", ["unet", "pgan", "spade"])
+@pytest.mark.parametrize("sequences", [None, "[t2]", "[t1,t1c]", "[t1,t1c,t2,flair]"])
+def test_model_configs_instantiate_alone_for_every_sequence_choice(model, sequences):
+    """The Hydra idiom without train(): the channel counts are interpolations of data.sequences."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
 
-    fill_channels(spade)
-    assert spade.model.generator.output_nc == spade.model.discriminator.output_nc == 4
-    unet = compose_train(["model=unet", "data.sequences=[t2,flair]"], tmp_path, fill=False)
-    assert unet.model.net.in_channels is None
-    fill_channels(unet)
-    assert unet.model.net.in_channels == 2
-    default = compose_train(["model=unet"], tmp_path)  # the paper: T1c alone
-    assert default.model.net.in_channels == 1
+    from synthseg.paths import config_dir
+
+    overrides = [f"model={model}", *([f"data.sequences={sequences}"] if sequences else [])]
+    shrink = {
+        "unet": ["model.net.base_width=2"],
+        "pgan": ["debug=tiny_pgan"],
+        "spade": ["debug=tiny_spade"],
+    }[model]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, *shrink])
+    GlobalHydra.instance().clear()
+    module = instantiate(cfg.model)
+    count = len(sequences.split(",")) if sequences else 1  # the default: T1c alone
+    if model == "unet":
+        assert module.net.init_args["in_channels"] == count
+        assert module.net.eval()(torch.zeros(1, count, 16, 16)).shape == (1, 7, 16, 16)
+    elif model == "spade":
+        assert module.generator.init_args["output_nc"] == module.discriminator.init_args["output_nc"] == count
+    else:  # PGAN makes label maps: one channel whatever the sequences
+        assert module.generator.channels == 1
 
 
 def test_an_explicit_channel_count_that_disagrees_is_one_line(tmp_path):
-    from synthseg.train import fill_channels
+    from synthseg.train import TrainSettings
 
-    cfg = compose_train(
-        ["model=spade", "data.sequences=[t1,t1c]", "model.generator.output_nc=1"], tmp_path, fill=False
-    )
+    cfg = compose_train(["model=spade", "data.sequences=[t1,t1c]", "model.generator.output_nc=1"], tmp_path)
     with pytest.raises(InputError, match=r"model\.generator\.output_nc=1 .*data\.sequences") as err:
-        fill_channels(cfg)
+        TrainSettings.from_config(cfg)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+    agreeing = compose_train(
+        ["model=spade", "data.sequences=[t1,t1c]", "model.generator.output_nc=2"], tmp_path
+    )
+    assert TrainSettings.from_config(agreeing).model["generator"]["output_nc"] == 2
 
 
 # ------------------------------------------------------------------------------------ generate-images
@@ -100,7 +121,11 @@ def test_generate_images_writes_every_sequence_with_its_own_maximum(tmp_path):
     snapshot = tmp_path / "generator.pt"
     save_network(four_sequence_generator(), snapshot, meta={"train_max": list(TRAIN_MAX), "sequences": FOUR})
     out = tmp_path / "synthetic"
-    generate_images(snapshot, masks, out, batch_size=4, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=masks, output=out, batch_size=4, device="cpu", progress=False
+        )
+    )
 
     manifest = read_manifest(out)
     assert manifest.sequences == FOUR and manifest.images.shape == (6, 4)
@@ -198,7 +223,9 @@ def _four_sequence_source(tmp_path: Path) -> Path:
 
 def test_export_writes_one_channel_per_sequence_in_nnunet_layout(tmp_path):
     source = _four_sequence_source(tmp_path)
-    folder = export_nnunet([source], tmp_path / "raw", classes=7, test=True, progress=False)
+    folder = export.run(
+        ExportSettings(source=[source], output=tmp_path / "raw", classes=7, test=True, progress=False)
+    )
     info = json.loads((folder / "dataset.json").read_text())
     assert info["channel_names"] == {"0": "T1", "1": "T1c", "2": "T2", "3": "FLAIR"}
     cases = sorted(p.stem for p in (folder / "labelsTr").iterdir())
@@ -214,7 +241,11 @@ def test_export_writes_one_channel_per_sequence_in_nnunet_layout(tmp_path):
         written = (folder / "imagesTr" / f"{cases[0]}_{k:04d}.png").read_bytes()
         assert written == (source / manifest.images[row, k]).read_bytes()
     assert len(list((folder / "imagesTs").iterdir())) == 2 * 4
-    chosen = export_nnunet([source], tmp_path / "raw2", sequences=["flair", "t1c"], folds=0, progress=False)
+    chosen = export.run(
+        ExportSettings(
+            source=[source], output=tmp_path / "raw2", sequences=["flair", "t1c"], folds=0, progress=False
+        )
+    )
     info = json.loads((chosen / "dataset.json").read_text())
     assert info["channel_names"] == {"0": "FLAIR", "1": "T1c"}
     written = (chosen / "imagesTr" / f"{cases[0]}_0000.png").read_bytes()
@@ -225,7 +256,9 @@ def test_export_writes_one_channel_per_sequence_in_nnunet_layout(tmp_path):
 def test_export_refuses_a_sequence_a_source_lacks(tmp_path):
     t1c_only = write_dataset(tmp_path / "t1c", num_slices=10, size=16)
     with pytest.raises(InputError, match=r"t1c: holds sequences \['t1c'\], not \['flair'\]") as err:
-        export_nnunet([t1c_only], tmp_path / "raw", sequences=["flair"], progress=False)
+        export.run(
+            ExportSettings(source=[t1c_only], output=tmp_path / "raw", sequences=["flair"], progress=False)
+        )
     assert "\n" not in str(err.value)
 
 
@@ -234,7 +267,9 @@ def test_splits_final_keeps_every_subject_in_one_fold(tmp_path):
     synthetic = write_dataset(
         tmp_path / "synthetic", num_slices=4, size=16, source="synthetic", sequences=FOUR
     )
-    folder = export_nnunet([source, synthetic], tmp_path / "raw", classes=4, progress=False)
+    folder = export.run(
+        ExportSettings(source=[source, synthetic], output=tmp_path / "raw", classes=4, progress=False)
+    )
     folds = json.loads((folder / "splits_final.json").read_text())
     cases = {row.split(",")[0]: row.split(",")[6] for row in (folder / "cases.csv").read_text().split()[1:]}
     assert len(folds) == 5
@@ -259,7 +294,9 @@ def test_subject_folds_with_fewer_subjects_than_folds(tmp_path):
 
 def test_region_labels_follow_nnunet_brats_conversion(tmp_path):
     source = _four_sequence_source(tmp_path)
-    folder = export_nnunet([source], tmp_path / "raw", classes=4, regions=True, progress=False)
+    folder = export.run(
+        ExportSettings(source=[source], output=tmp_path / "raw", classes=4, regions=True, progress=False)
+    )
     info = json.loads((folder / "dataset.json").read_text())
     assert info["labels"] == {
         "background": 0,
@@ -272,7 +309,9 @@ def test_region_labels_follow_nnunet_brats_conversion(tmp_path):
     # 7-class row 0..6 = background, NCR/NET, edema, enhancing, WM, GM, CSF -> 0, 2, 1, 3, 0, 0, 0
     assert label[0, :7].tolist() == [0, 2, 1, 3, 0, 0, 0]
     with pytest.raises(InputError, match="regions=true needs classes=4"):
-        export_nnunet([source], tmp_path / "raw7", classes=7, regions=True, progress=False)
+        export.run(
+            ExportSettings(source=[source], output=tmp_path / "raw7", classes=7, regions=True, progress=False)
+        )
 
 
 # ---------------------------------------------------------------------------------- one training step
@@ -298,10 +337,8 @@ def test_spade_trains_one_step_on_four_sequences_and_generates_them(tmp_path):
     from synthseg.train import train
 
     data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
-    cfg = compose_train(
-        [*SPADE_TINY, f"data.root={data}", "data.sequences=[t1,t1c,t2,flair]"], tmp_path, fill=False
-    )
-    metrics = train(cfg)  # output_nc: null in the config, filled from data.sequences
+    cfg = compose_train([*SPADE_TINY, f"data.root={data}", "data.sequences=[t1,t1c,t2,flair]"], tmp_path)
+    metrics = train(cfg)  # output_nc: ${len:${data.sequences}} in the config
     for seq in FOUR:
         assert 0.0 < metrics[f"val/psnr_{seq}"] and -1.0 <= metrics[f"val/ssim_{seq}"] <= 1.0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -316,7 +353,9 @@ def test_spade_trains_one_step_on_four_sequences_and_generates_them(tmp_path):
     assert len(set(loaded.train_max)) > 1  # each sequence its own maximum
 
     out = tmp_path / "synthetic"
-    generate_images(last, data, out, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(checkpoint=last, masks=data, output=out, device="cpu", progress=False)
+    )
     manifest = read_manifest(out)
     assert manifest.sequences == FOUR
     for c, seq in enumerate(FOUR):
@@ -348,7 +387,6 @@ def test_unet_trains_and_tests_one_step_on_four_sequences(tmp_path):
             "test=true",
         ],
         tmp_path,
-        fill=False,
     )
     metrics = train(cfg)
     assert 0.0 <= metrics["test/dice_error"] <= 1.0
@@ -362,9 +400,7 @@ def test_a_network_built_for_other_sequences_is_one_line(tmp_path):
 
     data = write_dataset(tmp_path / "prepared", num_slices=20, size=32, sequences=FOUR)
     cfg = compose_train(
-        ["model=unet", f"data.root={data}", "data.sequences=[t1,t2]", "model.net.in_channels=4"],
-        tmp_path,
-        fill=False,
+        ["model=unet", f"data.root={data}", "data.sequences=[t1,t2]", "model.net.in_channels=4"], tmp_path
     )
     with pytest.raises(
         InputError, match=r"model\.net\.in_channels=4 .*data\.sequences=\['t1', 't2'\]"
@@ -387,7 +423,11 @@ def test_figures_show_every_sequence(tmp_path):
     snapshot = tmp_path / "generator.pt"
     save_network(four_sequence_generator(), snapshot, meta={"train_max": list(TRAIN_MAX), "sequences": FOUR})
     synthetic = tmp_path / "synthetic"
-    generate_images(snapshot, real, synthetic, device="cpu", progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=real, output=synthetic, device="cpu", progress=False
+        )
+    )
     assert synthetic_pairs_figure(synthetic, 1, 0).shape[0] == 5 * 32
 
     test_masks = tmp_path / "test_masks"
@@ -396,7 +436,11 @@ def test_figures_show_every_sequence(tmp_path):
     for row in manifest.rows("test"):
         (test_masks / f"{manifest.ids[row]}.png").write_bytes((real / manifest.label[row]).read_bytes())
     on_test = tmp_path / "spade_test"
-    generate_images(snapshot, test_masks, on_test, device="cpu", keep_ids=True, progress=False)
+    generate_images.run(
+        GenerateImagesSettings(
+            checkpoint=snapshot, masks=test_masks, output=on_test, device="cpu", keep_ids=True, progress=False
+        )
+    )
     figure = spade_test_figure([on_test], real, 1)
     # One tile: a column per sequence (generated above real), side by side.
     assert figure.shape[:2] == (2 * 32, 4 * 32)
@@ -444,7 +488,13 @@ def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, 
     overrides = [f"output={tmp_path / 'demo'}"] + ([f"sequences={given}"] if given else [])
     cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", overrides))
     seen: dict[str, list] = {}
-    monkeypatch.setattr(prepare, "main", lambda c: seen.setdefault("prepare", list(c.sequences)))
+
+    def fake_prepare(settings: Any) -> Path:
+        seen["prepare"] = list(settings.sequences)
+        return tmp_path / "prepared"
+
+    monkeypatch.setattr(prepare, "run", fake_prepare)
+    monkeypatch.setattr(prepare, "summarize", lambda record: "")
     monkeypatch.setattr(pipeline, "_train", lambda o, d: seen.setdefault(d.name, []).append(o))
     stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
     # The sweep reads the prepared manifest (the reduced row's step count); prepare itself is mocked.

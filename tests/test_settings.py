@@ -18,8 +18,9 @@ from synthseg.errors import InputError
 from synthseg.paths import config_dir
 from synthseg.settings import Settings
 
-# command -> (its Settings class, "module:Class"); train is configured by its own config tree.
+# command -> its Settings class, "module:Class" (docs/contributing.md: YAML -> settings -> main -> run).
 SETTINGS = {
+    "train": "synthseg.train:TrainSettings",
     "demo": "synthseg.demo:DemoSettings",
     "demo-cohort": "synthseg.data.demo.demo_cohort:DemoCohortSettings",
     "prepare": "synthseg.data.prepare.prepare:PrepareSettings",
@@ -45,8 +46,46 @@ def _compose(name: str, overrides: list[str] | None = None):
         return compose(config_name=name, overrides=overrides or [])
 
 
-def test_every_command_but_train_has_settings() -> None:
-    assert set(SETTINGS) == set(COMMANDS) - {"train"}
+def test_every_command_has_settings() -> None:
+    assert set(SETTINGS) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS))
+def test_every_command_is_main_then_run_of_its_settings(command: str) -> None:
+    """One shape: ``main(cfg)`` builds the settings and hands the object to ``run(settings)``."""
+    import inspect
+
+    module = importlib.import_module(COMMANDS[command][1].partition(":")[0])
+    cls = _settings_class(command)
+    assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert callable(module.main) and callable(module.run)
+    parameters = list(inspect.signature(module.run).parameters.values())
+    assert [p.name for p in parameters] == ["settings"], command
+    assert parameters[0].annotation in (cls.__name__, cls), command
+    assert "from_config" in inspect.getsource(module.main) and "run(" in inspect.getsource(module.main)
+
+
+@pytest.mark.parametrize("command", sorted(set(SETTINGS) - {"train"}))
+def test_python_callers_get_the_yaml_defaults(command: str) -> None:
+    """A settings object built in Python (the demo's stages, synthesize's) is the command run with its YAML."""
+    cls = _settings_class(command)
+    given = {key: "X" for key in cls.REQUIRED}
+    if "count" in given:
+        given["count"] = 4
+    composed = cls.from_config(_compose(COMMANDS[command][0], [f"{k}={v}" for k, v in given.items()]))
+    assert cls(**given) == composed
+
+
+def test_the_len_resolver_is_registered_once_and_again_after_a_clear() -> None:
+    from synthseg.settings import register_resolvers
+
+    register_resolvers()
+    register_resolvers()  # idempotent
+    node = OmegaConf.create({"data": {"sequences": ["t1", "t2"]}, "n": "${len:${data.sequences}}"})
+    assert node.n == 2
+    OmegaConf.clear_resolver("len")  # as a test or an app clearing it would
+    register_resolvers()
+    assert OmegaConf.create({"s": "t1c", "n": "${len:${s}}"}).n == 1  # a bare string is one sequence
 
 
 @pytest.mark.parametrize("command", sorted(SETTINGS))
@@ -63,6 +102,8 @@ def test_the_yaml_and_the_settings_hold_the_same_keys(command: str) -> None:
 def test_the_yaml_defaults_pass_the_checks(command: str, tmp_path: Path) -> None:
     cls = _settings_class(command)
     cfg = _compose(COMMANDS[command][0], [f"{key}={tmp_path}" for key in cls.REQUIRED if key != "count"])
+    if command == "train":  # the run folder is Hydra's; the config alone names none
+        cfg.paths.output_dir = str(tmp_path / "run")
     if "count" in cls.REQUIRED:
         cfg.count = 4
     settings = cls.from_config(cfg)

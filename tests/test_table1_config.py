@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from synthseg.data.datamodule import resolve_count
 from synthseg.paths import config_dir
 from synthseg.report.runs import MIXES
-from tests.conftest import compose_train, write_dataset
+from tests.conftest import compose_train, run_report, write_dataset
 
 BRATS_TRAIN = 26040  # the paper's real training split
 BRATS_REDUCED = 5208  # its first 20 %
@@ -143,7 +143,6 @@ def test_counts_resolve_on_a_tiny_dataset(name: str, datasets: dict[str, Path], 
 
 @pytest.mark.slow
 def test_a_table1_run_carries_its_mix_into_results(datasets: dict[str, Path], tmp_path: Path) -> None:
-    from synthseg.report.report import write_report
     from synthseg.train import train
 
     cfg = compose_train(
@@ -163,7 +162,7 @@ def test_a_table1_run_carries_its_mix_into_results(datasets: dict[str, Path], tm
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["mix_name"] == "full_syn8960"
     assert results["data_stats"]["num_synthetic"] == 11
-    write_report(
+    run_report(
         {
             "runs": str(tmp_path / "run"),
             "output": str(tmp_path / "report"),

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthseg.report.report import write_report
-from tests.conftest import make_run, write_dataset
+from tests.conftest import make_run, run_report, write_dataset
 
 
 def _runs(tmp_path: Path, cells: dict[tuple[str, int], tuple[float, float]]) -> Path:
@@ -26,7 +25,7 @@ def _runs(tmp_path: Path, cells: dict[tuple[str, int], tuple[float, float]]) -> 
 
 def _table(tmp_path: Path, cells: dict[tuple[str, int], tuple[float, float]]) -> str:
     out = tmp_path / "report"
-    write_report({"runs": str(_runs(tmp_path, cells)), "output": str(out), "figures": {"enabled": False}})
+    run_report({"runs": str(_runs(tmp_path, cells)), "output": str(out), "figures": {"enabled": False}})
     return (out / "table1.md").read_text()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
@@ -24,7 +24,12 @@ def test_model_config_settings_survive_composition(tmp_path: Path) -> None:
 
 def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> None:
     cfg = compose_train([*SMALL, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
+    before = OmegaConf.to_container(cfg)  # interpolations kept as written
     metrics = train(cfg)
+    assert OmegaConf.to_container(cfg) == before  # train() edits nothing of the config it was given
+    assert (
+        cfg.model.net.in_channels == 1 and before["model"]["net"]["in_channels"] == "${len:${data.sequences}}"
+    )
     assert 0.0 < metrics["test/dice_error"] < 1.0
     assert {"train/loss_epoch", "val/loss", "test/dice_error_fixed", "test/dice_WT", "test/dice_ET"} <= set(
         metrics

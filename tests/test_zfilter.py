@@ -219,7 +219,7 @@ def test_filter_command_end_to_end(folders: dict, tmp_path: Path) -> None:
             "include_empty=false",  # the switch; the default (empty masks kept) is tested below
         ]
     )
-    summary = zfilter.main(cfg)
+    summary = zfilter.read_summary(zfilter.main(cfg))
 
     # Reference: the training split without its empty masks (2 of the 3 empty ones are in train).
     train_real = [m for m, s in zip(folders["real"], folders["splits"], strict=True) if s == "train"]
@@ -279,28 +279,31 @@ def test_filter_command_end_to_end(folders: dict, tmp_path: Path) -> None:
 def test_reduced_reference_and_empty_switch(folders: dict, tmp_path: Path) -> None:
     base = folders["base"]
     common = [f"masks={base / 'generated'}", f"reference={base / 'prepared'}", "progress=false"]
-    reduced = zfilter.main(
-        _compose([*common, f"output={tmp_path / 'a'}", "reference_split=reduced", "include_empty=false"])
+    reduced = zfilter.read_summary(
+        zfilter.main(
+            _compose([*common, f"output={tmp_path / 'a'}", "reference_split=reduced", "include_empty=false"])
+        )
     )
     # Reduced: the first 8 rows, minus the empty slice 5.
     assert reduced["reference_count"] == 7 and reduced["reference_empty_excluded"] == 1
     # The default (the paper: the entire real dataset) keeps the empty masks in the reference.
-    with_empty = zfilter.main(_compose([*common, f"output={tmp_path / 'b'}"]))
+    with_empty = zfilter.read_summary(zfilter.main(_compose([*common, f"output={tmp_path / 'b'}"])))
     assert with_empty["reference_count"] == 32 and with_empty["reference_empty_excluded"] == 0
 
 
 def test_threshold_quantile_of_real_norms(folders: dict, tmp_path: Path) -> None:
     base = folders["base"]
-    report = zfilter.run_filter(
-        base / "generated",
-        base / "prepared",
-        tmp_path / "q",
+    settings = zfilter.FilterSettings(
+        masks=base / "generated",
+        reference=base / "prepared",
+        output=tmp_path / "q",
         threshold_quantile=1.0,
         progress=False,
         montage=0,
     )
-    assert report.threshold == pytest.approx(float(report.real_norms.max()))
-    assert report.summary["real_discarded_fraction"] == 0.0
+    summary = zfilter.read_summary(zfilter.run(settings))
+    assert summary["threshold"] == pytest.approx(summary["real_norm"]["max"])
+    assert summary["real_discarded_fraction"] == 0.0
 
 
 def test_plain_folder_of_pngs_is_accepted(folders: dict, tmp_path: Path) -> None:
@@ -308,9 +311,12 @@ def test_plain_folder_of_pngs_is_accepted(folders: dict, tmp_path: Path) -> None
     plain.mkdir()
     for i, mask in enumerate(folders["synthetic"][:4]):
         write_label8(plain / f"m{i}.png", mask)
-    report = zfilter.run_filter(plain, folders["base"] / "prepared", tmp_path / "out", progress=False)
-    assert report.ids == ["m0", "m1", "m2", "m3"]
-    assert report.keep.tolist() == [True, True, True, False]  # m3 is the corrupt synthetic[3]
+    settings = zfilter.FilterSettings(
+        masks=plain, reference=folders["base"] / "prepared", output=tmp_path / "out", progress=False
+    )
+    ids, _, keep = zfilter.read_norms(zfilter.run(settings))
+    assert ids == ["m0", "m1", "m2", "m3"]
+    assert keep.tolist() == [True, True, True, False]  # m3 is the corrupt synthetic[3]
     assert not (tmp_path / "out" / "images").exists()
     np.testing.assert_array_equal(read_png(tmp_path / "out" / "labels" / "m0.png"), folders["synthetic"][0])
 
@@ -327,18 +333,25 @@ def test_bad_masks_are_named(folders: dict, tmp_path: Path, bad: np.ndarray, mes
     plain.mkdir()
     write_label8(plain / "good.png", folders["synthetic"][0])
     write_label8(plain / "bad.png", bad)
+    settings = zfilter.FilterSettings(
+        masks=plain, reference=folders["base"] / "prepared", output=tmp_path / "out", progress=False
+    )
     with pytest.raises(InputError, match=f"bad.png.*{message}"):
-        zfilter.run_filter(plain, folders["base"] / "prepared", tmp_path / "out", progress=False)
+        zfilter.run(settings)
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".*partial"))
 
 
 def test_existing_output_is_refused(folders: dict, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
+    settings = zfilter.FilterSettings(
+        masks=folders["base"] / "generated",
+        reference=folders["base"] / "prepared",
+        output=tmp_path / "out",
+        progress=False,
+    )
     with pytest.raises(InputError, match="already exists"):
-        zfilter.run_filter(
-            folders["base"] / "generated", folders["base"] / "prepared", tmp_path / "out", progress=False
-        )
+        zfilter.run(settings)
 
 
 def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_path: Path) -> None:
@@ -353,8 +366,13 @@ def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_pat
     masks.mkdir()
     for i, mask in enumerate(reduced[:5]):
         write_label8(masks / f"m{i}.png", mask)
-    report = zfilter.run_filter(masks, reference, tmp_path / "out", include_empty=False, progress=False)
+    settings = zfilter.FilterSettings(
+        masks=masks, reference=reference, output=tmp_path / "out", include_empty=False, progress=False
+    )
+    out = zfilter.run(settings)
     stats = zfilter.reference_statistics(iter(reduced))
     expected = zfilter.zscore_norms(iter(reduced[:5]), stats)
-    np.testing.assert_allclose(report.norms, expected, rtol=1e-10)
-    assert report.threshold == pytest.approx(500 * 16 / 256)  # the faithful 500 scaled to the masks' side
+    np.testing.assert_allclose(zfilter.read_norms(out)[1], expected, rtol=1e-10)
+    assert zfilter.read_summary(out)["threshold"] == pytest.approx(
+        500 * 16 / 256
+    )  # the faithful 500 scaled to the masks' side

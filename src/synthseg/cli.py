@@ -13,10 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-# command -> (config name under conf/, "module:function" taking the composed DictConfig)
+# command -> (config name under conf/, "module:main", the entry taking the composed DictConfig)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "synthseg.train:train_main"),
-    "demo": ("demo", "synthseg.demo:run_demo"),
+    "train": ("train", "synthseg.train:main"),
+    "demo": ("demo", "synthseg.demo:main"),
     "demo-cohort": ("demo_cohort", "synthseg.data.demo.demo_cohort:main"),
     "prepare": ("prepare", "synthseg.data.prepare.prepare:main"),
     "swd": ("swd", "synthseg.metrics.swd:main"),

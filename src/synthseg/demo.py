@@ -2,8 +2,8 @@
 
 Each stage reads only what the stages it names in ``needs`` wrote, starts once they are complete (``workers``
 stages at a time, :mod:`synthseg.utils.graph`), and is skipped when its output is already complete, so an
-interrupted demo resumes where it stopped. Stages are the same functions the individual commands run,
-called on configs composed from ``conf/`` with the demo's overrides.
+interrupted demo resumes where it stopped. Each stage is its command's ``run`` on a settings object (the keys
+it does not set at their YAML defaults; training: the composed ``conf/train.yaml`` with the demo's overrides).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from synthseg.data.manifest import read_provenance
 from synthseg.data.sequences import check_sequences
 from synthseg.errors import InputError
 from synthseg.paths import config_dir
@@ -67,10 +68,12 @@ class Stage:
     skipped: bool = field(default=False)
 
 
-def _train(overrides: list[str], output_dir: Path) -> dict[str, Any]:
-    from synthseg.train import train
+def _train(overrides: list[str], output_dir: Path) -> Path:
+    from synthseg.train import TrainSettings
+    from synthseg.train import run as train
 
-    return train(compose_train([*overrides, "trainer.enable_model_summary=false"], output_dir))
+    cfg = compose_train([*overrides, "trainer.enable_model_summary=false"], output_dir)
+    return train(TrainSettings.from_config(cfg))
 
 
 def _spade_checkpoint(out: Path) -> Path:
@@ -202,25 +205,26 @@ def _sequences(cfg: DemoSettings) -> str:
 
 
 # The stages are module-level functions of (settings, demo folder): a worker process runs them from a pickle.
+# Each builds its command's settings (the other keys at their defaults, which are the YAML's) and calls its run.
 def _cohort(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.data.demo.demo_cohort import main as cohort_main
+    from synthseg.data.demo import demo_cohort as cohort
 
-    overrides = [f"output={out / 'cohort'}", f"cases={cfg.cases}", f"seed={cfg.seed}", "overwrite=true"]
-    cohort_main(compose_config("demo_cohort", [*overrides, f"workers={cfg.workers}"]))
+    settings = cohort.DemoCohortSettings(
+        output=str(out / "cohort"), cases=cfg.cases, seed=cfg.seed, overwrite=True, workers=cfg.workers
+    )
+    folder = cohort.run(settings)
+    print(f"demo cohort: {len(cohort.case_folders(folder))} cases in {folder / 'HGG'}", flush=True)
 
 
 def _prepare(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.data.prepare.prepare import main as prepare_main
+    from synthseg.data.prepare import prepare
+    from synthseg.data.prepare.settings import PrepareSettings
 
-    overrides = [
-        f"source={out / 'cohort'}",
-        f"output={out / 'prepared'}",
-        f"seed={cfg.seed}",
-        f"workers={cfg.workers}",
-        f"sequences={_sequences(cfg)}",
-        "overwrite=true",
-    ]
-    prepare_main(compose_config("prepare", overrides))
+    settings = PrepareSettings(
+        source=str(out / "cohort"), output=str(out / "prepared"), sequences=cfg.sequences, seed=cfg.seed,
+        workers=cfg.workers, overwrite=True,
+    )  # fmt: skip
+    print(prepare.summarize(read_provenance(prepare.run(settings)) or {}), flush=True)
 
 
 def _pgan(cfg: DemoSettings, out: Path) -> None:
@@ -241,24 +245,26 @@ def _spade(cfg: DemoSettings, out: Path) -> None:
 
 
 def _synthetic(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.synth.synthesize import FilterKeptNothing, synthesize
+    from synthseg.synth import synthesize
     from synthseg.train import stdout_is_terminal
 
     try:
-        synthesize(
-            out / "pgan",
-            _spade_checkpoint(out),
-            out / "prepared",
-            cfg.synthetic.count,
-            out / "synthetic",
-            threshold=cfg.synthetic.threshold,
-            min_island=cfg.synthetic.min_island,
-            full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
-            mask_size=cfg.resolution,
-            seed=cfg.seed,
-            progress=stdout_is_terminal(),  # no bar redrawn over another stage's lines
+        synthesize.run(
+            synthesize.SynthesizeSettings(
+                pgan=str(out / "pgan"),
+                spade=str(_spade_checkpoint(out)),
+                reference=str(out / "prepared"),
+                output=str(out / "synthetic"),
+                count=cfg.synthetic.count,
+                threshold=cfg.synthetic.threshold,
+                min_island=cfg.synthetic.min_island,
+                full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
+                mask_size=cfg.resolution,
+                seed=cfg.seed,
+                progress=stdout_is_terminal(),  # no bar redrawn over another stage's lines
+            )
         )
-    except FilterKeptNothing as err:
+    except synthesize.FilterKeptNothing as err:
         # A weak demo PGAN: the rows that need synthetic pairs are skipped by the sweep, said there too.
         print(f"  no synthetic pairs: {err}", flush=True)
         (out / "synthetic").mkdir(exist_ok=True)
@@ -266,14 +272,16 @@ def _synthetic(cfg: DemoSettings, out: Path) -> None:
 
 def _spade_test(cfg: DemoSettings, out: Path) -> None:
     # The paper's Fig. 7: SPADE applied to real test label maps, beside the true images.
-    from synthseg.synth.generate_images import generate_images
+    from synthseg.synth import generate_images
 
     masks = _real_test_masks(
         out / "prepared", out / "spade_test.masks", cfg.resolution, cfg.spade.test_images
     )
-    generate_images(
-        _spade_checkpoint(out), masks, out / "spade_test", seed=cfg.seed, keep_ids=True, overwrite=True
-    )
+    settings = generate_images.GenerateImagesSettings(
+        checkpoint=str(_spade_checkpoint(out)), masks=str(masks), output=str(out / "spade_test"),
+        seed=cfg.seed, keep_ids=True, overwrite=True,
+    )  # fmt: skip
+    generate_images.run(settings)
 
 
 def _sweep_run(cfg: DemoSettings, mix: str, classes: int, out: Path) -> None:
@@ -299,16 +307,18 @@ def _sweep_run(cfg: DemoSettings, mix: str, classes: int, out: Path) -> None:
 
 
 def _report(cfg: DemoSettings, out: Path) -> None:
-    from synthseg.report.report import write_report
+    from synthseg.report import report
+    from synthseg.report.settings import FigureSettings, ReportSettings
 
-    figures = {
-        "real": str(out / "prepared"),
-        "masks_full": str(out / "synthetic.work" / "masks"),
-        "spade_test": [str(out / "spade_test")],
-    }
-    if (out / "synthetic" / "manifest.csv").is_file():  # absent when the filter kept no mask
-        figures["synthetic_full"] = str(out / "synthetic")
-    write_report({"runs": str(out / SWEEP), "output": str(out / "report"), "figures": figures})
+    synthetic = out / "synthetic"
+    figures = FigureSettings(
+        real=str(out / "prepared"),
+        masks_full=str(out / "synthetic.work" / "masks"),
+        spade_test=(str(out / "spade_test"),),
+        # absent when the filter kept no mask
+        synthetic_full=str(synthetic) if (synthetic / "manifest.csv").is_file() else None,
+    )
+    report.run(ReportSettings(runs=str(out / SWEEP), output=str(out / "report"), figures=figures))
 
 
 def _uses_synthetic(mix: str) -> bool:
@@ -435,19 +445,25 @@ DEMO_CHOICES = (
 )
 
 
-def run_demo(config: DictConfig | DemoSettings) -> dict[str, Any]:
-    """Run every stage of the demo into ``cfg.output``; print and return a summary.
+def run(settings: DemoSettings) -> Path:
+    """Run every stage of the demo into ``settings.output``; print a summary and return the folder, whose
+    ``summary.json`` holds it (stages with their seconds, the Table 1 rows, the settings).
 
     A stage whose output carries the completion marker is skipped (so an interrupted demo resumes); an
     output without it is left over from an interrupted stage and is replaced, when everything in it is the
     stage's own (else the demo stops, naming the foreign file). ``out`` itself must be new, empty or a demo
     folder, and one demo at a time writes it.
     """
-    cfg = config if isinstance(config, DemoSettings) else DemoSettings.from_config(config)
-    out = Path(cfg.output).resolve()
+    out = Path(settings.output).resolve()
     claim_folder(out, "demo")
     with output_lock(out):
-        return _run_stages(cfg, out)
+        _run_stages(settings, out)
+    return out
+
+
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg demo`` (``conf/demo.yaml``)."""
+    return run(DemoSettings.from_config(cfg))
 
 
 def stage_threads(workers: int) -> int:
@@ -457,7 +473,7 @@ def stage_threads(workers: int) -> int:
     return max(1, torch.get_num_threads() // max(1, workers))
 
 
-def _run_stages(cfg: DemoSettings, out: Path) -> dict[str, Any]:
+def _run_stages(cfg: DemoSettings, out: Path) -> None:
     stages = build_stages(cfg)
     start = time.perf_counter()
     print(
@@ -529,4 +545,3 @@ def _run_stages(cfg: DemoSettings, out: Path) -> dict[str, Any]:
     if table.is_file():
         print(f"\nTable 1 at demo size ({table}):\n")
         print(table.read_text())
-    return summary

@@ -6,7 +6,9 @@ any work or write, and a bad value is one line naming the key. The YAML stays th
 command's defaults: ``from_config`` takes every value from the composed config (a key the YAML lacks is an
 error), and the dataclass defaults only serve Python callers building settings by hand.
 
-The configs themselves stay plain YAML, composable with Hydra's compose API without importing synthseg.
+The configs themselves stay plain YAML, composable with Hydra's compose API. A value derived from another key
+is an interpolation through a resolver registered when synthseg is imported (:func:`register_resolvers`), so
+``instantiate(compose("train", overrides=["model=spade"]).model)`` works without ``train()``.
 """
 
 from __future__ import annotations
@@ -115,6 +117,14 @@ class Settings:
     REQUIRED: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # Python callers pass paths where the YAML holds strings
+            value = getattr(self, item.name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, item.name, os.fspath(value))
+            elif isinstance(value, list):  # lists become tuples, as from_config makes them
+                object.__setattr__(
+                    self, item.name, tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
+                )
         seed = getattr(self, "seed", None)
         if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
             # numpy's generators refuse a negative seed, and only when the work has begun.
@@ -189,3 +199,27 @@ def check_positive(key: str, value: float | None, *, allow_zero: bool = False) -
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise InputError(f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def count_items(value: Any) -> int:
+    """``${len:${data.sequences}}``: how many items ``value`` holds; a bare string or null is one item (a single
+    sequence; null is the default T1c)."""
+    if value is None or isinstance(value, str):
+        return 1
+    return len(value)
+
+
+# name -> function of the OmegaConf resolvers the configs under conf/ use
+RESOLVERS = {"len": count_items}
+
+
+def register_resolvers() -> None:
+    """Register :data:`RESOLVERS` with OmegaConf; idempotent (a name already registered is left as it is).
+
+    Runs on ``import synthseg``; Hydra apps, tests composing configs and a second registration all find it.
+    """
+    from omegaconf import OmegaConf
+
+    for name, function in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)

@@ -1,14 +1,19 @@
-"""``train(cfg)``: build the DataModule, the model and the Trainer from a composed config, fit and test.
+"""``synthseg train`` (``python train.py``): build the DataModule, the model and the Trainer, fit and test.
 
-Kept apart from the Hydra wrapper so that tests call it on the real composed config.
+The command's shape (docs/contributing.md): the composed ``conf/train.yaml`` -> :class:`TrainSettings` (checked
+before anything is built) -> :func:`run`, which writes the run folder and returns it. :func:`main` is the Hydra
+entry; :func:`train` runs a composed config for Python callers and tests and gives back the metrics the run wrote
+to ``results.json``. Neither changes the config it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +21,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
-from synthseg.train_checks import check_train_config
+from synthseg.settings import Settings
+from synthseg.train_checks import check_train
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd
 from synthseg.utils.fastpath import apply_fallbacks
@@ -43,40 +49,11 @@ def _build(node: Any, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, InputError):
             raise InputError(str(cause)) from None
         if isinstance(cause, ValueError):
-            where = str(err).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(err) else key
+            # the node is instantiated on its own: its full_key is relative to it (generator -> model.generator)
+            inner = str(err).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(err) else ""
+            where = f"{key}.{inner}" if inner and not inner.startswith(f"{key}.") else inner or key
             raise InputError(f"{where}: {cause}") from None
         raise
-
-
-# (config path of a network's channel count, what it counts) filled from data.sequences when null.
-CHANNEL_KEYS = (
-    ("model.generator.output_nc", "SPADE generator outputs"),
-    ("model.discriminator.output_nc", "SPADE discriminator image channels"),
-    ("model.net.in_channels", "U-Net input channels"),
-)
-
-
-def fill_channels(cfg: DictConfig) -> None:
-    """Set the networks' image channels to ``len(data.sequences)`` where the config leaves them ``null``.
-
-    The user names the sequences once (``data.sequences``); an explicit count that disagrees with them is one
-    line naming both keys.
-    """
-    sequences = list(OmegaConf.select(cfg, "data.sequences", default=None) or ["t1c"])
-    for key, what in CHANNEL_KEYS:
-        node_key, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, node_key, default=None)
-        if not isinstance(node, DictConfig) or leaf not in node:
-            continue
-        value = node[leaf]
-        if value is None:
-            with open_dict(node):
-                node[leaf] = len(sequences)
-        elif int(value) != len(sequences):
-            raise InputError(
-                f"{key}={value} ({what}) disagrees with data.sequences={sequences} ({len(sequences)} "
-                f"sequences): set {key}=null to follow data.sequences"
-            )
 
 
 def _primitive_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -90,9 +67,9 @@ class ResultsWriter(pl.Callback):
     data statistics or the model's per-subject test statistics, so the file is written where they exist.
     """
 
-    def __init__(self, cfg: DictConfig, path: Path) -> None:
-        self.config = OmegaConf.to_container(cfg, resolve=True)
-        self.task_name = str(cfg.task_name)
+    def __init__(self, config: dict[str, Any], task_name: str, path: Path) -> None:
+        self.config = config
+        self.task_name = task_name
         self.path = path
         self.metrics: dict[str, float] = {}
 
@@ -169,59 +146,109 @@ class EpochLines(pl.Callback):
         )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """``conf/train.yaml`` as composed (its defaults list picks data, model, trainer, callbacks, logger, paths),
+    every interpolation resolved.
+
+    The nodes Hydra instantiates stay mappings: their keys are the arguments of their ``_target_`` classes
+    (``conf/model/unet.yaml`` and so on). Build it with :meth:`from_config` from a composed config, which is left
+    as it is; :func:`synthseg.train_checks.check_train` runs here, before any run folder exists.
+    """
+
+    data: dict[str, Any]
+    model: dict[str, Any]
+    trainer: dict[str, Any]
+    paths: dict[str, Any]
+    callbacks: dict[str, Any] | None = None
+    logger: dict[str, Any] | None = None
+    task_name: str = "unet"
+    model_name: str = "unet"
+    seed: int = 0
+    mix_name: str | None = None  # the Table 1 row (conf/mix/), recorded in results.json
+    train: bool = True
+    test: bool = True
+    ckpt_path: str | None = None
+    optimized_metric: str | None = None
+    float32_matmul_precision: str | None = None
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.check()  # the seed's range is one of the training checks (their message, not the base's)
+
+    def check(self) -> None:
+        check_train(self.seed, self.model, self.data, self.trainer, self.logger)
+
+
+def read_metrics(output_dir: str | Path) -> dict[str, float]:
+    """The metrics a run wrote to ``<output_dir>/results.json`` (empty before it is written)."""
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("metrics") or {})
+
+
+def run(settings: TrainSettings) -> Path:
     """Fit and/or test the configured model; write ``results.json`` into the run's output folder.
 
     Returns:
-        The metrics (``train/``, ``val/``, ``test/`` keys) as floats.
+        The run folder (``paths.output_dir``): ``results.json`` (the resolved config, data statistics, best
+        checkpoint, the ``train/``, ``val/`` and ``test/`` metrics), checkpoints and the loggers' files.
     """
-    check_train_config(cfg)  # before anything is built or written
-    apply_fallbacks(cfg)  # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once
-    pl.seed_everything(cfg.seed, workers=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    output_dir = Path(cfg.paths.output_dir)
+    # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once (on copies of the nodes)
+    trainer_node, model_node, _ = apply_fallbacks(settings.trainer, settings.model)
+    assert model_node is not None
+    pl.seed_everything(settings.seed, workers=True)
+    if settings.torch_threads:
+        torch.set_num_threads(int(settings.torch_threads))
+    if settings.float32_matmul_precision:
+        torch.set_float32_matmul_precision(settings.float32_matmul_precision)
+    output_dir = Path(settings.paths["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
-    if "spawn" in str(cfg.trainer.get("strategy", "")):
+    if "spawn" in str(trainer_node.get("strategy", "")):
         # Spawned DDP workers receive the model through shared memory; with the default file-descriptor
         # strategy PGAN's tensors fail to arrive ("unable to resize file"), with the file-system one they do.
         torch.multiprocessing.set_sharing_strategy("file_system")
 
-    fill_channels(cfg)
-    datamodule: pl.LightningDataModule = _build(cfg.data, "data", _convert_="all")
-    model: pl.LightningModule = _build(cfg.model, "model", _convert_="partial")
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    results_writer = ResultsWriter(cfg, output_dir / "results.json")
+    datamodule: pl.LightningDataModule = _build(settings.data, "data", _convert_="all")
+    model: pl.LightningModule = _build(model_node, "model", _convert_="partial")
+    callbacks = [instantiate(c) for c in (settings.callbacks or {}).values() if c and "_target_" in c]
+    config = {**dataclasses.asdict(settings), "trainer": trainer_node, "model": model_node}
+    results_writer = ResultsWriter(config, settings.task_name, output_dir / "results.json")
     callbacks.append(results_writer)
     callbacks.append(LastCheckpointAtEnd())
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    loggers = [instantiate(c) for c in (settings.logger or {}).values() if c and "_target_" in c]
     extra: dict[str, Any] = {}
-    if cfg.trainer.get("enable_progress_bar", True) and not stdout_is_terminal():
+    if trainer_node.get("enable_progress_bar", True) and not stdout_is_terminal():
         callbacks.append(EpochLines(output_dir.name if _shared_stdout else ""))
         extra["enable_progress_bar"] = False
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    trainer: pl.Trainer = instantiate(trainer_node, callbacks=callbacks, logger=loggers or False, **extra)
 
-    metrics: dict[str, float] = {}
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    ckpt_path = resolve_ckpt_path(settings.ckpt_path, Path(settings.paths["log_dir"]) / settings.task_name)
     if ckpt_path is not None:
         check_checkpoint_fits(ckpt_path, model)
-    if cfg.get("train", True):
+    if settings.train:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics.update(_primitive_metrics(trainer.callback_metrics))
-        results_writer.metrics.update(metrics)  # carried into a spawned test process
+        results_writer.metrics.update(_primitive_metrics(trainer.callback_metrics))  # into a spawned test
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-    if cfg.get("test", False):
-        test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
+    if settings.test:
+        test_ckpt = best or (ckpt_path if not settings.train else None)
         trainer.test(model=model, datamodule=datamodule, ckpt_path=test_ckpt or None, weights_only=True)
-        metrics.update(_primitive_metrics(trainer.callback_metrics))
-
-    return metrics
+    return output_dir
 
 
-def train_main(cfg: DictConfig) -> float | None:
-    """Hydra entry: train, and return the metric named by ``optimized_metric`` to sweepers."""
-    metrics = train(cfg)
-    name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run a composed ``train`` config (Python callers, tests): :func:`run` on its :class:`TrainSettings`.
+
+    Returns:
+        The metrics the run wrote to ``results.json`` (``train/``, ``val/``, ``test/`` keys) as floats.
+    """
+    return read_metrics(run(TrainSettings.from_config(cfg)))
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry of ``synthseg train``: train, and return the metric named by ``optimized_metric`` to
+    sweepers."""
+    settings = TrainSettings.from_config(cfg)
+    output_dir = run(settings)
+    return read_metrics(output_dir).get(settings.optimized_metric) if settings.optimized_metric else None

@@ -2,18 +2,18 @@
 
 The networks, optimizers and the DataModule are built by Hydra from ``_target_`` nodes, so their arguments
 arrive untyped: a string learning rate or batch size, or a size the data cannot serve, would otherwise fail
-minutes later as a traceback from deep inside torch or Lightning. :func:`check_train_config` runs first in
-:func:`synthseg.train.train`.
+minutes later as a traceback from deep inside torch or Lightning. :func:`check_train` runs when
+``synthseg.train.TrainSettings`` is built, before :func:`synthseg.train.run` makes anything.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 from synthseg.errors import InputError
 from synthseg.settings import MAX_SEED
@@ -100,12 +100,11 @@ def _check_sizes(data: dict[str, Any]) -> None:
         )
 
 
-def _check_trainer(cfg: dict[str, Any]) -> None:
-    trainer = cfg.get("trainer") or {}
+def _check_trainer(trainer: dict[str, Any], model: dict[str, Any]) -> None:
     epochs = trainer.get("max_epochs")
     if epochs is not None and (not _integer(epochs) or epochs < -1):
         raise InputError(f"trainer.max_epochs must be a positive integer (or -1 for PGAN), got {epochs!r}")
-    target = str((cfg.get("model") or {}).get("_target_", ""))
+    target = str(model.get("_target_", ""))
     stops_itself = target.endswith(".PGAN")  # PGAN ends at total_kimg and sets max_epochs=-1 on purpose
     bounded = (trainer.get("max_steps") or -1) > 0 or trainer.get("max_time") or trainer.get("fast_dev_run")
     if epochs == -1 and not stops_itself and not bounded:
@@ -115,23 +114,77 @@ def _check_trainer(cfg: dict[str, Any]) -> None:
         )
 
 
-def check_train_config(cfg: DictConfig | dict[str, Any]) -> None:
+# (config path of a network's channel count, what it counts): each follows data.sequences in conf/model/.
+CHANNEL_KEYS = (
+    ("model.generator.output_nc", "SPADE generator outputs"),
+    ("model.discriminator.output_nc", "SPADE discriminator image channels"),
+    ("model.net.in_channels", "U-Net input channels"),
+)
+
+
+def _check_channels(model: dict[str, Any], data: dict[str, Any]) -> None:
+    """A network's image channels set by hand must match ``data.sequences`` (conf/model/ derives them)."""
+    sequences = data.get("sequences") or ["t1c"]
+    sequences = [sequences] if isinstance(sequences, str) else list(sequences)
+    for key, what in CHANNEL_KEYS:
+        _, node_name, leaf = key.split(".")
+        node = model.get(node_name)
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node[leaf]
+        if not _integer(value) or value != len(sequences):
+            raise InputError(
+                f"{key}={value} ({what}) disagrees with data.sequences={sequences} ({len(sequences)} "
+                f"sequences): leave {key} at its default ${{len:${{data.sequences}}}} to follow data.sequences"
+            )
+
+
+# The Python package each Lightning logger needs, by the logger's class name.
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": "tensorboard",
+    "MLFlowLogger": "mlflow",
+    "WandbLogger": "wandb",
+    "CometLogger": "comet_ml",
+    "NeptuneLogger": "neptune",
+}
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (without importing it: mlflow and wandb take seconds)."""
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def _check_loggers(logger: dict[str, Any] | None) -> None:
+    """Every configured logger's package is installed: one line naming the logger and the install command."""
+    for name, node in (logger or {}).items():
+        if not isinstance(node, dict) or "_target_" not in node:
+            continue
+        package = LOGGER_PACKAGES.get(str(node["_target_"]).rsplit(".", 1)[-1])
+        if package and not installed(package):
+            raise InputError(f"logger={name} needs the {package} package: pip install {package}")
+
+
+def check_train(
+    seed: Any,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    trainer: dict[str, Any],
+    logger: dict[str, Any] | None = None,
+) -> None:
     """Refuse a training config that cannot work, before anything is built or written.
+
+    Takes the resolved nodes of the composed config (``synthseg.train.TrainSettings`` calls it).
 
     Raises:
         InputError: one line naming the key (and the dataset folder for size problems).
     """
-    # Only the nodes checked here are resolved: the paths may use Hydra's run-time resolvers.
-    plain: dict[str, Any] = {}
-    for key in ("model", "data", "trainer"):
-        node = cfg.get(key)
-        plain[key] = (
-            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node or {}
-        )
-    seed = cfg.get("seed")
     if not _integer(seed) or not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
-    _check_optimizers(plain["model"])
-    _check_data_numbers(plain["data"])
-    _check_sizes(plain["data"])
-    _check_trainer(plain)
+    _check_optimizers(model or {})
+    _check_data_numbers(data or {})
+    _check_sizes(data or {})
+    _check_trainer(trainer or {}, model or {})
+    _check_channels(model or {}, data or {})
+    _check_loggers(logger)

@@ -12,11 +12,12 @@ Nothing is downloaded. See docs/quality.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,168 +217,10 @@ def extractor_metrics(
     return result
 
 
-def quality(
-    synthetic: str | os.PathLike[str],
-    real: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    unet: str | os.PathLike[str] | None = None,
-    extractor: str | None = "unet",
-    extractor_weights: str | None = None,
-    real_split: str = "train",
-    max_images: int = 2000,
-    seed: int = 0,
-    pairs: int = 500,
-    k: int = 3,
-    kid_subsets: int = 100,
-    search_size: int = 32,
-    candidates: int = 8,
-    dice_threshold: float = 0.95,
-    correlation_threshold: float = 0.98,
-    batch_size: int | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Measure a synthetic set against the real training data; write ``output/quality.json`` and figures.
-
-    ``device`` runs the feature extractor (``auto``: CUDA when available); the rest runs on the CPU.
-    ``extractor=None`` skips the feature-based metrics (FD, KID, precision, recall): what ``synthesize`` runs
-    before any U-Net exists.
-    """
-    from synthseg.metrics.features import build_extractor, measured_sequences
-
-    output = Path(output)
-    started = time.perf_counter()
-    laps: dict[str, float] = {}
-    last = [started]
-
-    def lap(stage: str) -> None:  # a stage met twice (Inception per sequence) adds up
-        now = time.perf_counter()
-        laps[stage] = laps.get(stage, 0.0) + now - last[0]
-        last[0] = now
-
-    # The extractor first: a missing weights file or run is one line before minutes of work.
-    feature_extractor = build_extractor(extractor, unet, extractor_weights) if extractor else None
-    if feature_extractor is not None:
-        from synthseg.metrics.features import resolve_device
-
-        feature_extractor.module.to(resolve_device(device))
-    syn_set, real_set = DatasetSlices(synthetic, key="synthetic"), DatasetSlices(real, real_split, key="real")
-    # The sequences measured: the U-Net's (its input channels), else the synthetic set's; both sets hold them.
-    sequences = measured_sequences(feature_extractor, syn_set.sequences, syn_set.named)
-    why = (
-        f"the U-Net {feature_extractor.source} reads {list(sequences)}"
-        if feature_extractor is not None and feature_extractor.name == "unet"
-        else f"the synthetic set {syn_set.root} holds {list(sequences)}"
-    )
-    syn_set.use(sequences, why)
-    real_set.use(sequences, why)
-    size = _common_size(syn_set, real_set)
-    syn_rows = syn_set.sample(max_images, seed)
-    real_rows = real_set.sample(max_images, seed + 1)
-    syn_labels, syn_images = syn_set.load(syn_rows, size)
-    real_labels, real_images = real_set.load(real_rows, size)
-    lap("load")
-
-    syn_areas, real_areas = labelmaps.class_areas(syn_labels), labelmaps.class_areas(real_labels)
-    areas = labelmaps.area_distance(syn_areas, real_areas)
-    frag = labelmaps.fragmentation(
-        labelmaps.components_per_slice(syn_labels.numpy()),
-        labelmaps.components_per_slice(real_labels.numpy()),
-    )
-    n = min(len(syn_labels), len(real_labels))
-    swd = sliced_wasserstein(
-        labels_to_uint8(syn_labels[:n])[:, None], labels_to_uint8(real_labels[:n])[:, None], seed=seed,
-        min_resolution=min(16, size),
-    )  # fmt: skip
-    lap("label_maps")
-    # Per sequence, on the same pairs; the set's figure is the mean over its sequences.
-    ms_syn, scales = diversity.ms_ssim_by_channel(_unit(syn_images), pairs, seed)
-    ms_real, _ = diversity.ms_ssim_by_channel(_unit(real_images), pairs, seed)
-    lap("diversity")
-
-    # Nearest real training slice: the sample against the whole real split (memory-mapped, in chunks).
-    all_labels, all_images = RowView(real_set.labels, real_set.rows), RowView(real_set.images, real_set.rows)
-    # Image agreement with several sequences: the mean of the per-sequence Pearson correlations.
-    # One pass over the real split for both query sets: synthetic slices, then the real sample (the baseline,
-    # each excluding its own row; -1 excludes nothing).
-    position = np.searchsorted(real_set.rows, real_rows)
-    near = memorisation.nearest_real(
-        torch.cat([syn_labels, real_labels]), torch.cat([syn_images, real_images]), all_labels, all_images,
-        exclude=np.concatenate([np.full(len(syn_rows), -1), position]), search_size=search_size,
-        candidates=candidates,
-    )  # fmt: skip
-    near_syn, near_real = near.split(len(syn_rows))
-    memo = memorisation.summarize(near_syn, near_real, dice_threshold, correlation_threshold)
-    lap("memorisation")
-
-    result: dict[str, Any] = {
-        "synthetic": str(synthetic),
-        "real": str(real),
-        "real_split": real_split,
-        "size": size,
-        "synthetic_count": len(syn_rows),
-        "real_count": len(real_rows),
-        "real_search_count": len(real_set.rows),
-        "seed": seed,
-        "sequences": list(sequences),
-        "diversity": {
-            "ms_ssim_synthetic": sum(ms_syn) / len(ms_syn),
-            "ms_ssim_real": sum(ms_real) / len(ms_real),
-            "pairs": pairs,
-            "scales": scales,
-            "by_sequence": {
-                seq: {"ms_ssim_synthetic": a, "ms_ssim_real": b}
-                for seq, a, b in zip(sequences, ms_syn, ms_real, strict=True)
-            },
-            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px"
-            + ("" if len(sequences) == 1 else f", each of {list(sequences)} on its own, then their mean"),
-        },
-        "label_maps": {
-            "swd": swd,
-            "area_distance": areas,
-            "fragmentation": frag,
-            "filter_discard_rate": labelmaps.discard_rate(synthetic),
-        },
-        "memorisation": memo,
-    }
-    if feature_extractor is not None:
-        result["features"] = extractor_metrics(
-            feature_extractor, real_images, syn_images, seed=seed, k=k, subsets=kid_subsets,
-            batch_size=batch_size, sequences=sequences, lap=lap,
-        )  # fmt: skip
-    # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
-    output.mkdir(parents=True, exist_ok=True)
-    labelmaps.plot_areas(output / "class_areas.png", syn_areas, real_areas, areas)
-    real_small = real_set.load(real_set.rows[np.unique(near_syn.dice_index)], size)
-    lookup = {int(r): i for i, r in enumerate(np.unique(near_syn.dice_index))}
-    shown = memorisation.closest_pairs_figure(
-        output / "closest_pairs.png",
-        syn_labels.numpy(),
-        syn_images[:, 0].numpy(),
-        real_small[0].numpy(),
-        real_small[1][:, 0].numpy(),
-        memorisation.Nearest(near_syn.dice, np.array([lookup[int(i)] for i in near_syn.dice_index]),
-                             near_syn.corr, near_syn.corr_index),
-    )  # fmt: skip
-    memo["closest"] = [
-        {
-            "synthetic": str(syn_set.ids[syn_rows[i]]),
-            "real": str(real_set.ids[real_set.rows[near_syn.dice_index[i]]]),
-            "dice": float(near_syn.dice[i]),
-        }
-        for i in shown
-    ]
-    result["figures"] = {"class_areas": "class_areas.png", "closest_pairs": "closest_pairs.png"}
-    lap("figures")
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["seconds_by_stage"] = {stage: round(seconds, 2) for stage, seconds in laps.items()}
-    (output / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
 @dataclass(frozen=True)
 class QualitySettings(Settings):
-    """``conf/quality.yaml``: the keyword arguments of :func:`quality`, plus the output rule's ``overwrite``."""
+    """``conf/quality.yaml``; the keys are described there. ``overwrite`` is the output rule's
+    (docs/reliability.md)."""
 
     REQUIRED = {"synthetic": "DIR", "real": "DIR", "output": "DIR"}
 
@@ -415,13 +258,166 @@ class QualitySettings(Settings):
                 raise InputError(f"{key} must be in (0, 1], got {getattr(self, key)}")
 
 
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra entry (``conf/quality.yaml``): the output folder follows the output rule (docs/reliability.md)."""
-    settings = QualitySettings.from_config(cfg)
-    options = {k: v for k, v in asdict(settings).items() if k not in ("output", "overwrite")}
+def run(settings: QualitySettings) -> Path:
+    """``synthseg quality``: :func:`measure` into ``settings.output``, claimed and written atomically by the output
+    rule (docs/reliability.md); return the folder."""
     inputs = [settings.synthetic, settings.real, settings.unet, settings.extractor_weights]
     with claim_output(settings.output, command="quality", inputs=inputs, overwrite=settings.overwrite) as tmp:
-        result = quality(output=tmp, **options)
+        measure(dataclasses.replace(settings, output=str(tmp)))
+    return Path(settings.output)
+
+
+def measure(settings: QualitySettings) -> Path:
+    """Measure a synthetic set against the real training data; write ``quality.json`` and the figures into
+    ``settings.output`` as it is (a folder the caller owns: the command's claimed one, synthesize's or the
+    report's) and return the path of ``quality.json``.
+
+    ``device`` runs the feature extractor (``auto``: CUDA when available); the rest runs on the CPU.
+    ``extractor=None`` skips the feature-based metrics (FD, KID, precision, recall): what ``synthesize`` runs
+    before any U-Net exists.
+    """
+    s = settings
+    synthetic, real, output, seed = s.synthetic, s.real, Path(s.output), s.seed
+    from synthseg.metrics.features import build_extractor, measured_sequences
+
+    started = time.perf_counter()
+    laps: dict[str, float] = {}
+    last = [started]
+
+    def lap(stage: str) -> None:  # a stage met twice (Inception per sequence) adds up
+        now = time.perf_counter()
+        laps[stage] = laps.get(stage, 0.0) + now - last[0]
+        last[0] = now
+
+    # The extractor first: a missing weights file or run is one line before minutes of work.
+    feature_extractor = build_extractor(s.extractor, s.unet, s.extractor_weights) if s.extractor else None
+    if feature_extractor is not None:
+        from synthseg.metrics.features import resolve_device
+
+        feature_extractor.module.to(resolve_device(s.device))
+    syn_set, real_set = (
+        DatasetSlices(synthetic, key="synthetic"),
+        DatasetSlices(real, s.real_split, key="real"),
+    )
+    # The sequences measured: the U-Net's (its input channels), else the synthetic set's; both sets hold them.
+    sequences = measured_sequences(feature_extractor, syn_set.sequences, syn_set.named)
+    why = (
+        f"the U-Net {feature_extractor.source} reads {list(sequences)}"
+        if feature_extractor is not None and feature_extractor.name == "unet"
+        else f"the synthetic set {syn_set.root} holds {list(sequences)}"
+    )
+    syn_set.use(sequences, why)
+    real_set.use(sequences, why)
+    size = _common_size(syn_set, real_set)
+    syn_rows = syn_set.sample(s.max_images, seed)
+    real_rows = real_set.sample(s.max_images, seed + 1)
+    syn_labels, syn_images = syn_set.load(syn_rows, size)
+    real_labels, real_images = real_set.load(real_rows, size)
+    lap("load")
+
+    syn_areas, real_areas = labelmaps.class_areas(syn_labels), labelmaps.class_areas(real_labels)
+    areas = labelmaps.area_distance(syn_areas, real_areas)
+    frag = labelmaps.fragmentation(
+        labelmaps.components_per_slice(syn_labels.numpy()),
+        labelmaps.components_per_slice(real_labels.numpy()),
+    )
+    n = min(len(syn_labels), len(real_labels))
+    swd = sliced_wasserstein(
+        labels_to_uint8(syn_labels[:n])[:, None], labels_to_uint8(real_labels[:n])[:, None], seed=seed,
+        min_resolution=min(16, size),
+    )  # fmt: skip
+    lap("label_maps")
+    # Per sequence, on the same pairs; the set's figure is the mean over its sequences.
+    pairs = s.pairs
+    ms_syn, scales = diversity.ms_ssim_by_channel(_unit(syn_images), pairs, seed)
+    ms_real, _ = diversity.ms_ssim_by_channel(_unit(real_images), pairs, seed)
+    lap("diversity")
+
+    # Nearest real training slice: the sample against the whole real split (memory-mapped, in chunks).
+    all_labels, all_images = RowView(real_set.labels, real_set.rows), RowView(real_set.images, real_set.rows)
+    # Image agreement with several sequences: the mean of the per-sequence Pearson correlations.
+    # One pass over the real split for both query sets: synthetic slices, then the real sample (the baseline,
+    # each excluding its own row; -1 excludes nothing).
+    position = np.searchsorted(real_set.rows, real_rows)
+    near = memorisation.nearest_real(
+        torch.cat([syn_labels, real_labels]), torch.cat([syn_images, real_images]), all_labels, all_images,
+        exclude=np.concatenate([np.full(len(syn_rows), -1), position]), search_size=s.search_size,
+        candidates=s.candidates,
+    )  # fmt: skip
+    near_syn, near_real = near.split(len(syn_rows))
+    memo = memorisation.summarize(near_syn, near_real, s.dice_threshold, s.correlation_threshold)
+    lap("memorisation")
+
+    result: dict[str, Any] = {
+        "synthetic": str(synthetic),
+        "real": str(real),
+        "real_split": s.real_split,
+        "size": size,
+        "synthetic_count": len(syn_rows),
+        "real_count": len(real_rows),
+        "real_search_count": len(real_set.rows),
+        "seed": seed,
+        "sequences": list(sequences),
+        "diversity": {
+            "ms_ssim_synthetic": sum(ms_syn) / len(ms_syn),
+            "ms_ssim_real": sum(ms_real) / len(ms_real),
+            "pairs": pairs,
+            "scales": scales,
+            "by_sequence": {
+                seq: {"ms_ssim_synthetic": a, "ms_ssim_real": b}
+                for seq, a, b in zip(sequences, ms_syn, ms_real, strict=True)
+            },
+            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px"
+            + ("" if len(sequences) == 1 else f", each of {list(sequences)} on its own, then their mean"),
+        },
+        "label_maps": {
+            "swd": swd,
+            "area_distance": areas,
+            "fragmentation": frag,
+            "filter_discard_rate": labelmaps.discard_rate(synthetic),
+        },
+        "memorisation": memo,
+    }
+    if feature_extractor is not None:
+        result["features"] = extractor_metrics(
+            feature_extractor, real_images, syn_images, seed=seed, k=s.k, subsets=s.kid_subsets,
+            batch_size=s.batch_size, sequences=sequences, lap=lap,
+        )  # fmt: skip
+    # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
+    output.mkdir(parents=True, exist_ok=True)
+    labelmaps.plot_areas(output / "class_areas.png", syn_areas, real_areas, areas)
+    real_small = real_set.load(real_set.rows[np.unique(near_syn.dice_index)], size)
+    lookup = {int(r): i for i, r in enumerate(np.unique(near_syn.dice_index))}
+    shown = memorisation.closest_pairs_figure(
+        output / "closest_pairs.png",
+        syn_labels.numpy(),
+        syn_images[:, 0].numpy(),
+        real_small[0].numpy(),
+        real_small[1][:, 0].numpy(),
+        memorisation.Nearest(near_syn.dice, np.array([lookup[int(i)] for i in near_syn.dice_index]),
+                             near_syn.corr, near_syn.corr_index),
+    )  # fmt: skip
+    memo["closest"] = [
+        {
+            "synthetic": str(syn_set.ids[syn_rows[i]]),
+            "real": str(real_set.ids[real_set.rows[near_syn.dice_index[i]]]),
+            "dice": float(near_syn.dice[i]),
+        }
+        for i in shown
+    ]
+    result["figures"] = {"class_areas": "class_areas.png", "closest_pairs": "closest_pairs.png"}
+    lap("figures")
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result["seconds_by_stage"] = {stage: round(seconds, 2) for stage, seconds in laps.items()}
+    (output / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    return output / "quality.json"
+
+
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg quality`` (``conf/quality.yaml``)."""
+    settings = QualitySettings.from_config(cfg)
+    output = run(settings)
+    result = json.loads((output / "quality.json").read_text())
     feats = result.get("features", {})
     name = feats.get("extractor")
     line = {
@@ -434,4 +430,4 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     }  # fmt: skip
     print(f"synthseg quality -> {settings.output}/quality.json")
     print(json.dumps(line))
-    return result
+    return output

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from synthseg.data.manifest import is_dataset_folder, manifest_files
@@ -112,8 +113,9 @@ class SWDSettings(Settings):
             check_positive(key, getattr(self, key))
 
 
-def main(cfg: Any) -> dict[str, float]:
-    """``synthseg swd a=DIR b=DIR``: print the SWD between two folders as one JSON object on the last line.
+def run(settings: SWDSettings) -> dict[str, float]:
+    """The SWD between the folders ``settings.a`` and ``settings.b``: ``{"<level>": ..., "avg": ...}``, all x1000
+    (the command writes no file; it prints this).
 
     A folder is either a folder of PNGs or a prepared (or synthetic) dataset folder, which stands for the
     label maps (``inputs=images``: the images) of its training split. 8-bit label maps are scaled with
@@ -121,12 +123,7 @@ def main(cfg: Any) -> dict[str, float]:
     """
     from tqdm import tqdm
 
-    try:
-        s = SWDSettings.from_config(cfg)
-    except InputError as err:
-        if "is required" in str(err):
-            raise InputError(f"{err}: usage: synthseg swd a=DIR b=DIR") from None
-        raise
+    s = settings
     files_a = _png_files(Path(s.a), s.inputs)
     files_b = _png_files(Path(s.b), s.inputs)
     kind_a, kind_b = _kind_of(files_a[0], s.inputs), _kind_of(files_b[0], s.inputs)
@@ -180,5 +177,17 @@ def main(cfg: Any) -> dict[str, float]:
             if isinstance(err, InputError):
                 raise
             raise InputError(str(err)) from None
+    return result
+
+
+def main(cfg: DictConfig) -> dict[str, float]:
+    """Hydra entry of ``synthseg swd a=DIR b=DIR``: print the SWD as one JSON object on the last line."""
+    try:
+        settings = SWDSettings.from_config(cfg)
+    except InputError as err:
+        if "is required" in str(err):
+            raise InputError(f"{err}: usage: synthseg swd a=DIR b=DIR") from None
+        raise
+    result = run(settings)
     print(json.dumps({key: round(value, 6) for key, value in result.items()}), flush=True)
     return result

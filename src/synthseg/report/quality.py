@@ -1,7 +1,7 @@
 """The report's synthetic-data quality (Table 3), HD95 in Table 2, and ``metrics.json``.
 
 Table 3 has one row per synthetic set named in the report config (``figures.synthetic_full`` /
-``figures.synthetic_reduced``), measured by :func:`synthseg.metrics.quality.quality` against the real
+``figures.synthetic_reduced``), measured by :func:`synthseg.metrics.quality.measure` against the real
 training data with the encoder of the sweep's ``full_real`` U-Net (the most classes present), on the sequences
 that U-Net reads (its ``data.sequences``; the ``sequences`` column). HD95 per BraTS region comes from each
 run's ``per_case[...]["hd95"]`` (written at test time). ``metrics.json`` holds everything the tables show:
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from synthseg.report.runs import Run
+from synthseg.report.settings import FigureSettings, QualityReportSettings
 from synthseg.report.stats import RatioMetrics
 
 log = logging.getLogger(__name__)
@@ -98,28 +99,32 @@ def _full_real_run(runs: list[Run]) -> Run | None:
     return max(candidates, key=lambda r: (r.classes, -r.seed)) if candidates else None
 
 
-def synthetic_quality(out: Path, runs: list[Run], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def synthetic_quality(
+    out: Path, runs: list[Run], figures: FigureSettings, options: QualityReportSettings
+) -> list[dict[str, Any]]:
     """Measure every synthetic set of the report config; quality folders under ``out/quality/<set>``."""
-    from synthseg.metrics.quality import quality
+    from synthseg.metrics.quality import QualitySettings, measure
 
-    figures = cfg.get("figures") or {}
-    options = dict(cfg.get("quality") or {})
-    if not options.pop("enabled", True):
+    if not options.enabled:
         return []
     unet = _full_real_run(runs)
     entries = []
     for name, key, split in SETS:
-        folder = figures.get(key)
+        folder = getattr(figures, key)
         if not folder or not Path(str(folder)).is_dir():
             continue
         if unet is None:
             log.warning("no full_real U-Net run: Table 3 (synthetic quality) is left out")
             return []
-        real = figures.get("real") or unet.config["data"]["root"]
-        result = quality(
-            str(folder), str(real), out / "quality" / name, unet=str(unet.path), extractor="unet",
-            real_split=split, **options,
+        real = figures.real or unet.config["data"]["root"]
+        quality_json = measure(
+            QualitySettings(
+                synthetic=str(folder), real=str(real), output=str(out / "quality" / name), unet=str(unet.path),
+                extractor="unet", real_split=split, max_images=options.max_images, pairs=options.pairs,
+                kid_subsets=options.kid_subsets, search_size=options.search_size,
+            )
         )  # fmt: skip
+        result = json.loads(quality_json.read_text())
         feats, div, memo = result["features"], result["diversity"], result["memorisation"]
         entries.append(
             {
@@ -201,10 +206,12 @@ def table3_csv(entries: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def write_quality(tmp: Path, runs: list[Run], cfg: dict[str, Any]) -> list[dict[str, str]]:
+def write_quality(
+    tmp: Path, runs: list[Run], figures: FigureSettings, quality: QualityReportSettings
+) -> list[dict[str, str]]:
     """Table 3 (when a synthetic set is configured) and ``metrics.json`` into the report folder ``tmp``."""
     files = []
-    entries = synthetic_quality(tmp, runs, cfg)
+    entries = synthetic_quality(tmp, runs, figures, quality)
     if entries:
         (tmp / "table3.md").write_text(table3_markdown(entries))
         (tmp / "table3.csv").write_text(table3_csv(entries))

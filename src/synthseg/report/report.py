@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
 
 from omegaconf import DictConfig
 
-from synthseg.errors import InputError
 from synthseg.report.quality import write_quality
 from synthseg.report.runs import find_runs, group_runs
+from synthseg.report.settings import FigureSettings, ReportSettings
 from synthseg.report.tables import (
     table1_cells,
     table1_csv,
@@ -20,74 +19,8 @@ from synthseg.report.tables import (
     table2_estimates,
     table2_markdown,
 )
-from synthseg.settings import Settings, check_positive
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import check_output, claim_output
-
-
-@dataclass(frozen=True)
-class BootstrapSettings(Settings):
-    """``bootstrap:`` of ``conf/report.yaml``."""
-
-    samples: int = 2000
-    level: float = 0.95
-    seed: int = 0
-
-    def check(self) -> None:
-        check_positive("samples", self.samples)
-        if not 0.0 < self.level < 1.0:
-            raise InputError(f"level must be in (0, 1), got {self.level}")
-
-
-@dataclass(frozen=True)
-class FigureSettings(Settings):
-    """``figures:`` of ``conf/report.yaml`` (which figures, from which folders)."""
-
-    enabled: bool = True
-    seed: int = 0
-    segmentation_slices: int = 10
-    pairs: int = 24
-    masks: int = 48
-    spade_examples: int = 18
-    real: str | None = None
-    masks_full: str | None = None
-    masks_reduced: str | None = None
-    synthetic_full: str | None = None
-    synthetic_reduced: str | None = None
-    spade_test: str | tuple[str, ...] | None = None
-
-    def check(self) -> None:
-        for key in ("segmentation_slices", "pairs", "masks", "spade_examples"):
-            check_positive(key, getattr(self, key), allow_zero=True)
-
-
-@dataclass(frozen=True)
-class QualityReportSettings(Settings):
-    """``quality:`` of ``conf/report.yaml``: Table 3 for the synthetic sets among ``figures`` (docs/quality.md)."""
-
-    enabled: bool = True
-    max_images: int = 2000
-    pairs: int = 500
-    kid_subsets: int = 100
-    search_size: int = 32
-
-    def check(self) -> None:
-        for key in ("max_images", "pairs", "kid_subsets", "search_size"):
-            check_positive(key, getattr(self, key))
-
-
-@dataclass(frozen=True)
-class ReportSettings(Settings):
-    """``conf/report.yaml``."""
-
-    REQUIRED = {"runs": "DIR", "output": "DIR"}
-
-    runs: str
-    output: str
-    overwrite: bool = False
-    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
-    figures: FigureSettings = field(default_factory=FigureSettings)
-    quality: QualityReportSettings = field(default_factory=QualityReportSettings)
 
 
 def _figure_inputs(figures: FigureSettings) -> list[str]:
@@ -101,19 +34,13 @@ def _figure_inputs(figures: FigureSettings) -> list[str]:
     return found
 
 
-def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """Collect the runs under ``cfg.runs`` and write the report folder ``cfg.output`` atomically.
-
-    Args:
-        cfg: the settings; a mapping may give only some keys (the others take their defaults).
-
-    Returns:
-        The content of ``report.json``: the runs read, the files written (relative to the output folder)
-        with a caption each, and the figures left out for lack of input.
+def run(settings: ReportSettings) -> Path:
+    """Collect the runs under ``settings.runs`` and write the report folder ``settings.output`` atomically; return
+    it. Its ``report.json`` lists the runs read, the files written (relative to the folder) with a caption each,
+    and the figures left out for lack of input.
     """
     from synthseg.report import figures
 
-    settings = cfg if isinstance(cfg, ReportSettings) else ReportSettings.from_config(cfg, partial=True)
     overwrite = settings.overwrite
     inputs = [settings.runs, *_figure_inputs(settings.figures)]
     output = check_output(settings.output, command="report", inputs=inputs, overwrite=overwrite)
@@ -137,12 +64,9 @@ def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str,
         for name, (text, caption) in texts.items():
             (tmp / name).write_text(text)
             files.append({"file": name, "caption": caption})
-        figure_options = asdict(settings.figures)
-        if isinstance(settings.figures.spade_test, tuple):
-            figure_options["spade_test"] = list(settings.figures.spade_test)
-        written, skipped = figures.write_figures(tmp, groups, figure_options)
+        written, skipped = figures.write_figures(tmp, groups, settings.figures)
         files += written
-        files += write_quality(tmp, runs, asdict(settings))  # Table 3, metrics.json
+        files += write_quality(tmp, runs, settings.figures, settings.quality)  # Table 3, metrics.json
         summary = {
             "runs": [str(r.path) for r in runs],
             "cells": len(cells),
@@ -150,16 +74,17 @@ def write_report(cfg: ReportSettings | DictConfig | dict[str, Any]) -> dict[str,
             "figures_skipped": skipped,
         }
         (tmp / "report.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return output
 
 
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra entry of ``synthseg report``."""
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg report`` (``conf/report.yaml``)."""
     settings = ReportSettings.from_config(cfg)
-    summary = write_report(settings)
+    output = run(settings)
+    summary = json.loads((output / "report.json").read_text())
     print(f"synthseg report: {len(summary['runs'])} runs, {summary['cells']} cells -> {settings.output}")
     for item in summary["files"]:
         print(f"  {item['file']}: {item['caption']}")
     for item in summary["figures_skipped"]:
         print(f"  (skipped) {item}")
-    return summary
+    return output

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import png
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from synthseg.data.labels import NUM_CLASSES, check_num_classes, class_names, reduce_labels
@@ -239,29 +240,16 @@ def subject_folds(
     ]
 
 
-def export_nnunet(
-    sources: Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str],
-    *,
-    classes: int = 7,
-    split: Sequence[str] | str = ("train",),
-    test: bool = False,
-    limit: Sequence[int | None] | int | None = None,
-    sequences: Sequence[str] | None = None,
-    regions: bool = False,
-    folds: int = 5,
-    dataset_id: int = 501,
-    name: str = "SynthSeg",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Write ``sources`` as the nnU-Net raw dataset ``<output>/Dataset<NNN>_<name>``, atomically.
+@dataclass(frozen=True)
+class ExportSettings(Settings):
+    """``conf/export.yaml``.
 
-    Args:
-        sources: dataset folders, real and/or synthetic.
+    Attributes:
+        source: dataset folders, real and/or synthetic (one folder or a list).
         output: the nnU-Net raw folder (``nnUNet_raw``) that receives the dataset folder.
+        format: ``nnunet`` (v2 raw layout).
         classes: 7, 4 or 2 (labels reduced with :func:`synthseg.data.labels.reduce_labels`).
-        split: the splits that go to imagesTr/labelsTr (``train``, ``reduced``, ``val``).
+        split: the splits that go to imagesTr/labelsTr (``train``, ``reduced``, ``val``; one or a list).
         test: also write the sources' test split to imagesTs/ (and labelsTs/, which nnU-Net ignores).
         limit: per source (or one number for all), the first N training slices only.
         sequences: the channels, in order (None: every sequence of the sources, in their order).
@@ -272,102 +260,7 @@ def export_nnunet(
         name: dataset name.
         overwrite: replace a dataset folder of the same name that this command wrote (never a foreign one).
         progress: show a progress bar.
-
-    Returns:
-        The dataset folder.
     """
-    classes = check_num_classes(classes)
-    if regions and classes != 4:
-        raise InputError(f"regions=true needs classes=4 (the three tumor classes), got classes={classes}")
-    if folds < 0 or folds == 1:
-        raise InputError(f"folds must be 0 (no splits_final.json) or at least 2, got {folds}")
-    sources = [Path(s) for s in _as_list(sources)]
-    if not sources:
-        raise InputError("source: give at least one dataset folder")
-    resolved = [s.expanduser().resolve() for s in sources]
-    twice = next((s for i, s in enumerate(sources) if resolved[i] in resolved[:i]), None)
-    if twice is not None:  # refused, not de-duplicated: every slice would be written twice
-        raise InputError(f"source lists {twice} more than once (each dataset folder may be exported once)")
-    splits = _as_list(split)
-    if "test" in splits:
-        raise InputError("split: the test split goes to imagesTs (test=true), not to the training cases")
-    limits = _as_list(limit) if not isinstance(limit, int) else [limit] * len(sources)
-    # The rule applies to the dataset folder this command replaces, not to the nnUNet_raw parent.
-    folder = check_output(
-        Path(output) / dataset_folder_name(dataset_id, name),
-        command="export",
-        inputs=sources,
-        overwrite=overwrite,
-    )
-    clash = [p.name for p in Path(output).glob(f"Dataset{int(dataset_id):03d}_*") if p.name != folder.name]
-    if clash:
-        raise InputError(
-            f"{output}: dataset id {int(dataset_id):03d} is taken by {clash[0]} (nnU-Net needs unique ids)"
-        )
-
-    channels = source_sequences(sources, sequences)
-    train = select_cases(sources, splits, limits or None, channels)
-    if not train:
-        raise InputError(f"no slices in splits {splits} of {[str(s) for s in sources]}")
-    tests = select_cases(sources, ["test"], sequences=channels) if test else []
-    cv_folds = subject_folds(train, folds) if folds else []
-
-    # Missing files are left to _write_case, which names them in one line.
-    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (*c.images, c.label) if p.is_file())
-    check_free_space(Path(output), needed, "the nnU-Net dataset")
-    with claim_output(folder, command="export", inputs=sources, overwrite=overwrite) as tmp:
-        groups = [("imagesTr", "labelsTr", train)]
-        if tests:
-            groups.append(("imagesTs", "labelsTs", tests))
-        for images, labels, cases in groups:
-            (tmp / images).mkdir()
-            (tmp / labels).mkdir()
-            for case in tqdm(cases, desc=images, unit="case", disable=not progress, leave=False):
-                _write_case(case, tmp / images, tmp / labels, classes, regions)
-        kinds = {kind: sum(c.kind == kind for c in train) for kind in sorted({c.kind for c in train})}
-        labels_json: dict[str, Any] = (
-            dict(REGIONS) if regions else {label: index for index, label in enumerate(class_names(classes))}
-        )
-        shown = "/".join(CHANNEL_NAMES[seq] for seq in channels)
-        dataset_json = {
-            "channel_names": {str(k): CHANNEL_NAMES[seq] for k, seq in enumerate(channels)},
-            "labels": labels_json,
-            **({"regions_class_order": list(REGIONS_CLASS_ORDER)} if regions else {}),
-            "numTraining": len(train),
-            "file_ending": ".png",
-            "name": name,
-            "description": f"BraTS-style {shown} slices with {'region' if regions else f'{classes}-class'} labels ({', '.join(f'{n} {k}' for k, n in kinds.items())}), exported by synthseg",
-            "reference": PAPER,
-            "overwrite_image_reader_writer": "NaturalImage2DIO",
-            "synthseg": {
-                "sources": [str(s) for s in sources],
-                "splits": splits,
-                "classes": classes,
-                "sequences": list(channels),
-                "regions": regions,
-                "folds": len(cv_folds),
-                "training_cases": kinds,
-                "test_cases": len(tests),
-            },
-        }
-        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-        if (
-            cv_folds
-        ):  # nnU-Net reads it from the preprocessed folder: copied there by the user (docs/export.md)
-            (tmp / "splits_final.json").write_text(json.dumps(cv_folds, indent=2) + "\n")
-        with open(tmp / "cases.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["case", "set", "source", "id", "split", "kind", "subject"])
-            for set_name, cases in (("train", train), ("test", tests)):
-                writer.writerows(
-                    [c.name, set_name, str(c.source), c.id, c.split, c.kind, c.subject] for c in cases
-                )
-    return folder
-
-
-@dataclass(frozen=True)
-class ExportSettings(Settings):
-    """``conf/export.yaml``: the arguments of :func:`export_nnunet`."""
 
     REQUIRED = {"source": "DIR", "output": "DIR"}
 
@@ -393,27 +286,116 @@ class ExportSettings(Settings):
             check_num_classes(self.classes)
         except ValueError as err:
             raise InputError(str(err)) from None
+        if self.regions and self.classes != 4:
+            raise InputError(
+                f"regions=true needs classes=4 (the three tumor classes), got classes={self.classes}"
+            )
+        if self.folds < 0 or self.folds == 1:
+            raise InputError(f"folds must be 0 (no splits_final.json) or at least 2, got {self.folds}")
 
 
-def main(cfg: Any) -> str:
-    """``synthseg export``: the composed config of ``conf/export.yaml``."""
-    s = ExportSettings.from_config(cfg)
-    classes = s.classes
-    folder = export_nnunet(
-        _as_list(s.source),
-        s.output,
-        classes=classes,
-        split=_as_list(s.split),
-        test=s.test,
-        limit=s.limit if isinstance(s.limit, int) else _as_list(s.limit) or None,
-        sequences=_as_list(s.sequences) or None,
-        regions=s.regions,
-        folds=s.folds,
-        dataset_id=s.dataset_id,
-        name=s.name,
-        overwrite=s.overwrite,
-        progress=s.progress,
+def run(settings: ExportSettings) -> Path:
+    """Write the sources as the nnU-Net raw dataset ``<output>/Dataset<NNN>_<name>`` atomically; return that
+    folder (its ``dataset.json`` records the sources, splits, classes, sequences and case counts; ``cases.csv``
+    where each case came from)."""
+    s = settings
+    classes, regions, folds, dataset_id, name, overwrite = (
+        s.classes,
+        s.regions,
+        s.folds,
+        s.dataset_id,
+        s.name,
+        s.overwrite,
     )
+    output = Path(s.output)
+    sources = [Path(source) for source in _as_list(s.source)]
+    if not sources:
+        raise InputError("source: give at least one dataset folder")
+    resolved = [source.expanduser().resolve() for source in sources]
+    twice = next((src for i, src in enumerate(sources) if resolved[i] in resolved[:i]), None)
+    if twice is not None:  # refused, not de-duplicated: every slice would be written twice
+        raise InputError(f"source lists {twice} more than once (each dataset folder may be exported once)")
+    splits = _as_list(s.split)
+    if "test" in splits:
+        raise InputError("split: the test split goes to imagesTs (test=true), not to the training cases")
+    limits = _as_list(s.limit) if not isinstance(s.limit, int) else [s.limit] * len(sources)
+    # The rule applies to the dataset folder this command replaces, not to the nnUNet_raw parent.
+    folder = check_output(
+        Path(output) / dataset_folder_name(dataset_id, name),
+        command="export",
+        inputs=sources,
+        overwrite=overwrite,
+    )
+    clash = [p.name for p in Path(output).glob(f"Dataset{int(dataset_id):03d}_*") if p.name != folder.name]
+    if clash:
+        raise InputError(
+            f"{output}: dataset id {int(dataset_id):03d} is taken by {clash[0]} (nnU-Net needs unique ids)"
+        )
+
+    channels = source_sequences(sources, _as_list(s.sequences) or None)
+    train = select_cases(sources, splits, limits or None, channels)
+    if not train:
+        raise InputError(f"no slices in splits {splits} of {[str(s) for s in sources]}")
+    tests = select_cases(sources, ["test"], sequences=channels) if s.test else []
+    cv_folds = subject_folds(train, folds) if folds else []
+
+    # Missing files are left to _write_case, which names them in one line.
+    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (*c.images, c.label) if p.is_file())
+    check_free_space(Path(output), needed, "the nnU-Net dataset")
+    with claim_output(folder, command="export", inputs=sources, overwrite=overwrite) as tmp:
+        groups = [("imagesTr", "labelsTr", train)]
+        if tests:
+            groups.append(("imagesTs", "labelsTs", tests))
+        for images, labels, cases in groups:
+            (tmp / images).mkdir()
+            (tmp / labels).mkdir()
+            for case in tqdm(cases, desc=images, unit="case", disable=not s.progress, leave=False):
+                _write_case(case, tmp / images, tmp / labels, classes, regions)
+        kinds = {kind: sum(c.kind == kind for c in train) for kind in sorted({c.kind for c in train})}
+        labels_json: dict[str, Any] = (
+            dict(REGIONS) if regions else {label: index for index, label in enumerate(class_names(classes))}
+        )
+        shown = "/".join(CHANNEL_NAMES[seq] for seq in channels)
+        dataset_json = {
+            "channel_names": {str(k): CHANNEL_NAMES[seq] for k, seq in enumerate(channels)},
+            "labels": labels_json,
+            **({"regions_class_order": list(REGIONS_CLASS_ORDER)} if regions else {}),
+            "numTraining": len(train),
+            "file_ending": ".png",
+            "name": name,
+            "description": f"BraTS-style {shown} slices with {'region' if regions else f'{classes}-class'} labels ({', '.join(f'{n} {k}' for k, n in kinds.items())}), exported by synthseg",
+            "reference": PAPER,
+            "overwrite_image_reader_writer": "NaturalImage2DIO",
+            "synthseg": {
+                "sources": [str(source) for source in sources],
+                "splits": splits,
+                "classes": classes,
+                "sequences": list(channels),
+                "regions": regions,
+                "folds": len(cv_folds),
+                "training_cases": kinds,
+                "test_cases": len(tests),
+            },
+        }
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        if (
+            cv_folds
+        ):  # nnU-Net reads it from the preprocessed folder: copied there by the user (docs/export.md)
+            (tmp / "splits_final.json").write_text(json.dumps(cv_folds, indent=2) + "\n")
+        with open(tmp / "cases.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case", "set", "source", "id", "split", "kind", "subject"])
+            for set_name, cases in (("train", train), ("test", tests)):
+                writer.writerows(
+                    [c.name, set_name, str(c.source), c.id, c.split, c.kind, c.subject] for c in cases
+                )
+    return folder
+
+
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg export`` (``conf/export.yaml``)."""
+    settings = ExportSettings.from_config(cfg)
+    folder = run(settings)
     info = json.loads((folder / "dataset.json").read_text())
-    print(f"synthseg export: {info['numTraining']} training cases, {classes} classes -> {folder}")
-    return str(folder)
+    print(f"synthseg export: {info['numTraining']} training cases, {settings.classes} classes -> {folder}")
+    return folder

@@ -19,21 +19,23 @@ Decisions (argued in docs/filter.md):
 
 The statistics live in :mod:`synthseg.synth.zscore` (re-exported here), the figures in
 :mod:`synthseg.synth.filter_plots`; this module does the folder-to-folder work of ``synthseg filter``
-(:func:`run_filter`).
+(:func:`run`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from synthseg.data.labels import NUM_CLASSES, resize_labels
@@ -74,7 +76,6 @@ __all__ = [
     "PAPER_DISCARDED",
     "REFERENCE_SPLITS",
     "ZERO_STD_MODES",
-    "FilterReport",
     "FilterSettings",
     "MaskItem",
     "ReferenceStats",
@@ -87,7 +88,9 @@ __all__ = [
     "read_mask",
     "reference_items",
     "reference_statistics",
-    "run_filter",
+    "read_norms",
+    "read_summary",
+    "run",
     "scaled_threshold",
     "zscore_norms",
 ]
@@ -145,28 +148,6 @@ def _read_all(
         yield mask
 
 
-@dataclass
-class FilterReport:
-    """What :func:`run_filter` measured and wrote."""
-
-    ids: list[str]
-    norms: np.ndarray  # (N,) synthetic norms
-    keep: np.ndarray  # (N,) bool
-    real_norms: np.ndarray  # (M,) norms of the reference masks
-    threshold: float
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_values(zero_std: str, threshold_quantile: float | None, batch_size: int) -> None:
-    """The value checks shared by :class:`FilterSettings` (the command) and :func:`run_filter` (Python callers)."""
-    if zero_std not in ZERO_STD_MODES:
-        raise InputError(f"zero_std must be one of {ZERO_STD_MODES}, got {zero_std!r}")
-    if threshold_quantile is not None and not 0.0 < float(threshold_quantile) <= 1.0:
-        raise InputError(f"threshold_quantile must be in (0, 1], got {threshold_quantile}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-
-
 def _comparison_shape(refs: list[MaskItem], items: list[MaskItem]) -> tuple[int, int]:
     """Masks smaller than the reference by an integer factor (a GAN trained at a lower resolution) are
     compared at their own size; otherwise at the reference's, and any mask of another size is an error."""
@@ -201,7 +182,7 @@ def _reference_pass(
 def _summary(
     masks: Path,
     reference: Path,
-    settings: dict[str, Any],
+    settings: FilterSettings,
     stats: ReferenceStats,
     empty_excluded: int,
     items: list[MaskItem],
@@ -217,16 +198,16 @@ def _summary(
     return {
         "masks": str(masks),
         "reference": str(reference),
-        "reference_split": settings["reference_split"],
-        "include_empty": bool(settings["include_empty"]),
+        "reference_split": settings.reference_split,
+        "include_empty": bool(settings.include_empty),
         "size": side,
         "threshold": threshold,
         "threshold_setting": {
-            "threshold": float(settings["threshold"]),
-            "threshold_at": settings["threshold_at"],
-            "threshold_quantile": settings["threshold_quantile"],
+            "threshold": float(settings.threshold),
+            "threshold_at": settings.threshold_at,
+            "threshold_quantile": settings.threshold_quantile,
         },
-        "zero_std": settings["zero_std"],
+        "zero_std": settings.zero_std,
         "zero_std_floor": stats.zero_std_floor,
         "zero_std_pixels": int((stats.std == 0).sum()),
         "reference_count": stats.count,
@@ -278,7 +259,7 @@ def _write_kept(
         norm_writer = csv.writer(handle)
         norm_writer.writerow(["id", "norm", "kept"])
         norm_writer.writerows(
-            [item.id, f"{norm:.6g}", int(k)] for item, norm, k in zip(items, norms, keep, strict=True)
+            [item.id, repr(float(norm)), int(k)] for item, norm, k in zip(items, norms, keep, strict=True)
         )
     kept = int(np.count_nonzero(keep))
     write_stats(
@@ -289,36 +270,54 @@ def _write_kept(
     )
 
 
-def run_filter(
-    masks: str | os.PathLike[str],
-    reference: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    reference_split: str = "train",
-    include_empty: bool = True,
-    threshold: float = 500.0,
-    threshold_at: int | None = 256,
-    threshold_quantile: float | None = None,
-    zero_std: str = "floor",
-    batch_size: int = 64,
-    montage: int = 24,
-    overwrite: bool = False,
-    progress: bool = True,
-    config: dict[str, Any] | None = None,
-) -> FilterReport:
-    """Filter a folder of generated masks against a prepared dataset; write the kept ones as a dataset folder.
+@dataclass(frozen=True)
+class FilterSettings(Settings):
+    """``conf/filter.yaml``; the keys are described there and in the module docstring."""
+
+    REQUIRED = {"masks": "DIR", "reference": "DIR", "output": "DIR"}
+
+    masks: str
+    reference: str
+    output: str
+    reference_split: str = "train"
+    include_empty: bool = True
+    threshold: float = 500.0
+    threshold_at: int | None = 256
+    threshold_quantile: float | None = None
+    zero_std: str = "floor"
+    batch_size: int = 64
+    montage: int = 24
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        check_choice("reference_split", self.reference_split, REFERENCE_SPLITS)
+        if self.zero_std not in ZERO_STD_MODES:
+            raise InputError(f"zero_std must be one of {ZERO_STD_MODES}, got {self.zero_std!r}")
+        if self.threshold_quantile is not None and not 0.0 < float(self.threshold_quantile) <= 1.0:
+            raise InputError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_positive("threshold_at", self.threshold_at)
+        check_positive("montage", self.montage, allow_zero=True)
+
+
+def run(settings: FilterSettings) -> Path:
+    """Filter a folder of generated masks against a prepared dataset; write the kept ones as a dataset folder
+    and return it.
 
     The output folder (written atomically) holds ``labels/`` (and ``images/`` when the input has them),
     ``manifest.csv`` (``source=synthetic``), ``stats.json``, ``prepare.json`` (provenance), ``filter.json``
-    (the summary), ``norms.csv`` (every mask's norm and verdict), ``filter_calibration.png`` (discarded
-    fractions of synthetic and real masks against the threshold) and ``filter_discarded.png`` (a montage of
-    discarded masks in the paper's colours, its Fig. 4).
+    (the summary: threshold, counts, discarded fractions, the norms' spread), ``norms.csv`` (every mask's norm,
+    lossless, and verdict), ``filter_calibration.png`` (discarded fractions of synthetic and real masks against
+    the threshold) and ``filter_discarded.png`` (a montage of discarded masks in the paper's colours, its Fig. 4).
     """
-    masks, reference, output = Path(masks), Path(reference), Path(output)
-    _check_values(zero_std, threshold_quantile, batch_size)
-    output = check_output(output, command="filter", inputs=[masks, reference], overwrite=overwrite)
+    masks, reference = Path(settings.masks), Path(settings.reference)
+    overwrite, progress, batch_size = settings.overwrite, settings.progress, settings.batch_size
+    zero_std, include_empty = settings.zero_std, settings.include_empty
+    output = check_output(settings.output, command="filter", inputs=[masks, reference], overwrite=overwrite)
     items = list_masks(masks)
-    refs = reference_items(reference, reference_split)
+    refs = reference_items(reference, settings.reference_split)
     shape = _comparison_shape(refs, items)
     side = shape[0]
 
@@ -331,10 +330,10 @@ def run_filter(
         zero_std=zero_std,
         batch_size=batch_size,
     )
-    if threshold_quantile is not None:
-        used_threshold = float(np.quantile(real_norms, float(threshold_quantile)))
+    if settings.threshold_quantile is not None:
+        used_threshold = float(np.quantile(real_norms, float(settings.threshold_quantile)))
     else:
-        used_threshold = scaled_threshold(threshold, side, threshold_at)
+        used_threshold = scaled_threshold(settings.threshold, side, settings.threshold_at)
 
     # Pass 3: the synthetic norms, with the class counts for the manifest.
     counts = np.zeros((len(items), NUM_CLASSES), dtype=np.int64)
@@ -348,18 +347,10 @@ def run_filter(
         synthetic_masks(), stats, used_threshold, zero_std=zero_std, batch_size=batch_size
     )
     has_images = all(item.image is not None for item in items)
-    setting = {
-        "reference_split": reference_split,
-        "include_empty": include_empty,
-        "threshold": threshold,
-        "threshold_at": threshold_at,
-        "threshold_quantile": threshold_quantile,
-        "zero_std": zero_std,
-    }
     summary = _summary(
         masks,
         reference,
-        setting,
+        settings,
         stats,
         empty_excluded,
         items,
@@ -383,7 +374,7 @@ def run_filter(
         _write_kept(tmp, items, keep, counts, norms, side, has_images)
         provenance: dict[str, Any] = {
             "command": "filter",
-            "config": config or {},
+            "config": dataclasses.asdict(settings),
             "filter": {
                 k: summary[k]
                 for k in ("threshold", "zero_std", "reference", "reference_split", "kept", "discarded")
@@ -397,13 +388,13 @@ def run_filter(
         write_provenance(tmp, provenance)
         (tmp / "filter.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_calibration(tmp / "filter_calibration.png", norms, real_norms, used_threshold, side)
-        shown = [i for i, k in enumerate(keep) if not k][: max(int(montage), 0)]
+        shown = [i for i, k in enumerate(keep) if not k][: max(int(settings.montage), 0)]
         plot_montage(
             tmp / "filter_discarded.png",
             [read_mask(items[i].label, shape) for i in shown],
             [f"{items[i].id}\n{norms[i]:.0f}" for i in shown],
         )
-    return FilterReport([item.id for item in items], norms, keep, real_norms, used_threshold, summary)
+    return output
 
 
 def _describe(values: np.ndarray) -> dict[str, float]:
@@ -417,42 +408,30 @@ def _describe(values: np.ndarray) -> dict[str, float]:
     }
 
 
-@dataclass(frozen=True)
-class FilterSettings(Settings):
-    """``conf/filter.yaml``: the keyword arguments of :func:`run_filter`."""
-
-    REQUIRED = {"masks": "DIR", "reference": "DIR", "output": "DIR"}
-
-    masks: str
-    reference: str
-    output: str
-    reference_split: str = "train"
-    include_empty: bool = True
-    threshold: float = 500.0
-    threshold_at: int | None = 256
-    threshold_quantile: float | None = None
-    zero_std: str = "floor"
-    batch_size: int = 64
-    montage: int = 24
-    overwrite: bool = False
-    progress: bool = True
-
-    def check(self) -> None:
-        check_choice("reference_split", self.reference_split, REFERENCE_SPLITS)
-        _check_values(self.zero_std, self.threshold_quantile, self.batch_size)
-        check_positive("threshold_at", self.threshold_at)
-        check_positive("montage", self.montage, allow_zero=True)
-
-
-def main(cfg: Any) -> dict[str, Any]:
-    """``synthseg filter``: the composed config of ``conf/filter.yaml``."""
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg filter`` (``conf/filter.yaml``)."""
     settings = FilterSettings.from_config(cfg)
-    report = run_filter(**asdict(settings), config=asdict(settings))
-    s = report.summary
+    output = run(settings)
+    s = read_summary(output)
     print(
         f"synthseg filter: kept {s['kept']} of {s['synthetic_count']} masks "
         f"({100 * s['synthetic_discarded_fraction']:.3f} % discarded) at threshold {s['threshold']:.1f}; "
         f"the same threshold would discard {100 * s['real_discarded_fraction']:.3f} % of the "
         f"{s['reference_count']} real masks.\n  output: {settings.output} (filter.json, filter_calibration.png, filter_discarded.png)"
     )
-    return s
+    return output
+
+
+def read_summary(output: str | os.PathLike[str]) -> dict[str, Any]:
+    """``<output>/filter.json``: what a filter run measured and kept (see :func:`run`)."""
+    return json.loads((Path(output) / "filter.json").read_text())
+
+
+def read_norms(output: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``<output>/norms.csv``: every input mask's id, its z-score norm (float64, as computed) and whether it was
+    kept, in input order."""
+    with open(Path(output) / "norms.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ids = [row["id"] for row in rows]
+    norms = np.array([float(row["norm"]) for row in rows], dtype=np.float64)
+    return ids, norms, np.array([row["kept"] == "1" for row in rows], dtype=bool)

@@ -14,13 +14,13 @@ any other mask becomes ``synth_<index:06d>`` in input order (the source ids are 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -184,58 +184,59 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def generate_images(
-    checkpoint: str | Path,
-    masks: str | Path,
-    output: str | Path,
-    *,
-    batch_size: int = 16,
-    device: str = "auto",
-    num_workers: int = 0,
-    seed: int = 0,
-    autocast: str | None = None,
-    keep_ids: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Generate one 16-bit image per mask into a dataset folder; return its ``prepare.json`` record.
+@dataclass(frozen=True)
+class GenerateImagesSettings(Settings):
+    """``conf/generate_images.yaml``; the keys are described there and in :func:`run`."""
 
-    Args:
-        checkpoint: SPADE training checkpoint or generator snapshot.
-        masks: folder of label maps (see module docstring).
-        output: dataset folder to write (atomically: the whole folder appears at the end).
-        batch_size: masks per generator call.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        num_workers: DataLoader workers reading the masks.
-        seed: seeds the latent codes of a VAE generator (without VAE the output does not depend on it).
-        autocast: ``bf16`` or ``fp16`` to generate under autocast (GPU), None for float32.
-        keep_ids: name every output after its mask's id, whatever it is (default: ``synth_<n>`` ids).
-        overwrite: replace an ``output`` this command wrote earlier (never a foreign folder).
-        progress: show a progress bar.
-        config: the resolved command config, recorded in ``prepare.json``.
+    REQUIRED = {"checkpoint": "FILE", "masks": "DIR", "output": "DIR"}
+
+    checkpoint: str  # SPADE training checkpoint or generator snapshot
+    masks: str  # folder of label maps (see the module docstring)
+    output: str  # dataset folder to write (atomically: the whole folder appears at the end)
+    batch_size: int = 16  # masks per generator call
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    num_workers: int = 0  # DataLoader workers reading the masks
+    autocast: str | None = None  # bf16 or fp16 to generate under autocast (GPU), None for float32
+    seed: int = 0  # the latent codes of a VAE generator (without VAE the output does not depend on it)
+    keep_ids: bool = False  # name every output after its mask's id (default: synth_<n> ids)
+    overwrite: bool = False  # replace an output this command wrote earlier (never a foreign folder)
+    progress: bool = True
+
+    def check(self) -> None:
+        check_positive("batch_size", self.batch_size)
+        check_positive("num_workers", self.num_workers, allow_zero=True)
+        autocast_dtype(self.autocast)
+
+
+def run(settings: GenerateImagesSettings) -> Path:
+    """Generate one 16-bit image per mask into the dataset folder ``settings.output`` and return it; its
+    ``prepare.json`` records the provenance (checkpoint, generator, sequences, training maxima, speed, settings).
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    amp_dtype = autocast_dtype(autocast)
+    checkpoint, masks, overwrite, seed = (
+        settings.checkpoint,
+        settings.masks,
+        settings.overwrite,
+        settings.seed,
+    )
+    amp_dtype = autocast_dtype(settings.autocast)
     inputs = [checkpoint, masks]
-    output = check_output(output, command="generate-images", inputs=inputs, overwrite=overwrite)
+    output = check_output(settings.output, command="generate-images", inputs=inputs, overwrite=overwrite)
     start = time.time()
     loaded = load_generator(checkpoint)
     generator, sequences, train_max = loaded.generator, loaded.sequences, loaded.train_max
     items = list_masks(masks, "masks")
-    ids = output_ids([item.id for item in items], keep_ids)
+    ids = output_ids([item.id for item in items], settings.keep_ids)
     size, label_nc = generator.image_size, generator.label_nc
     # Upper bound: uncompressed 16-bit images + 8-bit label per slice.
     check_free_space(output.parent, len(items) * size * size * (2 * len(sequences) + 1), "generated images")
-    dev = _device(device)
+    dev = _device(settings.device)
     generator.to(dev)
     latent_gen = torch.Generator(device="cpu").manual_seed(seed)
     loader = DataLoader(
         MaskFolder([item.label for item in items], size, label_nc),
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=settings.num_workers,
     )
     written = 0
     class_counts = np.zeros(NUM_CLASSES, np.int64)
@@ -249,7 +250,7 @@ def generate_images(
             (tmp / image_relpath("x", seq, sequences)).parent.mkdir(parents=True, exist_ok=True)
         # Manifest rows are written as they come, so memory does not grow with the number of masks.
         with manifest_writer(tmp / MANIFEST, sequences=sequences) as writer, torch.inference_mode():
-            bar = tqdm(total=len(items), desc="generate-images", unit="img", disable=not progress)
+            bar = tqdm(total=len(items), desc="generate-images", unit="img", disable=not settings.progress)
             for positions, labels in loader:
                 one_hot = F.one_hot(labels, label_nc).permute(0, 3, 1, 2).float().to(dev)
                 z = None
@@ -302,38 +303,14 @@ def generate_images(
             "host": platform.node(),
             "seconds": round(elapsed, 3),
             "images_per_second": round(written / elapsed, 3) if elapsed > 0 else None,
-            "config": config or {},
+            "config": dataclasses.asdict(settings),
             "source_ids": [item.id for item in items] if ids != [item.id for item in items] else None,
         }
         write_provenance(tmp, record)
     log.info("wrote %d images to %s (%.1f images/s)", written, output, written / max(elapsed, 1e-9))
-    return record
+    return output
 
 
-@dataclass(frozen=True)
-class GenerateImagesSettings(Settings):
-    """``conf/generate_images.yaml``: the keyword arguments of :func:`generate_images`."""
-
-    REQUIRED = {"checkpoint": "FILE", "masks": "DIR", "output": "DIR"}
-
-    checkpoint: str
-    masks: str
-    output: str
-    batch_size: int = 16
-    device: str = "auto"
-    num_workers: int = 0
-    autocast: str | None = None
-    seed: int = 0
-    keep_ids: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    def check(self) -> None:
-        check_positive("batch_size", self.batch_size)
-        check_positive("num_workers", self.num_workers, allow_zero=True)
-
-
-def main(cfg: DictConfig) -> dict[str, Any]:
-    """``synthseg generate-images checkpoint=FILE masks=DIR output=DIR``."""
-    settings = GenerateImagesSettings.from_config(cfg)
-    return generate_images(**asdict(settings), config=asdict(settings))
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg generate-images checkpoint=FILE masks=DIR output=DIR``."""
+    return run(GenerateImagesSettings.from_config(cfg))

@@ -25,12 +25,13 @@ import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -42,6 +43,7 @@ from synthseg.data.manifest import (
     REQUIRED_COLUMNS,
     dataset_stats,
     manifest_header,
+    read_provenance,
     synthetic_row,
     write_provenance,
     write_stats,
@@ -51,7 +53,7 @@ from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
 from synthseg.settings import Settings, check_positive
-from synthseg.synth.select import select_best
+from synthseg.synth import select
 from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
 from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import (
@@ -121,7 +123,7 @@ def load_mask_generator(checkpoint: str | os.PathLike[str]) -> tuple[PGANGenerat
     path = Path(checkpoint)
     meta: dict[str, Any] = {}
     if path.is_dir():
-        best = select_best(path)
+        best = select.run(select.SelectSettings(run=str(path)))
         meta["selected"] = best
         path = Path(best["snapshot"])
     obj = safe_load(path)
@@ -224,21 +226,39 @@ def _write_batch(folder: Path, ids: list[str], masks: np.ndarray) -> None:
         write_label8(folder / f"{sid}.png", mask)
 
 
-def generate_masks(
-    checkpoint: str | os.PathLike[str],
-    count: int,
-    output: str | os.PathLike[str],
-    *,
-    seed: int = 0,
-    batch_size: int = 256,
-    size: int | None = None,
-    device: str = "auto",
-    autocast: str | None = None,
-    min_island: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Write ``count`` generated masks as a dataset folder; return the provenance written to prepare.json.
+@dataclass(frozen=True)
+class GenerateMasksSettings(Settings):
+    """``conf/generate_masks.yaml``; the keys are described there and in :func:`run`."""
+
+    REQUIRED = {"checkpoint": "PATH", "count": "N", "output": "DIR"}
+
+    checkpoint: str
+    count: int
+    output: str
+    seed: int = 0
+    batch_size: int = 256
+    size: int | None = None
+    device: str = "auto"
+    autocast: str | None = None
+    min_island: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise InputError(f"count must be a positive number of masks, got {self.count}")
+        if self.count > 999_999:
+            raise InputError(f"count={self.count}: ids have 6 digits (synth_000000 .. synth_999999)")
+        check_positive("batch_size", self.batch_size)
+        check_positive("size", self.size)
+        if isinstance(self.min_island, bool) or self.min_island < 0:
+            raise InputError(f"min_island must be 0 (off) or a number of pixels, got {self.min_island}")
+        autocast_dtype(self.autocast)
+
+
+def run(settings: GenerateMasksSettings) -> Path:
+    """Write ``settings.count`` generated masks as the dataset folder ``settings.output`` and return it; its
+    ``prepare.json`` records the provenance (checkpoint, tick, stage, seed, size, empty fraction, speed).
 
     ``min_island`` > 0 sets foreground islands (8-connected groups of non-background pixels) smaller than
     that many pixels, at the output size, to background (:func:`remove_islands`); 0 (the paper) writes the
@@ -247,17 +267,15 @@ def generate_masks(
     ``autocast`` (``bf16`` or ``fp16``, GPU) runs the generator in mixed precision: faster, and the masks
     may differ from float32 ones where a pixel's value lies near the rounding boundary between two classes.
     """
-    if isinstance(count, bool) or int(count) <= 0:
-        raise InputError(f"count must be a positive number of masks, got {count}")
-    if int(count) > 999_999:
-        raise InputError(f"count={count}: ids have 6 digits (synth_000000 .. synth_999999)")
-    if int(batch_size) <= 0:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    if isinstance(min_island, bool) or int(min_island) < 0:
-        raise InputError(f"min_island must be 0 (off) or a number of pixels, got {min_island}")
-    count, batch_size = int(count), int(batch_size)
+    checkpoint, count, seed, batch_size = (
+        settings.checkpoint,
+        settings.count,
+        settings.seed,
+        settings.batch_size,
+    )
+    autocast, min_island, overwrite = settings.autocast, settings.min_island, settings.overwrite
     amp_dtype = autocast_dtype(autocast)
-    output = check_output(output, command="generate-masks", inputs=[checkpoint], overwrite=overwrite)
+    output = check_output(settings.output, command="generate-masks", inputs=[checkpoint], overwrite=overwrite)
     generator, meta = load_mask_generator(checkpoint)
     stage_resolution = int(meta.get("resolution") or generator.resolution)
     alpha = float(meta.get("alpha", 1.0))
@@ -266,14 +284,14 @@ def generate_masks(
             f"checkpoint={checkpoint}: stage {stage_resolution}x{stage_resolution}, alpha {alpha} does not fit "
             "the generator"
         )
-    size = int(size or meta.get("dataset_size") or generator.resolution)
+    size = int(settings.size or meta.get("dataset_size") or generator.resolution)
     if size < 4 or size & (size - 1):
         raise InputError(f"size={size}: must be a power of two")
     if not (size % stage_resolution == 0 or stage_resolution % size == 0):
         raise InputError(
             f"size={size}: cannot be reached from the generator's {stage_resolution}x{stage_resolution}"
         )
-    dev = _device(device)
+    dev = _device(settings.device)
     generator = generator.to(dev)
     check_free_space(
         output.parent if output.parent.exists() else Path.cwd(),
@@ -284,7 +302,7 @@ def generate_masks(
     with output_lock(output):
         check_replaceable(output, "generate-masks", overwrite)
         work = resume_folder(output)
-        settings = {
+        resume_key = {  # a re-run resumes only with all of these the same
             "checkpoint_sha256": _file_digest(Path(meta["source"])),
             "generator": generator.init_args,
             "stage_resolution": stage_resolution,
@@ -296,7 +314,7 @@ def generate_masks(
             "autocast": autocast,
             "min_island": int(min_island),
         }
-        state = _load_progress(work, settings)
+        state = _load_progress(work, resume_key)
         resumed_from = int(state["done"])
         class_counts = np.asarray(state["class_counts"], np.int64)
         empty = int(state["empty"])
@@ -308,7 +326,11 @@ def generate_masks(
             raw.truncate(int(state["manifest_bytes"]))
         started = time.perf_counter()
         bar = tqdm(
-            total=count, initial=resumed_from, desc="generating masks", unit="mask", disable=not progress
+            total=count,
+            initial=resumed_from,
+            desc="generating masks",
+            unit="mask",
+            disable=not settings.progress,
         )
 
         def commit(batch: tuple[Future[None], int, list[dict[str, Any]], np.ndarray, int, int]) -> None:
@@ -395,43 +417,18 @@ def generate_masks(
             write_provenance(work, provenance)
             write_marker(work, "generate-masks", DATASET_LATER)  # last: the folder is complete
             os.replace(work, tmp)  # the completed work folder becomes the output in one rename
-    return provenance
+    return output
 
 
-@dataclass(frozen=True)
-class GenerateMasksSettings(Settings):
-    """``conf/generate_masks.yaml``: the arguments of :func:`generate_masks`."""
-
-    REQUIRED = {"checkpoint": "PATH", "count": "N", "output": "DIR"}
-
-    checkpoint: str
-    count: int
-    output: str
-    seed: int = 0
-    batch_size: int = 256
-    size: int | None = None
-    device: str = "auto"
-    autocast: str | None = None
-    min_island: int = 0
-    overwrite: bool = False
-    progress: bool = True
-
-    def check(self) -> None:
-        if self.count < 1:
-            raise InputError(f"count must be a positive number of masks, got {self.count}")
-        check_positive("batch_size", self.batch_size)
-        check_positive("size", self.size)
-        check_positive("min_island", self.min_island, allow_zero=True)
-
-
-def main(cfg: Any) -> dict[str, Any]:
-    """Hydra entry (``conf/generate_masks.yaml``)."""
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg generate-masks`` (``conf/generate_masks.yaml``)."""
     settings = GenerateMasksSettings.from_config(cfg)
-    result = generate_masks(**asdict(settings))
+    output = run(settings)
+    result = read_provenance(output) or {}
     print(
         f"wrote {result['count']} masks ({100 * result['empty_fraction']:.2f} % empty) of "
         f"{result['size']}x{result['size']} to {settings.output} in {result['seconds']:.1f} s "
         f"({result['masks_per_second']:.0f} masks/s) from {result['checkpoint']}"
     )
     print(json.dumps({k: result[k] for k in ("count", "size", "seed", "checkpoint", "tick", "kimg")}))
-    return result
+    return output

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 
@@ -66,8 +68,18 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = False) -> dict[str, Any]:
-    """The snapshot with the lowest average SWD among the ticks whose snapshot file exists.
+@dataclass(frozen=True)
+class SelectSettings(Settings):
+    """``conf/select.yaml``."""
+
+    REQUIRED = {"run": "DIR"}
+
+    run: str
+    full_resolution_only: bool = False
+
+
+def run(settings: SelectSettings) -> dict[str, Any]:
+    """The snapshot with the lowest average SWD among the ticks of ``settings.run`` whose snapshot file exists.
 
     By default every tick is a candidate, as in the paper (the lowest SWD among all saved ticks). With
     ``full_resolution_only`` only ticks at the run's final resolution with the fade-in complete are: a
@@ -76,10 +88,12 @@ def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = Fal
     far worse than tick 86 (just after reaching 256x256), so the switch does not change its choice.
 
     Returns:
-        ``{"snapshot": absolute path, "tick": int, "kimg": float, "resolution": int, "swd_avg": float,
-        "swd": {level: value}, "history": path of swd.csv, "ticks_scored": int}``.
+        What the command prints (it writes no file): ``{"snapshot": absolute path, "tick": int, "kimg": float,
+        "resolution": int, "swd_avg": float, "swd": {level: value}, "history": path of swd.csv,
+        "ticks_scored": int, "missing_better": [paths]}``.
     """
-    history = find_history(run)
+    full_resolution_only = settings.full_resolution_only
+    history = find_history(settings.run)
     rows = read_history(history)
     listed = [row for row in rows if row["snapshot"] and row.get("swd_avg") is not None]
     scored = [row for row in listed if (history.parent / row["snapshot"]).is_file()]
@@ -129,20 +143,9 @@ def select_best(run: str | os.PathLike[str], *, full_resolution_only: bool = Fal
     }
 
 
-@dataclass(frozen=True)
-class SelectSettings(Settings):
-    """``conf/select.yaml``."""
-
-    REQUIRED = {"run": "DIR"}
-
-    run: str
-    full_resolution_only: bool = False
-
-
-def main(cfg: Any) -> dict[str, Any]:
+def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry (``conf/select.yaml``): print the choice, and the result as JSON on the last line."""
-    settings = SelectSettings.from_config(cfg)
-    result = select_best(settings.run, full_resolution_only=settings.full_resolution_only)
+    result = run(SelectSettings.from_config(cfg))
     print(
         f"best snapshot: {result['snapshot']}\n"
         f"  tick {result['tick']}, {result['kimg']} kimg, resolution {result['resolution']}, "

@@ -8,11 +8,14 @@ line saying so, instead of a slow emulated bf16 or a compiler traceback minutes 
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from synthseg.errors import InputError
 
@@ -49,23 +52,40 @@ def compile_works(cuda: bool) -> bool:
     return True
 
 
-def apply_fallbacks(cfg: DictConfig) -> list[str]:
-    """Switch ``trainer.precision`` bf16 and ``model.compile`` off where unsupported; the lines said, one each."""
+class Fallbacks(NamedTuple):
+    """What :func:`apply_fallbacks` gives back: the trainer and model nodes to build, and the lines said."""
+
+    trainer: dict[str, Any]
+    model: dict[str, Any] | None
+    said: list[str]
+
+
+def _copy(node: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        plain = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(plain, dict)
+        return plain  # type: ignore[return-value]
+    return copy.deepcopy(dict(node))
+
+
+def apply_fallbacks(trainer: Mapping[str, Any], model: Mapping[str, Any] | None) -> Fallbacks:
+    """Copies of the ``trainer`` and ``model`` nodes with ``precision`` bf16 and ``compile`` switched off where
+    unsupported, and the lines said (one each, once per process). The nodes given are left as they are."""
     said: list[str] = []
-    cuda = wants_cuda(str(cfg.trainer.get("accelerator", "cpu")))
+    trainer, model = _copy(trainer), (_copy(model) if model is not None else None)
+    cuda = wants_cuda(str(trainer.get("accelerator", "cpu")))
     where = "this GPU" if cuda else "this CPU"
-    with open_dict(cfg):
-        if str(cfg.trainer.get("precision", "")).startswith("bf16") and not bf16_native(cuda):
-            said.append(f"{where} has no native bf16: trainer.precision={cfg.trainer.precision} -> 32-true")
-            cfg.trainer.precision = "32-true"
-        if cfg.get("model") is not None and cfg.model.get("compile") and not compile_works(cuda):
-            said.append("torch.compile does not work here (no C++ compiler/Triton?): model.compile -> false")
-            cfg.model.compile = False
+    if str(trainer.get("precision", "")).startswith("bf16") and not bf16_native(cuda):
+        said.append(f"{where} has no native bf16: trainer.precision={trainer['precision']} -> 32-true")
+        trainer["precision"] = "32-true"
+    if model is not None and model.get("compile") and not compile_works(cuda):
+        said.append("torch.compile does not work here (no C++ compiler/Triton?): model.compile -> false")
+        model["compile"] = False
     for line in said:
         if line not in _SAID:
             _SAID.add(line)
             print(line, flush=True)
-    return said
+    return Fallbacks(trainer, model, said)
 
 
 def autocast_dtype(name: str | None) -> torch.dtype | None:

@@ -32,11 +32,14 @@ MARKER_FORMAT = "synthseg-output/1"
 # the leftovers of a killed cache build), and the demo's stage marker.
 DATASET_LATER = ("cache", "cache/*", ".cache.*", ".complete")
 ANY_LATER = (".complete",)
-# What ``train()`` writes into a run folder (checkpoints, TensorBoard, PGAN snapshots and SWD log), for the
-# demo's clean-up of its training stages, which carry no marker.
+# What ``train()`` writes into a run folder (checkpoints, the loggers' folders, PGAN snapshots and SWD log), for
+# the demo's clean-up of its training stages, which carry no marker.
 TRAIN_RUN_FILES = (
     "checkpoints/*",
     "tensorboard/*",
+    "csv/*",
+    "mlruns/*",
+    "wandb/*",
     "lightning_logs/*",  # Lightning's own folder when a run has no logger
     "snapshots/*",
     "results.json",

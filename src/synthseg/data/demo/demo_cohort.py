@@ -7,9 +7,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
 from synthseg.data.demo.case import (
     COHORT_MARKER,
@@ -67,22 +67,11 @@ def save_montage(path: Path, cases: list[DemoCase], slices: int = 2) -> None:
     plt.imsave(path, np.concatenate(rows, 0))
 
 
-def generate_cohort(
-    output: str | os.PathLike[str],
-    cases: int,
-    seed: int = 0,
-    *,
-    montage: bool = True,
-    progress: bool = True,
-    overwrite: bool = False,
-    workers: int = 1,
-) -> list[Path]:
-    """Write a demo cohort of ``cases`` HGG cases in BraTS 2018 layout under ``output``.
+@dataclass(frozen=True)
+class DemoCohortSettings(Settings):
+    """``conf/demo_cohort.yaml``.
 
-    The folder is built under a temporary name and renamed into place when complete. An existing ``output``
-    is replaced only with ``overwrite`` and only if this command wrote it (synthseg.utils.outputs).
-
-    Args:
+    Attributes:
         output: root folder; cases go to ``output/HGG/<case>/``.
         cases: number of cases (>= 1).
         seed: everything random derives from it; the same seed gives byte-identical files.
@@ -90,50 +79,7 @@ def generate_cohort(
         progress: show a progress bar.
         overwrite: replace a cohort this command wrote earlier.
         workers: cases made in parallel processes (the same files for any count).
-
-    Returns the case folders, in generation order.
     """
-    from tqdm import tqdm
-
-    cases = int(cases)
-    if cases < 1:
-        raise InputError(f"cases must be at least 1, got {cases}")
-    output = check_output(output, command="demo-cohort", overwrite=overwrite)
-    names = case_names(cases, seed)
-    shown: list[DemoCase] = []
-    folders = [output / "HGG" / f"Brats18_{inst}_{ident}_1" for inst, ident in names]
-    with claim_output(output, command="demo-cohort", overwrite=overwrite) as tmp:
-        jobs = [
-            (tmp, seed, index, inst, ident, montage and index < 3)
-            for index, (inst, ident) in enumerate(names)
-        ]
-        made = ordered_map(_make_and_write, jobs, int(workers))
-        for case in tqdm(made, total=len(jobs), desc="demo cohort", unit="case", disable=not progress):
-            shown += [case] if case is not None else []
-        if montage:
-            save_montage(tmp / "montage.png", shown)
-        meta = {
-            "cases": cases,
-            "seed": int(seed),
-            "names": [f.name for f in folders],
-            "shape": list(GRID_SHAPE),
-        }
-        (tmp / COHORT_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-    return folders
-
-
-def _make_and_write(job: tuple[Path, int, int, str, str, bool]) -> DemoCase | None:
-    """Make case ``index`` and write it under ``tmp/HGG``; return it when it goes into the montage."""
-    tmp, seed, index, inst, ident, keep = job
-    rngs = (np.random.default_rng([seed, 11, index]), np.random.default_rng([seed, 13, index]))
-    case = make_case(f"Brats18_{inst}_{ident}_1", scanner_of(seed, inst), *rngs)
-    write_case(tmp / "HGG" / case.name, case)
-    return case if keep else None
-
-
-@dataclass(frozen=True)
-class DemoCohortSettings(Settings):
-    """``conf/demo_cohort.yaml``."""
 
     REQUIRED = {"output": "DIR"}
 
@@ -146,19 +92,67 @@ class DemoCohortSettings(Settings):
     workers: int = 1
 
     def check(self) -> None:
+        if self.cases < 1:
+            raise InputError(f"cases must be at least 1, got {self.cases}")
         check_positive("workers", self.workers)
 
 
-def main(cfg: Any) -> None:
-    """``synthseg demo-cohort output=DIR cases=N seed=S [montage=true]``."""
-    s = DemoCohortSettings.from_config(cfg)
-    folders = generate_cohort(
-        s.output,
-        s.cases,
-        s.seed,
-        montage=s.montage,
-        progress=s.progress,
-        overwrite=s.overwrite,
-        workers=s.workers,
-    )
-    print(f"demo cohort: {len(folders)} cases in {Path(s.output) / 'HGG'}")
+def run(settings: DemoCohortSettings) -> Path:
+    """Write a demo cohort of ``settings.cases`` HGG cases in BraTS 2018 layout under ``settings.output``.
+
+    The folder is built under a temporary name and renamed into place when complete. An existing output is
+    replaced only with ``overwrite`` and only if this command wrote it (synthseg.utils.outputs).
+
+    Returns:
+        The cohort folder; its ``demo_cohort.json`` names the cases in generation order (:func:`case_folders`).
+    """
+    from tqdm import tqdm
+
+    cases, seed, montage, overwrite = settings.cases, settings.seed, settings.montage, settings.overwrite
+    output = check_output(settings.output, command="demo-cohort", overwrite=overwrite)
+    names = case_names(cases, seed)
+    shown: list[DemoCase] = []
+    folders = [output / "HGG" / f"Brats18_{inst}_{ident}_1" for inst, ident in names]
+    with claim_output(output, command="demo-cohort", overwrite=overwrite) as tmp:
+        jobs = [
+            (tmp, seed, index, inst, ident, montage and index < 3)
+            for index, (inst, ident) in enumerate(names)
+        ]
+        made = ordered_map(_make_and_write, jobs, settings.workers)
+        for case in tqdm(
+            made, total=len(jobs), desc="demo cohort", unit="case", disable=not settings.progress
+        ):
+            shown += [case] if case is not None else []
+        if montage:
+            save_montage(tmp / "montage.png", shown)
+        meta = {
+            "cases": cases,
+            "seed": int(seed),
+            "names": [f.name for f in folders],
+            "shape": list(GRID_SHAPE),
+        }
+        (tmp / COHORT_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    return output
+
+
+def case_folders(cohort: str | os.PathLike[str]) -> list[Path]:
+    """The case folders of a cohort this command wrote, in generation order (from its marker file)."""
+    names = json.loads((Path(cohort) / COHORT_MARKER).read_text())["names"]
+    return [Path(cohort) / "HGG" / name for name in names]
+
+
+def _make_and_write(job: tuple[Path, int, int, str, str, bool]) -> DemoCase | None:
+    """Make case ``index`` and write it under ``tmp/HGG``; return it when it goes into the montage."""
+    tmp, seed, index, inst, ident, keep = job
+    rngs = (np.random.default_rng([seed, 11, index]), np.random.default_rng([seed, 13, index]))
+    case = make_case(f"Brats18_{inst}_{ident}_1", scanner_of(seed, inst), *rngs)
+    write_case(tmp / "HGG" / case.name, case)
+    return case if keep else None
+
+
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg demo-cohort output=DIR cases=N seed=S [montage=true]``."""
+    settings = DemoCohortSettings.from_config(cfg)
+    output = run(settings)
+    print(f"demo cohort: {len(case_folders(output))} cases in {Path(settings.output) / 'HGG'}")
+    return output

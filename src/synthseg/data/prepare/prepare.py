@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
@@ -31,6 +32,7 @@ from synthseg.data.manifest import (
     dataset_stats,
     image_relpath,
     manifest_columns,
+    read_provenance,
     write_manifest,
     write_provenance,
     write_stats,
@@ -64,7 +66,7 @@ __all__ = [
     "check_inputs",
     "main",
     "pad_center",
-    "prepare_dataset",
+    "run",
     "process_case",
     "slice_id",
     "split_counts",
@@ -171,11 +173,12 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
-    """Run the preparation stage.
+def run(settings: PrepareSettings) -> Path:
+    """Run the preparation stage into ``settings.output``.
 
     Returns:
-        The content of prepare.json (config, code version, cases, skipped cases with reasons, timings).
+        The prepared dataset folder; its ``prepare.json`` holds the record (config, code version, cases, skipped
+        cases with reasons, timings, statistics).
 
     Raises:
         InputError: one line naming the file (or setting) and the problem; with ``on_error=stop`` nothing
@@ -275,7 +278,7 @@ def prepare_dataset(settings: PrepareSettings) -> dict[str, Any]:
             "stats": stats,
         }
         write_provenance(tmp, record)
-    return record
+    return output
 
 
 def summarize(record: dict[str, Any]) -> str:
@@ -299,9 +302,9 @@ def summarize(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: Any) -> dict[str, Any]:
-    """Entry point of ``synthseg prepare`` (receives the composed Hydra config)."""
+def main(cfg: DictConfig) -> Path:
+    """Hydra entry of ``synthseg prepare`` (``conf/prepare.yaml``)."""
     settings = PrepareSettings.from_config(cfg)  # every setting checked before any work
-    record = prepare_dataset(settings)
-    print(summarize(record))
-    return record
+    output = run(settings)
+    print(summarize(read_provenance(output) or {}))
+    return output
