@@ -72,9 +72,14 @@ def test_pgan_training_checkpoint_resumes(prepared: Path, tmp_path: Path) -> Non
 
 
 def test_spade_checkpoint_paints_label_maps(prepared: Path, tmp_path: Path) -> None:
-    from synthseg.synth.generate_images import generate_images
+    from synthseg.synth.generate_images import GenerateImagesSettings, run
 
-    generate_images(FIXTURES / "spade" / "last.ckpt", prepared, tmp_path / "painted", progress=False)
+    checkpoint = str(FIXTURES / "spade" / "last.ckpt")
+    run(
+        GenerateImagesSettings(
+            checkpoint=checkpoint, masks=str(prepared), output=str(tmp_path / "painted"), progress=False
+        )
+    )
     manifest = read_manifest(tmp_path / "painted")
     image = read_png(tmp_path / "painted" / manifest.image[0])
     assert image.dtype == np.uint16 and image.shape == (32, 32)

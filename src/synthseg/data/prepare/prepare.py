@@ -26,7 +26,6 @@ from omegaconf import DictConfig
 
 from synthseg.data.labels import NUM_CLASSES
 from synthseg.data.manifest import (
-    DATASET_FORMAT,
     REQUIRED_COLUMNS,
     SPLITS,
     dataset_stats,
@@ -42,37 +41,15 @@ from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.data.prepare.slices import (
     CaseResult,
     check_inputs,
-    pad_center,
-    process_case,
     slice_id,
-    to_uint16,
 )
-from synthseg.data.prepare.splits import assign_splits, split_counts
+from synthseg.data.prepare.splits import assign_splits
 from synthseg.data.prepare.summary import release_lines, release_record
 from synthseg.data.sources.brats import Case, check_sample, find_cases
 from synthseg.data.sources.nifti import read_header
 from synthseg.errors import InputError
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
-
-# Re-exported: callers import these from here (the module was split by concern).
-__all__ = [
-    "DATASET_FORMAT",
-    "MANIFEST_COLUMNS",
-    "CaseResult",
-    "PrepareSettings",
-    "assign_splits",
-    "build_manifest",
-    "check_inputs",
-    "main",
-    "pad_center",
-    "run",
-    "process_case",
-    "slice_id",
-    "split_counts",
-    "summarize",
-    "to_uint16",
-]
 
 MANIFEST_COLUMNS = REQUIRED_COLUMNS  # the T1c-only dataset's columns (docs/dataset_layout.md), in order
 # Bytes per output pixel (image + label PNG) for the size estimate made before writing: the demo cohort
