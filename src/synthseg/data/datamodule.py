@@ -202,6 +202,7 @@ class BraTSDataModule(pl.LightningDataModule):
         self.manifest = manifest
         sources = [open_cache(self.root, manifest)]
         channels = [self._channels(manifest, f"data.root={self.root}")]
+        positions = [manifest.positions()]
         full_train = int((manifest.split == "train").sum())
         real_rows = self._training_rows(manifest, real_source=True)
         n_real = resolve_count(self.real, full_train, len(real_rows), "data.real")
@@ -214,6 +215,7 @@ class BraTSDataModule(pl.LightningDataModule):
             synth_manifest = read_manifest(synth_root)
             channels.append(self._channels(synth_manifest, f"data.synthetic.root={synth_root}"))
             sources.append(open_cache(synth_root, synth_manifest))
+            positions.append(synth_manifest.positions())
             synth_rows = self._training_rows(synth_manifest, real_source=False)
             n_synth = resolve_count(
                 self.synthetic["count"], full_train, len(synth_rows), "data.synthetic.count"
@@ -265,7 +267,13 @@ class BraTSDataModule(pl.LightningDataModule):
 
             augmentation = ClassicalAugmentation()
         self.train_set = SliceDataset(
-            sources, train_items, augment=augmentation, seed=self.seed, channels=channels, **common
+            sources,
+            train_items,
+            augment=augmentation,
+            seed=self.seed,
+            channels=channels,
+            positions=positions,
+            **common,
         )
 
         def eval_items(split: str) -> np.ndarray:
@@ -273,7 +281,7 @@ class BraTSDataModule(pl.LightningDataModule):
             return np.stack([np.zeros_like(rows), rows], axis=1)
 
         cases, slices = [manifest.case], [manifest.slice]
-        real = dict(cases=cases, slices=slices, channels=channels[:1], **common)
+        real = dict(cases=cases, slices=slices, channels=channels[:1], positions=positions[:1], **common)
         self.val_set = SliceDataset(sources[:1], eval_items("val"), **real)
         self.test_set = SliceDataset(sources[:1], eval_items("test"), **real)
         considered = manifest.split == "train"
