@@ -403,7 +403,9 @@ def test_unet_validates_and_tests_with_the_configured_reduction() -> None:
     module = instantiate(cfg.model, _convert_="partial")
     for metric in (module.val_dice_error, module.test_dice_error, module.test_dice_error_fixed):
         assert (metric.reduction, metric.batch_size) == ("batch_mean", 32)
-    switched_cfg = compose_raw("train", ["model=unet", "model.net.base_width=2", "model.eval_reduction=dataset"])
+    switched_cfg = compose_raw(
+        "train", ["model=unet", "model.net.base_width=2", "model.eval_reduction=dataset"]
+    )
     fill_channels(switched_cfg)
     switched = instantiate(switched_cfg.model, _convert_="partial")
     assert switched.val_dice_error.reduction == "dataset"

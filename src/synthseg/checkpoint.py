@@ -11,6 +11,7 @@ A *network snapshot* is ``{"network": "<dotted class path>", "init_args": {...},
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import pickle
@@ -283,6 +284,15 @@ def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
     return str(ckpt)
 
 
+def _init_defaults(cls: type) -> dict[str, Any]:
+    """The constructor arguments of ``cls`` that have defaults, with them."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> None:
     """Refuse, in one line, a training checkpoint that cannot be resumed into ``model`` (a LightningModule).
 
@@ -295,11 +305,13 @@ def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> Non
     state = obj.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{ckpt}: not a training checkpoint (no state_dict)")
-    # Checkpoints that record the generator's constructor arguments: name the setting itself.
+    # Checkpoints that record the generator's constructor arguments: name the setting itself. Arguments an
+    # older checkpoint does not record had their defaults then (a 0.2.0 PGAN: label_encoding=index, ...).
     entry = generator_entry(obj)
     generator = getattr(model, "generator", None)
     if entry is not None and isinstance(getattr(generator, "init_args", None), dict):
-        check_init_args(ckpt, entry[0]["init_args"], generator.init_args)
+        found = {**_init_defaults(type(generator)), **entry[0]["init_args"]}
+        check_init_args(ckpt, found, generator.init_args)
     check_weights(ckpt, model.state_dict(), state, what=f"the configured {type(model).__name__}")
 
 

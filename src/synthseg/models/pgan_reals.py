@@ -120,11 +120,22 @@ def soften_reals(reals: Tensor, mode: str, amount: float, rng: torch.Generator) 
     return noisy / noisy.sum(dim=1, keepdim=True)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Exactly the one-hot argmax forward (no rounding residue), the identity backward."""
+
+    @staticmethod
+    def forward(ctx: object, probabilities: Tensor) -> Tensor:
+        index = probabilities.argmax(dim=1, keepdim=True)
+        return torch.zeros_like(probabilities).scatter_(1, index, 1.0)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        return grad
+
+
 def _hard(probabilities: Tensor) -> Tensor:
     """One-hot of the argmax in the forward pass, the probabilities' gradient in the backward pass."""
-    index = probabilities.argmax(dim=1, keepdim=True)
-    hard = torch.zeros_like(probabilities).scatter_(1, index, 1.0)
-    return hard + probabilities - probabilities.detach()
+    return _StraightThrough.apply(probabilities)
 
 
 def fakes_for_critic(probabilities: Tensor, mode: str, temperature: float, rng: torch.Generator) -> Tensor:
