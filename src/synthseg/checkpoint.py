@@ -11,7 +11,6 @@ A *network snapshot* is ``{"network": "<dotted class path>", "init_args": {...},
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import os
 import pickle
@@ -284,13 +283,9 @@ def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
     return str(ckpt)
 
 
-def _init_defaults(cls: type) -> dict[str, Any]:
-    """The constructor arguments of ``cls`` that have defaults, with them."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+# Generator arguments that checkpoints before 0.3.0 did not record, with the one value they had (a 0.2.0 PGAN
+# read its one channel as class indices and knew no slice position).
+UNRECORDED_BEFORE_0_3 = {"label_encoding": "index", "condition": "none"}
 
 
 def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> None:
@@ -305,13 +300,11 @@ def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> Non
     state = obj.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{ckpt}: not a training checkpoint (no state_dict)")
-    # Checkpoints that record the generator's constructor arguments: name the setting itself. Arguments an
-    # older checkpoint does not record had their defaults then (a 0.2.0 PGAN: label_encoding=index, ...).
+    # Checkpoints that record the generator's constructor arguments: name the setting itself.
     entry = generator_entry(obj)
     generator = getattr(model, "generator", None)
     if entry is not None and isinstance(getattr(generator, "init_args", None), dict):
-        found = {**_init_defaults(type(generator)), **entry[0]["init_args"]}
-        check_init_args(ckpt, found, generator.init_args)
+        check_init_args(ckpt, {**UNRECORDED_BEFORE_0_3, **entry[0]["init_args"]}, generator.init_args)
     check_weights(ckpt, model.state_dict(), state, what=f"the configured {type(model).__name__}")
 
 
