@@ -15,6 +15,10 @@ generator at the last tick) generates ``--count`` masks and writes ``<out>/<name
 - ``discard``: the Z-score filter's discard rate at the paper's threshold scaled to 64x64 (125), against
   every real training map (empty ones included, as the filter's default), without island removal;
 - ``tumor_share``: the share of masks holding any tumor pixel (the reals' beside it);
+- ``critic_wasserstein``: the critic's Wasserstein estimate D(real) - D(fake) averaged over the last tenth of
+  the steps (TensorBoard ``train/wasserstein``): a critic that tells the fakes apart by something the
+  generator cannot fix (the entropy of soft probabilities against exact one-hot reals) drives it up;
+- ``ada``: ADA's last ``p`` and ``r_t`` and the largest ``p`` (with ``model.augment=ada``);
 - ``seconds``: training time.
 
 A slice-conditional generator makes each mask at the position of a real training slice drawn at random.
@@ -32,8 +36,8 @@ import numpy as np
 import torch
 
 
-def tumor_touches_background(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) class indices -> (N,) bool: a class 1-3 pixel has a 4-neighbour of class 0."""
+def tumor_at_background(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) class indices -> (N, H, W) bool: class 1-3 pixels with a 4-neighbour of class 0."""
     tumor = (masks >= 1) & (masks <= 3)
     background = masks == 0
     touch = np.zeros_like(tumor)
@@ -41,7 +45,12 @@ def tumor_touches_background(masks: np.ndarray) -> np.ndarray:
     touch[:, :-1] |= tumor[:, :-1] & background[:, 1:]
     touch[:, :, 1:] |= tumor[:, :, 1:] & background[:, :, :-1]
     touch[:, :, :-1] |= tumor[:, :, :-1] & background[:, :, 1:]
-    return touch.reshape(len(masks), -1).any(axis=1)
+    return touch
+
+
+def tumor_touches_background(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) class indices -> (N,) bool: a class 1-3 pixel has a 4-neighbour of class 0."""
+    return tumor_at_background(masks).reshape(len(masks), -1).any(axis=1)
 
 
 def real_maps(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +89,19 @@ def train_variant(data: Path, out: Path, kimg: float, overrides: list[str]) -> N
     train(cfg)
 
 
+def scalars(run: Path, tag: str) -> np.ndarray:
+    """A TensorBoard scalar of the run, in step order (empty when it was not logged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(run.rglob("events.out.tfevents.*"))
+    if not files:
+        return np.zeros(0)
+    events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0}).Reload()
+    if tag not in events.Tags()["scalars"]:
+        return np.zeros(0)
+    return np.array([e.value for e in events.Scalars(tag)])
+
+
 def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, object]:
     import csv
 
@@ -107,6 +129,8 @@ def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, obj
     stats = reference_statistics(list(reals))
     norms = zscore_norms(list(masks), stats)
     threshold = scaled_threshold(500.0, size)
+    wasserstein = scalars(run, "train/wasserstein")
+    ada_p, ada_rt = scalars(run, "train/ada_p"), scalars(run, "train/ada_rt")
     return {
         "kimg": float(rows[-1]["kimg"]),
         "snapshot_tick": meta.get("tick"),
@@ -114,6 +138,8 @@ def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, obj
         "edge_share": {
             "synthetic": float(tumor_touches_background(masks).mean()),
             "real": float(tumor_touches_background(nonempty).mean()),
+            "pixels_synthetic": float(tumor_at_background(masks).sum() / count),  # per mask
+            "pixels_real": float(tumor_at_background(nonempty).sum() / len(nonempty)),
         },
         "discard": {"threshold": threshold, "fraction": float((norms > threshold).mean())},
         "tumor_share": {
@@ -121,6 +147,10 @@ def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, obj
             "real": float(((nonempty >= 1) & (nonempty <= 3)).reshape(len(nonempty), -1).any(axis=1).mean()),
         },
         "empty_share": float((masks.reshape(count, -1) == 0).all(axis=1).mean()),
+        "critic_wasserstein": float(wasserstein[-max(1, len(wasserstein) // 10) :].mean()),
+        "ada": {"p": float(ada_p[-1]), "rt": float(ada_rt[-1]), "p_max": float(ada_p.max())}
+        if ada_p.size
+        else None,
         "masks": count,
     }
 
@@ -139,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (run / "swd.csv").is_file():
         train_variant(args.data.resolve(), run, args.kimg, args.overrides)
     seconds = time.perf_counter() - started
+    previous = args.out / f"{args.name}.json"
+    if seconds < 60 and previous.is_file():  # measured again only: keep the training time of the record
+        seconds = json.loads(previous.read_text()).get("seconds", seconds)
     record = {
         "name": args.name,
         "overrides": args.overrides,
@@ -147,7 +180,18 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=2))
     summary = {
-        k: record[k] for k in ("name", "kimg", "swd", "edge_share", "discard", "tumor_share", "seconds")
+        k: record[k]
+        for k in (
+            "name",
+            "kimg",
+            "swd",
+            "edge_share",
+            "discard",
+            "tumor_share",
+            "critic_wasserstein",
+            "ada",
+            "seconds",
+        )
     }
     summary["swd"] = {k: v for k, v in record["swd"].items() if k != "per_tick"}  # type: ignore[union-attr]
     print(json.dumps(summary), file=sys.stderr)

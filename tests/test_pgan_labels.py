@@ -104,7 +104,7 @@ def test_onehot_low_resolution_reals_are_class_fractions_and_invent_no_class():
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[0, 0:2, 0:2] = torch.tensor([[0, 6], [6, 6]])  # background beside CSF: never GM, never edema
     labels[0, 4:8, 4:8] = 4
-    module = _module(label_encoding="onehot", stable_kimg=1, transition_kimg=1)  # lowres_labels=average
+    module = _module(label_encoding="onehot", onehot_reals="exact", stable_kimg=1, transition_kimg=1)
     stable4 = module.schedule.at(0)
     reals = module._prepare_reals(labels, stable4)
     assert reals.shape == (1, 7, 4, 4)
@@ -121,7 +121,8 @@ def test_onehot_low_resolution_reals_are_class_fractions_and_invent_no_class():
     assert faded[0, 6, 0, 0].item() == pytest.approx(0.25 * 0.75 + 0.75 * 0.0)
     assert faded[0, 6, 0, 1].item() == pytest.approx(0.25 * 0.75 + 0.75 * 1.0)
     # majority: the one-hot majority vote at every level (ties to the higher class)
-    vote = _module(label_encoding="onehot", lowres_labels="majority")._prepare_reals(labels, stable4)
+    vote = _module(label_encoding="onehot", onehot_reals="exact", lowres_labels="majority")
+    vote = vote._prepare_reals(labels, stable4)
     assert vote[0, :, 0, 0].tolist() == [0, 0, 0, 0, 0, 0, 1]
 
 
@@ -263,6 +264,9 @@ def test_a_0_2_0_checkpoint_resumes_into_index_none(tmp_path: Path):
     onehot = instantiate(
         compose_train([*tiny, "model.label_encoding=onehot"], tmp_path).model, _convert_="partial"
     )
+    # the composed one-hot model: 7 channels, the measured remedy (noise on the reals) by default
+    assert (onehot.generator.image_channels, onehot.discriminator.image_channels) == (7, 7)
+    assert (onehot.onehot_fakes, onehot.onehot_reals) == ("softmax", "noise")
     with pytest.raises(
         CheckpointError, match="label_encoding='index', config asks for label_encoding='onehot'"
     ):

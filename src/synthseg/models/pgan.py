@@ -137,7 +137,7 @@ class PGAN(pl.LightningModule):
         channels_last: bool = False,
         label_encoding: str = "index",
         onehot_fakes: str = "softmax",
-        onehot_reals: str = "exact",
+        onehot_reals: str = "noise",
         onehot_temperature: float = 1.0,
         real_noise: float = 0.1,
         condition: str = "none",
