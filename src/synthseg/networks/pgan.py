@@ -466,7 +466,7 @@ class PGANDiscriminator(nn.Module):
         label_encoding: str = "index",
         classes: int = 7,
         condition: str = "none",
-        condition_style: str = "projection",
+        condition_style: str = "concat",
         condition_dim: int = 32,
     ) -> None:
         super().__init__()

@@ -101,7 +101,7 @@ def conditional_score(block: nn.Module, h: Tensor, embedding: Tensor, style: str
     return score
 
 
-def check_condition(condition: str, style: str = "projection") -> None:
+def check_condition(condition: str, style: str = "concat") -> None:
     """Raise a ValueError naming an unknown ``condition`` or conditioning ``style``."""
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
