@@ -117,6 +117,9 @@ class BraTSDataModule(pl.LightningDataModule):
         endless: the training loader never ends (PGAN's schedule is counted in images).
         augment: classical augmentation of training slices (flips, small rotations and scaling, elastic
             deformation; synthseg.data.augment) — the control arm the paper's discussion asks for.
+
+    Every item carries ``slice_position``, the slice's normalised axial position in its case
+    (:meth:`synthseg.data.manifest.Manifest.positions`; NaN for synthetic slices), for slice-conditional GANs.
     """
 
     def __init__(
