@@ -271,3 +271,41 @@ def test_a_0_2_0_checkpoint_resumes_into_index_none(tmp_path: Path):
         CheckpointError, match="label_encoding='index', config asks for label_encoding='onehot'"
     ):
         check_checkpoint_fits(checkpoint, onehot)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: PGANGenerator(**SMALL, label_encoding="onehoot"), "label_encoding must be one of"),
+        (lambda: PGANGenerator(**SMALL, label_encoding="onehot", classes=1), "classes must be >= 2"),
+        (lambda: PGANDiscriminator(**SMALL, condition="axial"), "condition must be one of"),
+        (
+            lambda: PGANDiscriminator(**SMALL, condition="slice", condition_style="add"),
+            "condition_style must",
+        ),
+        (lambda: _module(onehot_temperature=0.0), "onehot_temperature must be > 0"),
+        (lambda: _module(real_noise=2.0), "real_noise in"),
+        (lambda: _module(onehot_fakes="argmax"), "onehot_fakes must be one of"),
+        (lambda: _module(augment="mixup"), "augment must be one of"),
+    ],
+)
+def test_impossible_settings_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_model_refuses_networks_built_for_another_encoding_or_condition():
+    from synthseg.models.pgan import PGAN
+
+    adam = partial(torch.optim.Adam, lr=1e-3)
+    index = dict(resolution=8, fmap_base=16, fmap_max=4)
+    with pytest.raises(ValueError, match="built for label_encoding=index, condition=none"):
+        PGAN(
+            PGANGenerator(latent_dim=4, **index),
+            PGANDiscriminator(**index),
+            adam,
+            adam,
+            label_encoding="onehot",
+        )
+    with pytest.raises(ValueError, match="condition=none"):
+        PGAN(PGANGenerator(latent_dim=4, **index), PGANDiscriminator(**index), adam, adam, condition="slice")

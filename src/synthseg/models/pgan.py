@@ -159,12 +159,9 @@ class PGAN(pl.LightningModule):
         if classes < 2:
             raise ValueError(f"classes must be >= 2, got {classes}")
         check_label_settings(
-            (generator, discriminator), label_encoding, condition, classes, onehot_fakes, onehot_reals
-        )
-        if onehot_temperature <= 0 or not 0 <= real_noise <= 1:
-            raise ValueError(
-                f"onehot_temperature must be > 0, real_noise in [0, 1]: {onehot_temperature}, {real_noise}"
-            )
+            (generator, discriminator), label_encoding, condition, classes,
+            onehot_fakes, onehot_reals, onehot_temperature, real_noise,
+        )  # fmt: skip
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if lowres_labels not in LOWRES_LABELS:
@@ -404,10 +401,7 @@ class PGAN(pl.LightningModule):
         if self.augment.mode == "ada":
             signs = self.trainer.strategy.reduce(d_terms["D_real_sign"] * count, reduce_op="sum")
             self.ada.accumulate(float(signs), count * world)
-            ada = {"train/ada_p": self.ada.p} | (
-                {"train/ada_rt": self.ada.rt} if self.ada.rt is not None else {}
-            )
-            self.log_dict(ada, prog_bar=False)
+            self.log_dict(self.ada.metrics(), prog_bar=False)
         self.log_dict(
             {
                 "train/loss_D": d_terms["loss"].detach(),

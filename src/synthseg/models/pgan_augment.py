@@ -166,6 +166,10 @@ class AdaptiveProbability:
             self.p = min(1.0, max(0.0, self.p + step * self.count / (self.speed_kimg * 1000)))
             self.sign_sum, self.count, self.minibatches = 0.0, 0, 0
 
+    def metrics(self) -> dict[str, float]:
+        """What goes to TensorBoard: ``train/ada_p`` and, once an interval has ended, ``train/ada_rt``."""
+        return {"train/ada_p": self.p} | ({"train/ada_rt": self.rt} if self.rt is not None else {})
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "p": self.p,

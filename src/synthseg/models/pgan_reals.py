@@ -45,9 +45,13 @@ def check_label_settings(
     condition: str,
     classes: int,
     onehot_fakes: str = "softmax",
-    onehot_reals: str = "exact",
+    onehot_reals: str = "noise",
+    temperature: float = 1.0,
+    real_noise: float = 0.1,
 ) -> None:
-    """Raise a ValueError naming a setting out of its choices, or a network built for other ones."""
+    """Raise a ValueError naming a setting out of its choices or range, or a network built for other ones."""
+    if temperature <= 0 or not 0 <= real_noise <= 1:
+        raise ValueError(f"onehot_temperature must be > 0, real_noise in [0, 1]: {temperature}, {real_noise}")
     for name, value, allowed in (
         ("label_encoding", label_encoding, LABEL_ENCODINGS),
         ("onehot_fakes", onehot_fakes, ONEHOT_FAKES),
