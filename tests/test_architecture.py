@@ -124,11 +124,7 @@ def test_command_modules_are_named_after_their_command() -> None:
 
 
 def test_no_module_is_longer_than_the_limit() -> None:
-    long = {
-        str(p.relative_to(PACKAGE)): n
-        for p in _modules()
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-    }
+    long = {str(p.relative_to(PACKAGE)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 

@@ -262,9 +262,7 @@ def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
 ) -> None:
     ckpt = tmp_path / "best.ckpt"
     torch.save({"state_dict": {"net.head.weight": torch.zeros(1)}}, ckpt)
-    with pytest.raises(
-        InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"
-    ):
+    with pytest.raises(InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"):
         quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=ckpt)
 
 

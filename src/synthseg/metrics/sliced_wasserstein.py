@@ -522,3 +522,4 @@ def sliced_wasserstein(
         repeats=repeats,
         min_resolution=min_resolution,
     )
+

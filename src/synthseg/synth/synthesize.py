@@ -195,9 +195,7 @@ class FilterKeptNothing(InputError):
     """The Z-score filter discarded every generated mask, so there is no synthetic pair to make."""
 
 
-def measure_quality(
-    dataset: Path, reference: str | os.PathLike[str], reference_split: str, seed: int
-) -> None:
+def measure_quality(dataset: Path, reference: str | os.PathLike[str], reference_split: str, seed: int) -> None:
     """What needs no feature extractor (diversity, memorisation, label maps) into ``dataset/quality/``.
 
     Runs inside the claimed temporary folder, so the quality folder is part of what the command wrote.
