@@ -43,6 +43,9 @@ def test_pgan_experiments_are_faithful(experiment: str) -> None:
     cfg = compose_raw("train", [f"experiment={experiment}"])
     assert cfg.model.lowres_labels == "average"
     assert cfg.model.swd_images == 16384
+    # The switches beyond the paper are off: one channel of class indices, no position, no augmentation.
+    assert (cfg.model.label_encoding, cfg.model.condition, cfg.model.augment) == ("index", "none", "none")
+    assert (cfg.model.generator.label_encoding, cfg.model.discriminator.condition) == ("index", "none")
 
 
 @pytest.mark.parametrize("experiment", ["spade_full", "spade_reduced"])

@@ -283,6 +283,11 @@ def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
     return str(ckpt)
 
 
+# Generator arguments that checkpoints before 0.3.0 did not record, with the one value they had (a 0.2.0 PGAN
+# read its one channel as class indices and knew no slice position).
+UNRECORDED_BEFORE_0_3 = {"label_encoding": "index", "condition": "none"}
+
+
 def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> None:
     """Refuse, in one line, a training checkpoint that cannot be resumed into ``model`` (a LightningModule).
 
@@ -299,7 +304,7 @@ def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> Non
     entry = generator_entry(obj)
     generator = getattr(model, "generator", None)
     if entry is not None and isinstance(getattr(generator, "init_args", None), dict):
-        check_init_args(ckpt, entry[0]["init_args"], generator.init_args)
+        check_init_args(ckpt, {**UNRECORDED_BEFORE_0_3, **entry[0]["init_args"]}, generator.init_args)
     check_weights(ckpt, model.state_dict(), state, what=f"the configured {type(model).__name__}")
 
 

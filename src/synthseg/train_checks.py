@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from synthseg.data.labels import LABEL_ENCODINGS
 from synthseg.errors import InputError
+from synthseg.models.pgan_augment import AUGMENTS
+from synthseg.models.pgan_reals import ONEHOT_FAKES, ONEHOT_REALS
+from synthseg.networks.position import CONDITION_STYLES, CONDITIONS
 from synthseg.settings import MAX_SEED
 
 # Optimizer nodes of each model: the U-Net's one, the GANs' two.
@@ -41,6 +45,28 @@ def _check_optimizers(model: dict[str, Any]) -> None:
         decay = node.get("weight_decay")
         if decay is not None and (not _number(decay) or decay < 0):
             raise InputError(f"model.{name}.weight_decay must be a non-negative number, got {decay!r}")
+
+
+# PGAN's switches beyond the paper (docs/masks.md) and their choices.
+PGAN_CHOICES = {
+    "model.label_encoding": LABEL_ENCODINGS,
+    "model.onehot_fakes": ONEHOT_FAKES,
+    "model.onehot_reals": ONEHOT_REALS,
+    "model.condition": CONDITIONS,
+    "model.discriminator.condition_style": CONDITION_STYLES,
+    "model.augment": AUGMENTS,
+}
+
+
+def _check_pgan_switches(model: dict[str, Any]) -> None:
+    if not str(model.get("_target_", "")).endswith(".PGAN"):
+        return
+    for key, allowed in PGAN_CHOICES.items():
+        node: Any = model
+        for part in key.split(".")[1:]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and node not in allowed:
+            raise InputError(f"{key} must be one of {', '.join(allowed)}, got {node!r}")
 
 
 def _check_data_numbers(data: dict[str, Any]) -> None:
@@ -183,6 +209,7 @@ def check_train(
     if not _integer(seed) or not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
     _check_optimizers(model or {})
+    _check_pgan_switches(model or {})
     _check_data_numbers(data or {})
     _check_sizes(data or {})
     _check_trainer(trainer or {}, model or {})

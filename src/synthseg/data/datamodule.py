@@ -117,6 +117,9 @@ class BraTSDataModule(pl.LightningDataModule):
         endless: the training loader never ends (PGAN's schedule is counted in images).
         augment: classical augmentation of training slices (flips, small rotations and scaling, elastic
             deformation; synthseg.data.augment) — the control arm the paper's discussion asks for.
+
+    Every item carries ``slice_position``, the slice's normalised axial position in its case
+    (:meth:`synthseg.data.manifest.Manifest.positions`; NaN for synthetic slices), for slice-conditional GANs.
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class BraTSDataModule(pl.LightningDataModule):
         self.manifest = manifest
         sources = [open_cache(self.root, manifest)]
         channels = [self._channels(manifest, f"data.root={self.root}")]
+        positions = [manifest.positions()]
         full_train = int((manifest.split == "train").sum())
         real_rows = self._training_rows(manifest, real_source=True)
         n_real = resolve_count(self.real, full_train, len(real_rows), "data.real")
@@ -214,6 +218,7 @@ class BraTSDataModule(pl.LightningDataModule):
             synth_manifest = read_manifest(synth_root)
             channels.append(self._channels(synth_manifest, f"data.synthetic.root={synth_root}"))
             sources.append(open_cache(synth_root, synth_manifest))
+            positions.append(synth_manifest.positions())
             synth_rows = self._training_rows(synth_manifest, real_source=False)
             n_synth = resolve_count(
                 self.synthetic["count"], full_train, len(synth_rows), "data.synthetic.count"
@@ -265,7 +270,13 @@ class BraTSDataModule(pl.LightningDataModule):
 
             augmentation = ClassicalAugmentation()
         self.train_set = SliceDataset(
-            sources, train_items, augment=augmentation, seed=self.seed, channels=channels, **common
+            sources,
+            train_items,
+            augment=augmentation,
+            seed=self.seed,
+            channels=channels,
+            positions=positions,
+            **common,
         )
 
         def eval_items(split: str) -> np.ndarray:
@@ -273,7 +284,7 @@ class BraTSDataModule(pl.LightningDataModule):
             return np.stack([np.zeros_like(rows), rows], axis=1)
 
         cases, slices = [manifest.case], [manifest.slice]
-        real = dict(cases=cases, slices=slices, channels=channels[:1], **common)
+        real = dict(cases=cases, slices=slices, channels=channels[:1], positions=positions[:1], **common)
         self.val_set = SliceDataset(sources[:1], eval_items("val"), **real)
         self.test_set = SliceDataset(sources[:1], eval_items("test"), **real)
         considered = manifest.split == "train"

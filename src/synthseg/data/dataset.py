@@ -61,9 +61,13 @@ class SliceDataset(Dataset):
             gathered per subject).
         slices: per source, the axial slice index of every row; items then carry ``"slice"`` (a subject's
             slices are stacked in order for 3-D HD95).
+        positions: per source, the normalised axial position of every row in its case (0 first slice, 1
+            last, NaN unknown; :meth:`synthseg.data.manifest.Manifest.positions`); items then carry
+            ``"slice_position"`` (float32), what a slice-conditional GAN sees.
 
     Items are ``{"image": (S, H, W) float32, "label": (H, W) int64 or (C, H, W) float32, "index": int}``
-    (plus ``"case"``: str with ``cases``, ``"slice"``: int with ``slices``, and ``"position"``: (2,) int64 epoch and sampler position when the
+    (plus ``"case"``: str with ``cases``, ``"slice"``: int with ``slices``, ``"slice_position"``: float32 with
+    ``positions``, and ``"position"``: (2,) int64 epoch and sampler position when the
     key came from the sampler).
     """
 
@@ -84,6 +88,7 @@ class SliceDataset(Dataset):
         slices: Sequence[np.ndarray] | None = None,
         channels: Sequence[Sequence[int]] | None = None,
         memo_bytes: int = 1 << 30,
+        positions: Sequence[np.ndarray] | None = None,
     ) -> None:
         if image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm must be one of {IMAGE_NORMS}, got {image_norm!r}")
@@ -103,6 +108,7 @@ class SliceDataset(Dataset):
         self.seed = seed
         self.cases = None if cases is None else [np.asarray(c) for c in cases]
         self.slices = None if slices is None else [np.asarray(s) for s in slices]
+        self.positions = None if positions is None else [np.asarray(p, np.float32) for p in positions]
         self._memo: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
         if augment is None and resolution and self.sources:
             images, labels = self.sources[0]
@@ -156,9 +162,18 @@ class SliceDataset(Dataset):
             out["case"] = str(self.cases[source][row])
         if self.slices is not None:
             out["slice"] = int(self.slices[source][row])
+        if self.positions is not None:
+            out["slice_position"] = torch.tensor(self.positions[source][row])
         if position:
             out["position"] = torch.tensor(position, dtype=torch.int64)
         return out
+
+    def slice_position(self, index: int) -> float:
+        """Item ``index``'s normalised axial position (NaN unknown), without reading its slice."""
+        if self.positions is None:
+            raise ValueError("this dataset was built without positions")
+        source, row = self.items[int(index)]
+        return float(self.positions[source][row])
 
     def _read(self, index: int, position: Any, size: int | None) -> tuple[np.ndarray, np.ndarray]:
         """One item's (S, H, W) float32 image and (H, W) stored labels at side ``size`` (None: native)."""

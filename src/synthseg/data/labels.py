@@ -156,9 +156,40 @@ def labels_to_net(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def net_to_labels(x: torch.Tensor, classes: int) -> torch.Tensor:
-    """Network values (N, 1, H, W) -> class indices (N, H, W) uint8: linear map back, round, clip."""
+    """Network values -> class indices (N, H, W) uint8, for either label encoding (told apart by the channels).
+
+    ``index`` (N, 1, H, W): the linear map back, rounded and clipped. ``onehot`` (N, ``classes``, H, W), one
+    channel per class (probabilities, or anything whose largest channel is the class): the argmax.
+    """
+    if x.shape[1] > 1:
+        if x.shape[1] != classes:
+            raise ValueError(f"one channel per class expected ({classes}), got {x.shape[1]} channels")
+        return x.argmax(dim=1).to(torch.uint8)
     values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
     return values.round().clamp(0, classes - 1).to(torch.uint8)
+
+
+LABEL_ENCODINGS = ("index", "onehot")
+
+
+def labels_to_onehot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Class indices (N, H, W) -> one-hot network values (N, classes, H, W) float32 (the ``onehot`` encoding)."""
+    return torch.nn.functional.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float()
+
+
+def class_fractions(labels: torch.Tensor, size: int, classes: int) -> torch.Tensor:
+    """Class indices (N, H, W) -> the share of each class in every block (N, classes, ``size``, ``size``).
+
+    The block mean of the one-hot maps: the ``onehot`` encoding's lower levels of detail, which, unlike the
+    block mean of class indices, invent no class (a pixel between WM and CSF is half WM, half CSF, never GM).
+    Each pixel's fractions sum to 1.
+    """
+    current = int(labels.shape[-1])
+    if current < size or current % size:
+        raise ValueError(f"label size {current} cannot be block-averaged to {size}")
+    onehot = labels_to_onehot(labels, classes)
+    factor = current // size
+    return onehot if factor == 1 else torch.nn.functional.avg_pool2d(onehot, factor)
 
 
 def class_weights_from_counts(counts: np.ndarray | list[float]) -> np.ndarray:

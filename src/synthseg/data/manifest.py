@@ -110,6 +110,25 @@ class Manifest:
         """Row indices of one split, in manifest order."""
         return np.flatnonzero(self.split == split)
 
+    def positions(self) -> np.ndarray:
+        """(N,) float32 normalised axial position of every slice in its case: 0 first, 1 last, NaN unknown.
+
+        ``(slice - first) / (last - first)`` over the case's slices listed in the manifest (all splits: the
+        paper splits slices, not cases), i.e. over the case's slice count for a case prepared whole; 0.5 for
+        a case of one slice. Rows without a slice index (synthetic ones, ``slice=-1``) are NaN.
+        """
+        out = np.full(len(self), np.nan, dtype=np.float32)
+        known = self.slice >= 0
+        cases, inverse = np.unique(self.case[known], return_inverse=True)
+        first = np.full(len(cases), np.iinfo(np.int64).max)
+        last = np.full(len(cases), -1)
+        np.minimum.at(first, inverse, self.slice[known])
+        np.maximum.at(last, inverse, self.slice[known])
+        span = (last - first)[inverse]
+        offset = self.slice[known] - first[inverse]
+        out[known] = np.where(span > 0, offset / np.maximum(span, 1), 0.5)
+        return out
+
 
 def is_dataset_folder(root: str | os.PathLike[str]) -> bool:
     """Whether ``root`` has a manifest (a prepared, synthetic or generated-mask dataset folder)."""

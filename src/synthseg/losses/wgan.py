@@ -88,7 +88,8 @@ class WGANGPLoss:
             grad_scale: loss scale of the penalty's input gradient (1 without fp16 loss scaling).
 
         Returns:
-            ``loss`` (scalar to minimise) and the batch means of ``D_real``, ``D_fake``, ``wasserstein``
+            ``loss`` (scalar to minimise) and the batch means of ``D_real``, ``D_fake``, ``D_real_sign``
+            (sign(D(real)), ADA's heuristic), ``wasserstein``
             (D(real) - D(fake), the critic's distance estimate), ``gradient_penalty`` (weighted),
             ``drift`` (weighted) and ``grad_norm``.
         """
@@ -109,6 +110,7 @@ class WGANGPLoss:
             "loss": total,
             "D_real": real_scores.mean().detach(),
             "D_fake": fake_scores.mean().detach(),
+            "D_real_sign": real_scores.sign().mean().detach(),  # ADA's overfitting heuristic r_t
             "wasserstein": (real_scores.mean() - fake_scores.mean()).detach(),
             "gradient_penalty": penalty.mean().detach(),
             "drift": drift.mean().detach(),

@@ -13,14 +13,20 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
 - At every tick (:class:`synthseg.models.pgan_ticks.PGANTicks`): a grid of EMA samples, an EMA snapshot,
   the SWD against training reals (``swd.csv``) and a full training checkpoint ``checkpoints/last.ckpt``.
 
-Label maps: class indices 0..C-1 map linearly to [-1, 1] for the networks and back (rounded and clipped).
-Low-resolution reals (``lowres_labels``): ``average`` (the official default) takes the full-resolution label
-maps and makes each lower level of detail as the official ``dataset_tool.py`` does, the block mean rounded to
-the nearest integer (its TFRecords hold uint8), and fades in with the unrounded 2x2 mean of those values, in
-the network's range, nearest-upsampled (official ``process_reals``). ``majority`` (the documented improvement:
-averaging class indices invents classes at boundaries, 0 and 6 average to 3) takes the DataModule's
-majority-vote labels (:func:`synthseg.data.labels.resize_labels`) and fades in with their majority-vote
-half-resolution copy, nearest-upsampled, as the generator blends its previous stage.
+Label maps (``label_encoding``): ``index`` (official) maps class indices 0..C-1 linearly to [-1, 1] and back
+(rounded and clipped); ``onehot`` gives each class a channel, the generator's softmax against one-hot reals,
+a mask being the argmax (:mod:`synthseg.models.pgan_reals`, with the remedies against an entropy-reading
+critic). Low-resolution reals (``lowres_labels``): ``average`` (the official default) takes the
+full-resolution label maps and makes each lower level of detail as the official ``dataset_tool.py`` does (the
+block mean, rounded for ``index``: its TFRecords hold uint8; class fractions for ``onehot``), fading in with
+the unrounded 2x2 mean, nearest-upsampled (official ``process_reals``). ``majority`` (the documented
+improvement: averaging class indices invents classes at boundaries, 0 and 6 average to 3) takes the
+DataModule's majority-vote labels (:func:`synthseg.data.labels.resize_labels`) and fades in with their
+majority-vote half-resolution copy, nearest-upsampled, as the generator blends its previous stage.
+
+Beyond the paper, off by default: ``condition=slice`` shows both networks the slice's normalised axial
+position (the reals' own positions; the fakes of a minibatch get the same ones), and ``augment`` applies
+DiffAugment or ADA (:mod:`synthseg.models.pgan_augment`) to everything the critic sees.
 """
 
 from __future__ import annotations
@@ -41,17 +47,18 @@ from torch import Tensor
 
 from synthseg.checkpoint import network_entry
 from synthseg.data.datamodule import DataSummary
-from synthseg.data.labels import (
-    LOWRES_LABELS,
-    block_mean_labels,
-    colorize,
-    labels_to_net,
-    net_to_labels,
-    resize_labels,
-)
+from synthseg.data.labels import LOWRES_LABELS, colorize, net_to_labels, resize_labels
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.common import allow_unused_parameters, data_summary
+from synthseg.models.pgan_augment import AdaptiveProbability, LabelAugment
+from synthseg.models.pgan_reals import (
+    check_label_settings,
+    fakes_for_critic,
+    index_reals,
+    onehot_reals,
+    soften_reals,
+)
 from synthseg.models.pgan_ticks import PGANTicks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
@@ -88,6 +95,14 @@ class PGAN(pl.LightningModule):
         seed: seed of latents and mixing factors (the training RNG stream, saved in checkpoints).
         output_dir: where snapshots, ``swd.csv`` and checkpoints go (default: the trainer's root dir).
         channels_last: fast path: NHWC weights and activations (same values, faster convolutions).
+        label_encoding: ``index`` (official) or ``onehot``; the networks must be built for it.
+        onehot_fakes, onehot_reals, onehot_temperature, real_noise: ``onehot``'s remedies against a critic
+            that reads entropy (:mod:`synthseg.models.pgan_reals`); ignored with ``index``.
+        condition: ``none`` (official) or ``slice`` (the networks must be built for it; the DataModule
+            delivers ``slice_position`` with every label map).
+        augment: ``none`` (official), ``diffaugment`` or ``ada`` (:mod:`synthseg.models.pgan_augment`).
+        ada_target, ada_kimg, ada_interval: ADA's r_t target, kimg for p to move from 0 to 1, minibatches
+            between adjustments (Karras et al. 2020: 0.6, 500, 4).
 
     Mixed precision comes from the trainer (``trainer.precision=bf16-mixed`` or ``16-mixed``): the networks
     run under autocast, pixel norm and minibatch standard deviation stay in float32, and the gradient
@@ -120,6 +135,16 @@ class PGAN(pl.LightningModule):
         seed: int = 0,
         output_dir: str | None = None,
         channels_last: bool = False,
+        label_encoding: str = "index",
+        onehot_fakes: str = "softmax",
+        onehot_reals: str = "noise",
+        onehot_temperature: float = 1.0,
+        real_noise: float = 0.1,
+        condition: str = "none",
+        augment: str = "none",
+        ada_target: float = 0.6,
+        ada_kimg: float = 500.0,
+        ada_interval: int = 4,
     ) -> None:
         super().__init__()
         # Primitive copies before save_hyperparameters, so checkpoints load with weights_only=True.
@@ -133,6 +158,10 @@ class PGAN(pl.LightningModule):
             raise ValueError(f"label maps have one channel, the generator makes {generator.channels}")
         if classes < 2:
             raise ValueError(f"classes must be >= 2, got {classes}")
+        check_label_settings(
+            (generator, discriminator), label_encoding, condition, classes,
+            onehot_fakes, onehot_reals, onehot_temperature, real_noise,
+        )  # fmt: skip
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if lowres_labels not in LOWRES_LABELS:
@@ -168,6 +197,11 @@ class PGAN(pl.LightningModule):
         self.optimizer_d_factory = optimizer_d
         self.loss = loss or WGANGPLoss()
         self.classes = int(classes)
+        self.label_encoding, self.condition = label_encoding, condition
+        self.onehot_fakes, self.onehot_reals = onehot_fakes, onehot_reals
+        self.onehot_temperature, self.real_noise = float(onehot_temperature), float(real_noise)
+        self.augment = LabelAugment(augment)
+        self.ada = AdaptiveProbability(ada_target, ada_kimg, ada_interval)
         self.schedule = ProgressiveSchedule(
             generator.resolution, initial_resolution, stable_kimg, transition_kimg, batch_sizes, tick_kimg
         )
@@ -254,7 +288,7 @@ class PGAN(pl.LightningModule):
         """Ask the DataModule for reals at the stage's resolution and global minibatch (following batches).
 
         Block means need the full-resolution label maps: with ``average`` the DataModule serves the target
-        resolution throughout, and :meth:`_prepare_reals` reduces them.
+        resolution throughout, and :meth:`_prepare_reals` reduces them (class fractions with ``onehot``).
         """
         resolution = self.generator.resolution if self.lowres_labels == "average" else stage.resolution
         wanted = (resolution, stage.batch_size)
@@ -277,33 +311,33 @@ class PGAN(pl.LightningModule):
             opt.optimizer.state.clear()
 
     def _prepare_reals(self, labels: Tensor, stage: GrowthStage) -> Tensor:
-        """Class indices (N, h, w) -> faded network values (N, 1, r, r) at the stage's resolution.
-
-        Batches prefetched before a resolution change still come at the old size; they are resized here.
-        """
-        if self.lowres_labels == "average":
-            reals = self._average_reals(labels, stage)
-            return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
-        labels = resize_labels(labels, stage.resolution, self.classes)
-        reals = labels_to_net(labels, self.classes)
-        if stage.alpha < 1.0 and stage.resolution > 4:
-            half = resize_labels(labels, stage.resolution // 2, self.classes)
-            low = resize_labels(half, stage.resolution, self.classes)
-            reals = torch.lerp(labels_to_net(low, self.classes), reals, stage.alpha)
+        """Class indices (N, h, w) -> faded network values (N, C, r, r) at the stage's resolution, as the
+        critic sees them before augmentation (:mod:`synthseg.models.pgan_reals`)."""
+        if self.label_encoding == "onehot":
+            reals = onehot_reals(labels, stage, self.classes, self.lowres_labels)
+            reals = soften_reals(reals, self.onehot_reals, self.real_noise, self.rng)
+        else:
+            reals = index_reals(labels, stage, self.classes, self.lowres_labels)
         return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
 
-    def _average_reals(self, labels: Tensor, stage: GrowthStage) -> Tensor:
-        """The official reals: block means rounded (uint8 levels of detail), faded with unrounded 2x2 means."""
-        res = stage.resolution
-        if labels.shape[-1] < res:  # only a batch prefetched before set_resolution: nearest up
-            labels = resize_labels(labels, res, self.classes)
-        # torch.round and numpy's rint both round halves to even.
-        reals = labels_to_net(block_mean_labels(labels, res).round(), self.classes)
-        if stage.alpha < 1.0 and res > 4:
-            low = torch.nn.functional.avg_pool2d(reals, 2)
-            low = low.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-            reals = torch.lerp(low, reals, stage.alpha)
-        return reals
+    def _for_critic(self, x: Tensor, fakes: bool) -> Tensor:
+        """Generated values through ``onehot``'s remedy, then everything through the augmentation."""
+        if fakes and self.label_encoding == "onehot":
+            x = fakes_for_critic(x, self.onehot_fakes, self.onehot_temperature, self.rng)
+        return self.augment(x, self.ada.p, self.rng)
+
+    def _positions(self, batch: dict[str, Tensor], count: int) -> Tensor | None:
+        """The minibatch's slice positions (``condition=slice``), else None."""
+        if self.condition == "none":
+            return None
+        if "slice_position" not in batch:
+            raise InputError("model.condition=slice: the data deliver no slice_position with the label maps")
+        positions = batch["slice_position"][:count].to(self.device, torch.float32)
+        if not torch.isfinite(positions).all():
+            raise InputError(
+                "model.condition=slice: a training slice has no axial position (synthetic data?)"
+            )
+        return positions
 
     def _penalty_grad_scale(self) -> float:
         """The fp16 GradScaler's current scale (1 without loss scaling: fp32 and bf16)."""
@@ -331,14 +365,19 @@ class PGAN(pl.LightningModule):
         reals = self._prepare_reals(batch["label"][: max(1, stage.batch_size // world)], stage)
         count = reals.shape[0]
         res, alpha = stage.resolution, stage.alpha
+        positions = self._positions(batch, count)
 
         def critic(x: Tensor) -> Tensor:
-            return self.discriminator(x, alpha)
+            if positions is None:
+                return self.discriminator(x, alpha)
+            return self.discriminator(x, alpha, positions)
 
         # Critic step.
         self.toggle_optimizer(opt_d)
         with torch.no_grad():
-            fakes = self.generator(self._latents(count), res, alpha)
+            fakes = self.generator(self._latents(count), res, alpha, positions)
+            fakes = self._for_critic(fakes, fakes=True)
+        reals = self._for_critic(reals, fakes=False)
         mixing = torch.rand(count, 1, 1, 1, generator=self.rng).to(self.device)
         scale = self._penalty_grad_scale()
         d_terms = self.loss.discriminator(critic, reals, fakes, mixing, grad_scale=scale)
@@ -349,7 +388,8 @@ class PGAN(pl.LightningModule):
 
         # Generator step, on fresh latents.
         self.toggle_optimizer(opt_g)
-        g_terms = self.loss.generator(critic, self.generator(self._latents(count), res, alpha))
+        fakes = self._for_critic(self.generator(self._latents(count), res, alpha, positions), fakes=True)
+        g_terms = self.loss.generator(critic, fakes)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_terms["loss"])
         opt_g.step()
@@ -358,6 +398,10 @@ class PGAN(pl.LightningModule):
         self._update_ema()
         self.images_seen += count * world
         self.steps += 1
+        if self.augment.mode == "ada":
+            signs = self.trainer.strategy.reduce(d_terms["D_real_sign"] * count, reduce_op="sum")
+            self.ada.accumulate(float(signs), count * world)
+            self.log_dict(self.ada.metrics(), prog_bar=False)
         self.log_dict(
             {
                 "train/loss_D": d_terms["loss"].detach(),
@@ -390,23 +434,36 @@ class PGAN(pl.LightningModule):
 
     @torch.no_grad()
     def generate_labels(
-        self, count: int, stage: GrowthStage, seed: int, size: int | None = None
+        self,
+        count: int,
+        stage: GrowthStage,
+        seed: int,
+        size: int | None = None,
+        positions: Tensor | None = None,
     ) -> Iterator[Tensor]:
-        """EMA samples as class indices (B, size, size) uint8 in batches, from a fixed latent seed."""
+        """EMA samples as class indices (B, size, size) uint8 in batches, from a fixed latent seed, for either
+        label encoding. ``positions`` (count,): the slices' axial positions in [0, 1] (``condition=slice``;
+        None: uniform, drawn from the latents' lengths)."""
         gen = torch.Generator().manual_seed(seed)
         batch = self.swd_batch_size
         for start in range(0, count, batch):
             n = min(batch, count - start)
             z = torch.randn(n, self.generator.latent_dim, generator=gen).to(self.device)
-            labels = net_to_labels(self.generator_ema(z, stage.resolution, stage.alpha), self.classes)
-            yield resize_labels(labels, size or stage.resolution, self.classes)
+            where = None if positions is None else positions[start : start + n].to(self.device)
+            if self.condition == "none":  # the official generator's call
+                x = self.generator_ema(z, stage.resolution, stage.alpha)
+            else:
+                x = self.generator_ema(z, stage.resolution, stage.alpha, where)
+            yield resize_labels(net_to_labels(x, self.classes), size or stage.resolution, self.classes)
 
     def log_images(self, stage: GrowthStage | None = None) -> dict[str, np.ndarray]:
         """A grid of EMA samples at ``stage`` (default: the current one), in the paper's colours."""
         stage = stage or self.stage
         rows, cols = self.grid_size
         tile = max(stage.resolution, 64)  # small stages are enlarged so they stay visible
-        labels = torch.cat(list(self.generate_labels(rows * cols, stage, self.seed + 1, tile)))
+        # A conditional generator's grid sweeps the axial positions, first to last, row by row.
+        positions = torch.linspace(0, 1, rows * cols) if self.condition != "none" else None
+        labels = torch.cat(list(self.generate_labels(rows * cols, stage, self.seed + 1, tile, positions)))
         tiles = [colorize(t.cpu().numpy(), min(self.classes, 7)) for t in labels]
         return {"samples/ema": grid([tiles[r * cols : (r + 1) * cols] for r in range(rows)])}
 
@@ -422,6 +479,7 @@ class PGAN(pl.LightningModule):
             "rng_state": self.rng.get_state(),
             "swd_history": [dict(row) for row in self.swd_history],
             "dataset_size": self.dataset_size(),
+            "augment": self.ada.state_dict(),
         }
         # Lets generate-masks rebuild the EMA generator (state_dict "generator_ema.*") at the stage it
         # was trained to, without re-running the schedule.
@@ -434,6 +492,8 @@ class PGAN(pl.LightningModule):
                 "resolution": reached.resolution,
                 "alpha": reached.alpha,
                 "dataset_size": checkpoint["pgan"]["dataset_size"],
+                "label_encoding": self.label_encoding,
+                "condition": self.condition,
             },
         )
 
@@ -452,6 +512,8 @@ class PGAN(pl.LightningModule):
             # The saved stream is rank 0's; every process continues on its own, still reproducibly.
             self.rng.manual_seed(self.seed + 1_000_003 * self.global_rank + self.images_seen)
         self.swd_history = [dict(row) for row in state["swd_history"]]
+        if isinstance(state.get("augment"), dict):  # 0.2.0 checkpoints have none: ADA starts at p = 0
+            self.ada.load_state_dict(state["augment"])
 
     def results_details(self) -> dict[str, Any]:
         """Extra entries for the run's results.json."""

@@ -42,6 +42,8 @@ class TickedPGAN(Protocol):
     reals: Any
     schedule: ProgressiveSchedule
     classes: int
+    label_encoding: str
+    condition: str
     seed: int
     device: torch.device
     ema_decay: float
@@ -64,7 +66,12 @@ class TickedPGAN(Protocol):
     def dataset_size(self) -> int | None: ...
 
     def generate_labels(
-        self, count: int, stage: GrowthStage, seed: int, size: int | None = None
+        self,
+        count: int,
+        stage: GrowthStage,
+        seed: int,
+        size: int | None = None,
+        positions: Tensor | None = None,
     ) -> Iterator[Tensor]: ...
 
     def log_images(self, stage: GrowthStage | None = None) -> dict[str, Any]: ...
@@ -140,7 +147,8 @@ class PGANTicks(pl.Callback):
         output them, so the values of all ticks are on one scale and :mod:`synthseg.synth.select` can pick
         the best snapshot among all of them. Both sets hold ``swd_images`` images (official 16,384): reals
         beyond the training set's size repeat it from the start, as the official evaluation reads its
-        repeating dataset in order (see :func:`swd_real_indices`).
+        repeating dataset in order (see :func:`swd_real_indices`). A slice-conditional generator makes each
+        fake at the position of the real it is compared with.
         """
         size = pgan.generator.resolution
         train_set = pgan.reals
@@ -165,8 +173,12 @@ class PGANTicks(pl.Callback):
                 items = [train_set[(int(i), size)]["label"] for i in order[start : start + batch]]
                 yield labels_to_uint8(torch.stack(items)[:, None])
 
+        positions = None
+        if pgan.condition != "none":
+            positions = torch.tensor([train_set.slice_position(int(i)) for i in order], dtype=torch.float32)
+
         def fakes() -> Iterator[Tensor]:
-            for labels in pgan.generate_labels(count, stage, pgan.seed + 2, size):
+            for labels in pgan.generate_labels(count, stage, pgan.seed + 2, size, positions):
                 yield labels_to_uint8(labels[:, None])
 
         return sliced_wasserstein_from_batches(reals(), fakes(), seed=pgan.seed, device=pgan.device)
@@ -203,6 +215,8 @@ def snapshot_meta(pgan: TickedPGAN, stage: GrowthStage) -> dict[str, Any]:
         "resolution": stage.resolution,
         "alpha": stage.alpha,
         "classes": pgan.classes,
+        "label_encoding": pgan.label_encoding,  # also in the generator's init_args: how to read its output
+        "condition": pgan.condition,
         "dataset_size": pgan.dataset_size() or pgan.generator.resolution,
         "ema_decay": pgan.ema_decay,
     }

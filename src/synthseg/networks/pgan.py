@@ -18,6 +18,13 @@ nearest x2 upsampling + 3x3 conv runs as one stride-2 transposed conv with a 4x4
 discriminator's 3x3 conv + 2x2 average pool as one stride-2 conv with a 4x4 kernel. Both kernels are built
 at run time from the stored 3x3 weight (scaled by the 3x3 fan-in, as the official layers), so the parameters,
 the state-dict keys and the function are the same either way; fused needs 16/36 of the multiply-adds.
+
+Label encodings (``label_encoding``): ``index`` (official, the paper) codes the class indices as one channel,
+mapped linearly to [-1, 1]; ``onehot`` has one channel per class, the generator's outputs on the simplex
+(a softmax over the classes), which changes only the toRGB/fromRGB layers. Slice position (``condition``):
+``slice`` feeds the slice's normalised axial position (:mod:`synthseg.networks.position`) to both networks:
+an embedding concatenated to the generator's normalised latent, and in the discriminator a projection
+(Miyato & Koyama 2018) or a concatenation to its last features. The defaults build the official networks.
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from synthseg.data.labels import LABEL_ENCODINGS
+from synthseg.networks.position import (
+    PositionEmbedding,
+    check_condition,
+    check_positions,
+    conditional_score,
+    uniform_positions_from_latents,
+)
 from synthseg.utils.init_args import records_init_args
 
 LEAKY_SLOPE = 0.2
@@ -244,6 +259,13 @@ def _lerp(low: Tensor, high: Tensor, alpha: float) -> Tensor:
     return low + (high - low) * alpha
 
 
+def _check_encoding(label_encoding: str, classes: int) -> None:
+    if label_encoding not in LABEL_ENCODINGS:
+        raise ValueError(f"label_encoding must be one of {LABEL_ENCODINGS}, got {label_encoding!r}")
+    if classes < 2:
+        raise ValueError(f"classes must be >= 2, got {classes}")
+
+
 def _check_alpha(alpha: float) -> float:
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
@@ -263,10 +285,19 @@ class PGANGenerator(nn.Module):
         normalize_latents: pixel-normalise the latent vector first (official default).
         fused_scale: upsample + conv as one stride-2 transposed conv (official default; same weights and
             function, fewer FLOPs). False: upsample, then conv.
+        label_encoding: ``index`` (official): ``channels`` linear outputs; ``onehot``: ``classes`` outputs,
+            softmax over them (class probabilities; the mask is their argmax).
+        classes: label classes of the ``onehot`` encoding.
+        condition: ``none`` (official) or ``slice``: the slice's normalised axial position is embedded and
+            concatenated to the normalised latent.
+        condition_dim: size of the position embedding.
 
-    ``forward(z, resolution=None, alpha=1.0)``: z (N, latent_dim) -> (N, channels, r, r) with
-    ``r = resolution or self.resolution``. While a stage fades in (``alpha < 1``) the output is
-    ``lerp(up2(toRGB_{r/2}(x_{r/2})), toRGB_r(x_r), alpha)``. The output is linear (no tanh).
+    ``forward(z, resolution=None, alpha=1.0, position=None)``: z (N, latent_dim) -> (N, C, r, r) with
+    ``r = resolution or self.resolution`` and C = ``channels`` (index) or ``classes`` (onehot). While a stage
+    fades in (``alpha < 1``) the output is ``lerp(up2(out_{r/2}), out_r, alpha)``, ``out`` being toRGB (index:
+    linear, no tanh) or its softmax (onehot: the blend stays on the simplex). ``position`` (N,) in [0, 1]: the
+    slices' axial positions (``condition=slice``; None draws them uniformly from the latents' lengths, see
+    :func:`synthseg.networks.position.uniform_positions_from_latents`).
     """
 
     @records_init_args
@@ -279,10 +310,16 @@ class PGANGenerator(nn.Module):
         fmap_max: int = 512,
         normalize_latents: bool = True,
         fused_scale: bool = True,
+        label_encoding: str = "index",
+        classes: int = 7,
+        condition: str = "none",
+        condition_dim: int = 32,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
-        if channels < 1 or latent_dim < 1 or fmap_base < 1 or fmap_max < 1:
+        _check_encoding(label_encoding, classes)
+        check_condition(condition)
+        if channels < 1 or latent_dim < 1 or fmap_base < 1 or fmap_max < 1 or condition_dim < 1:
             raise ValueError(
                 f"channels, latent_dim, fmap_base, fmap_max must be positive, got "
                 f"{channels}, {latent_dim}, {fmap_base}, {fmap_max}"
@@ -291,23 +328,41 @@ class PGANGenerator(nn.Module):
         self.channels = channels
         self.latent_dim = latent_dim
         self.normalize_latents = normalize_latents
+        self.label_encoding, self.classes, self.condition = label_encoding, int(classes), condition
+        self.image_channels = self.classes if label_encoding == "onehot" else channels
         log2 = int(math.log2(resolution))
 
         def nf(stage: int) -> int:
             return num_features(stage, fmap_base, fmap_max)
 
-        self.blocks = nn.ModuleDict({"b4": _GeneratorInput(latent_dim, nf(1))})
-        self.to_rgb = nn.ModuleDict({"b4": EqualizedConv2d(nf(1), channels, 1, gain=1.0)})
+        inputs, out = latent_dim, self.image_channels
+        if condition != "none":
+            self.position_embedding = PositionEmbedding(condition_dim)
+            inputs += condition_dim
+        self.blocks = nn.ModuleDict({"b4": _GeneratorInput(inputs, nf(1))})
+        self.to_rgb = nn.ModuleDict({"b4": EqualizedConv2d(nf(1), out, 1, gain=1.0)})
         for r in range(3, log2 + 1):
             self.blocks[f"b{2**r}"] = _GeneratorBlock(nf(r - 2), nf(r - 1), bool(fused_scale))
-            self.to_rgb[f"b{2**r}"] = EqualizedConv2d(nf(r - 1), channels, 1, gain=1.0)
+            self.to_rgb[f"b{2**r}"] = EqualizedConv2d(nf(r - 1), out, 1, gain=1.0)
 
     @property
     def resolutions(self) -> list[int]:
         """The stages, smallest first: [4, 8, ..., resolution]."""
         return [2**r for r in range(2, int(math.log2(self.resolution)) + 1)]
 
-    def forward(self, z: Tensor, resolution: int | None = None, alpha: float = 1.0) -> Tensor:
+    def _output(self, x: Tensor) -> Tensor:
+        """toRGB's values as the encoding's output: linear (index) or class probabilities (onehot)."""
+        return torch.softmax(x.float(), dim=1).to(x.dtype) if self.label_encoding == "onehot" else x
+
+    def _condition(self, x: Tensor, z: Tensor, position: Tensor | None) -> Tensor:
+        """The normalised latent (N, latent_dim) with the position's normalised embedding appended."""
+        position = uniform_positions_from_latents(z) if position is None else position
+        embedding = self.position_embedding(check_positions(position, z.shape[0]).to(z.device))
+        return torch.cat([x, pixel_norm(embedding.to(x.dtype))], dim=1)
+
+    def forward(
+        self, z: Tensor, resolution: int | None = None, alpha: float = 1.0, position: Tensor | None = None
+    ) -> Tensor:
         resolution = self.resolution if resolution is None else int(resolution)
         if resolution not in self.resolutions:
             raise ValueError(f"resolution must be one of {self.resolutions}, got {resolution}")
@@ -315,6 +370,8 @@ class PGANGenerator(nn.Module):
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
         x = pixel_norm(z) if self.normalize_latents else z
+        if self.condition != "none":
+            x = self._condition(x, z, position)
         x = self.blocks["b4"](x)
         previous = x
         for r in self.resolutions[1:]:
@@ -322,9 +379,9 @@ class PGANGenerator(nn.Module):
                 break
             previous = x
             x = self.blocks[f"b{r}"](x)
-        out = self.to_rgb[f"b{resolution}"](x)
+        out = self._output(self.to_rgb[f"b{resolution}"](x))
         if resolution > 4 and alpha < 1.0:
-            low = self.to_rgb[f"b{resolution // 2}"](previous)
+            low = self._output(self.to_rgb[f"b{resolution // 2}"](previous))
             out = _lerp(F.interpolate(low, scale_factor=2, mode="nearest"), out, alpha)
         return out
 
@@ -357,11 +414,12 @@ class _DiscriminatorBlock(nn.Module):
 class _DiscriminatorOutput(nn.Module):
     """(N, C, 4, 4) -> (N, 1): minibatch stddev, conv 3x3, dense to ``hidden``, dense to 1 (linear)."""
 
-    def __init__(self, channels: int, hidden: int, group_size: int) -> None:
+    def __init__(self, channels: int, hidden: int, group_size: int, extra_features: int = 0) -> None:
         super().__init__()
         self.mbstd = MinibatchStdDev(group_size)
         self.conv = EqualizedConv2d(channels + 1, channels, 3)
-        self.dense0 = EqualizedLinear(channels * 16, hidden)
+        # extra_features: a conditional critic's position embedding, concatenated to the flattened features
+        self.dense0 = EqualizedLinear(channels * 16 + extra_features, hidden)
         self.dense1 = EqualizedLinear(hidden, 1, gain=1.0)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -381,10 +439,19 @@ class PGANDiscriminator(nn.Module):
         mbstd_group_size: group size of the minibatch standard deviation (official: 4).
         fused_scale: conv + average pool as one stride-2 conv (official default; same weights and function,
             fewer FLOPs). False: conv, then pool.
+        label_encoding: ``index`` (official): ``channels`` inputs; ``onehot``: ``classes`` inputs (one-hot
+            reals, class fractions at lower levels of detail, or the generator's probabilities).
+        classes: label classes of the ``onehot`` encoding.
+        condition: ``none`` (official) or ``slice``: the score also depends on the slice's axial position.
+        condition_style: ``projection``: the score gains the inner product of the last hidden features with
+            the position's embedding (Miyato & Koyama 2018); ``concat``: the embedding is concatenated to the
+            flattened 4x4 features before the first dense layer.
+        condition_dim: size of the position embedding with ``concat`` (projection: the hidden width).
 
-    ``forward(x, alpha=1.0)``: x (N, channels, r, r) with r a stage (4 ... resolution) -> (N, 1). While a
-    stage fades in, the features after its block are ``lerp(fromRGB_{r/2}(avgpool2(x)), block_r(fromRGB_r(x)),
-    alpha)``.
+    ``forward(x, alpha=1.0, position=None)``: x (N, C, r, r) with r a stage (4 ... resolution) and C =
+    ``channels`` (index) or ``classes`` (onehot) -> (N, 1). While a stage fades in, the features after its
+    block are ``lerp(fromRGB_{r/2}(avgpool2(x)), block_r(fromRGB_r(x)), alpha)``. ``position`` (N,) in [0, 1]:
+    required with ``condition=slice``.
     """
 
     @records_init_args
@@ -396,25 +463,38 @@ class PGANDiscriminator(nn.Module):
         fmap_max: int = 512,
         mbstd_group_size: int = 4,
         fused_scale: bool = True,
+        label_encoding: str = "index",
+        classes: int = 7,
+        condition: str = "none",
+        condition_style: str = "concat",
+        condition_dim: int = 32,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
-        if channels < 1 or fmap_base < 1 or fmap_max < 1 or mbstd_group_size < 1:
+        _check_encoding(label_encoding, classes)
+        check_condition(condition, condition_style)
+        if channels < 1 or fmap_base < 1 or fmap_max < 1 or mbstd_group_size < 1 or condition_dim < 1:
             raise ValueError(
                 f"channels, fmap_base, fmap_max, mbstd_group_size must be positive, got "
                 f"{channels}, {fmap_base}, {fmap_max}, {mbstd_group_size}"
             )
         self.resolution = resolution
         self.channels = channels
+        self.label_encoding, self.classes, self.condition = label_encoding, int(classes), condition
+        self.condition_style = condition_style
+        self.image_channels = inputs = self.classes if label_encoding == "onehot" else channels
         log2 = int(math.log2(resolution))
 
         def nf(stage: int) -> int:
             return num_features(stage, fmap_base, fmap_max)
 
-        self.from_rgb = nn.ModuleDict({"b4": EqualizedConv2d(channels, nf(1), 1)})
-        self.blocks = nn.ModuleDict({"b4": _DiscriminatorOutput(nf(1), nf(0), mbstd_group_size)})
+        extra = condition_dim if condition != "none" and condition_style == "concat" else 0
+        if condition != "none":
+            self.position_embedding = PositionEmbedding(extra or nf(0))
+        self.from_rgb = nn.ModuleDict({"b4": EqualizedConv2d(inputs, nf(1), 1)})
+        self.blocks = nn.ModuleDict({"b4": _DiscriminatorOutput(nf(1), nf(0), mbstd_group_size, extra)})
         for r in range(3, log2 + 1):
-            self.from_rgb[f"b{2**r}"] = EqualizedConv2d(channels, nf(r - 1), 1)
+            self.from_rgb[f"b{2**r}"] = EqualizedConv2d(inputs, nf(r - 1), 1)
             self.blocks[f"b{2**r}"] = _DiscriminatorBlock(nf(r - 1), nf(r - 2), bool(fused_scale))
 
     @property
@@ -425,9 +505,9 @@ class PGANDiscriminator(nn.Module):
     def _from_rgb(self, x: Tensor, resolution: int) -> Tensor:
         return F.leaky_relu(self.from_rgb[f"b{resolution}"](x), LEAKY_SLOPE)
 
-    def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels or x.shape[2] != x.shape[3]:
-            raise ValueError(f"x must have shape (N, {self.channels}, r, r), got {tuple(x.shape)}")
+    def forward(self, x: Tensor, alpha: float = 1.0, position: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.image_channels or x.shape[2] != x.shape[3]:
+            raise ValueError(f"x must have shape (N, {self.image_channels}, r, r), got {tuple(x.shape)}")
         resolution = int(x.shape[-1])
         if resolution not in self.resolutions:
             raise ValueError(f"input size must be one of {self.resolutions}, got {resolution}")
@@ -440,4 +520,7 @@ class PGANDiscriminator(nn.Module):
             for r in reversed(self.resolutions[1:]):
                 if r < resolution:
                     h = self.blocks[f"b{r}"](h)
+        if self.condition != "none":
+            embedding = self.position_embedding(check_positions(position, h.shape[0]).to(h.device))
+            return conditional_score(self.blocks["b4"], h, embedding.to(h.dtype), self.condition_style)
         return self.blocks["b4"](h)
