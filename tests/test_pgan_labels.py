@@ -19,7 +19,7 @@ from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
 from synthseg.networks.position import uniform_positions_from_latents
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-FIXTURES = Path(__file__).parent / "fixtures" / "pgan_0_2_0"
+FIXTURES = Path(__file__).parent / "fixtures" / "v0_2_0" / "pgan"  # tests/fixtures/v0_2_0/README.md
 SMALL = dict(resolution=16, fmap_base=32, fmap_max=8)
 
 
@@ -225,13 +225,17 @@ def test_manifest_positions_and_items_carry_them(tmp_path: Path, make_dataset):
 
 # ------------------------------------------------------------------------------------ 0.2.0 files
 def test_a_0_2_0_snapshot_reads_as_index_none_and_makes_its_masks(tmp_path: Path):
-    from synthseg.synth.generate_masks import generate_masks, load_mask_generator
+    from synthseg.synth.generate_masks import GenerateMasksSettings, load_mask_generator, run
 
     snapshot = FIXTURES / "network-snapshot.pt"
     assert "label_encoding" not in safe_load(snapshot)["init_args"]  # written by 0.2.0
     generator, meta = load_mask_generator(snapshot)
     assert (generator.label_encoding, generator.condition, generator.image_channels) == ("index", "none", 1)
-    generate_masks(snapshot, 6, tmp_path / "masks", seed=0, device="cpu", progress=False)
+    run(
+        GenerateMasksSettings(
+            checkpoint=str(snapshot), count=6, output=str(tmp_path / "masks"), device="cpu", progress=False
+        )
+    )
     from synthseg.data.pngio import read_png
 
     masks = np.stack([read_png(p) for p in sorted((tmp_path / "masks" / "labels").glob("*.png"))])
@@ -250,17 +254,17 @@ def test_a_0_2_0_checkpoint_resumes_into_index_none(tmp_path: Path):
     assert (net.label_encoding, net.condition) == ("index", "none")
     tiny = [
         "model=pgan",
-        "model.generator.resolution=8",
-        "model.generator.latent_dim=4",
-        "model.generator.fmap_base=16",
-        "model.generator.fmap_max=4",
+        "model.generator.resolution=16",
+        "model.generator.latent_dim=16",
+        "model.generator.fmap_base=64",
+        "model.generator.fmap_max=16",
         "data.root=unused",
     ]
     module = instantiate(compose_train(tiny, tmp_path).model, _convert_="partial")
     check_checkpoint_fits(checkpoint, module)
     module.load_state_dict(obj["state_dict"])
     module.on_load_checkpoint(obj)
-    assert module.images_seen == 32 and module.ada.p == 0.0
+    assert module.images_seen == 48 and module.ada.p == 0.0
     onehot = instantiate(
         compose_train([*tiny, "model.label_encoding=onehot"], tmp_path).model, _convert_="partial"
     )
