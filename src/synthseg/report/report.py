@@ -70,10 +70,17 @@ class QualityReportSettings(Settings):
     pairs: int = 500
     kid_subsets: int = 100
     search_size: int = 32
+    reference_empty: str = "auto"
+    fd_dims: int = 124
+    baseline: bool = True
 
     def check(self) -> None:
-        for key in ("max_images", "pairs", "kid_subsets", "search_size"):
+        for key in ("max_images", "pairs", "kid_subsets", "search_size", "fd_dims"):
             check_positive(key, getattr(self, key))
+        if self.reference_empty not in ("auto", "include", "exclude"):
+            raise InputError(
+                f"reference_empty must be one of ['auto', 'include', 'exclude'], got {self.reference_empty!r}"
+            )
 
 
 @dataclass(frozen=True)
