@@ -276,8 +276,8 @@ def table3_markdown(entries: list[dict[str, Any]]) -> str:
         "# Table 3: synthetic data quality",
         "",
         "One row per synthetic set against the real training slices it imitates (the reference: "
-        f"{'without' if first.get('reference_empty') == 'exclude' else 'with'} empty label maps, as the PGAN "
-        "trained). Each figure as **synthetic / real-real**: the synthetic set against real half B, beside real "
+        f"{'without' if first.get('reference_empty') == 'exclude' else 'with'} its empty label maps, "
+        "reference_empty). Each figure as **synthetic / real-real**: the synthetic set against real half B, beside real "
         "half A against B, both at the baseline's n per set (halves split by case; n: synthetic / real sample, "
         "baseline). SWD: label maps, ×10³. FD: plain Fréchet distance (biased upwards by about c / n: compare it "
         "only at one n); FD∞ (Chong & Forsyth 2020, on the features pooled to "
