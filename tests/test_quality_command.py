@@ -141,7 +141,9 @@ def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
     hd = results["per_case"]["Brats18_T_7_1"]["hd95"]
     assert len(hd) == 3 and all(v >= 0 and math.isfinite(v) for v in hd)
     # The fixture's test subject Brats18_T_7_1 has no training slice (its others are validation): 3-D.
-    assert results["hd95_mode"] == "3d" and results["hd95_empty"] == "brats" and "1 mm" in results["hd95_unit"]
+    assert (
+        results["hd95_mode"] == "3d" and results["hd95_empty"] == "brats" and "1 mm" in results["hd95_unit"]
+    )
     counts = results["per_case"]["Brats18_T_7_1"]["hd95_one_side_empty"]
     assert len(counts) == 3 and all(isinstance(c, int) and c >= 0 for c in counts)
     assert metrics["test/hd95_WT"] == pytest.approx(hd[0])
@@ -285,7 +287,9 @@ def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
 ) -> None:
     ckpt = tmp_path / "best.ckpt"
     torch.save({"state_dict": {"net.head.weight": torch.zeros(1)}}, ckpt)
-    with pytest.raises(InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"):
+    with pytest.raises(
+        InputError, match="best.ckpt: neither a synthseg network snapshot nor a GAN training checkpoint"
+    ):
         quality(sets["synthetic"], sets["real"], tmp_path / "q", unet=ckpt)
 
 
