@@ -235,6 +235,18 @@ def test_class_levels_are_medians_over_slices_of_the_mean_inside_each_class() ->
     assert levels[0, 6] == pytest.approx(40.0) and np.isnan(levels[0, 3])
 
 
+def test_wm_ratios_are_free_of_each_scans_gain() -> None:
+    labels = torch.zeros(4, 4, 4, dtype=torch.long)
+    labels[:, :2], labels[:, 2:] = 4, 5  # WM above, GM below
+    images = torch.zeros(4, 1, 4, 4)
+    images[:, 0, :2], images[:, 0, 2:] = 700.0, 500.0
+    images[2:] *= 3.0  # two slices from a scanner with 3x the gain
+    means = intensity.slice_class_means(labels, images)
+    levels, ratios = intensity.class_levels(means), intensity.wm_ratios(means)
+    assert levels[0, 4] == pytest.approx(1400.0)  # the median of 700, 700, 2100, 2100
+    assert ratios[0, 4] == pytest.approx(1.0) and ratios[0, 5] == pytest.approx(500 / 700)
+
+
 def test_class_intensity_reads_levels_order_and_distance_in_real_wm_units(tmp_path: Path) -> None:
     real_pairs = [_pair(LEVELS, noise=5.0, seed=i) for i in range(20)]
     close = {**LEVELS, 4: 750.0, 5: 460.0}  # WM 50 and GM 40 off: 0.071 and 0.057 of the real WM level
@@ -255,6 +267,10 @@ def test_class_intensity_reads_levels_order_and_distance_in_real_wm_units(tmp_pa
     assert gm["distance_over_real_wm"] == pytest.approx(40 / 700, abs=0.01)
     assert good["within_tolerance"] and good["same_order"] and good["target_met"]
     assert wm["real_baseline_distance_over_real_wm"] < 0.02  # two real halves: the same levels, noise aside
+    assert wm["over_wm_real"] == pytest.approx(1.0) and gm["over_wm_real"] == pytest.approx(
+        500 / 700, abs=0.01
+    )
+    assert gm["over_wm_synthetic"] == pytest.approx(460 / 750, abs=0.01)
     bad = results["swapped"]["by_sequence"]["t1c"]
     assert bad["order_synthetic"] == ["enhancing", "GM", "WM", "CSF"] and not bad["same_order"]
     assert bad["classes"]["WM"]["distance_over_real_wm"] == pytest.approx(220 / 700, abs=0.01)

@@ -51,6 +51,15 @@ def class_levels(means: np.ndarray) -> np.ndarray:
     return out
 
 
+def wm_ratios(means: np.ndarray) -> np.ndarray:
+    """(N, S, C) per-slice class means -> (S, C) median over the slices holding the class and WM of the class
+    mean over the same slice's WM mean: a contrast that a scanner's gain does not move."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = means / means[:, :, UNIT_CLASS : UNIT_CLASS + 1]
+    ratios[~np.isfinite(ratios)] = np.nan
+    return class_levels(ratios)
+
+
 def _order(levels: np.ndarray, names: list[str]) -> list[str]:
     """The checked classes from the brightest to the darkest (classes absent from the set left out)."""
     present = [c for c in CHECKED if np.isfinite(levels[c])]
@@ -66,6 +75,7 @@ def compare(
     real: np.ndarray,
     sequences: tuple[str, ...],
     baseline: tuple[np.ndarray, np.ndarray] | None = None,
+    ratios: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None = None,
 ) -> dict[str, Any]:
     """Synthetic against real class levels, per sequence.
 
@@ -73,6 +83,8 @@ def compare(
         synthetic, real: (S, C) class levels (:func:`class_levels`).
         baseline: (S, C) levels of two disjoint real samples (halves split by case): the distance two real
             samples already have, in the same unit.
+        ratios: (S, C) :func:`wm_ratios` of the synthetic and the real sample, and of the two real halves
+            (or None): the same comparison free of each scan's grey-level gain.
 
     Returns:
         Per sequence: ``classes`` (per class name: ``synthetic``, ``real``, ``distance_over_real_wm``
@@ -98,6 +110,13 @@ def compare(
             if baseline is not None:
                 gap = abs(baseline[0][s, c] - baseline[1][s, c]) / unit
                 entry["real_baseline_distance_over_real_wm"] = _num(gap)
+            if ratios is not None:
+                entry["over_wm_synthetic"] = _num(ratios[0][s, c])
+                entry["over_wm_real"] = _num(ratios[1][s, c])
+                if ratios[2] is not None:
+                    entry["over_wm_real_baseline_distance"] = _num(
+                        abs(ratios[2][0][s, c] - ratios[2][1][s, c])
+                    )
             per_class[names[c]] = entry
         order_real, order_syn = _order(real[s], names), _order(synthetic[s], names)
         checked = [per_class[names[c]]["within_tolerance"] for c in CHECKED]
@@ -115,5 +134,6 @@ def compare(
         "unit": "prepared 16-bit image values; distances in units of the real WM level",
         "tolerance": TOLERANCE,
         "checked_classes": [names[c] for c in CHECKED],
-        "note": "per class, the median over slices of the mean image value inside the class",
+        "note": "per class, the median over slices of the mean image value inside the class; over_wm_*: the "
+        "median over slices of the class mean over the same slice's WM mean (free of each scan's gain)",
     }

@@ -245,14 +245,19 @@ def quality(
         labels_to_uint8(syn_labels[:n])[:, None], labels_to_uint8(real_labels[:n])[:, None], seed=seed,
         min_resolution=min(16, size),
     )  # fmt: skip
+    syn_means = intensity.slice_class_means(syn_labels, syn_images)
     real_means = intensity.slice_class_means(real_labels, real_images)
+    halves = None if split is None else (real_means[split.a], real_means[split.b])
     class_intensity = intensity.compare(
-        intensity.class_levels(intensity.slice_class_means(syn_labels, syn_images)),
+        intensity.class_levels(syn_means),
         intensity.class_levels(real_means),
         sequences,
-        None
-        if split is None
-        else (intensity.class_levels(real_means[split.a]), intensity.class_levels(real_means[split.b])),
+        None if halves is None else (intensity.class_levels(halves[0]), intensity.class_levels(halves[1])),
+        (
+            intensity.wm_ratios(syn_means),
+            intensity.wm_ratios(real_means),
+            None if halves is None else (intensity.wm_ratios(halves[0]), intensity.wm_ratios(halves[1])),
+        ),
     )
     lap("label_maps")
     # Per sequence, on the same pairs, both sets by the real dataset's recorded range; the set's figure is the
