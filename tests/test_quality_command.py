@@ -125,6 +125,21 @@ def test_cli_runs_the_quality_command(sets: dict[str, Path], tmp_path: Path, cap
         "ms_ssim_synthetic",
         "nearest_real_dice_median",
     } <= set(line)
+    # Beside each figure, the same for two real halves and the synthetic set at their n; the class intensities.
+    assert {"kid_unet_real_baseline", "kid_unet_at_baseline_n", "precision_real_baseline", "fd_inf_unet",
+            "nearest_real_dice_median_real_baseline", "ms_ssim_synthetic_real_baseline", "baseline_n"} <= set(line)  # fmt: skip
+    assert set(line["class_intensity"]["t1c"]) == {
+        "distance_over_real_wm", "order_real", "order_synthetic", "target_met"
+    }  # fmt: skip
+
+
+def test_the_unet_refuses_an_unknown_hd95_empty_rule() -> None:
+    from functools import partial
+
+    from synthseg.models.unet import UNetModule
+
+    with pytest.raises(ValueError, match="hd95_empty must be one of"):
+        UNetModule(UNet(1, 7, base_width=2), partial(torch.optim.Adam, lr=1e-3), hd95_empty="nan")
 
 
 # ------------------------------------------------------------------------------------- U-Net test step
