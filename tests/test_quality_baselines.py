@@ -103,7 +103,8 @@ def test_nearest_real_baseline_reads_other_cases_only(tmp_path: Path) -> None:
     assert base["nearest_real_dice_median_real_baseline"] < 0.99
     assert base["split"] == "case" and sum(base["cases"]) == 8 and base["n"] <= 20
     for key in ("ms_ssim_synthetic_real_baseline", "ms_ssim_synthetic_at_baseline_n", "ms_ssim_real_at_baseline_n",
-                "nearest_real_dice_median_at_baseline_n"):  # fmt: skip
+                "nearest_real_dice_median_at_baseline_n", "swd_real_baseline", "swd_at_baseline_n",
+                "area_distance_real_baseline", "area_distance_at_baseline_n"):  # fmt: skip
         assert math.isfinite(base[key])
 
 

@@ -212,7 +212,8 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
     table2 = (out / "table2.md").read_text()
     assert "hd95_WT (mm)" in table2 and "hd95_WT_one_side_empty (slices)" in table2
     # Every synthetic-vs-real figure has its real-vs-real baseline and its value at the baseline's n.
-    for key in ("fd", "kid", "precision", "recall", "ms_ssim_synthetic", "nearest_real_dice_median"):
+    for key in ("swd", "area_distance", "fd", "kid", "precision", "recall", "ms_ssim_synthetic",
+                "nearest_real_dice_median"):  # fmt: skip
         for suffix in ("_at_baseline_n", "_real_baseline"):
             assert isinstance(entry[key + suffix], float) and math.isfinite(entry[key + suffix]), key + suffix
     assert "fd_inf_real_baseline" in entry and entry["baseline_n"] >= 10 and entry["feature_dim"] == 62

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthseg.metrics import diversity, fidelity, memorisation
+from synthseg.metrics import diversity, fidelity, labelmaps, memorisation
 from synthseg.metrics.memorisation import Rows
+from synthseg.metrics.sliced_wasserstein import labels_to_uint8, sliced_wasserstein
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,28 @@ def feature_baseline(
         **{f"{key}_real_baseline": value for key, value in base.items()},
         **{f"{key}_at_baseline_n": value for key, value in same_n.items()},
     }
+
+
+def label_map_baseline(
+    real_labels: torch.Tensor, syn_labels: torch.Tensor, split: CaseSplit, seed: int
+) -> dict[str, float]:
+    """SWD (x10^3, the average over levels) and the mean class-area distance of the label maps: A against B
+    (``..._real_baseline``) and the synthetic subsample against B (``..._at_baseline_n``)."""
+    reference = real_labels[split.b]
+    size = reference.shape[-1]
+    out: dict[str, float] = {}
+    for suffix, labels in (
+        ("real_baseline", real_labels[split.a]),
+        ("at_baseline_n", syn_labels[split.synthetic]),
+    ):
+        swd = sliced_wasserstein(
+            labels_to_uint8(labels)[:, None], labels_to_uint8(reference)[:, None], seed=seed,
+            min_resolution=min(16, size),
+        )  # fmt: skip
+        areas = labelmaps.area_distance(labelmaps.class_areas(labels), labelmaps.class_areas(reference))
+        out[f"swd_{suffix}"] = float(swd["avg"])
+        out[f"area_distance_{suffix}"] = float(areas["mean"])
+    return out
 
 
 def diversity_baseline(

@@ -322,6 +322,7 @@ def quality(
     if split is not None:
         result["baseline"] = {
             **baseline_figures.describe(split),
+            **baseline_figures.label_map_baseline(real_labels, syn_labels, split, seed),
             **baseline_figures.diversity_baseline(real_unit, syn_unit, split, pairs, seed),
             **baseline_figures.nearest_baseline(
                 real_labels, real_images, syn_labels, syn_images, split,

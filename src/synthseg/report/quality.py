@@ -183,7 +183,11 @@ def quality_entry(name: str, folder: str, unet: str, result: dict[str, Any]) -> 
         "nearest_real_correlation_median": memo["correlation"]["synthetic"]["median"],
         "above_threshold": memo["synthetic_above_both"],
         "swd": result["label_maps"]["swd"]["avg"],
+        "swd_at_baseline_n": base.get("swd_at_baseline_n"),
+        "swd_real_baseline": base.get("swd_real_baseline"),
         "area_distance": result["label_maps"]["area_distance"]["mean"],
+        "area_distance_at_baseline_n": base.get("area_distance_at_baseline_n"),
+        "area_distance_real_baseline": base.get("area_distance_real_baseline"),
         "filter_discard_rate": result["label_maps"]["filter_discard_rate"],
         "synthetic_count": result["synthetic_count"],
         "real_count": result["real_count"],
@@ -205,6 +209,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 # Markdown: (title, synthetic figure at the baseline's n, real-vs-real figure): one "syn / real-real" cell each.
 TABLE3_PAIRS = (
+    ("SWD ×10³", "swd_at_baseline_n", "swd_real_baseline"),
     ("FD-U-Net", "fd_at_baseline_n", "fd_real_baseline"),
     ("FD∞-U-Net", "fd_inf_at_baseline_n", "fd_inf_real_baseline"),
     ("KID-U-Net", "kid_at_baseline_n", "kid_real_baseline"),
@@ -216,6 +221,8 @@ TABLE3_PAIRS = (
 # CSV: every figure, the full-sample ones and both baseline columns.
 TABLE3_COLUMNS = (
     "set", "sequences", "synthetic_count", "real_count", "baseline_n", "feature_dim", "fd_inf_dim", "swd",
+    "swd_at_baseline_n", "swd_real_baseline", "area_distance", "area_distance_at_baseline_n",
+    "area_distance_real_baseline",
     *(f"{f}{s}" for f in BASELINE_FIGURES for s in ("", "_at_baseline_n", "_real_baseline")),
     "ms_ssim_synthetic", "ms_ssim_real", "ms_ssim_synthetic_at_baseline_n", "ms_ssim_real_at_baseline_n",
     "ms_ssim_synthetic_real_baseline", "nearest_real_dice_median", "nearest_real_dice_median_at_baseline_n",
@@ -275,7 +282,7 @@ def table3_markdown(entries: list[dict[str, Any]]) -> str:
         f"{'without' if first.get('reference_empty') == 'exclude' else 'with'} its empty label maps, "
         "reference_empty). Each figure as **synthetic / real-real**: the synthetic set against real half B, beside real "
         "half A against B, both at the baseline's n per set (halves split by case; n: synthetic / real sample, "
-        "baseline). SWD: label maps, ×10³. FD: plain Fréchet distance (biased upwards by about c / n: compare it "
+        "baseline). SWD: label maps, ×10³ (with its per-set normalisation, at the baseline's n). FD: plain Fréchet distance (biased upwards by about c / n: compare it "
         "only at one n); FD∞ (Chong & Forsyth 2020, on the features pooled to "
         f"{_num(first.get('fd_inf_dim'))} dimensions), KID, precision / recall (k = 3): on the globally pooled "
         "encoder features of the sweep's full_real U-Net, which reads the sequences listed together as its "
@@ -287,12 +294,12 @@ def table3_markdown(entries: list[dict[str, Any]]) -> str:
         "quality/<set>/ and docs/quality.md.",
         "",
     ]
-    titles = ["set", "sequences", "n", "SWD ×10³", *(t for t, _, _ in TABLE3_PAIRS), "copies", "discarded"]
+    titles = ["set", "sequences", "n", *(t for t, _, _ in TABLE3_PAIRS), "copies", "discarded"]
     lines.append("| " + " | ".join(titles) + " |")
     lines.append("|" + "---|" * len(titles))
     for entry in entries:
         n = f"{entry.get('synthetic_count')} / {entry.get('real_count')}; {_num(entry.get('baseline_n'))}"
-        cells = [_num(entry.get("set")), _num(entry.get("sequences")), n, _num(entry.get("swd"))]
+        cells = [_num(entry.get("set")), _num(entry.get("sequences")), n]
         cells += [_pair(entry, syn, real) for _, syn, real in TABLE3_PAIRS]
         cells += [_num(entry.get("above_threshold")), _num(entry.get("filter_discard_rate"))]
         lines.append("| " + " | ".join(cells) + " |")
