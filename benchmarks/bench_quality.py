@@ -15,8 +15,10 @@ first and timed apart (a one-off per dataset). The U-Net extractor is ``--unet``
 
 Parts (``seconds_by_stage`` of quality.json): ``load`` (sample read from the cache, block means), ``label_maps``
 (SWD, areas, fragmentation), ``diversity`` (MS-SSIM, ``--pairs`` pairs per set), ``memorisation`` (the nearest
-real slice of every synthetic and every sampled real slice), ``features`` (the U-Net encoder's forward
-passes), ``fd_kid``, ``precision_recall``, ``figures``; and the total wall time of the call.
+real slice of every synthetic and every sampled real slice), ``baseline`` (MS-SSIM and the nearest-real search of
+the real-vs-real baseline split by case), ``features`` (the U-Net encoder's forward passes), ``fd_kid``,
+``precision_recall``, ``baseline_features`` (the feature figures of the baseline), ``figures``; and the total wall
+time of the call.
 
 Baseline, measured in the same run on the same device: one SPADE generator forward per image at that size
 (``SPADEGenerator`` label_nc 7, ``--ngf`` 64 as the paper, one output per sequence, eval, inference mode,
@@ -61,9 +63,11 @@ PARTS = (
     "label_maps",
     "diversity",
     "memorisation",
+    "baseline",
     "features",
     "fd_kid",
     "precision_recall",
+    "baseline_features",
     "figures",
 )
 QUICK = {"images": 48, "size": 64, "unet_width": 4, "ngf": 8, "pairs": 20, "kid_subsets": 5, "gen_batch": 2}

@@ -36,7 +36,10 @@ def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path:
         synthetic=sets["synthetic"], real=sets["real"], output=out, unet=sets["unet"], **FAST
     )
     saved = json.loads((out / "quality.json").read_text())
-    assert saved["size"] == 32 and saved["synthetic_count"] == 24 and saved["real_count"] == 40
+    # No PGAN run behind the fixture: the PGAN default (empty maps never trained on) leaves the 5 empty
+    # real training slices out of the reference.
+    assert saved["size"] == 32 and saved["synthetic_count"] == 24 and saved["real_count"] == 35
+    assert saved["reference_empty"]["rule"] == "exclude" and saved["reference_empty"]["empty_left_out"] == 5
     feats = saved["features"]
     assert feats["extractor"] == "unet" and feats["feature_dim"] == 62
     for key in ("fd_unet", "kid_unet", "precision_unet", "recall_unet"):
@@ -44,7 +47,7 @@ def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path:
     assert 0 <= feats["precision_unet"] <= 1 and feats["kid_subset_size"] == 24
     assert saved["diversity"]["scales"] == 2 and "2 of 5 scales" in saved["diversity"]["note"]
     memo = saved["memorisation"]
-    assert saved["real_search_count"] == 40
+    assert saved["real_search_count"] == 35
     assert len(memo["closest"]) == 8 and memo["synthetic_count"] == 24
     assert set(saved["label_maps"]["fragmentation"]) == {"NCR/NET", "edema", "enhancing"}
     assert (
@@ -84,8 +87,9 @@ def test_a_planted_copy_is_counted_and_shown_first(sets: dict[str, Path], tmp_pa
     result = measure_quality(synthetic=copy, real=sets["real"], output=tmp_path / "q", extractor=None, **FAST)
     memo = result["memorisation"]
     assert memo["dice"]["synthetic"]["median"] == pytest.approx(1.0)
-    assert memo["synthetic_above_dice"] == 40
-    # The 5 blank training slices (every 7th) are constant images: no correlation, so not counted as copies.
+    # The 5 blank training slices (every 7th) are left out of the reference (the PGAN's default never saw
+    # one), so their copies find no empty map to match; they are constant images besides (no correlation).
+    assert memo["synthetic_above_dice"] == 35
     assert memo["synthetic_above_both"] == 35
     assert memo["closest"][0]["synthetic"] == memo["closest"][0]["real"]
     assert "features" not in result
@@ -138,6 +142,21 @@ def test_cli_runs_the_quality_command(sets: dict[str, Path], tmp_path: Path, cap
         "ms_ssim_synthetic",
         "nearest_real_dice_median",
     } <= set(line)
+    # Beside each figure, the same for two real halves and the synthetic set at their n; the class intensities.
+    assert {"kid_unet_real_baseline", "kid_unet_at_baseline_n", "precision_real_baseline", "fd_inf_unet",
+            "nearest_real_dice_median_real_baseline", "ms_ssim_synthetic_real_baseline", "baseline_n"} <= set(line)  # fmt: skip
+    assert set(line["class_intensity"]["t1c"]) == {
+        "distance_over_real_wm", "order_real", "order_synthetic", "target_met"
+    }  # fmt: skip
+
+
+def test_the_unet_refuses_an_unknown_hd95_empty_rule() -> None:
+    from functools import partial
+
+    from synthseg.models.unet import UNetModule
+
+    with pytest.raises(ValueError, match="hd95_empty must be one of"):
+        UNetModule(UNet(1, 7, base_width=2), partial(torch.optim.Adam, lr=1e-3), hd95_empty="nan")
 
 
 # ------------------------------------------------------------------------------------- U-Net test step
@@ -154,7 +173,11 @@ def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
     hd = results["per_case"]["Brats18_T_7_1"]["hd95"]
     assert len(hd) == 3 and all(v >= 0 and math.isfinite(v) for v in hd)
     # The fixture's test subject Brats18_T_7_1 has no training slice (its others are validation): 3-D.
-    assert results["hd95_mode"] == "3d"
+    assert (
+        results["hd95_mode"] == "3d" and results["hd95_empty"] == "brats" and "1 mm" in results["hd95_unit"]
+    )
+    counts = results["per_case"]["Brats18_T_7_1"]["hd95_one_side_empty"]
+    assert len(counts) == 3 and all(isinstance(c, int) and c >= 0 for c in counts)
     assert metrics["test/hd95_WT"] == pytest.approx(hd[0])
 
 
@@ -166,7 +189,8 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
     per_case = lambda hd: {  # noqa: E731
         s: {"soft_intersection": [90, 1, 2, 3, 4, 5, 6], "soft_total": [200] + [10] * 6,
             "hard_intersection": [90, 1, 2, 3, 4, 5, 6], "hard_total": [200] + [10] * 6,
-            "region_intersection": [6, 4, 3], "region_total": [30, 20, 10], "hd95": [hd + i, hd, hd]}
+            "region_intersection": [6, 4, 3], "region_total": [30, 20, 10], "hd95": [hd + i, hd, hd],
+            "hd95_one_side_empty": [i, 0, 1]}
         for i, s in enumerate(("A", "B", "C"))
     }  # fmt: skip
     make_run(runs / "real", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=sets["real"],
@@ -199,7 +223,24 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
     rows = {(r["mix"], r["metric"]): r for r in _csv(out / "table2.csv")}
     assert float(rows[("full_real", "hd95_WT")]["estimate"]) == pytest.approx(5.0)
     assert float(rows[("full_syn8960", "hd95_TC")]["diff"]) == pytest.approx(-2.0)
-    assert "FD-U-Net" in (out / "table3.md").read_text()
+    assert segmentation["full_real"]["hd95_wt_one_side_empty"] == 3  # 0 + 1 + 2 slices over the subjects
+    assert float(rows[("full_real", "hd95_WT_one_side_empty")]["estimate"]) == pytest.approx(1.0)
+    table2 = (out / "table2.md").read_text()
+    assert "hd95_WT (mm)" in table2 and "hd95_WT_one_side_empty (slices)" in table2
+    # Every synthetic-vs-real figure has its real-vs-real baseline and its value at the baseline's n.
+    for key in ("swd", "area_distance", "fd", "kid", "precision", "recall", "ms_ssim_synthetic",
+                "nearest_real_dice_median"):  # fmt: skip
+        for suffix in ("_at_baseline_n", "_real_baseline"):
+            assert isinstance(entry[key + suffix], float) and math.isfinite(entry[key + suffix]), key + suffix
+    assert "fd_inf_real_baseline" in entry and entry["baseline_n"] >= 10 and entry["feature_dim"] == 62
+    assert entry["reference_empty"] == "exclude" and entry["class_intensity"]["by_sequence"]["t1c"]
+    table3 = (out / "table3.md").read_text()
+    assert "| FD-U-Net | FD∞-U-Net | KID-U-Net |" in table3 and "## Class intensity" in table3
+    row = next(line for line in table3.splitlines() if line.startswith("| full |"))
+    kid = f"{entry['kid_at_baseline_n']:.3g} / {entry['kid_real_baseline']:.3g}"
+    assert f"| {kid} |" in row
+    csv_row = _csv(out / "table3.csv")[0]
+    assert float(csv_row["kid_real_baseline"]) == pytest.approx(entry["kid_real_baseline"])
     saved = json.loads((out / "quality" / "full" / "quality.json").read_text())
     # The full_real U-Net trained at 16 px: the 32 px slices are block-averaged to 16 before its encoder.
     assert saved["size"] == 32 and saved["features"]["feature_size"] == 16
@@ -298,7 +339,7 @@ def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, P
     assert extractor.norm == "zscore"
     images = torch.rand(3, 1, 8, 8) * 1000
     images[:, :, :2] = 0  # outside the brain
-    scaled = _scaler(extractor, images)(images, slice(0, 1))
+    scaled = _scaler(extractor, images, (1000.0,))(images, slice(0, 1))
     assert torch.equal(scaled, torch.from_numpy(zscore_brain(images.numpy())))
     assert torch.all(scaled[:, :, :2] == 0) and abs(float(scaled[:, :, 2:].mean())) < 1e-5
     result = measure_quality(

@@ -162,22 +162,67 @@ def test_hd95_empty_conventions() -> None:
     empty, full = np.zeros((30, 40), bool), np.zeros((30, 40), bool)
     full[10:12, 10:12] = True
     assert hausdorff.hd95(empty, empty) == 0.0
-    assert hausdorff.hd95(full, empty) == pytest.approx(50.0)  # the image diagonal
-    assert hausdorff.hd95(np.zeros((2, 30, 40), bool), np.stack([full, empty])) == pytest.approx(
-        math.sqrt(2**2 + 50**2)
-    )
+    assert hausdorff.hd95(full, empty) == pytest.approx(373.13)  # BraTS' figure for an empty side
+    assert hausdorff.hd95(full, empty, empty="diagonal") == pytest.approx(50.0)  # the image diagonal
+    assert hausdorff.hd95(
+        np.zeros((2, 30, 40), bool), np.stack([full, empty]), empty="diagonal"
+    ) == pytest.approx(math.sqrt(2**2 + 50**2))
+    with pytest.raises(ValueError, match="brats"):
+        hausdorff.hd95(full, empty, empty="nan")
 
 
-def test_subject_hd95_2d_mean_skips_empty_slices_and_3d_uses_the_stack() -> None:
-    pred = np.zeros((3, 20, 20), bool)
-    truth = np.zeros((3, 20, 20), bool)
+def test_subject_hd95_2d_mean_counts_one_sided_slices_and_3d_uses_the_stack() -> None:
+    pred = np.zeros((4, 20, 20), bool)
+    truth = np.zeros((4, 20, 20), bool)
     pred[0, 4, 4], truth[0, 7, 8] = True, True  # 5
     pred[1, 4, 4], truth[1, 4, 6] = True, True  # 2; slice 2 empty in both: left out of the mean
-    assert hausdorff.subject_hd95(pred, truth, volume=False) == pytest.approx(3.5)
-    assert hausdorff.subject_hd95(pred, truth, volume=False, scale=4.0) == pytest.approx(14.0)
-    # 3-D: truth->pred distances {5 (slice 0), 2 (slice 1)}, pred->truth {sqrt(5), 2}; the 95th percentile
-    # (linear interpolation) of {2, 5} is 2 + 0.95 * 3.
-    assert hausdorff.subject_hd95(pred, truth, volume=True) == pytest.approx(4.85, abs=1e-5)
+    pred[3, 9, 9] = True  # one false-positive pixel on a tumor-free slice: counted, not averaged in
+    assert hausdorff.subject_hd95(pred, truth, volume=False) == (pytest.approx(3.5), 1)
+    assert hausdorff.subject_hd95(pred, truth, volume=False, scale=4.0) == (pytest.approx(14.0), 1)
+    # 3-D over slices 0-2: truth->pred distances {5 (slice 0), 2 (slice 1)}, pred->truth {sqrt(5), 2}; the 95th
+    # percentile (linear interpolation) of {2, 5} is 2 + 0.95 * 3.
+    assert hausdorff.subject_hd95(pred[:3], truth[:3], volume=True) == (pytest.approx(4.85, abs=1e-5), 0)
+
+
+def test_one_false_positive_pixel_does_not_cost_a_subject_the_diagonal() -> None:
+    # The issue's case: 9 perfect slices and one slice with a lone false-positive pixel.
+    truth = np.zeros((10, 32, 32), bool)
+    truth[:9, 10:20, 10:20] = True
+    pred = truth.copy()
+    pred[9, 2, 2] = True
+    value, one_side = hausdorff.subject_hd95(pred, truth, volume=False)
+    assert value == 0.0 and one_side == 1  # folded in at the diagonal it was (9 * 0 + 45.25) / 10
+    # Only one-sided slices: one figure must stand for the subject, BraTS' 373.13 (or the slice diagonal).
+    alone = np.zeros((2, 32, 32), bool)
+    alone[0, 5, 5] = True
+    nothing = np.zeros_like(alone)
+    assert hausdorff.subject_hd95(alone, nothing, volume=False) == (pytest.approx(373.13), 1)
+    assert hausdorff.subject_hd95(alone, nothing, volume=False, empty="diagonal") == (
+        pytest.approx(32 * math.sqrt(2)),
+        1,
+    )
+    assert hausdorff.subject_hd95(alone, nothing, volume=True) == (pytest.approx(373.13), 1)
+    assert hausdorff.subject_hd95(nothing, nothing, volume=False) == (0.0, 0)
+
+
+def test_3d_hd95_equals_monai_on_the_volume() -> None:
+    from monai.metrics import HausdorffDistanceMetric
+
+    rng = np.random.default_rng(1)
+    truth = np.zeros((12, 40, 40), bool)
+    pred = np.zeros((12, 40, 40), bool)
+    truth[2:9, 10:25, 12:30] = True
+    pred[3:11, 13:27, 10:28] = True
+    pred[rng.integers(1, 12, 15), rng.integers(0, 40, 15), rng.integers(0, 40, 15)] = True
+    for scale in (1.0, 4.0):
+        metric = HausdorffDistanceMetric(include_background=True, percentile=95)
+        metric(
+            torch.from_numpy(pred)[None, None].float(),
+            torch.from_numpy(truth)[None, None].float(),
+            spacing=[1.0, scale, scale],
+        )
+        value, one_side = hausdorff.subject_hd95(pred, truth, volume=True, scale=scale)
+        assert value == pytest.approx(float(metric.aggregate()), rel=1e-6) and one_side >= 2
 
 
 def test_accumulator_orders_slices_and_picks_the_mode_from_the_split() -> None:
@@ -188,16 +233,17 @@ def test_accumulator_orders_slices_and_picks_the_mode_from_the_split() -> None:
     pred[1, 0, 8, 8], truth[1, 0, 8, 8] = True, True  # identical in slice 0
     acc.add(["s1", "s1"], [1, 0], pred, truth)
     case = np.array(["s1", "s1", "s2"])
-    values, mode = hausdorff.hd95_per_case(
+    found = hausdorff.hd95_per_case(
         acc, volume=hausdorff.split_by_subject(case, np.array(["test", "test", "train"])), native_size=32
     )
     # 3-D, pixels 2 native pixels wide: distances {0, 6} both ways; 95th percentile 0.95 * 6.
-    assert mode == "3d" and values["s1"][0] == pytest.approx(5.7, abs=1e-5)
-    values, mode = hausdorff.hd95_per_case(
+    assert found.mode == "3d" and found.values["s1"][0] == pytest.approx(5.7, abs=1e-5)
+    found = hausdorff.hd95_per_case(
         acc, volume=hausdorff.split_by_subject(case, np.array(["test", "train", "train"])), native_size=16
     )
-    # 2-D: slice 0 gives 0, slice 1 gives 3: the mean over the two non-empty slices.
-    assert mode == "2d" and values["s1"] == [pytest.approx(1.5)]
+    # 2-D: slice 0 gives 0, slice 1 gives 3: the mean over the two slices; none one-sided.
+    assert found.mode == "2d" and found.values["s1"] == [pytest.approx(1.5)]
+    assert found.one_side_empty["s1"] == [0]
 
 
 def test_hd95_agrees_with_monai_hausdorff_metric_class() -> None:

@@ -17,7 +17,8 @@ from synthseg.checkpoint import save_network
 from synthseg.errors import InputError
 from synthseg.metrics import diversity, memorisation
 from synthseg.metrics.features import Extractor, build_extractor
-from synthseg.metrics.quality import DatasetSlices, extractor_metrics
+from synthseg.metrics.quality import extractor_metrics
+from synthseg.metrics.slices import DatasetSlices
 from synthseg.networks.unet import UNet
 from tests.conftest import make_run, measure_quality, run_report, write_dataset
 
@@ -70,8 +71,10 @@ def test_two_sequences_through_quality_end_to_end(two: dict[str, Path], tmp_path
 
 
 def test_fd_of_a_multi_sequence_set_against_itself_is_zero(two: dict[str, Path], tmp_path: Path) -> None:
-    same = two["synthetic"]  # every slice a training slice: both samples are the whole set
-    result = measure_quality(synthetic=same, real=same, output=tmp_path / "q", unet=two["run"], **FAST)
+    same = two["synthetic"]  # every slice a training slice: both samples are the whole set (empty ones too)
+    result = measure_quality(
+        synthetic=same, real=same, output=tmp_path / "q", unet=two["run"], reference_empty="include", **FAST
+    )
     feats = result["features"]
     assert feats["fd_unet"] == pytest.approx(0.0, abs=1e-6)
     assert feats["precision_unet"] == 1.0 and feats["recall_unet"] == 1.0
@@ -99,7 +102,10 @@ def test_the_unet_reads_each_sequence_normalised_as_in_its_training(two: dict[st
     extractor.module = Recorder()
     real = torch.full((6, 2, 16, 16), 800.0)
     real[:, 1] = 400.0
-    extractor_metrics(extractor, real, real.clone(), seed=0, k=2, subsets=2, batch_size=64, sequences=TWO)
+    extractor_metrics(
+        extractor, real, real.clone(), top=(1500.0, 1600.0), seed=0, k=2, subsets=2, batch_size=64,
+        sequences=TWO,
+    )  # fmt: skip
     assert torch.allclose(seen[0][:, 0], torch.tensor(800 / 1500 - 0.1))
     assert torch.allclose(seen[0][:, 1], torch.tensor(400 / 1600 - 0.1))
 
@@ -189,7 +195,9 @@ def test_inception_measures_each_sequence_on_its_own_and_reports_their_mean() ->
     real = torch.rand(20, 2, 16, 16, generator=gen) * 1000
     synthetic = real.clone()
     synthetic[:, 1] = torch.rand(20, 16, 16, generator=gen) * 300  # the second sequence differs
-    out = extractor_metrics(fake, real, synthetic, seed=0, k=2, subsets=3, batch_size=8, sequences=TWO)
+    out = extractor_metrics(
+        fake, real, synthetic, top=(1000.0, 1000.0), seed=0, k=2, subsets=3, batch_size=8, sequences=TWO
+    )
     assert set(seen) == {1}  # one gray image at a time
     per = out["by_sequence"]
     assert per["t1c"]["fd_inception"] == pytest.approx(0.0, abs=1e-6) and per["flair"]["fd_inception"] > 0

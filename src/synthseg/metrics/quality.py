@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,114 +25,45 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from synthseg.data.cache import open_cache
-from synthseg.data.manifest import read_manifest
 from synthseg.errors import InputError
-from synthseg.metrics import diversity, fidelity, labelmaps, memorisation
+from synthseg.metrics import baseline as baseline_figures
+from synthseg.metrics import diversity, fidelity, intensity, labelmaps, memorisation
+from synthseg.metrics.baseline import CaseSplit, split_by_case
 from synthseg.metrics.sliced_wasserstein import labels_to_uint8, sliced_wasserstein
+from synthseg.metrics.slices import (
+    REAL_SPLITS,
+    REFERENCE_EMPTY,
+    DatasetSlices,
+    RowView,
+    common_size,
+    recorded_range,
+    reference_empty_rule,
+)
 from synthseg.settings import Settings, check_positive
 from synthseg.utils.outputs import claim_output
 
-REAL_SPLITS = ("train", "reduced")
+
+def in_range(images: torch.Tensor, top: tuple[float, ...]) -> torch.Tensor:
+    """(N, S, H, W) images in [0, 1] by one recorded maximum per sequence (``top``, the real dataset's; not the
+    set's own, so no single voxel moves the scale): MS-SSIM's data range."""
+    scale = torch.tensor(top, dtype=torch.float32).reshape(1, -1, 1, 1)
+    return (images / scale).clamp(0, 1)
 
 
-class DatasetSlices:
-    """A dataset folder's training slices: memory-mapped arrays and the rows in use (manifest order).
-
-    :meth:`use` picks the sequences measured and opens the slice cache (built then if needed).
-    """
-
-    def __init__(self, root: str | os.PathLike[str], split: str = "train", key: str = "") -> None:
-        if split not in REAL_SPLITS:
-            raise InputError(f"real_split={split!r}: expected one of {list(REAL_SPLITS)}")
-        self.root = Path(root)
-        self.named = f"{key}={self.root}" if key else str(self.root)
-        manifest = read_manifest(self.root)
-        rows = manifest.rows("train")
-        if split == "reduced":
-            rows = rows[manifest.reduced[rows]]
-        if len(rows) < 2:
-            raise InputError(f"{self.root}: fewer than 2 training slices ({len(rows)})")
-        self.manifest = manifest
-        self.sequences = manifest.sequences
-        self.rows = rows
-        self.ids = manifest.ids
-
-    def use(self, sequences: tuple[str, ...], why: str) -> None:
-        """Read only ``sequences``, in that order; one line naming the folder when it lacks one (``why``: who
-        asks for them), before any cache is built."""
-        missing = [s for s in sequences if s not in self.sequences]
-        if missing:
-            raise InputError(
-                f"{self.named}: holds the sequences {list(self.sequences)}, not {missing} ({why})"
-            )
-        channels = [self.sequences.index(s) for s in sequences]
-        paths = self.manifest.images[self.rows][:, channels]
-        if (paths == "").any():
-            raise InputError(
-                f"{self.named}: its manifest lists label maps without images; quality needs pairs"
-            )
-        images, self.labels = open_cache(self.root, self.manifest)
-        whole = channels == list(range(len(self.sequences)))
-        # (N, S, H, W) of the sequences measured, read lazily from the memory map.
-        self.images = RowView(images, channels=None if whole else np.asarray(channels))
-        self.sequences = tuple(sequences)
-        self.size = int(self.labels.shape[-1])
-
-    def sample(self, count: int, seed: int) -> np.ndarray:
-        """At most ``count`` rows, drawn without replacement with ``seed``, in manifest order."""
-        if len(self.rows) <= count:
-            return self.rows
-        return np.sort(np.random.default_rng(seed).choice(self.rows, size=count, replace=False))
-
-    def load(self, rows: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels (N, size, size) int64 majority-downsampled, images (N, S, size, size) float32 block means)."""
-        return memorisation.read_rows(self.labels, self.images, rows, size)
-
-
-class RowView:
-    """Rows ``rows`` (None: all) and channels ``channels`` (None: all) of a (memory-mapped) array, indexed
-    lazily: the whole real split is never loaded at once."""
-
-    def __init__(
-        self, array: np.ndarray | RowView, rows: np.ndarray | None = None, channels: np.ndarray | None = None
-    ) -> None:
-        self.array, self.rows, self.channels = array, rows, channels
-        rest = array.shape[1:] if channels is None else (len(channels), *array.shape[2:])
-        self.shape: tuple[int, ...] = (len(array) if rows is None else len(rows), *rest)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
-        picked = np.asarray(self.array[index if self.rows is None else self.rows[index]])
-        return picked if self.channels is None else picked[:, self.channels]
-
-
-def _common_size(synthetic: DatasetSlices, real: DatasetSlices) -> int:
-    small, large = sorted((synthetic.size, real.size))
-    if large % small:
-        raise InputError(
-            f"synthetic slices are {synthetic.size} px, real ones {real.size} px: one must divide the other"
-        )
-    return small
-
-
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    """(N, S, H, W) images scaled to [0, 1] by the set's maximum of each sequence (MS-SSIM's data range)."""
-    return images / images.amax(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
-
-
-def _scaler(extractor: Any, real: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
+def _scaler(
+    extractor: Any, real: torch.Tensor, top: tuple[float, ...]
+) -> Callable[[torch.Tensor, slice], torch.Tensor]:
     """How (N, S, H, W) images enter the extractor, per sequence: ``paper`` as the U-Net was trained
-    (image / train_max - train_mean; without recorded statistics, those of the real sample), ``zscore`` each
-    slice by its own brain's mean and std (``data.image_norm=zscore``), ``unit`` in [0, 1]
-    by the real sample's maximum. The function returned scales the channels ``group`` of its input."""
+    (image / train_max - train_mean; without statistics in the U-Net's record, the real dataset's recorded
+    maximum ``top`` and the real sample's mean), ``zscore`` each slice by its own brain's mean and std
+    (``data.image_norm=zscore``), ``unit`` in [0, 1] by ``top``. The function returned scales the channels
+    ``group`` of its input."""
     dims = (0, 2, 3)
-    real_max = real.amax(dim=dims, keepdim=True)
 
     def per_sequence(values: tuple[float, ...]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1)
+
+    real_max = per_sequence(top)
 
     if extractor.norm == "zscore":
         from synthseg.data.dataset import zscore_brain
@@ -147,42 +77,44 @@ def _scaler(extractor: Any, real: torch.Tensor) -> Callable[[torch.Tensor, slice
         else:
             mean = (real / top).mean(dim=dims, keepdim=True)
         return lambda x, group: x[:, group] / top[:, group] - mean[:, group]
-    top = real_max.clamp_min(1e-12)
-    return lambda x, group: (x[:, group] / top[:, group]).clamp(0, 1)
+    return lambda x, group: (x[:, group] / real_max[:, group]).clamp(0, 1)
 
 
-def _distances(
-    name: str, f_real: torch.Tensor, f_syn: torch.Tensor, *, seed: int, k: int, subsets: int,
-    lap: Callable[[str], None],
-) -> dict[str, float]:  # fmt: skip
-    """FD, KID (mean, std), precision and recall of two feature sets, keys suffixed with ``name``."""
-    fd = fidelity.frechet_distance(f_real, f_syn)
-    kid, kid_std = fidelity.kernel_distance(f_real, f_syn, subset_size=1000, subsets=subsets, seed=seed)
-    lap("fd_kid")
-    precision, recall = fidelity.precision_recall(f_real, f_syn, k=k)
-    lap("precision_recall")
-    return {
-        f"fd_{name}": fd, f"kid_{name}": kid, f"kid_{name}_std": kid_std, f"precision_{name}": precision,
-        f"recall_{name}": recall,
-    }  # fmt: skip
+FIGURES = ("fd_inf", "fd", "kid", "precision", "recall")
+
+
+def _named(key: str, name: str) -> str:
+    """A figure's key with the extractor's name after the figure: ``kid_std`` -> ``kid_unet_std``,
+    ``fd_inf_real_baseline`` -> ``fd_inf_unet_real_baseline``."""
+    for figure in FIGURES:
+        if key == figure or key.startswith(figure + "_"):
+            return f"{figure}_{name}{key[len(figure) :]}"
+    return key
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None) / len(values)
 
 
 def extractor_metrics(
-    extractor: Any, real: torch.Tensor, synthetic: torch.Tensor, *, seed: int, k: int, subsets: int,
-    batch_size: int | None, sequences: tuple[str, ...] = ("t1c",), lap: Callable[[str], None] | None = None,
+    extractor: Any, real: torch.Tensor, synthetic: torch.Tensor, *, top: tuple[float, ...], seed: int, k: int,
+    subsets: int, batch_size: int | None, sequences: tuple[str, ...] = ("t1c",), fd_dims: int = 124,
+    split: CaseSplit | None = None, lap: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """FD, KID, precision and recall on the extractor's features of (N, S, H, W) images, keys suffixed with its
-    name.
+    """FD, FD∞, KID, precision and recall on the extractor's features of (N, S, H, W) images, keys suffixed with
+    its name; with ``split``, each also for real half A against half B (``..._real_baseline``) and for the
+    synthetic subsample against B (``..._at_baseline_n``).
 
-    The U-Net reads the S sequences together (its input channels): one feature vector per pair. Inception reads
+    ``top``: the real dataset's recorded maximum per sequence (the range when the extractor needs one). The
+    U-Net reads the S sequences together (its input channels): one feature vector per pair. Inception reads
     one gray image: with several sequences each is measured on its own (``by_sequence``) and the headline
     figures are the means over the sequences. ``lap(stage)`` is called after each stage (``features``,
-    ``fd_kid``, ``precision_recall``).
+    ``fd_kid``, ``precision_recall``, ``baseline_features``).
     """
     from synthseg.metrics.features import extract
 
     lap = lap or (lambda stage: None)
-    scale = _scaler(extractor, real)
+    scale = _scaler(extractor, real, top)
     size = real.shape[-1]
     factor = size // extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else 1
     if factor > 1:
@@ -194,77 +126,39 @@ def extractor_metrics(
         if name == "unet" or real.shape[1] == 1
         else [slice(c, c + 1) for c in range(real.shape[1])]
     )
-    figures, dims = [], 0
+    figures: list[dict[str, float | None]] = []
+    dims = 0
     for group in groups:
         f_real = extract(extractor.module, scale(real, group), batch_size)
         f_syn = extract(extractor.module, scale(synthetic, group), batch_size)
         lap("features")
-        figures.append(_distances(name, f_real, f_syn, seed=seed, k=k, subsets=subsets, lap=lap))
+        found = fidelity.feature_distances(
+            f_real, f_syn, seed=seed, k=k, subsets=subsets, dims=fd_dims, lap=lap
+        )
+        if split is not None:
+            found |= baseline_figures.feature_baseline(
+                f_real, f_syn, split, seed=seed, k=k, subsets=subsets, dims=fd_dims
+            )
+            lap("baseline_features")
+        figures.append({_named(key, name): value for key, value in found.items()})
         dims = int(f_real.shape[1])
     result: dict[str, Any] = {
         "extractor": name,
         "extractor_source": extractor.source,
         "sequences": list(sequences),
         "feature_dim": dims,
+        "fd_inf_dim": int(fidelity.pool_features(torch.zeros(1, dims), fd_dims).shape[1]) if dims else None,
         "feature_size": size // factor,
-        **{key: sum(f[key] for f in figures) / len(figures) for key in figures[0]},
+        **{key: _mean([f[key] for f in figures]) for key in figures[0]},
         "kid_subset_size": min(1000, len(real), len(synthetic)),
         "k": k,
     }
+    if split is not None:
+        result["baseline_n"] = split.n
     if len(figures) > 1:
         result["by_sequence"] = dict(zip(sequences, figures, strict=True))
         result["note"] = f"{name} reads one sequence at a time: the figures are means over {list(sequences)}"
     return result
-
-
-@dataclass(frozen=True)
-class QualitySettings(Settings):
-    """``conf/quality.yaml``; the keys are described there. ``overwrite`` is the output rule's
-    (docs/reliability.md)."""
-
-    REQUIRED = {"synthetic": "DIR", "real": "DIR", "output": "DIR"}
-
-    synthetic: str
-    real: str
-    output: str
-    unet: str | None = None
-    extractor: str | None = "unet"
-    extractor_weights: str | None = None
-    real_split: str = "train"
-    max_images: int = 2000
-    seed: int = 0
-    pairs: int = 500
-    k: int = 3
-    kid_subsets: int = 100
-    search_size: int = 32
-    candidates: int = 8
-    dice_threshold: float = 0.95
-    correlation_threshold: float = 0.98
-    batch_size: int | None = None
-    device: str = "auto"
-    overwrite: bool = False
-
-    def check(self) -> None:
-        if self.extractor not in (None, "unet", "inception"):
-            raise InputError(f"extractor must be unet, inception or null, got {self.extractor!r}")
-        if self.real_split not in REAL_SPLITS:
-            raise InputError(f"real_split must be one of {list(REAL_SPLITS)}, got {self.real_split!r}")
-        for key in ("max_images", "pairs", "k", "kid_subsets", "search_size", "candidates"):
-            check_positive(key, getattr(self, key))
-        if self.batch_size is not None:
-            check_positive("batch_size", self.batch_size)
-        for key in ("dice_threshold", "correlation_threshold"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                raise InputError(f"{key} must be in (0, 1], got {getattr(self, key)}")
-
-
-def run(settings: QualitySettings) -> Path:
-    """``synthseg quality``: :func:`measure` into ``settings.output``, claimed and written atomically by the output
-    rule (docs/reliability.md); return the folder."""
-    inputs = [settings.synthetic, settings.real, settings.unet, settings.extractor_weights]
-    with claim_output(settings.output, command="quality", inputs=inputs, overwrite=settings.overwrite) as tmp:
-        measure(dataclasses.replace(settings, output=str(tmp)))
-    return Path(settings.output)
 
 
 def measure(settings: QualitySettings) -> Path:
@@ -274,10 +168,14 @@ def measure(settings: QualitySettings) -> Path:
 
     ``device`` runs the feature extractor (``auto``: CUDA when available); the rest runs on the CPU.
     ``extractor=None`` skips the feature-based metrics (FD, KID, precision, recall): what ``synthesize`` runs
-    before any U-Net exists.
+    before any U-Net exists. ``reference_empty`` (``auto``, ``include``, ``exclude``): whether the real
+    reference keeps its empty label maps (``auto``: as the PGAN that made the set trained,
+    :func:`~synthseg.metrics.slices.reference_empty_rule`). ``baseline``: every synthetic-vs-real figure also
+    for two real halves split by case, and for the synthetic set at their size (:mod:`synthseg.metrics.baseline`).
+    ``fd_dims``: FD∞ reads the features pooled to at most this many dimensions.
     """
     s = settings
-    synthetic, real, output, seed = s.synthetic, s.real, Path(s.output), s.seed
+    synthetic, real, output, seed, pairs = s.synthetic, s.real, Path(s.output), s.seed, s.pairs
     from synthseg.metrics.features import build_extractor, measured_sequences
 
     started = time.perf_counter()
@@ -295,10 +193,9 @@ def measure(settings: QualitySettings) -> Path:
         from synthseg.metrics.features import resolve_device
 
         feature_extractor.module.to(resolve_device(s.device))
-    syn_set, real_set = (
-        DatasetSlices(synthetic, key="synthetic"),
-        DatasetSlices(real, s.real_split, key="real"),
-    )
+    syn_set, real_set = DatasetSlices(synthetic, key="synthetic"), DatasetSlices(real, s.real_split, key="real")
+    reference = reference_empty_rule(synthetic, s.reference_empty)
+    reference["empty_left_out"] = real_set.drop_empty() if reference["rule"] == "exclude" else 0
     # The sequences measured: the U-Net's (its input channels), else the synthetic set's; both sets hold them.
     sequences = measured_sequences(feature_extractor, syn_set.sequences, syn_set.named)
     why = (
@@ -308,11 +205,13 @@ def measure(settings: QualitySettings) -> Path:
     )
     syn_set.use(sequences, why)
     real_set.use(sequences, why)
-    size = _common_size(syn_set, real_set)
+    top = recorded_range(real_set)
+    size = common_size(syn_set, real_set)
     syn_rows = syn_set.sample(s.max_images, seed)
     real_rows = real_set.sample(s.max_images, seed + 1)
     syn_labels, syn_images = syn_set.load(syn_rows, size)
     real_labels, real_images = real_set.load(real_rows, size)
+    split = split_by_case(real_set.manifest.case[real_rows], len(syn_rows), seed + 2) if s.baseline else None
     lap("load")
 
     syn_areas, real_areas = labelmaps.class_areas(syn_labels), labelmaps.class_areas(real_labels)
@@ -326,11 +225,26 @@ def measure(settings: QualitySettings) -> Path:
         labels_to_uint8(syn_labels[:n])[:, None], labels_to_uint8(real_labels[:n])[:, None], seed=seed,
         min_resolution=min(16, size),
     )  # fmt: skip
+    syn_means = intensity.slice_class_means(syn_labels, syn_images)
+    real_means = intensity.slice_class_means(real_labels, real_images)
+    halves = None if split is None else (real_means[split.a], real_means[split.b])
+    class_intensity = intensity.compare(
+        intensity.class_levels(syn_means),
+        intensity.class_levels(real_means),
+        sequences,
+        None if halves is None else (intensity.class_levels(halves[0]), intensity.class_levels(halves[1])),
+        (
+            intensity.wm_ratios(syn_means),
+            intensity.wm_ratios(real_means),
+            None if halves is None else (intensity.wm_ratios(halves[0]), intensity.wm_ratios(halves[1])),
+        ),
+    )
     lap("label_maps")
-    # Per sequence, on the same pairs; the set's figure is the mean over its sequences.
-    pairs = s.pairs
-    ms_syn, scales = diversity.ms_ssim_by_channel(_unit(syn_images), pairs, seed)
-    ms_real, _ = diversity.ms_ssim_by_channel(_unit(real_images), pairs, seed)
+    # Per sequence, on the same pairs, both sets by the real dataset's recorded range; the set's figure is the
+    # mean over its sequences.
+    syn_unit, real_unit = in_range(syn_images, top), in_range(real_images, top)
+    ms_syn, scales = diversity.ms_ssim_by_channel(syn_unit, pairs, seed)
+    ms_real, _ = diversity.ms_ssim_by_channel(real_unit, pairs, seed)
     lap("diversity")
 
     # Nearest real training slice: the sample against the whole real split (memory-mapped, in chunks).
@@ -352,6 +266,11 @@ def measure(settings: QualitySettings) -> Path:
         "synthetic": str(synthetic),
         "real": str(real),
         "real_split": s.real_split,
+        "reference_empty": reference,
+        "intensity_range": {
+            "train_max": dict(zip(sequences, top, strict=True)),
+            "from": str(real_set.root / "stats.json"),
+        },
         "size": size,
         "synthetic_count": len(syn_rows),
         "real_count": len(real_rows),
@@ -367,7 +286,8 @@ def measure(settings: QualitySettings) -> Path:
                 seq: {"ms_ssim_synthetic": a, "ms_ssim_real": b}
                 for seq, a, b in zip(sequences, ms_syn, ms_real, strict=True)
             },
-            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px"
+            "note": f"mean MS-SSIM over {pairs} random pairs within each set, {scales} of 5 scales at {size}px, "
+            "both sets in [0, 1] by the real dataset's recorded train_max"
             + ("" if len(sequences) == 1 else f", each of {list(sequences)} on its own, then their mean"),
         },
         "label_maps": {
@@ -376,12 +296,26 @@ def measure(settings: QualitySettings) -> Path:
             "fragmentation": frag,
             "filter_discard_rate": labelmaps.discard_rate(synthetic),
         },
+        "class_intensity": class_intensity,
         "memorisation": memo,
     }
+    if split is not None:
+        result["baseline"] = {
+            **baseline_figures.describe(split),
+            **baseline_figures.label_map_baseline(real_labels, syn_labels, split, seed),
+            **baseline_figures.diversity_baseline(real_unit, syn_unit, split, pairs, seed),
+            **baseline_figures.nearest_baseline(
+                real_labels, real_images, syn_labels, syn_images, split,
+                *_case_rows(real_set, split.b_cases), search_size=s.search_size, candidates=s.candidates,
+            ),
+        }  # fmt: skip
+        lap("baseline")
+    else:
+        result["baseline"] = None
     if feature_extractor is not None:
         result["features"] = extractor_metrics(
-            feature_extractor, real_images, syn_images, seed=seed, k=s.k, subsets=s.kid_subsets,
-            batch_size=s.batch_size, sequences=sequences, lap=lap,
+            feature_extractor, real_images, syn_images, top=top, seed=seed, k=s.k, subsets=s.kid_subsets,
+            batch_size=s.batch_size, sequences=sequences, fd_dims=s.fd_dims, split=split, lap=lap,
         )  # fmt: skip
     # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
     output.mkdir(parents=True, exist_ok=True)
@@ -413,21 +347,116 @@ def measure(settings: QualitySettings) -> Path:
     return output / "quality.json"
 
 
+def _case_rows(real: DatasetSlices, cases: np.ndarray) -> tuple[RowView, RowView]:
+    """Labels and images of every slice in use of ``cases`` (lazy views of the memory maps)."""
+    rows = real.rows[np.isin(real.manifest.case[real.rows].astype(str), cases)]
+    return RowView(real.labels, rows), RowView(real.images, rows)
+
+
+@dataclass(frozen=True)
+class QualitySettings(Settings):
+    """``conf/quality.yaml``; the keys are described there. ``overwrite`` is the output rule's
+    (docs/reliability.md)."""
+
+    REQUIRED = {"synthetic": "DIR", "real": "DIR", "output": "DIR"}
+
+    synthetic: str
+    real: str
+    output: str
+    unet: str | None = None
+    extractor: str | None = "unet"
+    extractor_weights: str | None = None
+    real_split: str = "train"
+    reference_empty: str = "auto"
+    max_images: int = 2000
+    seed: int = 0
+    pairs: int = 500
+    k: int = 3
+    kid_subsets: int = 100
+    fd_dims: int = 124
+    baseline: bool = True
+    search_size: int = 32
+    candidates: int = 8
+    dice_threshold: float = 0.95
+    correlation_threshold: float = 0.98
+    batch_size: int | None = None
+    device: str = "auto"
+    overwrite: bool = False
+
+    def check(self) -> None:
+        if self.extractor not in (None, "unet", "inception"):
+            raise InputError(f"extractor must be unet, inception or null, got {self.extractor!r}")
+        if self.real_split not in REAL_SPLITS:
+            raise InputError(f"real_split must be one of {list(REAL_SPLITS)}, got {self.real_split!r}")
+        if self.reference_empty not in REFERENCE_EMPTY:
+            raise InputError(
+                f"reference_empty must be one of {list(REFERENCE_EMPTY)}, got {self.reference_empty!r}"
+            )
+        for key in ("max_images", "pairs", "k", "kid_subsets", "fd_dims", "search_size", "candidates"):
+            check_positive(key, getattr(self, key))
+        if self.batch_size is not None:
+            check_positive("batch_size", self.batch_size)
+        for key in ("dice_threshold", "correlation_threshold"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise InputError(f"{key} must be in (0, 1], got {getattr(self, key)}")
+
+
+def run(settings: QualitySettings) -> Path:
+    """``synthseg quality``: :func:`measure` into ``settings.output``, claimed and written atomically by the output
+    rule (docs/reliability.md); return the folder."""
+    inputs = [settings.synthetic, settings.real, settings.unet, settings.extractor_weights]
+    with claim_output(settings.output, command="quality", inputs=inputs, overwrite=settings.overwrite) as tmp:
+        measure(dataclasses.replace(settings, output=str(tmp)))
+    return Path(settings.output)
+
+
 def main(cfg: DictConfig) -> Path:
     """Hydra entry of ``synthseg quality`` (``conf/quality.yaml``)."""
     settings = QualitySettings.from_config(cfg)
     output = run(settings)
     result = json.loads((output / "quality.json").read_text())
+    print(f"synthseg quality -> {settings.output}/quality.json")
+    print(json.dumps(headline(result)))
+    return output
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures ``synthseg quality`` prints on its last line: each synthetic-vs-real figure with, where the
+    baseline ran, the same figure at the baseline's n and for two real halves (``_at_baseline_n``,
+    ``_real_baseline``), and the class intensities in units of the real WM level."""
     feats = result.get("features", {})
     name = feats.get("extractor")
-    line = {
-        **({f"fd_{name}": feats[f"fd_{name}"], f"kid_{name}": feats[f"kid_{name}"],
-            "precision": feats[f"precision_{name}"], "recall": feats[f"recall_{name}"]} if name else {}),
-        "ms_ssim_synthetic": result["diversity"]["ms_ssim_synthetic"],
-        "ms_ssim_real": result["diversity"]["ms_ssim_real"],
-        "nearest_real_dice_median": result["memorisation"]["dice"]["synthetic"]["median"],
-        "seconds": result["seconds"],
-    }  # fmt: skip
-    print(f"synthseg quality -> {settings.output}/quality.json")
-    print(json.dumps(line))
-    return output
+    line: dict[str, Any] = {}
+    if name:
+        for figure, short in (("fd", "fd"), ("fd_inf", "fd_inf"), ("kid", "kid"), ("precision", "precision"),
+                              ("recall", "recall")):  # fmt: skip
+            key = f"{figure}_{name}"
+            label = f"{short}_{name}" if figure in ("fd", "fd_inf", "kid") else short
+            line[label] = feats.get(key)
+            if f"{key}_real_baseline" in feats:
+                line[f"{label}_at_baseline_n"] = feats[f"{key}_at_baseline_n"]
+                line[f"{label}_real_baseline"] = feats[f"{key}_real_baseline"]
+    base = result.get("baseline") or {}
+    line["ms_ssim_synthetic"] = result["diversity"]["ms_ssim_synthetic"]
+    line["ms_ssim_real"] = result["diversity"]["ms_ssim_real"]
+    if base:
+        line["ms_ssim_synthetic_real_baseline"] = base["ms_ssim_synthetic_real_baseline"]
+    line["nearest_real_dice_median"] = result["memorisation"]["dice"]["synthetic"]["median"]
+    if base:
+        for key in ("nearest_real_dice_median_at_baseline_n", "nearest_real_dice_median_real_baseline"):
+            line[key] = base[key]
+        line["baseline_n"] = base["n"]
+    line["class_intensity"] = {
+        seq: {
+            "distance_over_real_wm": {
+                c: entry["classes"][c]["distance_over_real_wm"]
+                for c in result["class_intensity"]["checked_classes"]
+            },
+            "order_real": entry["order_real"],
+            "order_synthetic": entry["order_synthetic"],
+            "target_met": entry["target_met"],
+        }
+        for seq, entry in result["class_intensity"]["by_sequence"].items()
+    }
+    line["seconds"] = result["seconds"]
+    return line

@@ -16,7 +16,8 @@ from synthseg.data.labels import class_names, colorize
 from synthseg.errors import InputError
 from synthseg.losses.dice import weighted_dice_loss
 from synthseg.metrics.dice_error import EvalDiceError
-from synthseg.metrics.hausdorff import HD95Accumulator, hd95_per_case
+from synthseg.metrics.hausdorff import EMPTY_RULES, HD95Accumulator, hd95_per_case
+from synthseg.metrics.hausdorff import UNIT as HD95_UNIT
 from synthseg.models.common import ImageLogger, data_summary
 from synthseg.utils.visual import grid, to_gray_rgb
 
@@ -55,6 +56,8 @@ class UNetModule(pl.LightningModule):
         ce_weight: 0 (the paper): the training loss is the weighted Dice loss alone; > 0 adds this much
             cross-entropy, weighted by the same class weights (Dice + CE, as nnU-Net trains). Validation loss,
             checkpoint choice and every test figure stay the paper's weighted Dice.
+        hd95_empty: the test HD95's figure for a region empty on one side only (:mod:`synthseg.metrics.hausdorff`):
+            ``brats`` (BraTS' 373.13) or ``diagonal`` (the image's or the stacked volume's diagonal).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class UNetModule(pl.LightningModule):
         eval_reduction: str = "batch_mean",
         eval_batch_size: int = 32,
         ce_weight: float = 0.0,
+        hd95_empty: str = "brats",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -87,6 +91,9 @@ class UNetModule(pl.LightningModule):
         )
         self.case_stats: dict[str, dict[str, np.ndarray]] = {}
         self._val_rows: list[list[np.ndarray]] = []
+        if hd95_empty not in EMPTY_RULES:
+            raise ValueError(f"hd95_empty must be one of {list(EMPTY_RULES)}, got {hd95_empty!r}")
+        self.hd95_empty = hd95_empty
         self.hd95 = HD95Accumulator()
         self.hd95_mode = "none"
         self.data: DataSummary | None = None
@@ -246,13 +253,15 @@ class UNetModule(pl.LightningModule):
         """HD95 per subject and BraTS region into ``per_case[case]["hd95"]``; the mean over subjects logged."""
         if self.data is None:  # tested without a DataModule: no subjects to measure
             return
-        values, self.hd95_mode = hd95_per_case(
-            self.hd95, volume=self.data.split_by_subject, native_size=self.data.size
+        found = hd95_per_case(
+            self.hd95, volume=self.data.split_by_subject, native_size=self.data.size, empty=self.hd95_empty
         )
-        for case, hd in values.items():
+        self.hd95_mode = found.mode
+        for case, hd in found.values.items():
             self.case_stats[case]["hd95"] = np.asarray(hd)
-        if values:
-            means = np.mean(list(values.values()), axis=0)
+            self.case_stats[case]["hd95_one_side_empty"] = np.asarray(found.one_side_empty[case])
+        if found.values:
+            means = np.mean(list(found.values.values()), axis=0)
             for j, name in enumerate(names):
                 self.log(f"test/hd95_{name}", float(means[j]))
         self.hd95 = HD95Accumulator()
@@ -264,6 +273,8 @@ class UNetModule(pl.LightningModule):
             "real_class_weights": self.real_class_weights.tolist(),
             "regions": list(region_masks(torch.zeros(1, dtype=torch.long), self.num_classes)),
             "hd95_mode": self.hd95_mode,
+            "hd95_empty": self.hd95_empty,
+            "hd95_unit": HD95_UNIT,
             "per_case": {
                 case: {k: v.tolist() for k, v in stats.items()} for case, stats in self.case_stats.items()
             },

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from synthseg.errors import InputError
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,14 @@ class QualityReportSettings(Settings):
     pairs: int = 500
     kid_subsets: int = 100
     search_size: int = 32
+    reference_empty: str = "auto"
+    fd_dims: int = 124
+    baseline: bool = True
 
     def check(self) -> None:
-        for key in ("max_images", "pairs", "kid_subsets", "search_size"):
+        for key in ("max_images", "pairs", "kid_subsets", "search_size", "fd_dims"):
             check_positive(key, getattr(self, key))
+        check_choice("reference_empty", self.reference_empty, ("auto", "include", "exclude"))
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,13 @@ def _interval(value: float, low: float, high: float, signed: bool = False) -> st
     return text
 
 
+def _title(metric: str) -> str:
+    """A Table 2 column's header: HD95 with its unit (mm, or slices for the count); the rest are in %."""
+    if metric.startswith("hd95_"):
+        return f"{metric} (slices)" if metric.endswith("_one_side_empty") else f"{metric} (mm)"
+    return metric
+
+
 def table2_markdown(estimates: list[Estimate], level: float) -> str:
     pct = f"{100 * level:g} %"
     lines = [
@@ -287,8 +294,11 @@ def table2_markdown(estimates: list[Estimate], level: float) -> str:
         "enhancing tumor (higher is better). Seeds are pooled per subject. The second table of each class "
         f"count: difference from the real-only row of the same half, paired bootstrap {pct} interval "
         "(the same resampled subjects for both rows); † marks an interval that excludes 0. `hd95_<region>`: "
-        "95th-percentile Hausdorff distance in native pixels (mm for BraTS), mean over test subjects, lower is "
-        "better (docs/quality.md).",
+        "95th-percentile Hausdorff distance in mm (pixels of the slices on disk, 1 mm for BraTS and the demo "
+        "cohort, whatever resolution the U-Net ran at), mean over test subjects, lower is better; 3-D per "
+        "subject when the dataset is split by subject, else the mean over the slices where both truth and "
+        "prediction hold the region, with `hd95_<region>_one_side_empty` beside it: the slices per subject "
+        "where exactly one side holds it (a subject with no other slice: BraTS' 373.13). docs/quality.md.",
     ]
     for classes in sorted({e.classes for e in estimates}, key=lambda c: -c):
         rows = [e for e in estimates if e.classes == classes]
@@ -301,7 +311,7 @@ def table2_markdown(estimates: list[Estimate], level: float) -> str:
             lines += ["", f"## {title}", ""]
             if subjects < MIN_SUBJECTS and not signed:
                 lines += [f"Only {subjects} test subject(s): the intervals say little.", ""]
-            lines.append("| mix | seeds | " + " | ".join(names) + " |")
+            lines.append("| mix | seeds | " + " | ".join(_title(name) for name in names) + " |")
             lines.append("|" + "---|" * (len(names) + 2))
             for mix in mixes:
                 first = by_key[(mix, names[0])]
