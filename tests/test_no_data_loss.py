@@ -412,3 +412,167 @@ def test_synthesize_says_in_one_line_when_the_filter_keeps_no_mask(tmp_path: Pat
         synthesize.run(settings)
     assert "\n" not in str(err.value) and "kept" in str(err.value)
     assert not out.exists()
+
+
+# ------------------------------------------------------------- paths that come from data (issue 24, class 1)
+def _edit_manifest(root: Path, row: int, **cells: str) -> None:
+    """Set ``cells`` (column -> value) in data row ``row`` of ``<root>/manifest.csv``."""
+    import csv
+
+    path = root / "manifest.csv"
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    rows[row].update(cells)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _bad_ids_and_paths(tmp: Path) -> dict[str, tuple[Callable[[Path], None], str]]:
+    """Manifest edits that point outside the dataset folder: (edit of a dataset folder, expected part of the line)."""
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    outside = write_dataset(tmp / "outside_dataset", num_slices=2, size=32, source="synthetic", seed=5)
+    (elsewhere / "images").mkdir(exist_ok=True)
+
+    def symlinked_images(root: Path) -> None:
+        import shutil
+
+        shutil.copytree(root / "images", elsewhere / "images", dirs_exist_ok=True)
+        shutil.rmtree(root / "images")
+        (root / "images").symlink_to(elsewhere / "images", target_is_directory=True)
+
+    return {
+        "id ../../victim/important": (
+            lambda root: _edit_manifest(root, 1, id="../../victim/important"),
+            "id '../../victim/important' contains '/'",
+        ),
+        "label ../../../elsewhere": (
+            lambda root: _edit_manifest(root, 1, label="../../../outside_dataset/labels/synth_000000.png"),
+            "goes up with '..'",
+        ),
+        "absolute image path": (
+            lambda root: _edit_manifest(root, 1, image=str(outside / "images" / "synth_000000.png")),
+            "is an absolute path",
+        ),
+        "id with a control character": (
+            lambda root: _edit_manifest(root, 1, id="a\x07b"),
+            "contains '\\x07'",
+        ),
+        "id of 201 bytes": (lambda root: _edit_manifest(root, 1, id="x" * 201), "is 201 bytes long"),
+        "images/ symlinked elsewhere": (symlinked_images, "lies in a folder that resolves to"),
+    }
+
+
+def _reads_a_manifest(tmp: Path) -> dict[str, Callable[[Path], Any]]:
+    """Every command that reads a dataset folder's manifest, given the (edited) folder ``data``."""
+    from synthseg.metrics import swd
+    from synthseg.metrics.quality import QualitySettings, measure
+    from synthseg.synth import export, generate_images, synthesize
+    from synthseg.synth import filter as zfilter
+
+    clean = write_dataset(tmp / "clean", num_slices=10, size=32)
+    spade = tiny_spade_snapshot(tmp / "spade.pt")
+    pgan = tiny_snapshot(tmp / "pgan.pt", size=32)
+    out = (
+        tmp / "area" / "victim_parent" / "out"
+    )  # labels/../../victim/important.png would land in area/victim
+
+    def train(overrides: list[str]) -> Any:
+        from synthseg.train import train as train_command
+        from tests.conftest import compose_train
+
+        width = ["model=unet", "model.net.base_width=2", "trainer.max_epochs=1"]
+        return train_command(compose_train([*width, *overrides], tmp / "area"))
+
+    def quality(data: Path) -> Any:
+        options = {"extractor": None, "pairs": 5, "kid_subsets": 2, "search_size": 8, "device": "cpu"}
+        return measure(QualitySettings(synthetic=data, real=clean, output=out, **options))
+
+    return {
+        "filter (masks)": lambda data: zfilter.run(zfilter.FilterSettings(
+            masks=data, reference=clean, output=out, threshold_quantile=1.0, progress=False)),
+        "filter (reference)": lambda data: zfilter.run(zfilter.FilterSettings(
+            masks=clean, reference=data, output=out, threshold_quantile=1.0, progress=False)),
+        "generate-images keep_ids=true": lambda data: generate_images.run(generate_images.GenerateImagesSettings(
+            checkpoint=spade, masks=data, output=out, device="cpu", keep_ids=True, progress=False)),
+        "export": lambda data: export.run(export.ExportSettings(source=[data], output=out, progress=False)),
+        "train (data.root)": lambda data: train([f"data.root={data}"]),
+        "train (data.synthetic.root)": lambda data: train(
+            [f"data.root={clean}", f"+data.synthetic={{root: {data}, count: 2}}"]),
+        "quality": quality,
+        "synthesize (reference)": lambda data: synthesize.run(synthesize.SynthesizeSettings(
+            pgan=pgan, spade=spade, reference=data, count=3, output=out, threshold=1e9, device="cpu",
+            progress=False, quality=False)),
+        "swd": lambda data: swd.run(swd.SWDSettings(a=data, b=clean, device="cpu", progress=False)),
+    }  # fmt: skip
+
+
+def _bad_names_ids() -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return list(_bad_ids_and_paths(Path(scratch)))
+
+
+READERS = [
+    "filter (masks)", "filter (reference)", "generate-images keep_ids=true", "export", "train (data.root)",
+    "train (data.synthetic.root)", "quality", "synthesize (reference)", "swd",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", _bad_names_ids())
+@pytest.mark.parametrize("reader", READERS)
+def test_ids_and_paths_from_a_manifest_stay_inside_their_folder(
+    reader: str, edit: str, tmp_path: Path
+) -> None:
+    """Issue 24, class 1: ``../``, absolute paths, a symlinked folder, bad ids: one line naming the manifest,
+    the line and the value, before any file is read or written; nothing outside changes."""
+    data = write_dataset(tmp_path / "data", num_slices=10, size=32, source="synthetic", seed=1, empty_every=0)
+    victim = tmp_path / "area" / "victim" / "important.png"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"the user's own file")
+    change, expected = _bad_ids_and_paths(tmp_path)[edit]
+    change(data)
+    run = _reads_a_manifest(tmp_path)[reader]
+    before = tree(tmp_path)
+    with pytest.raises(InputError) as err:
+        run(data)
+    line = str(err.value)
+    assert "\n" not in line and expected in line, line
+    row = 2 if "symlinked" in edit else 3  # the manifest and the row (the header is line 1; every row of a
+    assert f"{data / 'manifest.csv'}: line {row}" in line, (
+        line
+    )  # symlinked folder is outside, the first first)
+    after = tree(tmp_path)
+    assert {k: v for k, v in before.items() if k in after} == before
+    assert not [k for k in after if k not in before and not k.endswith(".lock")], after.keys() - before.keys()
+    assert victim.read_bytes() == b"the user's own file"
+
+
+def test_a_pgan_history_naming_a_snapshot_outside_its_run_is_refused(tmp_path: Path) -> None:
+    from synthseg.synth import select
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_snapshot(tmp_path / "elsewhere.pt")
+    (run / "swd.csv").write_text(
+        "tick,kimg,resolution,alpha,snapshot,swd_avg\n1,1,16,1.0,../elsewhere.pt,3.0\n"
+    )
+    with pytest.raises(InputError, match=r"swd.csv: line 2: snapshot '../elsewhere.pt' goes up with '..'"):
+        select.run(select.SelectSettings(run=run))
+
+
+def test_an_id_made_from_a_file_name_is_checked_too(tmp_path: Path) -> None:
+    import numpy as np
+
+    from synthseg.data.manifest import list_masks
+    from synthseg.data.pngio import write_label8
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    write_label8(folder / ("x" * 210 + ".png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match="file name 'x+' is 210 bytes long"):
+        list_masks(folder)

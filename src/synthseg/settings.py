@@ -132,7 +132,16 @@ class Settings:
         self.check()
 
     def check(self) -> None:
-        """Range and consistency checks (raise InputError naming the key); types are checked by from_config."""
+        """Range and consistency checks (raise InputError naming the key); types are checked by from_config.
+
+        The values alone: no file is read here (Python callers build settings before their inputs exist).
+        """
+
+    def check_inputs(self) -> None:
+        """Checks of the inputs on disk, together with the settings: folders and manifests readable, every file
+        a manifest names present, inputs distinct, sizes and checkpoints that fit each other. ``run()`` calls it
+        first, before any work or write (a mistake found after hours of work is a mistake found too late).
+        """
 
     @classmethod
     def from_config(cls: type[S], cfg: Any, prefix: str = "", *, partial: bool = False) -> S:

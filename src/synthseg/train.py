@@ -27,7 +27,7 @@ from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
 from synthseg.settings import Settings
-from synthseg.train_checks import check_train
+from synthseg.train_checks import check_train, check_train_inputs
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd
 from synthseg.utils.fastpath import apply_fallbacks
@@ -179,6 +179,11 @@ class TrainSettings(Settings):
     def check(self) -> None:
         check_train(self.seed, self.model, self.data, self.trainer, self.logger)
 
+    def check_inputs(self) -> None:
+        """The datasets and the checkpoint to resume, before any run folder exists (``run()`` calls it first;
+        ``synthseg train`` before Hydra makes the run folder): :func:`synthseg.train_checks.check_train_inputs`."""
+        check_train_inputs(self.data, self.ckpt_path, Path(self.paths["log_dir"]) / self.task_name)
+
 
 def read_metrics(output_dir: str | Path) -> dict[str, float]:
     """The metrics a run wrote to ``<output_dir>/results.json`` (empty before it is written)."""
@@ -195,6 +200,7 @@ def run(settings: TrainSettings) -> Path:
         The run folder (``paths.output_dir``): ``results.json`` (the resolved config, data statistics, best
         checkpoint, the ``train/``, ``val/`` and ``test/`` metrics), checkpoints and the loggers' files.
     """
+    settings.check_inputs()
     # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once (on copies of the nodes)
     trainer_node, model_node, _ = apply_fallbacks(settings.trainer, settings.model)
     assert model_node is not None

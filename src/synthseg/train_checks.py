@@ -188,3 +188,30 @@ def check_train(
     _check_trainer(trainer or {}, model or {})
     _check_channels(model or {}, data or {})
     _check_loggers(logger)
+
+
+def _dataset_roots(data: dict[str, Any]) -> list[tuple[str, Path]]:
+    """The dataset folders a training config reads, with their keys: ``data.root`` and the synthetic one in use."""
+    roots: list[tuple[str, Path]] = []
+    if isinstance(data.get("root"), str):
+        roots.append(("data.root", Path(data["root"])))
+    synthetic = data.get("synthetic")
+    if isinstance(synthetic, dict) and synthetic.get("count") and isinstance(synthetic.get("root"), str):
+        roots.append(("data.synthetic.root", Path(synthetic["root"])))
+    return roots
+
+
+def check_train_inputs(data: dict[str, Any], ckpt_path: str | None, search_root: Path) -> None:
+    """Refuse, before anything is built or written, datasets and a resume that cannot work.
+
+    Every dataset folder's manifest is read (ids and paths checked, synthseg.data.names) and every file it names
+    must exist (one ``stat`` each).
+
+    Raises:
+        InputError: one line naming the key and the folder or file.
+    """
+    from synthseg.data.manifest import check_files, read_manifest
+
+    for _, root in _dataset_roots(data or {}):
+        if root.is_dir():  # a missing folder is the DataModule's own line (folder not found)
+            check_files(root, read_manifest(root))

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from synthseg import __version__
-from synthseg.data.manifest import read_provenance, read_stats, write_provenance
+from synthseg.data.manifest import check_files, read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE
@@ -93,6 +93,41 @@ class SynthesizeSettings(Settings):
         check_positive("image_batch_size", self.image_batch_size)
         check_positive("min_island", self.min_island, allow_zero=True)
 
+    def check_inputs(self) -> None:
+        """Before any mask is made: the inputs exist and differ, the reference is a readable dataset with real
+        training masks, and the masks the PGAN will make are the size the SPADE paints and the filter can compare
+        (a SPADE trained at 32 given masks of 64 used to be refused only after every mask was generated)."""
+        from synthseg.synth import filter as zfilter
+        from synthseg.synth.generate_images import load_generator
+        from synthseg.synth.generate_masks import load_mask_generator
+
+        for name, path in (("pgan", self.pgan), ("spade", self.spade), ("reference", self.reference)):
+            if not Path(path).exists():
+                raise InputError(f"{name}={path}: not found")
+        if Path(self.pgan).resolve() == Path(self.spade).resolve():
+            raise InputError(f"pgan={self.pgan} and spade={self.spade} are the same file")
+        refs = zfilter.reference_items(
+            self.reference, self.reference_split
+        )  # manifest, ids and paths checked
+        check_files(self.reference)
+        painter = load_generator(self.spade).generator
+        pgan, meta = load_mask_generator(self.pgan)
+        size = int(self.mask_size or meta.get("dataset_size") or pgan.resolution)
+        given = (
+            f"mask_size={size}" if self.mask_size else f"the PGAN's masks ({size}x{size}, its training size)"
+        )
+        if painter.image_size != size:
+            raise InputError(
+                f"{given}: the SPADE {self.spade} paints {painter.image_size}x{painter.image_size} label maps; "
+                f"set mask_size={painter.image_size} (or give a SPADE trained at {size}x{size})"
+            )
+        side = zfilter.read_mask(refs[0].label).shape[0]
+        if side % size:
+            raise InputError(
+                f"{given}: the reference {self.reference} is {side}x{side}, not a whole multiple of {size} "
+                "(the filter compares masks with the reference reduced to their size)"
+            )
+
 
 def run(settings: SynthesizeSettings) -> Path:
     """Make a synthetic dataset of at most ``settings.count`` pairs (fewer: the filter drops some masks) in
@@ -103,9 +138,7 @@ def run(settings: SynthesizeSettings) -> Path:
     from synthseg.synth import generate_images, generate_masks, select
 
     s = settings
-    for name, path in (("pgan", s.pgan), ("spade", s.spade), ("reference", s.reference)):
-        if not Path(path).exists():
-            raise InputError(f"{name}={path}: not found")
+    s.check_inputs()
     inputs = [s.pgan, s.spade, s.reference]
     output = check_output(s.output, command="synthesize", inputs=inputs, overwrite=s.overwrite)
     # Refuse before hours of generation when the disk cannot hold the result: generated and kept masks
