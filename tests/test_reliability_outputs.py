@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from synthseg.data.cache import build_cache, open_cache, stale_reason
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.synth.generate_masks import PROGRESS, resume_folder
-from synthseg.utils.outputs import OutputLockedError, claim_output, output_lock
+from synthseg.utils.outputs import OutputLockedError, claim_output, lock_path
 from tests.test_prepare import make_cohort
 from tests.test_reliability_atomic import tiny_snapshot
 
@@ -135,7 +136,8 @@ def test_leftovers_are_cleaned_only_by_the_lock_holder(tmp_path: Path) -> None:
     live = tmp_path / ".out.1234abcd.partial"  # another run's temporary folder
     live.mkdir()
     (live / "half.png").write_bytes(b"x")
-    with output_lock(out):  # that other run holds the lock (in this process: a second acquire fails too)
+    # That other run holds the lock (a lock file of its own: this thread's output_lock would nest)
+    with FileLock(str(lock_path(out)), timeout=0):
         with pytest.raises(OutputLockedError, match=f"{out}: another synthseg run"):
             with claim_output(out, command="report"):
                 pass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import types
 import typing
 from collections.abc import Mapping
@@ -218,8 +219,17 @@ def count_items(value: Any) -> int:
     return len(value)
 
 
+_PROCESS_TOKEN = secrets.token_hex(3)
+
+
+def process_token() -> str:
+    """``${run_token:}``: six hex digits drawn once per process, so two training runs started in the same second
+    get two run folders (``runs/<time>_<token>``; conf/hydra/default.yaml)."""
+    return _PROCESS_TOKEN
+
+
 # name -> function of the OmegaConf resolvers the configs under conf/ use
-RESOLVERS = {"len": count_items}
+RESOLVERS = {"len": count_items, "run_token": process_token}
 
 
 def register_resolvers() -> None:

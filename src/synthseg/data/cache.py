@@ -26,7 +26,7 @@ from tqdm import tqdm
 from synthseg.data.manifest import MANIFEST, Manifest, read_manifest
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path, check_free_space
+from synthseg.utils.atomic import atomic_path, check_free_space, leftovers, remove_path
 
 CACHE_DIR = "cache"
 CACHE_FORMAT = "synthseg-cache/3"
@@ -109,6 +109,8 @@ def build_cache(root: str | os.PathLike[str], *, progress: bool = True) -> Path:
             return target
         if target.exists():
             print(f"rebuilding the slice cache ({reason})", file=sys.stderr)
+        for stale in leftovers(target):  # of a killed build: ours to clean, under the cache's lock
+            remove_path(stale)
         _build(root, target, progress)
     return target
 

@@ -22,8 +22,16 @@ from synthseg.data.manifest import check_files, read_provenance, read_stats, wri
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE
-from synthseg.utils.atomic import check_free_space
-from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output, lock_path, remove_own
+from synthseg.utils.atomic import check_free_space, sibling
+from synthseg.utils.outputs import (
+    DATASET_LATER,
+    check_output,
+    check_replaceable,
+    claim_output,
+    lock_path,
+    output_lock,
+    remove_own,
+)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -134,9 +142,6 @@ def run(settings: SynthesizeSettings) -> Path:
     ``settings.output`` and return it. Its ``prepare.json`` holds the images' provenance and, under
     ``synthesize``, the whole run's: both checkpoints with their SHA-256, the seed, the filter's summary.
     """
-    from synthseg.synth import filter as zfilter
-    from synthseg.synth import generate_images, generate_masks, select
-
     s = settings
     s.check_inputs()
     inputs = [s.pgan, s.spade, s.reference]
@@ -152,7 +157,22 @@ def run(settings: SynthesizeSettings) -> Path:
         int(s.count) * (2 * BYTES_PER_MASK_ESTIMATE + side * side * 3),
         f"{s.count} synthetic pairs and their masks",
     )
-    work = output.parent / f"{output.name}.work"
+    # One run per output for the whole run: the work folder beside it is opened, cleaned and renamed only under
+    # the output's lock (a second synthesize into it used to replace the first one's kept masks meanwhile).
+    with output_lock(output):
+        check_replaceable(output, "synthesize", s.overwrite)
+        _make(s, output)
+    return output
+
+
+def _make(s: SynthesizeSettings, output: Path) -> None:
+    """The stages of :func:`run`, under the output's lock: masks and kept masks in ``<output>.work/``, then the
+    images into the claimed output."""
+    from synthseg.synth import filter as zfilter
+    from synthseg.synth import generate_images, generate_masks, select
+
+    inputs = [s.pgan, s.spade, s.reference]
+    work = sibling(output, "work")
     masks_dir, kept_dir = work / "masks", work / "kept"
     selected = (
         select.run(select.SelectSettings(run=s.pgan, full_resolution_only=s.full_resolution_only))
@@ -251,7 +271,6 @@ def run(settings: SynthesizeSettings) -> Path:
             lock.unlink(missing_ok=True)
         if work.is_dir() and not any(work.iterdir()):
             work.rmdir()
-    return output
 
 
 class FilterKeptNothing(InputError):
