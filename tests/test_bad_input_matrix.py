@@ -32,6 +32,12 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("clean") / "prepared", num_slices=20, size=SIDE)
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The filter's reference: another dataset than the masks (a copy of one as the other is refused)."""
+    return write_dataset(tmp_path_factory.mktemp("reference") / "prepared", num_slices=20, size=SIDE, seed=3)
+
+
 def no_dataset_left(raw: Path) -> bool:
     """Nothing but the dataset folder's lock file (which stays beside it by design) in nnUNet_raw."""
     return [p.name for p in raw.iterdir() if not p.name.endswith(".lock")] == []
@@ -109,7 +115,7 @@ def test_export_image_of_another_size_names_the_pair(clean, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n, c in CORRUPTIONS.items() if c[0] == "label"])
-def test_filter_names_the_bad_mask_and_writes_nothing(clean, tmp_path, name) -> None:
+def test_filter_names_the_bad_mask_and_writes_nothing(clean, reference, tmp_path, name) -> None:
     root, victim, problem = _damaged(clean, tmp_path, name)
     if name == "label value 9":
         problem = "label value 9 is not one of the 7 classes"
@@ -117,7 +123,7 @@ def test_filter_names_the_bad_mask_and_writes_nothing(clean, tmp_path, name) -> 
         zfilter.run(
             zfilter.FilterSettings(
                 masks=root,
-                reference=clean,
+                reference=reference,
                 output=tmp_path / "filtered",
                 threshold_quantile=1.0,
                 progress=False,
@@ -197,7 +203,7 @@ def test_export_settings_that_cannot_work(clean, tmp_path, kwargs, message) -> N
     assert not (tmp_path / "raw").exists() or no_dataset_left(tmp_path / "raw")
 
 
-def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
+def test_filter_manifest_naming_a_missing_file(clean, reference, tmp_path) -> None:
     root = tmp_path / "masks"
     shutil.copytree(clean, root)
     victim = _victim(root, "label")
@@ -206,7 +212,7 @@ def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
         zfilter.run(
             zfilter.FilterSettings(
                 masks=root,
-                reference=clean,
+                reference=reference,
                 output=tmp_path / "filtered",
                 threshold_quantile=1.0,
                 progress=False,
@@ -214,3 +220,143 @@ def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
         )
     one_line(err.value, victim.name)
     assert not (tmp_path / "filtered").exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------ every check before any work (issue 24, class 3)
+def _copy_of(clean: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy_of_prepared"
+    shutil.copytree(clean, copy)
+    return copy
+
+
+# name: (overrides with {clean}, {copy} and {syn} placeholders, expected part of the line)
+CHECKED_FIRST = {
+    "max_epochs=0": (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+    "max_steps=0": (["+trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+    "the real dataset again as synthetic": (["+data.synthetic={root: {clean}, count: 4}"],
+                                            "data.synthetic.root={clean} is the same folder as data.root={clean}"),
+    "a copy of the real dataset as synthetic": (["+data.synthetic={root: {copy}, count: 4}"],
+                                                "holds the same manifest.csv as data.root={clean} (a copy"),
+    "lr=nan": (["model.optimizer.lr=nan"], "model.optimizer.lr must be a finite number, got nan"),
+    "PGAN total_kimg=inf": (["model=pgan", "model.total_kimg=inf"], "model.total_kimg must be a finite number, got inf"),
+    "batch_size=0": (["data.batch_size=0"], "data.batch_size must be positive, got 0"),
+    "a deleted image": (["data.root={damaged}"], "file not found"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CHECKED_FIRST))
+def test_training_checks_its_inputs_before_any_work(name, clean, tmp_path) -> None:
+    overrides, message = CHECKED_FIRST[name]
+    damaged = _copy_of(clean, tmp_path / "d")
+    (damaged / read_manifest(damaged).image[3]).unlink()
+    values = {"clean": str(clean), "copy": str(_copy_of(clean, tmp_path)), "damaged": str(damaged)}
+    overrides = [o.format(**values) if "{" in o and "root:" not in o else _fill(o, values) for o in overrides]
+    model = [] if any(o.startswith("model=") for o in overrides) else ["model=unet", "model.net.base_width=2"]
+    root = [] if any(o.startswith("data.root=") for o in overrides) else [f"data.root={clean}"]
+    cfg = compose_train([*root, *model, "trainer.max_epochs=1", *overrides], tmp_path)
+    with pytest.raises(InputError) as err:
+        train(cfg)
+    one_line(err.value, _fill(message, values))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "logs").exists()
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace(f"{{{key}}}", value)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": float("nan")}, "threshold must be a finite number, got nan"),
+        ({"threshold": float("inf")}, "threshold must be a finite number, got inf"),
+        ({"threshold": -5.0}, "threshold must be non-negative, got -5.0"),
+        ({"threshold_quantile": float("nan")}, "threshold_quantile must be a finite number, got nan"),
+    ],
+)
+def test_filter_thresholds_that_cannot_work(clean, reference, tmp_path, kwargs, message) -> None:
+    # threshold=nan used to keep 0 of 64 masks and write "threshold": NaN (not JSON), exit 0.
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(
+                masks=clean, reference=reference, output=tmp_path / "out", progress=False, **kwargs
+            )
+        )
+    one_line(err.value, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_filter_refuses_a_dataset_with_a_deleted_image(clean, reference, tmp_path) -> None:
+    # It used to exit 0 with no images/ folder at all: every image dropped because one was missing.
+    root = _copy_of(clean, tmp_path)
+    victim = root / read_manifest(root).image[5]
+    victim.unlink()
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(masks=root, reference=reference, output=tmp_path / "out", progress=False)
+        )
+    one_line(err.value, f"{victim}: file not found (named by {root / 'manifest.csv'})")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_filter_refuses_the_reference_as_its_masks(clean, tmp_path) -> None:
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(masks=clean, reference=clean, output=tmp_path / "o", progress=False)
+        )
+    one_line(err.value, f"reference={clean} is the same folder as masks={clean}")
+
+
+def test_synthesize_refuses_a_mask_size_its_spade_cannot_paint_before_any_mask(tmp_path) -> None:
+    # mask_size=64 with a SPADE trained at 32: refused only after every mask was generated and filtered.
+    from synthseg.synth import synthesize
+    from tests.test_reliability_atomic import tiny_spade_snapshot
+
+    reference = write_dataset(tmp_path / "prepared", num_slices=10, size=64)
+    settings = synthesize.SynthesizeSettings(
+        pgan=tiny_snapshot(tmp_path / "pgan.pt", size=64), spade=tiny_spade_snapshot(tmp_path / "spade.pt"),
+        reference=reference, count=6, output=tmp_path / "synthetic", mask_size=64, device="cpu", progress=False,
+    )  # fmt: skip
+    with pytest.raises(InputError) as err:
+        synthesize.run(settings)
+    one_line(err.value, "mask_size=64: the SPADE", "paints 32x32 label maps; set mask_size=32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pgan.pt", "prepared", "spade.pt"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["data.resolution=8"], "trained with data.resolution=16, the config asks for data.resolution=8"),
+        (["data.batch_size=2"], "trained with data.batch_size=4, the config asks for data.batch_size=2"),
+        (["data.classes=4"], "trained with data.classes=7, the config asks for data.classes=4"),
+    ],
+)
+def test_a_resume_that_changes_what_shaped_training_is_refused(clean, tmp_path, change, message) -> None:
+    """``ckpt_path=last data.resolution=64 data.batch_size=4`` after a run at 32 / 8 trained at 32 / 8 while its
+    config and results.json said 64 / 4, exit 0."""
+    base = [f"data.root={clean}", "model=unet", "model.net.base_width=2", "data.batch_size=4",
+            "data.resolution=16", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1", "test=false", "logger=csv"]  # fmt: skip
+    train(compose_train(base, tmp_path / "first"))
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(InputError) as err:
+        train(compose_train([*base, f"ckpt_path={last}", *change], tmp_path / "second"))
+    one_line(err.value, f"ckpt_path={last}: the checkpoint was {message}")
+    assert not (tmp_path / "second" / "run").exists()
+    train(compose_train([*base, f"ckpt_path={last}", "trainer.max_epochs=2"], tmp_path / "third"))  # resumes
+
+
+def test_a_resume_from_a_checkpoint_without_the_record_compares_what_its_data_module_saved(
+    clean, tmp_path
+) -> None:
+    import torch
+
+    old = tmp_path / "old.ckpt"  # a 0.2 checkpoint: no synthseg_training record, the sampler's state
+    torch.save({"state_dict": {}, "BraTSDataModule": {"epoch": 0, "position": 8, "batch_size": 8,
+                                                      "resolution": 32}}, old)  # fmt: skip
+    cfg = compose_train([f"data.root={clean}", "model=unet", "data.batch_size=4", "data.resolution=16",
+                         f"ckpt_path={old}"], tmp_path)  # fmt: skip
+    with pytest.raises(InputError) as err:
+        train(cfg)
+    one_line(err.value, "trained with data.batch_size=8, the config asks for data.batch_size=4")

@@ -14,6 +14,7 @@ is an interpolation through a resolver registered when synthseg is imported (:fu
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 import types
@@ -126,6 +127,11 @@ class Settings:
                 object.__setattr__(
                     self, item.name, tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
                 )
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN compares false with every bound, so a range check alone would let it through.
+                raise InputError(f"{item.name} must be a finite number, got {value}")
         seed = getattr(self, "seed", None)
         if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
             # numpy's generators refuse a negative seed, and only when the work has begun.
@@ -209,6 +215,31 @@ def check_positive(key: str, value: float | None, *, allow_zero: bool = False) -
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise InputError(f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def check_device(key: str, name: str) -> None:
+    """Refuse, before any work, a device name torch does not know or a device this machine lacks: ``auto``,
+    ``cpu``, ``cuda``, ``cuda:N`` (N below the GPU count) or ``mps``, naming ``key``."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{key}={name!r}: not a device name (auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise InputError(f"{key}={name}: no CUDA GPU on this machine (use {key}=cpu or {key}=auto)")
+        if device.index is not None and device.index >= count:
+            raise InputError(
+                f"{key}={name}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{key}={name}: Apple's MPS is not available on this machine (use {key}=cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{key}={name!r}: synthseg runs on cpu, cuda or mps")
 
 
 def count_items(value: Any) -> int:

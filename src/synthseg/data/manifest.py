@@ -8,6 +8,7 @@ manifest (``manifest.csv``), the statistics (``stats.json``, with the format tag
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -441,6 +442,30 @@ def check_files(root: str | os.PathLike[str], manifest: Manifest | None = None) 
         for relpath in (*manifest.images[i], manifest.label[i]):
             if relpath:
                 _named_file(root, str(relpath))
+
+
+def check_distinct(named: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse two settings (key -> folder) that name one dataset: the same folder (symlinks resolved), or two
+    folders whose ``manifest.csv`` holds the same bytes (a copy). The real dataset given again as synthetic
+    used to double every training slice."""
+    seen: list[tuple[str, str, Path, str | None]] = []
+    for key, value in named.items():
+        if value is None or str(value) == "":
+            continue
+        folder = Path(value).expanduser().resolve()
+        try:
+            digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+        except OSError:
+            digest = None  # no manifest (yet): the folders are compared by path alone
+        for other_key, other_value, other_folder, other_digest in seen:
+            if folder == other_folder:
+                raise InputError(f"{key}={value} is the same folder as {other_key}={other_value}")
+            if digest is not None and digest == other_digest:
+                raise InputError(
+                    f"{key}={value} holds the same {MANIFEST} as {other_key}={other_value} (a copy of one "
+                    "dataset); give two different datasets"
+                )
+        seen.append((key, str(value), folder, digest))
 
 
 def read_stats(root: str | os.PathLike[str]) -> dict[str, Any]:

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from synthseg.data.cache import open_cache
-from synthseg.data.manifest import read_manifest
+from synthseg.data.manifest import check_distinct, read_manifest
 from synthseg.errors import InputError
 from synthseg.metrics import diversity, fidelity, labelmaps, memorisation
 from synthseg.metrics.sliced_wasserstein import labels_to_uint8, sliced_wasserstein
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_device, check_positive
 from synthseg.utils.outputs import claim_output
 
 REAL_SPLITS = ("train", "reduced")
@@ -244,7 +244,12 @@ class QualitySettings(Settings):
     device: str = "auto"
     overwrite: bool = False
 
+    def check_inputs(self) -> None:
+        """The synthetic and the real set are two datasets (the same one twice measures nothing)."""
+        check_distinct({"synthetic": self.synthetic, "real": self.real})
+
     def check(self) -> None:
+        check_device("device", self.device)
         if self.extractor not in (None, "unet", "inception"):
             raise InputError(f"extractor must be unet, inception or null, got {self.extractor!r}")
         if self.real_split not in REAL_SPLITS:
@@ -261,6 +266,7 @@ class QualitySettings(Settings):
 def run(settings: QualitySettings) -> Path:
     """``synthseg quality``: :func:`measure` into ``settings.output``, claimed and written atomically by the output
     rule (docs/reliability.md); return the folder."""
+    settings.check_inputs()
     inputs = [settings.synthetic, settings.real, settings.unet, settings.extractor_weights]
     with claim_output(settings.output, command="quality", inputs=inputs, overwrite=settings.overwrite) as tmp:
         measure(dataclasses.replace(settings, output=str(tmp)))

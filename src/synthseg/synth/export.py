@@ -346,8 +346,12 @@ def run(settings: ExportSettings) -> Path:
     tests = select_cases(sources, ["test"], sequences=channels) if s.test else []
     cv_folds = subject_folds(train, folds) if folds else []
 
-    # Missing files are left to _write_case, which names them in one line.
-    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (*c.images, c.label) if p.is_file())
+    # Every file the manifests name, before anything is written (one stat each).
+    files = [p for c in (*train, *tests) for p in (*c.images, c.label)]
+    missing = next((p for p in files if not p.is_file()), None)
+    if missing is not None:
+        raise InputError(f"{missing}: file not found")
+    needed = sum(p.stat().st_size for p in files)
     check_free_space(Path(output), needed, "the nnU-Net dataset")
     with claim_output(
         folder, command="export", inputs=sources, overwrite=overwrite, shared=id_is_free

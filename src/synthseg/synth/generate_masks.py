@@ -52,7 +52,7 @@ from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_device, check_positive
 from synthseg.synth import select
 from synthseg.utils.atomic import check_free_space, sibling, write_text_atomic
 from synthseg.utils.fastpath import autocast_dtype
@@ -246,6 +246,7 @@ class GenerateMasksSettings(Settings):
     progress: bool = True
 
     def check(self) -> None:
+        check_device("device", self.device)
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise InputError(f"count must be a positive number of masks, got {self.count}")
         if self.count > 999_999:

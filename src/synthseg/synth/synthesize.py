@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from synthseg import __version__
 from synthseg.data.manifest import check_files, read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
-from synthseg.settings import Settings, check_choice, check_positive
+from synthseg.settings import Settings, check_choice, check_device, check_positive
 from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE
 from synthseg.utils.atomic import check_free_space, sibling
 from synthseg.utils.outputs import (
@@ -92,6 +92,7 @@ class SynthesizeSettings(Settings):
     quality: bool = True
 
     def check(self) -> None:
+        check_device("device", self.device)
         check_positive("count", self.count)
         check_choice("reference_split", self.reference_split, ("train", "reduced"))
         check_positive("threshold", self.threshold, allow_zero=True)
