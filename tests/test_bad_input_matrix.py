@@ -4,6 +4,7 @@ gives one line that names the file (or the setting) and the problem, and leaves 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -360,3 +361,146 @@ def test_a_resume_from_a_checkpoint_without_the_record_compares_what_its_data_mo
     with pytest.raises(InputError) as err:
         train(cfg)
     one_line(err.value, "trained with data.batch_size=8, the config asks for data.batch_size=4")
+
+
+# ------------------------------------------------ one line for what Hydra or the OS reports (issue 24, class 4)
+def _cli(command: str, overrides: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Run ``synthseg <command>`` in this process; its exit status and its stderr lines."""
+    try:
+        cli_run(command, overrides)
+        code = 0
+    except SystemExit as exit_info:
+        code = int(exit_info.code or 0)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _one_error_line(code: int, err: list[str], command: str, *needles: str) -> str:
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"synthseg {command}: error: "), err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]
+
+
+NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+
+# name: (command, overrides with {clean}/{snap}/{tmp}, expected parts of the line)
+HYDRA_AND_OS_ROWS = {
+    "an unset environment variable": ("prepare", ["source={tmp}", "output=${{oc.env:SCRATCH_NOT_SET}}/prep"],
+                                      ["output: cannot resolve its value", "'SCRATCH_NOT_SET' not found"]),
+    "an interpolation of itself": ("generate-masks", ["checkpoint={snap}", "output={tmp}/m", "count=${{count}}"],
+                                   ["count: cannot resolve its value", "Recursive interpolation"]),
+    "a misspelt key without +": ("filter", ["masks={clean}", "reference={clean}", "output={tmp}/f", "colour=red"],
+                                 ["unknown setting(s): colour"]),
+    "a misspelt training key": ("train", ["data.root={clean}", "colour=red"], ["unknown setting(s): colour"]),
+    "a config file that does not exist": ("train", ["data.root={clean}", "trainer=nonexist"],
+                                          ["Could not find 'trainer/nonexist'", "choose one of: cpu,"]),
+    "an unreadable override": ("prepare", ["source={tmp}", "output={tmp}/p", "size=[1,"],
+                               ["cannot read the command line"]),
+    "an unknown device": ("generate-images", ["checkpoint={snap}", "masks={clean}", "output={tmp}/g",
+                                              "device=banana"], ["device='banana': not a device name"]),
+    "PGAN total_kimg=inf": ("train", ["data.root={clean}", "model=pgan", "model.total_kimg=inf"],
+                            ["model.total_kimg must be a finite number, got inf"]),
+    "data.batch_size=0 (no run folder)": ("train", ["data.root={clean}", "data.batch_size=0"],
+                                         ["data.batch_size must be positive, got 0"]),
+}  # fmt: skip
+GPU_ROWS = {
+    "swd device=cuda": ("swd", ["a={clean}", "b={clean}", "device=cuda"], ["device=cuda: no CUDA GPU on this machine"]),
+    "trainer=gpu": ("train", ["data.root={clean}", "trainer=gpu"], ["trainer.accelerator=gpu: no CUDA GPU"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [*HYDRA_AND_OS_ROWS, *(pytest.param(n, marks=NO_GPU) for n in GPU_ROWS)])
+def test_hydra_and_device_mistakes_are_one_line_before_anything_is_written(
+    name, clean, tmp_path, capsys, monkeypatch
+) -> None:
+    command, overrides, expected = {**HYDRA_AND_OS_ROWS, **GPU_ROWS}[name]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    snap = tiny_snapshot(tmp_path / "snap.pt")
+    values = {"clean": clean, "snap": snap, "tmp": tmp_path}
+    extra = [f"paths.log_dir={tmp_path / 'logs'}"] if command == "train" else []
+    code, err = _cli(command, [o.format(**values) for o in overrides] + extra, capsys)
+    _one_error_line(code, err, command, *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap.pt"]  # no run, log or output folder
+
+
+def test_a_240_character_output_name_works_and_a_256_byte_one_is_one_line(clean, reference, tmp_path) -> None:
+    # The temporary name added 18 characters: ENAMETOOLONG after all the work.
+    long = tmp_path / ("f" * 240)
+    zfilter.run(zfilter.FilterSettings(masks=clean, reference=reference, output=long, progress=False))
+    assert (long / "filter.json").is_file()
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(
+                masks=clean, reference=reference, output=tmp_path / ("g" * 256), progress=False
+            )
+        )
+    one_line(err.value, "is 256 bytes long; file systems allow 255")
+
+
+def test_an_os_error_a_user_can_fix_is_one_line(clean, reference, tmp_path, capsys, monkeypatch) -> None:
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "f" / "labels" / "x.png"))
+
+    monkeypatch.setattr(zfilter, "_write_kept", full)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    args = [f"masks={clean}", f"reference={reference}", f"output={tmp_path / 'f'}", "progress=false"]
+    code, err = _cli("filter", args, capsys)
+    _one_error_line(code, err, "filter", "labels/x.png: no space left on the disk")
+    assert not (tmp_path / "f").exists() and leftovers(tmp_path) == []
+
+
+def test_demo_cohort_estimates_its_disk_space_first(tmp_path, capsys, monkeypatch) -> None:
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    import synthseg.utils.atomic as atomic
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    assert shutil_module.disk_usage is atomic.shutil.disk_usage
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    code, err = _cli("demo-cohort", [f"output={tmp_path / 'cohort'}", "cases=2", "progress=false"], capsys)
+    _one_error_line(code, err, "demo-cohort", "not enough disk space for 2 demo cases")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` read-only for this user (as root, which writes anywhere, by what os.access reports)."""
+    import os
+
+    import synthseg.data.cache as cache
+
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    real_access = os.access
+    monkeypatch.setattr(cache.os, "access", lambda p, m: Path(p) != folder and real_access(p, m))
+
+
+def test_a_read_only_dataset_trains_with_its_cache_in_the_user_cache_folder(
+    clean, tmp_path, capsys, monkeypatch, user_cache
+) -> None:
+    """``train`` and ``quality`` died on ``<dataset>/.cache.lock`` with [Errno 30]."""
+    from synthseg.metrics.quality import QualitySettings, measure
+
+    data = _copy_of(clean, tmp_path)
+    synthetic = write_dataset(tmp_path / "synthetic", num_slices=6, size=SIDE, source="synthetic", seed=4)
+    _read_only(data, monkeypatch)
+    before = {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    try:
+        cfg = compose_train([f"data.root={data}", "model=unet", "model.net.base_width=2", "trainer.max_epochs=1",
+                             "test=false"], tmp_path)  # fmt: skip
+        train(cfg)
+        options = {"extractor": None, "pairs": 5, "kid_subsets": 2, "search_size": 8, "device": "cpu"}
+        measure(QualitySettings(synthetic=synthetic, real=data, output=tmp_path / "quality", **options))
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # nothing written there
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "read-only for this user" in line]
+    assert len(lines) == 1 and str(user_cache / "slices") in lines[0], err
+    assert list((user_cache / "slices").glob("copy_of_prepared-*/cache/images.npy"))

@@ -229,8 +229,8 @@ def check_output(
     """The up-front check (no lock, nothing written): return the resolved output or raise one line."""
     resolved = resolve(output)
     check_inputs(resolved, inputs)
+    check_writable(resolved)  # first: a name too long for the file system cannot even be tested for existence
     check_replaceable(resolved, command, overwrite)
-    check_writable(resolved)
     return resolved
 
 
