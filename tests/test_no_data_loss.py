@@ -747,25 +747,71 @@ def test_two_exports_of_one_id_under_two_names_started_together(tmp_path: Path) 
     assert len([p for p in raw.iterdir() if p.name.startswith("Dataset501_")]) == 1
 
 
+# ``python train.py ARGS`` that first imports everything, then waits until both runs are ready and starts just
+# after the same whole second: the two runs resolve their run folder's time in the same second.
+_TRAIN_AT_THE_SAME_SECOND = """
+import math, sys, time
+from pathlib import Path
+import synthseg.train
+from synthseg.cli import quiet_progress_when_logged, run
+ready = Path(sys.argv[1])
+(ready / sys.argv[2]).touch()
+while len(list(ready.iterdir())) < 2:
+    time.sleep(0.005)
+now = time.time()
+time.sleep(math.ceil(now) - now + 0.02)
+quiet_progress_when_logged()
+run("train", sys.argv[3:])
+"""
+
+
 @pytest.mark.slow
 def test_two_training_runs_started_in_the_same_second_get_their_own_run_folders(tmp_path: Path) -> None:
     """``for s in 0 1; do python train.py seed=$s & done``: two run folders, each complete, nothing shared (they
-    used to share ``runs/<time>/``: one died after the other's clean-up deleted its checkpoint's temporary file)."""
+    used to share ``runs/<time>/``: one died after the other's clean-up deleted its checkpoint's temporary file,
+    and the folder mixed both runs' events)."""
+    import json
     import sys
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=20, size=16)
-    train_py = Path(__file__).resolve().parents[1] / "train.py"
-    common = [sys.executable, str(train_py), "model=unet", f"data.root={prepared}", "model.net.base_width=2",
-              "data.batch_size=4", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-              f"paths.log_dir={tmp_path / 'logs'}", "logger=csv"]  # fmt: skip
-    results = _start_together([[*common, "seed=0"], [*common, "seed=1"]], tmp_path)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    common = ["model=unet", f"data.root={prepared}", "model.net.base_width=2", "data.batch_size=4", "trainer=cpu",
+              "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path / 'logs'}",
+              "logger=csv"]  # fmt: skip
+    script = [sys.executable, "-c", _TRAIN_AT_THE_SAME_SECOND, str(ready)]
+    results = _start_together(
+        [[*script, "a", *common, "seed=0"], [*script, "b", *common, "seed=1"]], tmp_path
+    )
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
     runs = sorted((tmp_path / "logs" / "unet" / "runs").iterdir())
     assert len(runs) == 2, runs
     seeds = set()
     for run in runs:
-        results_json = __import__("json").loads((run / "results.json").read_text())
-        seeds.add(results_json["config"]["seed"])
+        seeds.add(json.loads((run / "results.json").read_text())["config"]["seed"])
         assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((run / "csv").rglob("metrics.csv"))) == 1  # its own log only
         assert not list(run.rglob("*.partial"))
     assert seeds == {0, 1}
+
+
+# -------------------------------------------------------------------- messages that say what happened (class 5)
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_an_empty_folder_is_filled_without_overwrite(name: str, tmp_path: Path) -> None:
+    """``mkdir out; synthseg filter ... output=out`` said "out: already exists (pass overwrite=true ...)", though
+    the output rule accepts an empty folder."""
+    command = COMMANDS[name](tmp_path / "in")
+    output = tmp_path / "out" / "result"
+    command.written(output).mkdir(parents=True)
+    command.run(output, False)
+    assert (command.written(output) / MARKER).is_file()
+
+
+def test_an_existing_file_as_the_output_says_it_is_a_file(tmp_path: Path) -> None:
+    # export output=<a file> said "cannot write into .../file (permission denied)".
+    command = _export(tmp_path / "in")
+    afile = tmp_path / "nnUNet_raw"
+    afile.write_text("not a folder")
+    with pytest.raises(InputError, match=f"{afile}: is a file, not a folder") as err:
+        command.run(afile, False)
+    assert "\n" not in str(err.value) and afile.read_text() == "not a folder"
