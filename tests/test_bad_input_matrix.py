@@ -477,7 +477,13 @@ def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     real_access = os.access
-    monkeypatch.setattr(cache.os, "access", lambda p, m: Path(p) != folder and real_access(p, m))
+
+    def access(path: str | os.PathLike[str], mode: int) -> bool:
+        if mode & os.W_OK and (Path(path) == folder or folder in Path(path).parents):
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(cache.os, "access", access)
 
 
 def test_a_read_only_dataset_trains_with_its_cache_in_the_user_cache_folder(
@@ -487,6 +493,7 @@ def test_a_read_only_dataset_trains_with_its_cache_in_the_user_cache_folder(
     from synthseg.metrics.quality import QualitySettings, measure
 
     data = _copy_of(clean, tmp_path)
+    shutil.rmtree(data / "cache", ignore_errors=True)  # a dataset with no cache of its own
     synthetic = write_dataset(tmp_path / "synthetic", num_slices=6, size=SIDE, source="synthetic", seed=4)
     _read_only(data, monkeypatch)
     before = {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()}
@@ -504,3 +511,19 @@ def test_a_read_only_dataset_trains_with_its_cache_in_the_user_cache_folder(
     lines = [line for line in err.splitlines() if "read-only for this user" in line]
     assert len(lines) == 1 and str(user_cache / "slices") in lines[0], err
     assert list((user_cache / "slices").glob("copy_of_prepared-*/cache/images.npy"))
+
+
+def test_a_read_only_dataset_with_a_current_cache_of_its_own_uses_it(clean, tmp_path, monkeypatch) -> None:
+    from synthseg.data.cache import build_cache, cache_folder
+
+    data = _copy_of(clean, tmp_path)
+    build_cache(data, progress=False)
+    _read_only(data, monkeypatch)
+    before = {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    try:
+        assert cache_folder(data) == data / "cache"
+        BraTSDataModule(str(data), batch_size=2).setup("fit")
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()} == before

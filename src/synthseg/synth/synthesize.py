@@ -144,7 +144,9 @@ def run(settings: SynthesizeSettings) -> Path:
     ``synthesize``, the whole run's: both checkpoints with their SHA-256, the seed, the filter's summary.
     """
     s = settings
-    s.check_inputs()
+    for name, path in (("pgan", s.pgan), ("spade", s.spade), ("reference", s.reference)):
+        if not Path(path).exists():
+            raise InputError(f"{name}={path}: not found")
     inputs = [s.pgan, s.spade, s.reference]
     output = check_output(s.output, command="synthesize", inputs=inputs, overwrite=s.overwrite)
     # Refuse before hours of generation when the disk cannot hold the result: generated and kept masks
@@ -158,6 +160,7 @@ def run(settings: SynthesizeSettings) -> Path:
         int(s.count) * (2 * BYTES_PER_MASK_ESTIMATE + side * side * 3),
         f"{s.count} synthetic pairs and their masks",
     )
+    s.check_inputs()  # after the cheap checks: it loads both networks
     # One run per output for the whole run: the work folder beside it is opened, cleaned and renamed only under
     # the output's lock (a second synthesize into it used to replace the first one's kept masks meanwhile).
     with output_lock(output):
