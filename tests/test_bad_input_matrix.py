@@ -4,6 +4,7 @@ gives one line that names the file (or the setting) and the problem, and leaves 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("clean") / "prepared", num_slices=20, size=SIDE)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The filter's reference: another dataset than the masks (a copy of one as the other is refused)."""
+    return write_dataset(tmp_path_factory.mktemp("reference") / "prepared", num_slices=20, size=SIDE, seed=3)
 
 
 def no_dataset_left(raw: Path) -> bool:
@@ -109,7 +116,7 @@ def test_export_image_of_another_size_names_the_pair(clean, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n, c in CORRUPTIONS.items() if c[0] == "label"])
-def test_filter_names_the_bad_mask_and_writes_nothing(clean, tmp_path, name) -> None:
+def test_filter_names_the_bad_mask_and_writes_nothing(clean, reference, tmp_path, name) -> None:
     root, victim, problem = _damaged(clean, tmp_path, name)
     if name == "label value 9":
         problem = "label value 9 is not one of the 7 classes"
@@ -117,7 +124,7 @@ def test_filter_names_the_bad_mask_and_writes_nothing(clean, tmp_path, name) -> 
         zfilter.run(
             zfilter.FilterSettings(
                 masks=root,
-                reference=clean,
+                reference=reference,
                 output=tmp_path / "filtered",
                 threshold_quantile=1.0,
                 progress=False,
@@ -197,7 +204,7 @@ def test_export_settings_that_cannot_work(clean, tmp_path, kwargs, message) -> N
     assert not (tmp_path / "raw").exists() or no_dataset_left(tmp_path / "raw")
 
 
-def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
+def test_filter_manifest_naming_a_missing_file(clean, reference, tmp_path) -> None:
     root = tmp_path / "masks"
     shutil.copytree(clean, root)
     victim = _victim(root, "label")
@@ -206,7 +213,7 @@ def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
         zfilter.run(
             zfilter.FilterSettings(
                 masks=root,
-                reference=clean,
+                reference=reference,
                 output=tmp_path / "filtered",
                 threshold_quantile=1.0,
                 progress=False,
@@ -214,3 +221,309 @@ def test_filter_manifest_naming_a_missing_file(clean, tmp_path) -> None:
         )
     one_line(err.value, victim.name)
     assert not (tmp_path / "filtered").exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------ every check before any work (issue 24, class 3)
+def _copy_of(clean: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy_of_prepared"
+    shutil.copytree(clean, copy)
+    return copy
+
+
+# name: (overrides with {clean}, {copy} and {syn} placeholders, expected part of the line)
+CHECKED_FIRST = {
+    "max_epochs=0": (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+    "max_steps=0": (["+trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+    "the real dataset again as synthetic": (["+data.synthetic={root: {clean}, count: 4}"],
+                                            "data.synthetic.root={clean} is the same folder as data.root={clean}"),
+    "a copy of the real dataset as synthetic": (["+data.synthetic={root: {copy}, count: 4}"],
+                                                "holds the same manifest.csv as data.root={clean} (a copy"),
+    "lr=nan": (["model.optimizer.lr=nan"], "model.optimizer.lr must be a finite number, got nan"),
+    "PGAN total_kimg=inf": (["model=pgan", "model.total_kimg=inf"], "model.total_kimg must be a finite number, got inf"),
+    "batch_size=0": (["data.batch_size=0"], "data.batch_size must be positive, got 0"),
+    "a deleted image": (["data.root={damaged}"], "file not found"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CHECKED_FIRST))
+def test_training_checks_its_inputs_before_any_work(name, clean, tmp_path) -> None:
+    overrides, message = CHECKED_FIRST[name]
+    damaged = _copy_of(clean, tmp_path / "d")
+    (damaged / read_manifest(damaged).image[3]).unlink()
+    values = {"clean": str(clean), "copy": str(_copy_of(clean, tmp_path)), "damaged": str(damaged)}
+    overrides = [o.format(**values) if "{" in o and "root:" not in o else _fill(o, values) for o in overrides]
+    model = [] if any(o.startswith("model=") for o in overrides) else ["model=unet", "model.net.base_width=2"]
+    root = [] if any(o.startswith("data.root=") for o in overrides) else [f"data.root={clean}"]
+    cfg = compose_train([*root, *model, "trainer.max_epochs=1", *overrides], tmp_path)
+    with pytest.raises(InputError) as err:
+        train(cfg)
+    one_line(err.value, _fill(message, values))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "logs").exists()
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace(f"{{{key}}}", value)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": float("nan")}, "threshold must be a finite number, got nan"),
+        ({"threshold": float("inf")}, "threshold must be a finite number, got inf"),
+        ({"threshold": -5.0}, "threshold must be non-negative, got -5.0"),
+        ({"threshold_quantile": float("nan")}, "threshold_quantile must be a finite number, got nan"),
+    ],
+)
+def test_filter_thresholds_that_cannot_work(clean, reference, tmp_path, kwargs, message) -> None:
+    # threshold=nan used to keep 0 of 64 masks and write "threshold": NaN (not JSON), exit 0.
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(
+                masks=clean, reference=reference, output=tmp_path / "out", progress=False, **kwargs
+            )
+        )
+    one_line(err.value, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_filter_refuses_a_dataset_with_a_deleted_image(clean, reference, tmp_path) -> None:
+    # It used to exit 0 with no images/ folder at all: every image dropped because one was missing.
+    root = _copy_of(clean, tmp_path)
+    victim = root / read_manifest(root).image[5]
+    victim.unlink()
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(masks=root, reference=reference, output=tmp_path / "out", progress=False)
+        )
+    one_line(err.value, f"{victim}: file not found (named by {root / 'manifest.csv'})")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_filter_refuses_the_reference_as_its_masks(clean, tmp_path) -> None:
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(masks=clean, reference=clean, output=tmp_path / "o", progress=False)
+        )
+    one_line(err.value, f"reference={clean} is the same folder as masks={clean}")
+
+
+def test_synthesize_refuses_a_mask_size_its_spade_cannot_paint_before_any_mask(tmp_path) -> None:
+    # mask_size=64 with a SPADE trained at 32: refused only after every mask was generated and filtered.
+    from synthseg.synth import synthesize
+    from tests.test_reliability_atomic import tiny_spade_snapshot
+
+    reference = write_dataset(tmp_path / "prepared", num_slices=10, size=64)
+    settings = synthesize.SynthesizeSettings(
+        pgan=tiny_snapshot(tmp_path / "pgan.pt", size=64), spade=tiny_spade_snapshot(tmp_path / "spade.pt"),
+        reference=reference, count=6, output=tmp_path / "synthetic", mask_size=64, device="cpu", progress=False,
+    )  # fmt: skip
+    with pytest.raises(InputError) as err:
+        synthesize.run(settings)
+    one_line(err.value, "mask_size=64: the SPADE", "paints 32x32 label maps; set mask_size=32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pgan.pt", "prepared", "spade.pt"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["data.resolution=8"], "trained with data.resolution=16, the config asks for data.resolution=8"),
+        (["data.batch_size=2"], "trained with data.batch_size=4, the config asks for data.batch_size=2"),
+        (["data.classes=4"], "trained with data.classes=7, the config asks for data.classes=4"),
+    ],
+)
+def test_a_resume_that_changes_what_shaped_training_is_refused(clean, tmp_path, change, message) -> None:
+    """``ckpt_path=last data.resolution=64 data.batch_size=4`` after a run at 32 / 8 trained at 32 / 8 while its
+    config and results.json said 64 / 4, exit 0."""
+    base = [f"data.root={clean}", "model=unet", "model.net.base_width=2", "data.batch_size=4",
+            "data.resolution=16", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1", "test=false", "logger=csv"]  # fmt: skip
+    train(compose_train(base, tmp_path / "first"))
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(InputError) as err:
+        train(compose_train([*base, f"ckpt_path={last}", *change], tmp_path / "second"))
+    one_line(err.value, f"ckpt_path={last}: the checkpoint was {message}")
+    assert not (tmp_path / "second" / "run").exists()
+    train(compose_train([*base, f"ckpt_path={last}", "trainer.max_epochs=2"], tmp_path / "third"))  # resumes
+
+
+def test_a_resume_from_a_checkpoint_without_the_record_compares_what_its_data_module_saved(
+    clean, tmp_path
+) -> None:
+    import torch
+
+    old = tmp_path / "old.ckpt"  # a 0.2 checkpoint: no synthseg_training record, the sampler's state
+    torch.save({"state_dict": {}, "BraTSDataModule": {"epoch": 0, "position": 8, "batch_size": 8,
+                                                      "resolution": 32}}, old)  # fmt: skip
+    cfg = compose_train([f"data.root={clean}", "model=unet", "data.batch_size=4", "data.resolution=16",
+                         f"ckpt_path={old}"], tmp_path)  # fmt: skip
+    with pytest.raises(InputError) as err:
+        train(cfg)
+    one_line(err.value, "trained with data.batch_size=8, the config asks for data.batch_size=4")
+
+
+# ------------------------------------------------ one line for what Hydra or the OS reports (issue 24, class 4)
+def _cli(command: str, overrides: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Run ``synthseg <command>`` in this process; its exit status and its stderr lines."""
+    try:
+        cli_run(command, overrides)
+        code = 0
+    except SystemExit as exit_info:
+        code = int(exit_info.code or 0)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _one_error_line(code: int, err: list[str], command: str, *needles: str) -> str:
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"synthseg {command}: error: "), err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]
+
+
+NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+
+# name: (command, overrides with {clean}/{snap}/{tmp}, expected parts of the line)
+HYDRA_AND_OS_ROWS = {
+    "an unset environment variable": ("prepare", ["source={tmp}", "output=${{oc.env:SCRATCH_NOT_SET}}/prep"],
+                                      ["output: cannot resolve its value", "'SCRATCH_NOT_SET' not found"]),
+    "an interpolation of itself": ("generate-masks", ["checkpoint={snap}", "output={tmp}/m", "count=${{count}}"],
+                                   ["count: cannot resolve its value", "Recursive interpolation"]),
+    "a misspelt key without +": ("filter", ["masks={clean}", "reference={clean}", "output={tmp}/f", "colour=red"],
+                                 ["unknown setting(s): colour"]),
+    "a misspelt training key": ("train", ["data.root={clean}", "colour=red"], ["unknown setting(s): colour"]),
+    "a config file that does not exist": ("train", ["data.root={clean}", "trainer=nonexist"],
+                                          ["Could not find 'trainer/nonexist'", "choose one of: cpu,"]),
+    "an unreadable override": ("prepare", ["source={tmp}", "output={tmp}/p", "size=[1,"],
+                               ["cannot read the command line"]),
+    "an unknown device": ("generate-images", ["checkpoint={snap}", "masks={clean}", "output={tmp}/g",
+                                              "device=banana"], ["device='banana': not a device name"]),
+    "PGAN total_kimg=inf": ("train", ["data.root={clean}", "model=pgan", "model.total_kimg=inf"],
+                            ["model.total_kimg must be a finite number, got inf"]),
+    "data.batch_size=0 (no run folder)": ("train", ["data.root={clean}", "data.batch_size=0"],
+                                         ["data.batch_size must be positive, got 0"]),
+}  # fmt: skip
+GPU_ROWS = {
+    "swd device=cuda": ("swd", ["a={clean}", "b={clean}", "device=cuda"], ["device=cuda: no CUDA GPU on this machine"]),
+    "trainer=gpu": ("train", ["data.root={clean}", "trainer=gpu"], ["trainer.accelerator=gpu: no CUDA GPU"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [*HYDRA_AND_OS_ROWS, *(pytest.param(n, marks=NO_GPU) for n in GPU_ROWS)])
+def test_hydra_and_device_mistakes_are_one_line_before_anything_is_written(
+    name, clean, tmp_path, capsys, monkeypatch
+) -> None:
+    command, overrides, expected = {**HYDRA_AND_OS_ROWS, **GPU_ROWS}[name]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    snap = tiny_snapshot(tmp_path / "snap.pt")
+    values = {"clean": clean, "snap": snap, "tmp": tmp_path}
+    extra = [f"paths.log_dir={tmp_path / 'logs'}"] if command == "train" else []
+    code, err = _cli(command, [o.format(**values) for o in overrides] + extra, capsys)
+    _one_error_line(code, err, command, *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap.pt"]  # no run, log or output folder
+
+
+def test_a_240_character_output_name_works_and_a_256_byte_one_is_one_line(clean, reference, tmp_path) -> None:
+    # The temporary name added 18 characters: ENAMETOOLONG after all the work.
+    long = tmp_path / ("f" * 240)
+    zfilter.run(zfilter.FilterSettings(masks=clean, reference=reference, output=long, progress=False))
+    assert (long / "filter.json").is_file()
+    with pytest.raises(InputError) as err:
+        zfilter.run(
+            zfilter.FilterSettings(
+                masks=clean, reference=reference, output=tmp_path / ("g" * 256), progress=False
+            )
+        )
+    one_line(err.value, "is 256 bytes long; file systems allow 255")
+
+
+def test_an_os_error_a_user_can_fix_is_one_line(clean, reference, tmp_path, capsys, monkeypatch) -> None:
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "f" / "labels" / "x.png"))
+
+    monkeypatch.setattr(zfilter, "_write_kept", full)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    args = [f"masks={clean}", f"reference={reference}", f"output={tmp_path / 'f'}", "progress=false"]
+    code, err = _cli("filter", args, capsys)
+    _one_error_line(code, err, "filter", "labels/x.png: no space left on the disk")
+    assert not (tmp_path / "f").exists() and leftovers(tmp_path) == []
+
+
+def test_demo_cohort_estimates_its_disk_space_first(tmp_path, capsys, monkeypatch) -> None:
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    import synthseg.utils.atomic as atomic
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    assert shutil_module.disk_usage is atomic.shutil.disk_usage
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    code, err = _cli("demo-cohort", [f"output={tmp_path / 'cohort'}", "cases=2", "progress=false"], capsys)
+    _one_error_line(code, err, "demo-cohort", "not enough disk space for 2 demo cases")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` read-only for this user (as root, which writes anywhere, by what os.access reports)."""
+    import os
+
+    import synthseg.data.cache as cache
+
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    real_access = os.access
+
+    def access(path: str | os.PathLike[str], mode: int) -> bool:
+        if mode & os.W_OK and (Path(path) == folder or folder in Path(path).parents):
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(cache.os, "access", access)
+
+
+def test_a_read_only_dataset_trains_with_its_cache_in_the_user_cache_folder(
+    clean, tmp_path, capsys, monkeypatch, user_cache
+) -> None:
+    """``train`` and ``quality`` died on ``<dataset>/.cache.lock`` with [Errno 30]."""
+    from synthseg.metrics.quality import QualitySettings, measure
+
+    data = _copy_of(clean, tmp_path)
+    shutil.rmtree(data / "cache", ignore_errors=True)  # a dataset with no cache of its own
+    synthetic = write_dataset(tmp_path / "synthetic", num_slices=6, size=SIDE, source="synthetic", seed=4)
+    _read_only(data, monkeypatch)
+    before = {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    try:
+        cfg = compose_train([f"data.root={data}", "model=unet", "model.net.base_width=2", "trainer.max_epochs=1",
+                             "test=false"], tmp_path)  # fmt: skip
+        train(cfg)
+        options = {"extractor": None, "pairs": 5, "kid_subsets": 2, "search_size": 8, "device": "cpu"}
+        measure(QualitySettings(synthetic=synthetic, real=data, output=tmp_path / "quality", **options))
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # nothing written there
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "read-only for this user" in line]
+    assert len(lines) == 1 and str(user_cache / "slices") in lines[0], err
+    assert list((user_cache / "slices").glob("copy_of_prepared-*/cache/images.npy"))
+
+
+def test_a_read_only_dataset_with_a_current_cache_of_its_own_uses_it(clean, tmp_path, monkeypatch) -> None:
+    from synthseg.data.cache import build_cache, cache_folder
+
+    data = _copy_of(clean, tmp_path)
+    build_cache(data, progress=False)
+    _read_only(data, monkeypatch)
+    before = {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    try:
+        assert cache_folder(data) == data / "cache"
+        BraTSDataModule(str(data), batch_size=2).setup("fit")
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()} == before

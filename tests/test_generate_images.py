@@ -199,13 +199,13 @@ def test_bad_masks_name_the_file_and_leave_no_output(snapshot, tmp_path, kind, m
 
 def test_existing_output_needs_overwrite(tiny_dataset, snapshot, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    out.mkdir()  # an empty folder is filled (issue 24: it used to be "already exists")
+    settings = GenerateImagesSettings(
+        checkpoint=snapshot, masks=tiny_dataset, output=out, device="cpu", progress=False
+    )
+    generate_images.run(settings)
     with pytest.raises(InputError, match="already exists"):
-        generate_images.run(
-            GenerateImagesSettings(
-                checkpoint=snapshot, masks=tiny_dataset, output=out, device="cpu", progress=False
-            )
-        )
+        generate_images.run(settings)
 
 
 def test_cli_reports_a_bad_mask_in_one_line(snapshot, tmp_path):

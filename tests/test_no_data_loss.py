@@ -412,3 +412,406 @@ def test_synthesize_says_in_one_line_when_the_filter_keeps_no_mask(tmp_path: Pat
         synthesize.run(settings)
     assert "\n" not in str(err.value) and "kept" in str(err.value)
     assert not out.exists()
+
+
+# ------------------------------------------------------------- paths that come from data (issue 24, class 1)
+def _edit_manifest(root: Path, row: int, **cells: str) -> None:
+    """Set ``cells`` (column -> value) in data row ``row`` of ``<root>/manifest.csv``."""
+    import csv
+
+    path = root / "manifest.csv"
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    rows[row].update(cells)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _bad_ids_and_paths(tmp: Path) -> dict[str, tuple[Callable[[Path], None], str]]:
+    """Manifest edits that point outside the dataset folder: (edit of a dataset folder, expected part of the line)."""
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    outside = write_dataset(tmp / "outside_dataset", num_slices=2, size=32, source="synthetic", seed=5)
+    (elsewhere / "images").mkdir(exist_ok=True)
+
+    def symlinked_images(root: Path) -> None:
+        import shutil
+
+        shutil.copytree(root / "images", elsewhere / "images", dirs_exist_ok=True)
+        shutil.rmtree(root / "images")
+        (root / "images").symlink_to(elsewhere / "images", target_is_directory=True)
+
+    return {
+        "id ../../victim/important": (
+            lambda root: _edit_manifest(root, 1, id="../../victim/important"),
+            "id '../../victim/important' contains '/'",
+        ),
+        "label ../../../elsewhere": (
+            lambda root: _edit_manifest(root, 1, label="../../../outside_dataset/labels/synth_000000.png"),
+            "goes up with '..'",
+        ),
+        "absolute image path": (
+            lambda root: _edit_manifest(root, 1, image=str(outside / "images" / "synth_000000.png")),
+            "is an absolute path",
+        ),
+        "id with a control character": (
+            lambda root: _edit_manifest(root, 1, id="a\x07b"),
+            "contains '\\x07'",
+        ),
+        "id of 201 bytes": (lambda root: _edit_manifest(root, 1, id="x" * 201), "is 201 bytes long"),
+        "images/ symlinked elsewhere": (symlinked_images, "lies in a folder that resolves to"),
+    }
+
+
+def _reads_a_manifest(tmp: Path) -> dict[str, Callable[[Path], Any]]:
+    """Every command that reads a dataset folder's manifest, given the (edited) folder ``data``."""
+    from synthseg.metrics import swd
+    from synthseg.metrics.quality import QualitySettings, measure
+    from synthseg.synth import export, generate_images, synthesize
+    from synthseg.synth import filter as zfilter
+
+    clean = write_dataset(tmp / "clean", num_slices=10, size=32)
+    spade = tiny_spade_snapshot(tmp / "spade.pt")
+    pgan = tiny_snapshot(tmp / "pgan.pt", size=32)
+    out = (
+        tmp / "area" / "victim_parent" / "out"
+    )  # labels/../../victim/important.png would land in area/victim
+
+    def train(overrides: list[str]) -> Any:
+        from synthseg.train import train as train_command
+        from tests.conftest import compose_train
+
+        width = ["model=unet", "model.net.base_width=2", "trainer.max_epochs=1"]
+        return train_command(compose_train([*width, *overrides], tmp / "area"))
+
+    def quality(data: Path) -> Any:
+        options = {"extractor": None, "pairs": 5, "kid_subsets": 2, "search_size": 8, "device": "cpu"}
+        return measure(QualitySettings(synthetic=data, real=clean, output=out, **options))
+
+    return {
+        "filter (masks)": lambda data: zfilter.run(zfilter.FilterSettings(
+            masks=data, reference=clean, output=out, threshold_quantile=1.0, progress=False)),
+        "filter (reference)": lambda data: zfilter.run(zfilter.FilterSettings(
+            masks=clean, reference=data, output=out, threshold_quantile=1.0, progress=False)),
+        "generate-images keep_ids=true": lambda data: generate_images.run(generate_images.GenerateImagesSettings(
+            checkpoint=spade, masks=data, output=out, device="cpu", keep_ids=True, progress=False)),
+        "export": lambda data: export.run(export.ExportSettings(source=[data], output=out, progress=False)),
+        "train (data.root)": lambda data: train([f"data.root={data}"]),
+        "train (data.synthetic.root)": lambda data: train(
+            [f"data.root={clean}", f"+data.synthetic={{root: {data}, count: 2}}"]),
+        "quality": quality,
+        "synthesize (reference)": lambda data: synthesize.run(synthesize.SynthesizeSettings(
+            pgan=pgan, spade=spade, reference=data, count=3, output=out, threshold=1e9, device="cpu",
+            progress=False, quality=False)),
+        "swd": lambda data: swd.run(swd.SWDSettings(a=data, b=clean, device="cpu", progress=False)),
+    }  # fmt: skip
+
+
+def _bad_names_ids() -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return list(_bad_ids_and_paths(Path(scratch)))
+
+
+READERS = [
+    "filter (masks)", "filter (reference)", "generate-images keep_ids=true", "export", "train (data.root)",
+    "train (data.synthetic.root)", "quality", "synthesize (reference)", "swd",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", _bad_names_ids())
+@pytest.mark.parametrize("reader", READERS)
+def test_ids_and_paths_from_a_manifest_stay_inside_their_folder(
+    reader: str, edit: str, tmp_path: Path
+) -> None:
+    """Issue 24, class 1: ``../``, absolute paths, a symlinked folder, bad ids: one line naming the manifest,
+    the line and the value, before any file is read or written; nothing outside changes."""
+    data = write_dataset(tmp_path / "data", num_slices=10, size=32, source="synthetic", seed=1, empty_every=0)
+    victim = tmp_path / "area" / "victim" / "important.png"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"the user's own file")
+    change, expected = _bad_ids_and_paths(tmp_path)[edit]
+    change(data)
+    run = _reads_a_manifest(tmp_path)[reader]
+    before = tree(tmp_path)
+    with pytest.raises(InputError) as err:
+        run(data)
+    line = str(err.value)
+    assert "\n" not in line and expected in line, line
+    row = 2 if "symlinked" in edit else 3  # the manifest and the row (the header is line 1; every row of a
+    assert f"{data / 'manifest.csv'}: line {row}" in line, (
+        line
+    )  # symlinked folder is outside, the first first)
+    after = tree(tmp_path)
+    assert {k: v for k, v in before.items() if k in after} == before
+    assert not [k for k in after if k not in before and not k.endswith(".lock")], after.keys() - before.keys()
+    assert victim.read_bytes() == b"the user's own file"
+
+
+def test_a_pgan_history_naming_a_snapshot_outside_its_run_is_refused(tmp_path: Path) -> None:
+    from synthseg.synth import select
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_snapshot(tmp_path / "elsewhere.pt")
+    (run / "swd.csv").write_text(
+        "tick,kimg,resolution,alpha,snapshot,swd_avg\n1,1,16,1.0,../elsewhere.pt,3.0\n"
+    )
+    with pytest.raises(InputError, match=r"swd.csv: line 2: snapshot '../elsewhere.pt' goes up with '..'"):
+        select.run(select.SelectSettings(run=run))
+
+
+def test_an_id_made_from_a_file_name_is_checked_too(tmp_path: Path) -> None:
+    import numpy as np
+
+    from synthseg.data.manifest import list_masks
+    from synthseg.data.pngio import write_label8
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    write_label8(folder / ("x" * 210 + ".png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match="file name 'x+' is 210 bytes long"):
+        list_masks(folder)
+
+
+# ------------------------------------------------- the lock covers everything a run touches (issue 24, class 2)
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_folder_that_appears_at_the_output_during_a_run_is_refused_not_deleted(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output is checked again, under the lock, just before the rename: what appeared there meanwhile (a
+    user's folder, a sync tool's) is refused with one line and kept; it used to be moved aside and deleted."""
+    import synthseg.utils.outputs as outputs
+
+    command = COMMANDS[name](tmp_path / "in")
+    output = tmp_path / "out" / "result"
+    folder = command.written(output)
+    real_write_marker = outputs.write_marker
+
+    def meanwhile(tmp: Path, *args: Any, **kwargs: Any) -> None:
+        if not folder.exists():  # the first completed folder of the run: now the user's folder appears
+            folder.mkdir(parents=True)
+            (folder / "thesis.tex").write_text("four years of work")
+        real_write_marker(tmp, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_marker", meanwhile)
+    with pytest.raises(InputError, match=f"{folder}: not empty and not written by synthseg {name}") as err:
+        command.run(output, True)
+    assert "\n" not in str(err.value)
+    assert tree(folder) == {"thesis.tex": b"four years of work"}
+    assert not [p.name for p in folder.parent.iterdir() if p.name.endswith((".partial", ".old"))]
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_user_folders_named_like_leftovers_beside_the_output_are_kept(name: str, tmp_path: Path) -> None:
+    """Leftovers are matched exactly (``.<name>.<8 hex>.partial``/``.old``): ``filter output=T/out`` used to delete
+    ``T/.out.backup.old/`` and the live temporary folder of a concurrent ``demo-cohort output=T/out.v2``."""
+    from synthseg.utils.outputs import output_lock
+
+    command = COMMANDS[name](tmp_path / "in")
+    output = tmp_path / "out" / "result"
+    folder = command.written(output)
+    folder.parent.mkdir(parents=True)
+    for user in (".result.backup.old", ".result.x.old", ".result.mine.partial"):
+        (folder.parent / user).mkdir()
+        (folder.parent / user / "notes.txt").write_text("mine")
+    other = folder.parent / f".{folder.name}.v2.1234abcd.partial"  # result.v2's run, writing now
+    other.mkdir()
+    (other / "half.png").write_bytes(b"x")
+    before = tree(folder.parent)
+    with output_lock(folder.parent / f"{folder.name}.v2"):
+        command.run(output, False)
+    after = tree(folder.parent)
+    assert {k: v for k, v in before.items()} == {k: v for k, v in after.items() if k in before}
+    assert (folder / MARKER).is_file()
+
+
+def test_two_exports_of_one_dataset_id_under_two_names_cannot_both_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id check runs again under a lock on nnUNet_raw, just before the rename: the second export of id 501
+    (another name) started before the first landed is refused, not written beside it."""
+    import synthseg.utils.outputs as outputs
+    from synthseg.synth import export
+
+    source = write_dataset(tmp_path / "prepared", num_slices=10, size=16)
+    raw = tmp_path / "nnUNet_raw"
+    real_write_marker = outputs.write_marker
+
+    def first_lands_meanwhile(tmp: Path, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(outputs, "write_marker", real_write_marker)
+        export.run(export.ExportSettings(source=[source], output=raw, name="First", progress=False))
+        real_write_marker(tmp, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_marker", first_lands_meanwhile)
+    with pytest.raises(InputError, match=r"dataset id 501 is taken by Dataset501_First"):
+        export.run(export.ExportSettings(source=[source], output=raw, name="Second", progress=False))
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".lock")) == ["Dataset501_First"]
+
+
+# ---------------------------------------------------------------- two runs started together (real processes)
+# command -> its command-line arguments for the inputs COMMANDS[command] made under ``in`` and the output ``out``
+RACE_ARGS: dict[str, Callable[[Path, Path], list[str]]] = {
+    "prepare": lambda i, o: [f"source={i / 'brats'}", f"output={o}", "size=8", "workers=1"],
+    "generate-masks": lambda i, o: [f"checkpoint={i / 'pgan_run' / 'snapshot.pt'}", "count=3", f"output={o}",
+                                    "device=cpu"],
+    "filter": lambda i, o: [f"masks={i / 'masks'}", f"reference={i / 'reference'}", f"output={o}",
+                            "threshold_quantile=1.0"],
+    "generate-images": lambda i, o: [f"checkpoint={i / 'spade.pt'}", f"masks={i / 'masks'}", f"output={o}",
+                                     "device=cpu"],
+    "synthesize": lambda i, o: [f"pgan={i / 'pgan.pt'}", f"spade={i / 'spade.pt'}", f"reference={i / 'reference'}",
+                                "count=3", f"output={o}", "threshold=1e9", "device=cpu"],
+    "export": lambda i, o: [f"source={i / 'raw' / 'Dataset501_SynthSeg' / 'prepared'}", f"output={o}"],
+    "report": lambda i, o: [f"runs={i / 'runs'}", f"output={o}", "bootstrap.samples=5", "figures.enabled=false"],
+    "demo-cohort": lambda i, o: [f"output={o}", "cases=1", "montage=false"],
+    "quality": lambda i, o: [f"synthetic={i / 'synthetic'}", f"real={i / 'real'}", f"output={o}", "extractor=null",
+                             "pairs=5", "kid_subsets=2", "search_size=8", "device=cpu"],
+}  # fmt: skip
+
+
+def _start_together(commands: list[list[str]], cwd: Path) -> list[Any]:
+    """Start every command at once (one ``synthseg`` process each) and wait for them all."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert sys.executable  # the venv's synthseg script runs under the same interpreter
+    return done
+
+
+def _synthseg() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / "synthseg")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RACE_ARGS))
+def test_two_runs_into_one_output_started_together(name: str, tmp_path: Path) -> None:
+    """One run writes the output; the other stops with one line (exit 2): the output is complete and every file
+    in it is one its marker lists."""
+    import json
+
+    COMMANDS[name](tmp_path / "in")
+    out = tmp_path / "out" / "result"
+    args = [_synthseg(), name, *RACE_ARGS[name](tmp_path / "in", out), "progress=false"]
+    if name == "report":
+        args.remove("progress=false")
+    if name == "quality":
+        args.remove("progress=false")
+    # synthesize: two seeds, so a run that took the other's masks shows (its work folder used to lie outside the
+    # lock: the second run replaced the first one's kept masks before it was refused)
+    second = [*args, "seed=1"] if name == "synthesize" else args
+    results = _start_together([args, second], tmp_path)
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 2], [(r.returncode, r.stderr[-2000:]) for r in results]
+    loser = next(r for r in results if r.returncode == 2)
+    lines = loser.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"synthseg {name}: error: "), lines
+    assert "another synthseg run is writing this output now" in lines[0] or "already exists" in lines[0], (
+        lines
+    )
+    folder = out / "Dataset501_SynthSeg" if name == "export" else out
+    marker = json.loads((folder / MARKER).read_text())
+    assert sorted(tree(folder)) == sorted([*marker["files"], MARKER])
+    assert not [p for p in folder.parent.iterdir() if p.name.endswith((".partial", ".old"))]
+    if name == "synthesize":  # the dataset, its kept masks and its generated masks: all of the winner's seed
+        seed = json.loads((out / "prepare.json").read_text())["synthesize"]["seed"]
+        work = out.parent / "result.work"
+        assert json.loads((work / "masks" / "prepare.json").read_text())["seed"] == seed
+        assert tree(work / "kept" / "labels") == tree(out / "labels")
+
+
+@pytest.mark.slow
+def test_two_exports_of_one_id_under_two_names_started_together(tmp_path: Path) -> None:
+    source = write_dataset(tmp_path / "prepared", num_slices=10, size=16)
+    raw = tmp_path / "nnUNet_raw"
+    base = [_synthseg(), "export", f"source={source}", f"output={raw}", "dataset_id=501", "progress=false"]
+    results = _start_together([[*base, "name=First"], [*base, "name=Second"]], tmp_path)
+    assert sorted(r.returncode for r in results) == [0, 2], [r.stderr[-2000:] for r in results]
+    loser = next(r for r in results if r.returncode == 2)
+    assert "dataset id 501 is taken by Dataset501_" in loser.stderr.strip().splitlines()[-1]
+    assert len([p for p in raw.iterdir() if p.name.startswith("Dataset501_")]) == 1
+
+
+# ``python train.py ARGS`` that first imports everything, then waits until both runs are ready and starts just
+# after the same whole second: the two runs resolve their run folder's time in the same second.
+_TRAIN_AT_THE_SAME_SECOND = """
+import math, sys, time
+from pathlib import Path
+import synthseg.train
+from synthseg.cli import quiet_progress_when_logged, run
+ready = Path(sys.argv[1])
+(ready / sys.argv[2]).touch()
+while len(list(ready.iterdir())) < 2:
+    time.sleep(0.005)
+now = time.time()
+time.sleep(math.ceil(now) - now + 0.02)
+quiet_progress_when_logged()
+run("train", sys.argv[3:])
+"""
+
+
+@pytest.mark.slow
+def test_two_training_runs_started_in_the_same_second_get_their_own_run_folders(tmp_path: Path) -> None:
+    """``for s in 0 1; do python train.py seed=$s & done``: two run folders, each complete, nothing shared (they
+    used to share ``runs/<time>/``: one died after the other's clean-up deleted its checkpoint's temporary file,
+    and the folder mixed both runs' events)."""
+    import json
+    import sys
+
+    prepared = write_dataset(tmp_path / "prepared", num_slices=20, size=16)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    common = ["model=unet", f"data.root={prepared}", "model.net.base_width=2", "data.batch_size=4", "trainer=cpu",
+              "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path / 'logs'}",
+              "logger=csv"]  # fmt: skip
+    script = [sys.executable, "-c", _TRAIN_AT_THE_SAME_SECOND, str(ready)]
+    results = _start_together(
+        [[*script, "a", *common, "seed=0"], [*script, "b", *common, "seed=1"]], tmp_path
+    )
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
+    runs = sorted((tmp_path / "logs" / "unet" / "runs").iterdir())
+    assert len(runs) == 2, runs
+    seeds = set()
+    for run in runs:
+        seeds.add(json.loads((run / "results.json").read_text())["config"]["seed"])
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((run / "csv").rglob("metrics.csv"))) == 1  # its own log only
+        assert not list(run.rglob("*.partial"))
+    assert seeds == {0, 1}
+
+
+# -------------------------------------------------------------------- messages that say what happened (class 5)
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_an_empty_folder_is_filled_without_overwrite(name: str, tmp_path: Path) -> None:
+    """``mkdir out; synthseg filter ... output=out`` said "out: already exists (pass overwrite=true ...)", though
+    the output rule accepts an empty folder."""
+    command = COMMANDS[name](tmp_path / "in")
+    output = tmp_path / "out" / "result"
+    command.written(output).mkdir(parents=True)
+    command.run(output, False)
+    assert (command.written(output) / MARKER).is_file()
+
+
+def test_an_existing_file_as_the_output_says_it_is_a_file(tmp_path: Path) -> None:
+    # export output=<a file> said "cannot write into .../file (permission denied)".
+    command = _export(tmp_path / "in")
+    afile = tmp_path / "nnUNet_raw"
+    afile.write_text("not a folder")
+    with pytest.raises(InputError, match=f"{afile}: is a file, not a folder") as err:
+        command.run(afile, False)
+    assert "\n" not in str(err.value) and afile.read_text() == "not a folder"

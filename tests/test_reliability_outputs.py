@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from synthseg.data.cache import build_cache, open_cache, stale_reason
 from synthseg.data.manifest import read_manifest
 from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.synth.generate_masks import PROGRESS, resume_folder
-from synthseg.utils.outputs import OutputLockedError, claim_output, output_lock
+from synthseg.utils.outputs import OutputLockedError, claim_output, lock_path
 from tests.test_prepare import make_cohort
 from tests.test_reliability_atomic import tiny_snapshot
 
@@ -135,7 +136,8 @@ def test_leftovers_are_cleaned_only_by_the_lock_holder(tmp_path: Path) -> None:
     live = tmp_path / ".out.1234abcd.partial"  # another run's temporary folder
     live.mkdir()
     (live / "half.png").write_bytes(b"x")
-    with output_lock(out):  # that other run holds the lock (in this process: a second acquire fails too)
+    # That other run holds the lock (a lock file of its own: this thread's output_lock would nest)
+    with FileLock(str(lock_path(out)), timeout=0):
         with pytest.raises(OutputLockedError, match=f"{out}: another synthseg run"):
             with claim_output(out, command="report"):
                 pass
@@ -158,7 +160,7 @@ def test_the_cache_is_reused_while_its_sources_are_unchanged(tiny_dataset: Path)
     assert stale_reason(tiny_dataset) is None
     assert (cache / "sources.npy").is_file()
     meta = json.loads((cache / "meta.json").read_text())
-    assert meta["format"] == "synthseg-cache/3" and meta["axes"] == "NSHW" and meta["sequences"] == ["t1c"]
+    assert meta["format"] == "synthseg-cache/4" and meta["axes"] == "NSHW" and meta["sequences"] == ["t1c"]
     build_cache(tiny_dataset, progress=False)
     assert (cache / "images.npy").stat().st_mtime_ns == stamp
 
@@ -199,6 +201,55 @@ def test_a_changed_image_rebuilds_the_cache_with_the_new_pixels(tiny_dataset: Pa
     images, _ = open_cache(tiny_dataset)
     assert (np.asarray(images[5]) == 1234).all()
     assert stale_reason(tiny_dataset) is None
+
+
+def test_two_labels_of_one_size_swapped_with_their_times_restored_rebuild_the_cache(
+    tiny_dataset: Path,
+) -> None:
+    """Issue 24: the cache was keyed on size and mtime alone, so this trained on the stale cache. The same size
+    leaves the bytes to decide: they are hashed while the cache is built and compared now."""
+    images, labels = open_cache(tiny_dataset)
+    manifest = read_manifest(tiny_dataset)
+    sizes: dict[int, list[int]] = {}
+    for i, rel in enumerate(manifest.label):
+        sizes.setdefault((tiny_dataset / rel).stat().st_size, []).append(i)
+    pair = next(
+        rows
+        for rows in sizes.values()
+        if len(rows) >= 2 and not np.array_equal(labels[rows[0]], labels[rows[1]])
+    )
+    a, b = (tiny_dataset / manifest.label[pair[0]], tiny_dataset / manifest.label[pair[1]])
+    times = [(p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (a, b)]
+    swap = a.with_name("swap.tmp")
+    a.rename(swap)
+    b.rename(a)
+    swap.rename(b)
+    for path, ns in zip((a, b), times, strict=True):
+        os.utime(path, ns=ns)
+    assert stale_reason(tiny_dataset) == f"{a}: changed since the cache was built"
+    _, labels = open_cache(tiny_dataset)
+    assert np.array_equal(labels[pair[0]], read_png_label(a))
+
+
+def read_png_label(path: Path) -> np.ndarray:
+    from synthseg.data.pngio import read_png
+
+    return read_png(path, bitdepth=8)
+
+
+def test_a_copied_dataset_keeps_its_cache_when_the_bytes_are_the_same(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    cache = build_cache(tiny_dataset, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, copy)  # new inodes and status-change times, the same bytes and mtimes
+    stamp = (copy / "cache" / "images.npy").stat().st_mtime_ns
+    assert stale_reason(copy) is None  # hashed and found the same: the stamps are refreshed
+    assert build_cache(copy, progress=False) == copy / "cache"
+    assert (copy / "cache" / "images.npy").stat().st_mtime_ns == stamp
+    assert (cache / "images.npy").is_file()
 
 
 def test_a_cache_of_the_old_format_is_rebuilt(tiny_dataset: Path) -> None:

@@ -342,7 +342,8 @@ def test_bad_masks_are_named(folders: dict, tmp_path: Path, bad: np.ndarray, mes
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_existing_output_is_refused(folders: dict, tmp_path: Path) -> None:
+def test_an_empty_output_folder_is_filled_and_a_filled_one_refused(folders: dict, tmp_path: Path) -> None:
+    # `mkdir out; synthseg filter ... output=out` used to say "out: already exists" (issue 24, class 5).
     (tmp_path / "out").mkdir()
     settings = zfilter.FilterSettings(
         masks=folders["base"] / "generated",
@@ -350,6 +351,8 @@ def test_existing_output_is_refused(folders: dict, tmp_path: Path) -> None:
         output=tmp_path / "out",
         progress=False,
     )
+    zfilter.run(settings)
+    assert (tmp_path / "out" / "filter.json").is_file()
     with pytest.raises(InputError, match="already exists"):
         zfilter.run(settings)
 

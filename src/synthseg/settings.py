@@ -14,7 +14,9 @@ is an interpolation through a resolver registered when synthseg is imported (:fu
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import secrets
 import types
 import typing
 from collections.abc import Mapping
@@ -125,6 +127,11 @@ class Settings:
                 object.__setattr__(
                     self, item.name, tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
                 )
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN compares false with every bound, so a range check alone would let it through.
+                raise InputError(f"{item.name} must be a finite number, got {value}")
         seed = getattr(self, "seed", None)
         if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
             # numpy's generators refuse a negative seed, and only when the work has begun.
@@ -132,7 +139,16 @@ class Settings:
         self.check()
 
     def check(self) -> None:
-        """Range and consistency checks (raise InputError naming the key); types are checked by from_config."""
+        """Range and consistency checks (raise InputError naming the key); types are checked by from_config.
+
+        The values alone: no file is read here (Python callers build settings before their inputs exist).
+        """
+
+    def check_inputs(self) -> None:
+        """Checks of the inputs on disk, together with the settings: folders and manifests readable, every file
+        a manifest names present, inputs distinct, sizes and checkpoints that fit each other. ``run()`` calls it
+        first, before any work or write (a mistake found after hours of work is a mistake found too late).
+        """
 
     @classmethod
     def from_config(cls: type[S], cfg: Any, prefix: str = "", *, partial: bool = False) -> S:
@@ -201,6 +217,31 @@ def check_positive(key: str, value: float | None, *, allow_zero: bool = False) -
         raise InputError(f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
 
 
+def check_device(key: str, name: str) -> None:
+    """Refuse, before any work, a device name torch does not know or a device this machine lacks: ``auto``,
+    ``cpu``, ``cuda``, ``cuda:N`` (N below the GPU count) or ``mps``, naming ``key``."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"{key}={name!r}: not a device name (auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise InputError(f"{key}={name}: no CUDA GPU on this machine (use {key}=cpu or {key}=auto)")
+        if device.index is not None and device.index >= count:
+            raise InputError(
+                f"{key}={name}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{key}={name}: Apple's MPS is not available on this machine (use {key}=cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{key}={name!r}: synthseg runs on cpu, cuda or mps")
+
+
 def count_items(value: Any) -> int:
     """``${len:${data.sequences}}``: how many items ``value`` holds; a bare string or null is one item (a single
     sequence; null is the default T1c)."""
@@ -209,8 +250,17 @@ def count_items(value: Any) -> int:
     return len(value)
 
 
+_PROCESS_TOKEN = secrets.token_hex(3)
+
+
+def process_token() -> str:
+    """``${run_token:}``: six hex digits drawn once per process, so two training runs started in the same second
+    get two run folders (``runs/<time>_<token>``; conf/hydra/default.yaml)."""
+    return _PROCESS_TOKEN
+
+
 # name -> function of the OmegaConf resolvers the configs under conf/ use
-RESOLVERS = {"len": count_items}
+RESOLVERS = {"len": count_items, "run_token": process_token}
 
 
 def register_resolvers() -> None:

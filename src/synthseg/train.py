@@ -27,9 +27,9 @@ from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
 from synthseg.settings import Settings
-from synthseg.train_checks import check_train
+from synthseg.train_checks import RESUME_RECORD, check_train, check_train_inputs, resume_record
 from synthseg.utils.atomic import write_text_atomic
-from synthseg.utils.ckpt_io import LastCheckpointAtEnd
+from synthseg.utils.ckpt_io import LastCheckpointAtEnd, RecordInCheckpoint
 from synthseg.utils.fastpath import apply_fallbacks
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,14 @@ class TrainSettings(Settings):
         self.check()  # the seed's range is one of the training checks (their message, not the base's)
 
     def check(self) -> None:
-        check_train(self.seed, self.model, self.data, self.trainer, self.logger)
+        check_train(self.seed, self.model, self.data, self.trainer, self.logger, self.train)
+
+    def check_inputs(self) -> None:
+        """The datasets and the checkpoint to resume, before any run folder exists (``run()`` calls it first;
+        ``synthseg train`` before Hydra makes the run folder): :func:`synthseg.train_checks.check_train_inputs`."""
+        check_train_inputs(
+            self.data, self.model, self.ckpt_path, Path(self.paths["log_dir"]) / self.task_name
+        )
 
 
 def read_metrics(output_dir: str | Path) -> dict[str, float]:
@@ -195,6 +202,7 @@ def run(settings: TrainSettings) -> Path:
         The run folder (``paths.output_dir``): ``results.json`` (the resolved config, data statistics, best
         checkpoint, the ``train/``, ``val/`` and ``test/`` metrics), checkpoints and the loggers' files.
     """
+    settings.check_inputs()
     # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once (on copies of the nodes)
     trainer_node, model_node, _ = apply_fallbacks(settings.trainer, settings.model)
     assert model_node is not None
@@ -217,6 +225,7 @@ def run(settings: TrainSettings) -> Path:
     results_writer = ResultsWriter(config, settings.task_name, output_dir / "results.json")
     callbacks.append(results_writer)
     callbacks.append(LastCheckpointAtEnd())
+    callbacks.append(RecordInCheckpoint(RESUME_RECORD, resume_record(model_node, settings.data)))
     loggers = [instantiate(c) for c in (settings.logger or {}).values() if c and "_target_" in c]
     extra: dict[str, Any] = {}
     if trainer_node.get("enable_progress_bar", True) and not stdout_is_terminal():

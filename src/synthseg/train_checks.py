@@ -69,10 +69,25 @@ def _check_pgan_switches(model: dict[str, Any]) -> None:
             raise InputError(f"{key} must be one of {', '.join(allowed)}, got {node!r}")
 
 
+def _check_finite(node: Any, key: str) -> None:
+    """Every number of a config node is finite: NaN passes every range check and inf overflows later
+    (PGAN ``model.total_kimg=inf`` was an OverflowError traceback)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise InputError(f"{key} must be a finite number, got {node}")
+
+
 def _check_data_numbers(data: dict[str, Any]) -> None:
     batch = data.get("batch_size")
     if not _integer(batch):
         raise InputError(f"data.batch_size must be an integer, got {batch!r}")
+    if batch < 1:
+        raise InputError(f"data.batch_size must be positive, got {batch}")
     eval_batch = data.get("eval_batch_size")
     if eval_batch is not None and (not _integer(eval_batch) or eval_batch < 1):
         raise InputError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch!r}")
@@ -101,12 +116,7 @@ def _power_of_two(n: int) -> bool:
 def _check_sizes(data: dict[str, Any]) -> None:
     """The prepared slices, the synthetic ones and ``data.resolution`` must fit together."""
     resolution = data.get("resolution")
-    root = data.get("root")
-    sources: list[tuple[str, Path]] = [("data.root", Path(root))] if isinstance(root, str) else []
-    synthetic = data.get("synthetic")
-    if isinstance(synthetic, dict) and synthetic.get("count") and isinstance(synthetic.get("root"), str):
-        sources.append(("data.synthetic.root", Path(synthetic["root"])))
-    sizes = [(key, path, _dataset_size(path)) for key, path in sources]
+    sizes = [(key, path, _dataset_size(path)) for key, path in _dataset_roots(data)]
     sizes = [(key, path, size) for key, path, size in sizes if size is not None]
     for key, path, size in sizes:
         if resolution is None and not _power_of_two(size):
@@ -126,10 +136,17 @@ def _check_sizes(data: dict[str, Any]) -> None:
         )
 
 
-def _check_trainer(trainer: dict[str, Any], model: dict[str, Any]) -> None:
+def _check_trainer(trainer: dict[str, Any], model: dict[str, Any], train: bool) -> None:
     epochs = trainer.get("max_epochs")
     if epochs is not None and (not _integer(epochs) or epochs < -1):
         raise InputError(f"trainer.max_epochs must be a positive integer (or -1 for PGAN), got {epochs!r}")
+    if train and (epochs == 0 or trainer.get("max_steps") == 0):
+        # Lightning trains nothing, then the untrained network was tested and its Dice error written.
+        key = "max_epochs" if epochs == 0 else "max_steps"
+        raise InputError(
+            f"trainer.{key}=0 trains nothing: set a positive number (or train=false to only test a checkpoint)"
+        )
+    _check_accelerator(trainer)
     target = str(model.get("_target_", ""))
     stops_itself = target.endswith(".PGAN")  # PGAN ends at total_kimg and sets max_epochs=-1 on purpose
     bounded = (trainer.get("max_steps") or -1) > 0 or trainer.get("max_time") or trainer.get("fast_dev_run")
@@ -137,6 +154,28 @@ def _check_trainer(trainer: dict[str, Any], model: dict[str, Any]) -> None:
         raise InputError(
             f"trainer.max_epochs=-1 would train {target.rsplit('.', 1)[-1] or 'this model'} forever: "
             f"set a positive number of epochs (only PGAN stops itself, at model.total_kimg)"
+        )
+
+
+def _check_accelerator(trainer: dict[str, Any]) -> None:
+    """The accelerator the trainer asks for exists here (``trainer=gpu`` on a CPU-only machine was Hydra's
+    "Error in call to target Trainer" block)."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    devices = trainer.get("devices")
+    if accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not available:
+            raise InputError(
+                f"trainer.accelerator={accelerator}: no CUDA GPU on this machine (use trainer=cpu, or "
+                "trainer.accelerator=auto)"
+            )
+        if _integer(devices) and devices > available:
+            raise InputError(f"trainer.devices={devices}: this machine has {available} CUDA GPU(s)")
+    elif accelerator == "mps" and not torch.backends.mps.is_available():
+        raise InputError(
+            "trainer.accelerator=mps: Apple's MPS is not available on this machine (use trainer=cpu)"
         )
 
 
@@ -198,6 +237,7 @@ def check_train(
     data: dict[str, Any],
     trainer: dict[str, Any],
     logger: dict[str, Any] | None = None,
+    train: bool = True,
 ) -> None:
     """Refuse a training config that cannot work, before anything is built or written.
 
@@ -208,10 +248,96 @@ def check_train(
     """
     if not _integer(seed) or not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+    for key, node in (("model", model), ("data", data), ("trainer", trainer)):
+        _check_finite(node or {}, key)
     _check_optimizers(model or {})
     _check_pgan_switches(model or {})
     _check_data_numbers(data or {})
     _check_sizes(data or {})
-    _check_trainer(trainer or {}, model or {})
+    _check_trainer(trainer or {}, model or {}, train)
     _check_channels(model or {}, data or {})
     _check_loggers(logger)
+
+
+def _dataset_roots(data: dict[str, Any]) -> list[tuple[str, Path]]:
+    """The dataset folders a training config reads, with their keys: ``data.root`` and the synthetic one in use."""
+    roots: list[tuple[str, Path]] = []
+    if isinstance(data.get("root"), str):
+        roots.append(("data.root", Path(data["root"])))
+    synthetic = data.get("synthetic")
+    if isinstance(synthetic, dict) and synthetic.get("count") and isinstance(synthetic.get("root"), str):
+        roots.append(("data.synthetic.root", Path(synthetic["root"])))
+    return roots
+
+
+# The settings that shape training, recorded in every checkpoint under this key (synthseg.train adds the
+# callback) and compared by a resume: the data a network was trained on and the model it is.
+RESUME_RECORD = "synthseg_training"
+
+
+def resume_record(model: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records about the training that wrote it (primitive values only)."""
+    from synthseg.data.sequences import DEFAULT_SEQUENCES, check_sequences
+
+    resolution = data.get("resolution")
+    return {
+        "model": str(model.get("_target_", "")),
+        "data.classes": data.get("classes"),
+        "data.sequences": list(check_sequences(data.get("sequences") or DEFAULT_SEQUENCES, "data.sequences")),
+        "data.resolution": resolution,
+        "data.batch_size": data.get("batch_size"),
+    }
+
+
+def check_resume(ckpt: Path, model: dict[str, Any], data: dict[str, Any]) -> None:
+    """Refuse a resume whose config changes what shaped the checkpoint's training, in one line naming both values.
+
+    Lightning restores the data module's batch size and resolution from the checkpoint, so such a run trained
+    with the checkpoint's values while its config and ``results.json`` named others. Checkpoints written before
+    this record existed are compared on what their data module saved (batch size and resolution, not for
+    PGAN, whose schedule changes both); their classes and model are compared by their weights later.
+    """
+    from synthseg.checkpoint import safe_load
+
+    obj = safe_load(ckpt)
+    now = resume_record(model, data)
+    recorded = obj.get(RESUME_RECORD)
+    if not isinstance(recorded, dict):
+        state = obj.get("BraTSDataModule")
+        if not isinstance(state, dict) or now["model"].endswith(".PGAN"):
+            return
+        recorded = {
+            "data.batch_size": state.get("batch_size"),
+            "data.resolution": state.get("resolution") or None,
+        }
+    for key, value in recorded.items():
+        if key in now and value != now[key]:
+            raise InputError(
+                f"ckpt_path={ckpt}: the checkpoint was trained with {key}={value}, the config asks for "
+                f"{key}={now[key]}; resume with {key}={value} (or start a new run without ckpt_path)"
+            )
+
+
+def check_train_inputs(
+    data: dict[str, Any], model: dict[str, Any], ckpt_path: str | None, search_root: Path
+) -> None:
+    """Refuse, before anything is built or written, datasets and a resume that cannot work.
+
+    Every dataset folder's manifest is read (ids and paths checked, synthseg.data.names), every file it names
+    must exist (one ``stat`` each), the real and the synthetic dataset must be two datasets, and a resume must
+    keep the settings that shaped the checkpoint (:func:`check_resume`).
+
+    Raises:
+        InputError: one line naming the key and the folder or file.
+    """
+    from synthseg.checkpoint import resolve_ckpt_path
+    from synthseg.data.manifest import check_distinct, check_files, read_manifest
+
+    roots = _dataset_roots(data or {})
+    check_distinct({key: str(root) for key, root in roots})
+    for _, root in roots:
+        if root.is_dir():  # a missing folder is the DataModule's own line (folder not found)
+            check_files(root, read_manifest(root))
+    ckpt = resolve_ckpt_path(ckpt_path, search_root)
+    if ckpt is not None:
+        check_resume(Path(ckpt), model or {}, data or {})

@@ -188,13 +188,22 @@ class BraTSDataModule(pl.LightningDataModule):
             keep &= ~manifest.empty
         return np.flatnonzero(keep)
 
+    def _roots(self) -> list[Path]:
+        """The dataset folders this module reads: ``root``, then the synthetic one when any of it is used."""
+        roots = [self.root]
+        if self.synthetic and self.synthetic.get("count", 0):
+            roots.append(Path(self.synthetic["root"]))
+        return roots
+
     def prepare_data(self) -> None:
         # Lightning runs this once per node before setup() on every rank: the caches are built here so that
-        # processes never race to build the same one.
-        if self.root.is_dir():
-            build_cache(self.root)
-        if self.synthetic and self.synthetic.get("count", 0) and Path(self.synthetic["root"]).is_dir():
-            build_cache(self.synthetic["root"])
+        # processes never race to build the same one. Every manifest is read (and its ids and paths checked)
+        # before any cache is built: a bad synthetic manifest costs no build of the real cache.
+        roots = [root for root in self._roots() if root.is_dir()]
+        for root in roots:
+            read_manifest(root)
+        for root in roots:
+            build_cache(root)
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:

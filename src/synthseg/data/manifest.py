@@ -8,6 +8,7 @@ manifest (``manifest.csv``), the statistics (``stats.json``, with the format tag
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.names import DatasetPaths, check_id
 from synthseg.data.sequences import DEFAULT_SEQUENCES, check_sequences, is_flat
 from synthseg.errors import InputError
 
@@ -153,6 +155,7 @@ def read_manifest_rows(root: str | os.PathLike[str], columns: Iterable[str]) -> 
         if missing:
             raise InputError(f"{path}: missing columns {missing}")
         rows = []
+        lines = []
         for row in reader:
             # DictReader fills a short row with None and gathers a long row's extras under the key None.
             if None in row or None in row.values():
@@ -161,15 +164,30 @@ def read_manifest_rows(root: str | os.PathLike[str], columns: Iterable[str]) -> 
                     f"{path}: line {reader.line_num} has {given} fields, the header has {len(fields)}"
                 )
             rows.append(row)
+            lines.append(reader.line_num)
     if not rows:
         raise InputError(f"{path}: the manifest lists no slices")
-    if "id" in fields:
-        seen: set[str] = set()
-        for row in rows:
-            if row["id"] in seen:
-                raise InputError(f"{path}: id {row['id']!r} is listed twice (ids must be unique)")
-            seen.add(row["id"])
+    _check_names(root, path, fields, rows, lines)
     return rows
+
+
+def _check_names(
+    root: Path, path: Path, fields: Sequence[str], rows: list[dict[str, str]], lines: list[int]
+) -> None:
+    """Every id a plain, unique file name and every file path inside ``root`` (synthseg.data.names): a row
+    naming ``../../victim`` or ``/elsewhere`` is refused before any reader or writer uses it."""
+    columns = [c for c in fields if c == "label" or c == "image" or c.startswith("image_")]
+    paths = DatasetPaths(root)
+    seen: set[str] = set()
+    for row, line in zip(rows, lines, strict=True):
+        where = f"{path}: line {line}"
+        if "id" in row:
+            sid = check_id(row["id"], where)
+            if sid in seen:
+                raise InputError(f"{path}: id {sid!r} is listed twice (ids must be unique)")
+            seen.add(sid)
+        for column in columns:
+            paths.check(row[column], where, column)
 
 
 def manifest_files(root: str | os.PathLike[str], column: str = "label", split: str = "train") -> list[Path]:
@@ -238,14 +256,31 @@ def _check_format_if_present(root: Path) -> None:
         check_format(stats, path)
 
 
+class ManifestWriter:
+    """Writes manifest rows, each id checked first (synthseg.data.names): no writer makes a manifest that its
+    readers would refuse."""
+
+    def __init__(self, writer: csv.DictWriter, path: Path) -> None:
+        self._writer, self._path, self._rows = writer, path, 0
+
+    def writerow(self, row: Mapping[str, Any]) -> None:
+        self._rows += 1
+        check_id(str(row["id"]), f"{self._path}: row {self._rows}")
+        self._writer.writerow(row)
+
+    def writerows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 @contextmanager
 def manifest_writer(
     path: str | os.PathLike[str],
     *,
     lineterminator: str = "\r\n",
     sequences: Iterable[str] = DEFAULT_SEQUENCES,
-) -> Iterator[csv.DictWriter]:
-    """A CSV writer of manifest rows (dicts keyed by :func:`manifest_columns`), header written.
+) -> Iterator[ManifestWriter]:
+    """A writer of manifest rows (dicts keyed by :func:`manifest_columns`), header written.
 
     Rows are written as they come, so memory does not grow with the number of slices.
     """
@@ -253,7 +288,7 @@ def manifest_writer(
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator=lineterminator)
         writer.writeheader()
-        yield writer
+        yield ManifestWriter(writer, Path(path))
 
 
 def manifest_header(lineterminator: str = "\r\n", sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
@@ -386,13 +421,15 @@ def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[M
     if is_dataset_folder(folder):
         manifest = read_manifest(folder)
         for i in range(len(manifest)):
-            paths = [folder / p if p else None for p in manifest.images[i]]
-            found = tuple(p for p in paths if p is not None and p.is_file())
+            # Every file the manifest names must exist: a deleted image is an error, not a mask without one.
+            label = _named_file(folder, manifest.label[i])
+            paths = [_named_file(folder, p) if p else None for p in manifest.images[i]]
+            found = tuple(p for p in paths if p is not None)
             items.append(
                 MaskItem(
                     str(manifest.ids[i]),
-                    folder / manifest.label[i],
-                    paths[0] if paths[0] is not None and paths[0].is_file() else None,
+                    label,
+                    paths[0],
                     found if len(found) == len(paths) else (),
                     manifest.sequences,
                 )
@@ -400,12 +437,54 @@ def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[M
     else:
         labels = folder / "labels" if (folder / "labels").is_dir() else folder
         for path in sorted(labels.glob("*.png")):
+            check_id(path.stem, str(path), "file name")  # it becomes the id of every file made from it
             image = folder / "images" / path.name if labels != folder else None
             found = image if image is not None and image.is_file() else None
             items.append(MaskItem(path.stem, path, found, (found,) if found else ()))
     if not items:
         raise InputError(f"{named}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)")
     return items
+
+
+def _named_file(root: Path, relpath: str) -> Path:
+    path = root / relpath
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (named by {root / MANIFEST})")
+    return path
+
+
+def check_files(root: str | os.PathLike[str], manifest: Manifest | None = None) -> None:
+    """Refuse, naming the first, a file the manifest of ``root`` names that does not exist (one ``stat`` each)."""
+    root = Path(root)
+    manifest = read_manifest(root) if manifest is None else manifest
+    for i in range(len(manifest)):
+        for relpath in (*manifest.images[i], manifest.label[i]):
+            if relpath:
+                _named_file(root, str(relpath))
+
+
+def check_distinct(named: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse two settings (key -> folder) that name one dataset: the same folder (symlinks resolved), or two
+    folders whose ``manifest.csv`` holds the same bytes (a copy). The real dataset given again as synthetic
+    used to double every training slice."""
+    seen: list[tuple[str, str, Path, str | None]] = []
+    for key, value in named.items():
+        if value is None or str(value) == "":
+            continue
+        folder = Path(value).expanduser().resolve()
+        try:
+            digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+        except OSError:
+            digest = None  # no manifest (yet): the folders are compared by path alone
+        for other_key, other_value, other_folder, other_digest in seen:
+            if folder == other_folder:
+                raise InputError(f"{key}={value} is the same folder as {other_key}={other_value}")
+            if digest is not None and digest == other_digest:
+                raise InputError(
+                    f"{key}={value} holds the same {MANIFEST} as {other_key}={other_value} (a copy of one "
+                    "dataset); give two different datasets"
+                )
+        seen.append((key, str(value), folder, digest))
 
 
 def read_stats(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -441,6 +520,7 @@ def synthetic_row(
         counts: (7,) pixel count per class of its label map.
         sequences: the dataset's sequences (its image columns).
     """
+    check_id(sid, "synthetic slice")
     sequences = tuple(sequences)
     images = {
         col: image_relpath(sid, seq, sequences) if has_image else ""

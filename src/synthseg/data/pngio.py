@@ -45,19 +45,26 @@ def write_label8(path: str | os.PathLike[str], label: np.ndarray) -> None:
 
 
 def read_png(
-    path: str | os.PathLike[str], *, bitdepth: int | None = None, shape: tuple[int, int] | None = None
+    path: str | os.PathLike[str],
+    *,
+    bitdepth: int | None = None,
+    shape: tuple[int, int] | None = None,
+    data: bytes | None = None,
 ) -> np.ndarray:
     """Read a grayscale PNG into a uint8 or uint16 array, checking bit depth and size when given.
+
+    ``data``: the file's bytes, already read by the caller (the slice cache hashes them); ``path`` names it.
 
     Raises:
         PNGError: naming the file, when it is missing, unreadable, not grayscale, or of the wrong bit
             depth or size.
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise PNGError(f"{path}: file not found")
     try:
-        width, height, rows, info = png.Reader(filename=str(path)).read()
+        reader = png.Reader(bytes=data) if data is not None else png.Reader(filename=str(path))
+        width, height, rows, info = reader.read()
         data = np.vstack([np.asarray(row) for row in rows]) if height else np.zeros((0, width))
     except (png.Error, zlib.error, OSError, ValueError, EOFError) as err:  # EOFError: empty or cut file
         raise PNGError(f"{path}: not a readable PNG ({err or type(err).__name__})") from None

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from synthseg.data.manifest import check_distinct
 from synthseg.errors import InputError
 from synthseg.metrics import baseline as baseline_figures
 from synthseg.metrics import diversity, fidelity, intensity, labelmaps, memorisation
@@ -39,7 +40,7 @@ from synthseg.metrics.slices import (
     recorded_range,
     reference_empty_rule,
 )
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_device, check_positive
 from synthseg.utils.outputs import claim_output
 
 
@@ -383,7 +384,12 @@ class QualitySettings(Settings):
     device: str = "auto"
     overwrite: bool = False
 
+    def check_inputs(self) -> None:
+        """The synthetic and the real set are two datasets (the same one twice measures nothing)."""
+        check_distinct({"synthetic": self.synthetic, "real": self.real})
+
     def check(self) -> None:
+        check_device("device", self.device)
         if self.extractor not in (None, "unet", "inception"):
             raise InputError(f"extractor must be unet, inception or null, got {self.extractor!r}")
         if self.real_split not in REAL_SPLITS:
@@ -404,6 +410,7 @@ class QualitySettings(Settings):
 def run(settings: QualitySettings) -> Path:
     """``synthseg quality``: :func:`measure` into ``settings.output``, claimed and written atomically by the output
     rule (docs/reliability.md); return the folder."""
+    settings.check_inputs()
     inputs = [settings.synthetic, settings.real, settings.unet, settings.extractor_weights]
     with claim_output(settings.output, command="quality", inputs=inputs, overwrite=settings.overwrite) as tmp:
         measure(dataclasses.replace(settings, output=str(tmp)))

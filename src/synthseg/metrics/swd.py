@@ -23,7 +23,7 @@ from synthseg.metrics.sliced_wasserstein import (
     level_resolutions,
     sliced_wasserstein_from_batches,
 )
-from synthseg.settings import Settings, check_choice, check_positive
+from synthseg.settings import Settings, check_choice, check_device, check_positive
 
 
 def _png_files(root: Path, inputs: str) -> list[Path]:
@@ -106,6 +106,7 @@ class SWDSettings(Settings):
     progress: bool = True
 
     def check(self) -> None:
+        check_device("device", self.device)
         check_choice("inputs", self.inputs, ("auto", "labels", "images"))
         check_positive("num_images", self.num_images)
         check_positive("batch_size", self.batch_size)

@@ -326,11 +326,18 @@ def run(settings: ExportSettings) -> Path:
         inputs=sources,
         overwrite=overwrite,
     )
-    clash = [p.name for p in Path(output).glob(f"Dataset{int(dataset_id):03d}_*") if p.name != folder.name]
-    if clash:
-        raise InputError(
-            f"{output}: dataset id {int(dataset_id):03d} is taken by {clash[0]} (nnU-Net needs unique ids)"
-        )
+
+    def id_is_free() -> None:
+        """nnU-Net needs unique dataset ids across nnUNet_raw: checked up front, and again under a lock on
+        nnUNet_raw just before the rename (two exports of one id under two names used to both succeed)."""
+        pattern = f"Dataset{int(dataset_id):03d}_*"
+        clash = [p.name for p in Path(output).glob(pattern) if p.name != folder.name]
+        if clash:
+            raise InputError(
+                f"{output}: dataset id {int(dataset_id):03d} is taken by {clash[0]} (nnU-Net needs unique ids)"
+            )
+
+    id_is_free()
 
     channels = source_sequences(sources, _as_list(s.sequences) or None)
     train = select_cases(sources, splits, limits or None, channels)
@@ -339,10 +346,16 @@ def run(settings: ExportSettings) -> Path:
     tests = select_cases(sources, ["test"], sequences=channels) if s.test else []
     cv_folds = subject_folds(train, folds) if folds else []
 
-    # Missing files are left to _write_case, which names them in one line.
-    needed = sum(p.stat().st_size for c in (*train, *tests) for p in (*c.images, c.label) if p.is_file())
+    # Every file the manifests name, before anything is written (one stat each).
+    files = [p for c in (*train, *tests) for p in (*c.images, c.label)]
+    missing = next((p for p in files if not p.is_file()), None)
+    if missing is not None:
+        raise InputError(f"{missing}: file not found")
+    needed = sum(p.stat().st_size for p in files)
     check_free_space(Path(output), needed, "the nnU-Net dataset")
-    with claim_output(folder, command="export", inputs=sources, overwrite=overwrite) as tmp:
+    with claim_output(
+        folder, command="export", inputs=sources, overwrite=overwrite, shared=id_is_free
+    ) as tmp:
         groups = [("imagesTr", "labelsTr", train)]
         if tests:
             groups.append(("imagesTs", "labelsTs", tests))

@@ -43,6 +43,7 @@ from synthseg.data.manifest import (
     MANIFEST,
     PROVENANCE,
     MaskItem,
+    check_distinct,
     dataset_stats,
     list_masks,
     read_manifest,
@@ -298,8 +299,16 @@ class FilterSettings(Settings):
             raise InputError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_positive("threshold", self.threshold, allow_zero=True)
         check_positive("threshold_at", self.threshold_at)
         check_positive("montage", self.montage, allow_zero=True)
+
+    def check_inputs(self) -> None:
+        """Before any mask is read: the two folders are different datasets, every mask's file (and image) the
+        masks' manifest names exists, and the reference has real training masks."""
+        check_distinct({"masks": self.masks, "reference": self.reference})
+        list_masks(self.masks, "masks")
+        reference_items(self.reference, self.reference_split)
 
 
 def run(settings: FilterSettings) -> Path:
@@ -312,11 +321,12 @@ def run(settings: FilterSettings) -> Path:
     lossless, and verdict), ``filter_calibration.png`` (discarded fractions of synthetic and real masks against
     the threshold) and ``filter_discarded.png`` (a montage of discarded masks in the paper's colours, its Fig. 4).
     """
+    settings.check_inputs()
     masks, reference = Path(settings.masks), Path(settings.reference)
     overwrite, progress, batch_size = settings.overwrite, settings.progress, settings.batch_size
     zero_std, include_empty = settings.zero_std, settings.include_empty
     output = check_output(settings.output, command="filter", inputs=[masks, reference], overwrite=overwrite)
-    items = list_masks(masks)
+    items = list_masks(masks, "masks")
     refs = reference_items(reference, settings.reference_split)
     shape = _comparison_shape(refs, items)
     side = shape[0]

@@ -45,7 +45,7 @@ from synthseg.data.manifest import (
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_device, check_positive
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
@@ -203,6 +203,7 @@ class GenerateImagesSettings(Settings):
     progress: bool = True
 
     def check(self) -> None:
+        check_device("device", self.device)
         check_positive("batch_size", self.batch_size)
         check_positive("num_workers", self.num_workers, allow_zero=True)
         autocast_dtype(self.autocast)

@@ -52,17 +52,18 @@ from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_device, check_positive
 from synthseg.synth import select
-from synthseg.utils.atomic import atomic_path, check_free_space, write_text_atomic
+from synthseg.utils.atomic import check_free_space, sibling, write_text_atomic
 from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import (
     DATASET_LATER,
     check_output,
     check_replaceable,
+    clean_leftovers,
+    install_output,
     output_lock,
     remove_own,
-    write_marker,
 )
 
 LATENT_BLOCK = 1024
@@ -75,11 +76,11 @@ RESUME_FILES = ("labels/*", PROGRESS, "manifest.part.csv", "manifest.csv", "stat
 def resume_folder(output: str | os.PathLike[str]) -> Path:
     """The work folder of ``output``: ``<output>.partial-resume/``, kept across a crash so a re-run resumes.
 
-    Its name is fixed (atomic_path's stale-leftover cleanup, ``.<name>.*.partial``, does not match it), and it
-    holds the finished batches' label PNGs, their manifest rows and ``progress.json``.
+    Its name is fixed and derived from the output like every other work path
+    (:func:`synthseg.utils.atomic.sibling`), it is opened, cleaned and renamed only under the output's lock, and
+    it holds the finished batches' label PNGs, their manifest rows and ``progress.json``.
     """
-    output = Path(output)
-    return output.parent / f"{output.name}.partial-resume"
+    return sibling(output, "resume")
 
 
 def _file_digest(path: Path) -> str:
@@ -245,6 +246,7 @@ class GenerateMasksSettings(Settings):
     progress: bool = True
 
     def check(self) -> None:
+        check_device("device", self.device)
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise InputError(f"count must be a positive number of masks, got {self.count}")
         if self.count > 999_999:
@@ -300,6 +302,7 @@ def run(settings: GenerateMasksSettings) -> Path:
     )
     # One run per output: the lock covers the shared work folder too (its clean-up and resume).
     with output_lock(output):
+        clean_leftovers(output)
         check_replaceable(output, "generate-masks", overwrite)
         work = resume_folder(output)
         resume_key = {  # a re-run resumes only with all of these the same
@@ -379,44 +382,44 @@ def run(settings: GenerateMasksSettings) -> Path:
             if pending is not None:
                 commit(pending)
         bar.close()
-        with atomic_path(output) as tmp:
-            (work / MANIFEST).write_bytes(manifest_header().encode() + manifest_part.read_bytes())
-            manifest_part.unlink()
-            (work / PROGRESS).unlink()
-            seconds = time.perf_counter() - started
-            write_stats(
-                work,
-                dataset_stats(
-                    source="synthetic", size=size, splits={"train": count}, class_counts=class_counts
-                ),
-            )
-            provenance = {
-                "command": "generate-masks",
-                "version": __version__,
-                "checkpoint": meta.get("source"),
-                "selected": meta.get("selected"),
-                "tick": meta.get("tick"),
-                "kimg": meta.get("kimg"),
-                "generator": generator.init_args,
-                "stage_resolution": stage_resolution,
-                "alpha": alpha,
-                "count": count,
-                "seed": seed,
-                "batch_size": batch_size,
-                "size": size,
-                "device": str(dev),
-                "autocast": autocast,
-                "empty": empty,
-                "empty_fraction": empty / count,
-                "min_island": int(min_island),
-                "island_pixels_removed": islands,
-                "resumed_from": resumed_from,
-                "seconds": seconds,
-                "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
-            }
-            write_provenance(work, provenance)
-            write_marker(work, "generate-masks", DATASET_LATER)  # last: the folder is complete
-            os.replace(work, tmp)  # the completed work folder becomes the output in one rename
+        # Still ours or empty? Asked before the work folder is finalised, so a refusal leaves it resumable.
+        check_replaceable(output, "generate-masks", overwrite)
+        # The finished folder: manifest, statistics, provenance, then the marker and the rename.
+        (work / MANIFEST).write_bytes(manifest_header().encode() + manifest_part.read_bytes())
+        manifest_part.unlink()
+        (work / PROGRESS).unlink()
+        seconds = time.perf_counter() - started
+        write_stats(
+            work,
+            dataset_stats(source="synthetic", size=size, splits={"train": count}, class_counts=class_counts),
+        )
+        provenance = {
+            "command": "generate-masks",
+            "version": __version__,
+            "checkpoint": meta.get("source"),
+            "selected": meta.get("selected"),
+            "tick": meta.get("tick"),
+            "kimg": meta.get("kimg"),
+            "generator": generator.init_args,
+            "stage_resolution": stage_resolution,
+            "alpha": alpha,
+            "count": count,
+            "seed": seed,
+            "batch_size": batch_size,
+            "size": size,
+            "device": str(dev),
+            "autocast": autocast,
+            "empty": empty,
+            "empty_fraction": empty / count,
+            "min_island": int(min_island),
+            "island_pixels_removed": islands,
+            "resumed_from": resumed_from,
+            "seconds": seconds,
+            "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,
+        }
+        write_provenance(work, provenance)
+        # The marker last, then the completed work folder becomes the output in one rename.
+        install_output(work, output, command="generate-masks", overwrite=overwrite, later=DATASET_LATER)
     return output
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from synthseg.data.names import DatasetPaths
 from synthseg.errors import InputError
 from synthseg.settings import Settings
 
@@ -59,8 +60,10 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         if not reader.fieldnames or "swd_avg" not in reader.fieldnames:
             raise InputError(f"{path}: not an SWD history (no swd_avg column)")
         rows = []
+        paths = DatasetPaths(path.parent)  # a snapshot named by the history lies inside its run folder
         for raw in reader:
-            row: dict[str, Any] = {"snapshot": raw.get("snapshot") or None}
+            snapshot = paths.check(raw.get("snapshot") or "", f"{path}: line {reader.line_num}", "snapshot")
+            row: dict[str, Any] = {"snapshot": snapshot or None}
             for key, value in raw.items():
                 if key != "snapshot":
                     row[key] = _number(value)

@@ -18,12 +18,20 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from synthseg import __version__
-from synthseg.data.manifest import read_provenance, read_stats, write_provenance
+from synthseg.data.manifest import check_files, read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
-from synthseg.settings import Settings, check_choice, check_positive
+from synthseg.settings import Settings, check_choice, check_device, check_positive
 from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE
-from synthseg.utils.atomic import check_free_space
-from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output, lock_path, remove_own
+from synthseg.utils.atomic import check_free_space, sibling
+from synthseg.utils.outputs import (
+    DATASET_LATER,
+    check_output,
+    check_replaceable,
+    claim_output,
+    lock_path,
+    output_lock,
+    remove_own,
+)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -84,6 +92,7 @@ class SynthesizeSettings(Settings):
     quality: bool = True
 
     def check(self) -> None:
+        check_device("device", self.device)
         check_positive("count", self.count)
         check_choice("reference_split", self.reference_split, ("train", "reduced"))
         check_positive("threshold", self.threshold, allow_zero=True)
@@ -93,15 +102,47 @@ class SynthesizeSettings(Settings):
         check_positive("image_batch_size", self.image_batch_size)
         check_positive("min_island", self.min_island, allow_zero=True)
 
+    def check_inputs(self) -> None:
+        """Before any mask is made: the inputs exist and differ, the reference is a readable dataset with real
+        training masks, and the masks the PGAN will make are the size the SPADE paints and the filter can compare
+        (a SPADE trained at 32 given masks of 64 used to be refused only after every mask was generated)."""
+        from synthseg.synth import filter as zfilter
+        from synthseg.synth.generate_images import load_generator
+        from synthseg.synth.generate_masks import load_mask_generator
+
+        for name, path in (("pgan", self.pgan), ("spade", self.spade), ("reference", self.reference)):
+            if not Path(path).exists():
+                raise InputError(f"{name}={path}: not found")
+        if Path(self.pgan).resolve() == Path(self.spade).resolve():
+            raise InputError(f"pgan={self.pgan} and spade={self.spade} are the same file")
+        refs = zfilter.reference_items(
+            self.reference, self.reference_split
+        )  # manifest, ids and paths checked
+        check_files(self.reference)
+        painter = load_generator(self.spade).generator
+        pgan, meta = load_mask_generator(self.pgan)
+        size = int(self.mask_size or meta.get("dataset_size") or pgan.resolution)
+        given = (
+            f"mask_size={size}" if self.mask_size else f"the PGAN's masks ({size}x{size}, its training size)"
+        )
+        if painter.image_size != size:
+            raise InputError(
+                f"{given}: the SPADE {self.spade} paints {painter.image_size}x{painter.image_size} label maps; "
+                f"set mask_size={painter.image_size} (or give a SPADE trained at {size}x{size})"
+            )
+        side = zfilter.read_mask(refs[0].label).shape[0]
+        if side % size:
+            raise InputError(
+                f"{given}: the reference {self.reference} is {side}x{side}, not a whole multiple of {size} "
+                "(the filter compares masks with the reference reduced to their size)"
+            )
+
 
 def run(settings: SynthesizeSettings) -> Path:
     """Make a synthetic dataset of at most ``settings.count`` pairs (fewer: the filter drops some masks) in
     ``settings.output`` and return it. Its ``prepare.json`` holds the images' provenance and, under
     ``synthesize``, the whole run's: both checkpoints with their SHA-256, the seed, the filter's summary.
     """
-    from synthseg.synth import filter as zfilter
-    from synthseg.synth import generate_images, generate_masks, select
-
     s = settings
     for name, path in (("pgan", s.pgan), ("spade", s.spade), ("reference", s.reference)):
         if not Path(path).exists():
@@ -119,7 +160,23 @@ def run(settings: SynthesizeSettings) -> Path:
         int(s.count) * (2 * BYTES_PER_MASK_ESTIMATE + side * side * 3),
         f"{s.count} synthetic pairs and their masks",
     )
-    work = output.parent / f"{output.name}.work"
+    s.check_inputs()  # after the cheap checks: it loads both networks
+    # One run per output for the whole run: the work folder beside it is opened, cleaned and renamed only under
+    # the output's lock (a second synthesize into it used to replace the first one's kept masks meanwhile).
+    with output_lock(output):
+        check_replaceable(output, "synthesize", s.overwrite)
+        _make(s, output)
+    return output
+
+
+def _make(s: SynthesizeSettings, output: Path) -> None:
+    """The stages of :func:`run`, under the output's lock: masks and kept masks in ``<output>.work/``, then the
+    images into the claimed output."""
+    from synthseg.synth import filter as zfilter
+    from synthseg.synth import generate_images, generate_masks, select
+
+    inputs = [s.pgan, s.spade, s.reference]
+    work = sibling(output, "work")
     masks_dir, kept_dir = work / "masks", work / "kept"
     selected = (
         select.run(select.SelectSettings(run=s.pgan, full_resolution_only=s.full_resolution_only))
@@ -218,7 +275,6 @@ def run(settings: SynthesizeSettings) -> Path:
             lock.unlink(missing_ok=True)
         if work.is_dir() and not any(work.iterdir()):
             work.rmdir()
-    return output
 
 
 class FilterKeptNothing(InputError):

@@ -97,3 +97,18 @@ class ResumableModelCheckpoint(ModelCheckpoint):
                 "kth_best_model_path": moved.get(state_dict.get("kth_best_model_path", ""), ""),
             }
         super().load_state_dict(state_dict)
+
+
+class RecordInCheckpoint(Callback):
+    """Writes ``record`` (primitive values only: checkpoints load with ``weights_only=True``) into every
+    checkpoint under ``key``: the settings that shape training, which a resume compares with its own config
+    (``synthseg.train_checks.check_resume``)."""
+
+    def __init__(self, key: str, record: dict[str, Any]) -> None:
+        self.key = key
+        self.record = dict(record)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[self.key] = dict(self.record)

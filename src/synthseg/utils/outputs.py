@@ -4,12 +4,15 @@
 * A non-empty folder is replaced only when it carries this command's marker (``.synthseg-output.json``:
   the command's name, a format version and the files it wrote, written last, just before the rename), and
   only with ``overwrite=true``. A folder without the marker, or another command's, is refused whatever
-  ``overwrite`` says.
+  ``overwrite`` says. A missing output or an empty folder is anyone's to fill.
 * A folder holding a file the command did not write (not listed in the marker, not one the tool adds later
   such as the DataModule's ``cache/``) is refused, naming the file: nothing a user put there is deleted.
 * One run at a time per output: an exclusive lock file beside the output (``.<name>.lock``, released by the
-  OS when the process dies) is held for the whole write; a second run stops at once with one line. Leftovers
-  of killed runs (``.<name>.*.partial``, ``.<name>.*.old``) are cleaned only while holding the lock.
+  OS when the process dies) is held for the whole write; a second run stops at once with one line. Every
+  temporary, work and leftover path is derived from the output by ``synthseg.utils.atomic.sibling`` and matched
+  exactly; leftovers of killed runs (``.<name>.<8 hex>.partial``, ``.old``) are cleaned only while holding the
+  lock. The last check ("is what stands at the output still this command's own, or empty?") and the rename
+  happen under the lock too: a folder that appeared there during the run is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import fnmatch
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from synthseg.errors import InputError
-from synthseg.utils.atomic import atomic_path
+from synthseg.utils.atomic import NAME_MAX, leftovers, new_token, remove_path, sibling, swap_into_place
 
 MARKER = ".synthseg-output.json"
 MARKER_FORMAT = "synthseg-output/1"
@@ -51,6 +55,11 @@ TRAIN_RUN_FILES = (
     "*/.*.old",
     ".complete",
 )
+# Seconds a run waits for the lock of a shared parent (export's nnUNet_raw): held for a check and a rename only.
+SHARED_LOCK_WAIT = 120.0
+# The locks this thread holds, by resolved output: a command that holds its output's lock (synthesize) may
+# call claim_output on it again.
+_held = threading.local()
 
 
 class OutputLockedError(InputError):
@@ -63,16 +72,31 @@ def resolve(path: str | os.PathLike[str]) -> Path:
 
 def lock_path(output: Path) -> Path:
     """Beside the output, never inside the folder that gets renamed."""
-    return output.parent / f".{output.name}.lock"
+    return sibling(output, "lock")
+
+
+def _held_locks() -> dict[Path, int]:
+    if not hasattr(_held, "counts"):
+        _held.counts = {}
+    return _held.counts
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the exclusive lock of ``output``; raise :class:`OutputLockedError` at once when another run has it."""
+def output_lock(output: str | os.PathLike[str], *, wait: float = 0) -> Iterator[None]:
+    """Hold the exclusive lock of ``output``; raise :class:`OutputLockedError` when another run has it (at once,
+    or after ``wait`` seconds). A lock this thread already holds is held again (nested use)."""
     from filelock import FileLock, Timeout
 
     output = resolve(output)
-    lock = FileLock(str(lock_path(output)), timeout=0)
+    held = _held_locks()
+    if output in held:
+        held[output] += 1
+        try:
+            yield
+        finally:
+            held[output] -= 1
+        return
+    lock = FileLock(str(lock_path(output)), timeout=wait)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
@@ -83,9 +107,11 @@ def output_lock(output: str | os.PathLike[str]) -> Iterator[None]:
             f"{output}: another synthseg run is writing this output now; wait for it to end or choose another "
             "output"
         ) from None
+    held[output] = 1
     try:
         yield
     finally:
+        del held[output]
         lock.release()
 
 
@@ -94,10 +120,19 @@ def _unwritable(folder: Path) -> str:
 
 
 def check_writable(output: Path) -> None:
-    """Refuse, before any work, an output whose nearest existing parent this user cannot write into."""
+    """Refuse, before any work, an output whose nearest existing parent is a file or a folder this user cannot
+    write into, or whose path holds a name longer than file systems allow."""
+    for part in output.parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            raise InputError(
+                f"{output}: the name {part[:24]}... is {size} bytes long; file systems allow {NAME_MAX}"
+            )
     parent = output.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: is a file, not a folder (the output {output} would lie inside it)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{output}: {_unwritable(parent)}")
 
@@ -166,8 +201,10 @@ def check_replaceable(output: Path, command: str, overwrite: bool) -> None:
         return
     if not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder; remove it or choose another output")
+    if not any(output.iterdir()):  # an empty folder: anyone's to fill, whatever overwrite says
+        return
     marker = read_marker(output)
-    if any(output.iterdir()) and (marker is None or marker["command"] != command):
+    if marker is None or marker["command"] != command:
         writer = "a synthseg command" if marker is None else f"synthseg {marker['command']}"
         raise InputError(
             f"{output}: not empty and not written by synthseg {command} (no marker of {writer}), so it is "
@@ -175,8 +212,6 @@ def check_replaceable(output: Path, command: str, overwrite: bool) -> None:
         )
     if not overwrite:
         raise InputError(f"{output}: already exists (pass overwrite=true to replace it)")
-    if marker is None:  # an empty folder
-        return
     _refuse_foreign(
         output,
         foreign_files(output, set(marker.get("files", [])), marker.get("later", [])),
@@ -194,8 +229,8 @@ def check_output(
     """The up-front check (no lock, nothing written): return the resolved output or raise one line."""
     resolved = resolve(output)
     check_inputs(resolved, inputs)
+    check_writable(resolved)  # first: a name too long for the file system cannot even be tested for existence
     check_replaceable(resolved, command, overwrite)
-    check_writable(resolved)
     return resolved
 
 
@@ -210,6 +245,37 @@ def write_marker(folder: Path, command: str, later: Sequence[str] = ()) -> None:
     (folder / MARKER).write_text(json.dumps(record, indent=0) + "\n")
 
 
+def clean_leftovers(output: Path) -> None:
+    """Delete what killed runs of ``output`` left beside it (``.<name>.<8 hex>.partial`` and ``.old``, matched
+    exactly). Only under ``output``'s lock: another run's live temporary folder looks the same."""
+    for path in leftovers(output):
+        remove_path(path)
+
+
+def install_output(
+    tmp: Path,
+    output: Path,
+    *,
+    command: str,
+    overwrite: bool,
+    later: Sequence[str] = (),
+    shared: Callable[[], None] | None = None,
+) -> None:
+    """Mark the complete folder ``tmp`` as ``command``'s and rename it to ``output``; the caller holds the lock.
+
+    What stands at ``output`` now is checked again (a folder may have appeared there during the run: a user's,
+    a sync tool's): it is replaced only when it is still this command's own or empty, else refused with one
+    line and left as it is. ``shared`` checks a name that must be unique across the output's parent (export's
+    nnU-Net dataset id): it runs under a lock on that parent, held through the rename.
+    """
+    write_marker(tmp, command, later)
+    with output_lock(output.parent, wait=SHARED_LOCK_WAIT) if shared else contextlib.nullcontext():
+        if shared is not None:
+            shared()
+        check_replaceable(output, command, overwrite)
+        swap_into_place(tmp, output)
+
+
 @contextlib.contextmanager
 def claim_output(
     output: str | os.PathLike[str],
@@ -218,21 +284,28 @@ def claim_output(
     inputs: Iterable[str | os.PathLike[str] | None] = (),
     overwrite: bool = False,
     later: Sequence[str] = (),
+    shared: Callable[[], None] | None = None,
 ) -> Iterator[Path]:
     """Lock ``output``, check it again, yield a temporary folder; on success mark it and rename it into place.
 
     ``later`` lists patterns (relative paths, ``fnmatch``) of files the tool adds to the finished folder
-    afterwards; they count as its own when the folder is replaced.
+    afterwards; they count as its own when the folder is replaced. ``shared``: see :func:`install_output`.
     """
     resolved = resolve(output)
     inputs = list(inputs)
     check_inputs(resolved, inputs)
     check_writable(resolved)
     with output_lock(resolved):
+        clean_leftovers(resolved)
         check_replaceable(resolved, command, overwrite)
-        with atomic_path(resolved, is_dir=True, overwrite=True) as tmp:
+        tmp = sibling(resolved, "partial", new_token())
+        tmp.mkdir()
+        try:
             yield tmp
-            write_marker(tmp, command, later)
+            install_output(tmp, resolved, command=command, overwrite=overwrite, later=later, shared=shared)
+        except BaseException:
+            remove_path(tmp)
+            raise
 
 
 def remove_own(folder: str | os.PathLike[str], *, patterns: Sequence[str] = (), lock: bool = True) -> None:
