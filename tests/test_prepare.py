@@ -143,7 +143,7 @@ def test_png_round_trip_bit_for_bit_and_labels(prepared: tuple[Path, dict, dict]
 def test_padding_centred(tmp_path: Path) -> None:
     # A 3x5 in-plane volume padded to 8: rows (second axis) 1 zero + 5 + 2 zero, columns 2 zero + 3 + 3 zero.
     volume = np.arange(1, 3 * 5 * 2 + 1).reshape(3, 5, 2)
-    out = prep.pad_center(volume, 8, tmp_path / "x.nii")
+    out = slices.pad_center(volume, 8, tmp_path / "x.nii")
     assert out.shape == (2, 8, 8)
     for k in range(2):
         np.testing.assert_array_equal(out[k, 1:6, 2:5], volume[:, :, k].T)
@@ -154,7 +154,7 @@ def test_padding_centred(tmp_path: Path) -> None:
         and out[:, :, 5:].sum() == 0
     )
     with pytest.raises(InputError, match=r"x\.nii: in-plane size 3x5 is larger than size=4"):
-        prep.pad_center(volume, 4, tmp_path / "x.nii")
+        slices.pad_center(volume, 4, tmp_path / "x.nii")
 
 
 def test_manifest_order_splits_reduced(prepared: tuple[Path, dict, dict]) -> None:
