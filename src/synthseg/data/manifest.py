@@ -45,6 +45,9 @@ REQUIRED_COLUMNS = (
     *COUNT_COLUMNS,
 )
 SPLITS = ("train", "val", "test")
+# Optional last column (0.3.0): the normalised axial position a conditional PGAN made a synthetic mask at.
+# Manifests without it (real datasets, older synthetic ones) read as before.
+POSITION_COLUMN = "position"
 
 
 def image_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ...]:
@@ -53,10 +56,14 @@ def image_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ..
     return ("image",) if is_flat(sequences) else tuple(f"image_{s}" for s in sequences)
 
 
-def manifest_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ...]:
-    """The manifest's columns for a dataset of ``sequences`` (:data:`REQUIRED_COLUMNS` for T1c alone)."""
+def manifest_columns(
+    sequences: Iterable[str] = DEFAULT_SEQUENCES, *, position: bool = False
+) -> tuple[str, ...]:
+    """The manifest's columns for a dataset of ``sequences`` (:data:`REQUIRED_COLUMNS` for T1c alone), with
+    :data:`POSITION_COLUMN` last when ``position`` (masks of a slice-conditional PGAN)."""
     at = REQUIRED_COLUMNS.index("image")
-    return (*REQUIRED_COLUMNS[:at], *image_columns(sequences), *REQUIRED_COLUMNS[at + 1 :])
+    columns = (*REQUIRED_COLUMNS[:at], *image_columns(sequences), *REQUIRED_COLUMNS[at + 1 :])
+    return (*columns, POSITION_COLUMN) if position else columns
 
 
 def image_relpath(sid: str, seq: str, sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
@@ -97,6 +104,9 @@ class Manifest:
     label: np.ndarray  # (N,) str, relative to root
     counts: np.ndarray  # (N, 7) int64 pixel count per class
     sequences: tuple[str, ...] = DEFAULT_SEQUENCES  # the dataset's sequences, in its order
+    recorded_position: np.ndarray | None = (
+        None  # (N,) float32 ``position`` column (NaN: empty), None: no column
+    )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -115,10 +125,15 @@ class Manifest:
 
         ``(slice - first) / (last - first)`` over the case's slices listed in the manifest (all splits: the
         paper splits slices, not cases), i.e. over the case's slice count for a case prepared whole; 0.5 for
-        a case of one slice. Rows without a slice index (synthetic ones, ``slice=-1``) are NaN.
+        a case of one slice. A row with a recorded ``position`` (the masks of a slice-conditional PGAN) has
+        that one; other rows without a slice index (synthetic ones, ``slice=-1``) are NaN.
         """
         out = np.full(len(self), np.nan, dtype=np.float32)
         known = self.slice >= 0
+        if self.recorded_position is not None:
+            recorded = np.isfinite(self.recorded_position)
+            out[recorded] = self.recorded_position[recorded]
+            known &= ~recorded
         cases, inverse = np.unique(self.case[known], return_inverse=True)
         first = np.full(len(cases), np.iinfo(np.int64).max)
         last = np.full(len(cases), -1)
@@ -202,6 +217,14 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
     bad = sorted(set(split) - set(SPLITS))
     if bad:
         raise InputError(f"{path}: unknown split values {bad} (expected {list(SPLITS)})")
+    recorded = None
+    if POSITION_COLUMN in rows[0]:
+        try:
+            recorded = np.array([float(v) if v else np.nan for v in column(POSITION_COLUMN)], np.float32)
+        except ValueError as err:
+            raise InputError(f"{path}: the position column holds a non-number ({err})") from None
+        if (np.abs(recorded[np.isfinite(recorded)] - 0.5) > 0.5).any():
+            raise InputError(f"{path}: a position lies outside [0, 1]")
     return Manifest(
         root=root,
         ids=column("id"),
@@ -215,6 +238,7 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
         label=column("label"),
         counts=np.stack([ints[c] for c in COUNT_COLUMNS], axis=1),
         sequences=sequences,
+        recorded_position=recorded,
     )
 
 
@@ -244,21 +268,24 @@ def manifest_writer(
     *,
     lineterminator: str = "\r\n",
     sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    position: bool = False,
 ) -> Iterator[csv.DictWriter]:
     """A CSV writer of manifest rows (dicts keyed by :func:`manifest_columns`), header written.
 
     Rows are written as they come, so memory does not grow with the number of slices.
     """
-    columns = list(manifest_columns(sequences))
+    columns = list(manifest_columns(sequences, position=position))
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator=lineterminator)
         writer.writeheader()
         yield writer
 
 
-def manifest_header(lineterminator: str = "\r\n", sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
+def manifest_header(
+    lineterminator: str = "\r\n", sequences: Iterable[str] = DEFAULT_SEQUENCES, position: bool = False
+) -> str:
     """The header line of a manifest, for writers that append rows to a part file first."""
-    return ",".join(manifest_columns(sequences)) + lineterminator
+    return ",".join(manifest_columns(sequences, position=position)) + lineterminator
 
 
 def write_manifest(
@@ -267,10 +294,11 @@ def write_manifest(
     *,
     lineterminator: str = "\r\n",
     sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    position: bool = False,
 ) -> None:
-    """Write ``<folder>/manifest.csv`` from manifest rows."""
+    """Write ``<folder>/manifest.csv`` from manifest rows (``position``: with :data:`POSITION_COLUMN`)."""
     with manifest_writer(
-        Path(folder) / MANIFEST, lineterminator=lineterminator, sequences=sequences
+        Path(folder) / MANIFEST, lineterminator=lineterminator, sequences=sequences, position=position
     ) as writer:
         writer.writerows(rows)
 
@@ -360,6 +388,7 @@ class MaskItem:
     """One mask file of a folder: its id, label path and image path (None when the folder has no images).
 
     ``image`` is the first sequence's; ``images`` holds every sequence's (in ``sequences`` order) when all exist.
+    ``position``: the normalised axial position its manifest records (a slice-conditional PGAN's mask), or None.
     """
 
     id: str
@@ -367,6 +396,7 @@ class MaskItem:
     image: Path | None = None
     images: tuple[Path, ...] = ()
     sequences: tuple[str, ...] = DEFAULT_SEQUENCES
+    position: float | None = None
 
 
 def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[MaskItem]:
@@ -385,9 +415,11 @@ def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[M
     items: list[MaskItem] = []
     if is_dataset_folder(folder):
         manifest = read_manifest(folder)
+        recorded = manifest.recorded_position
         for i in range(len(manifest)):
             paths = [folder / p if p else None for p in manifest.images[i]]
             found = tuple(p for p in paths if p is not None and p.is_file())
+            position = float(recorded[i]) if recorded is not None and np.isfinite(recorded[i]) else None
             items.append(
                 MaskItem(
                     str(manifest.ids[i]),
@@ -395,6 +427,7 @@ def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[M
                     paths[0] if paths[0] is not None and paths[0].is_file() else None,
                     found if len(found) == len(paths) else (),
                     manifest.sequences,
+                    position,
                 )
             )
     else:
@@ -431,7 +464,12 @@ def dataset_sequences(root: str | os.PathLike[str]) -> tuple[str, ...]:
 
 
 def synthetic_row(
-    sid: str, counts: np.ndarray, *, has_image: bool, sequences: Iterable[str] = DEFAULT_SEQUENCES
+    sid: str,
+    counts: np.ndarray,
+    *,
+    has_image: bool,
+    sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    position: float | None = None,
 ) -> dict[str, Any]:
     """The manifest row of one synthetic slice (``split=train``, ``source=synthetic``, no case or slice index).
 
@@ -440,6 +478,8 @@ def synthetic_row(
             :func:`image_relpath`).
         counts: (7,) pixel count per class of its label map.
         sequences: the dataset's sequences (its image columns).
+        position: the normalised axial position it was generated at: the row gains :data:`POSITION_COLUMN`
+            (write it with ``position=True``).
     """
     sequences = tuple(sequences)
     images = {
@@ -457,4 +497,10 @@ def synthetic_row(
         **images,
         "label": f"labels/{sid}.png",
         **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
+        **({POSITION_COLUMN: format_position(position)} if position is not None else {}),
     }
+
+
+def format_position(position: float) -> str:
+    """A position as the manifest writes it: 8 decimals (float32 positions round-trip to within 5e-9)."""
+    return f"{float(position):.8f}"
