@@ -410,7 +410,7 @@ def run(settings: FilterSettings) -> Path:
                 tmp / CRITIC_MONTAGE,
                 [read_mask(items[i].label, shape) for i in shown],
                 [f"{items[i].id}\n{critic['scores'][i]:.2f}" for i in shown],
-                title="Masks discarded by the PGAN critic (score in the titles)",
+                heading="Masks discarded by the PGAN critic (score in the titles)",
             )
     return output
 

@@ -85,7 +85,7 @@ def plot_montage(
     masks: list[np.ndarray],
     titles: list[str],
     columns: int = 6,
-    title: str = "Masks discarded by the Z-score filter (norm in the titles)",
+    heading: str = "Masks discarded by the Z-score filter (norm in the titles)",
 ) -> None:
     import matplotlib
 
@@ -103,7 +103,7 @@ def plot_montage(
     rows = (len(masks) + columns - 1) // columns
     cols = min(columns, len(masks))
     fig, axes = plt.subplots(
-        rows, cols, figsize=(max(2.0 * cols, 7.0), 2.2 * rows + 0.8), dpi=120, squeeze=False
+        rows, cols, figsize=(max(2.0 * cols, 7.0), 2.5 * rows + 0.8), dpi=120, squeeze=False
     )
     for ax in axes.ravel():
         ax.axis("off")
@@ -116,7 +116,7 @@ def plot_montage(
     fig.legend(
         handles=handles, loc="lower center", ncol=len(handles) if cols >= 4 else 4, fontsize=7, frameon=False
     )
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(heading, fontsize=9)
     fig.tight_layout(rect=(0, 0.08 if cols >= 4 else 0.14, 1, 0.95))
     fig.savefig(path)
     plt.close(fig)
