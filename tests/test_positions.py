@@ -197,3 +197,20 @@ def test_manifests_without_the_column_still_load(tmp_path: Path) -> None:
         assert POSITION_COLUMN not in next(csv.reader(handle))
     assert read_manifest(root).recorded_position is None
     assert all(item.position is None for item in list_masks(root))
+
+
+def test_synthesize_carries_the_positions_to_the_synthetic_dataset(tmp_path: Path, prepared: Path) -> None:
+    from synthseg.synth import synthesize
+    from tests.test_reliability_atomic import tiny_spade_snapshot
+
+    settings = synthesize.SynthesizeSettings(
+        pgan=conditional_snapshot(tmp_path / "cond.pt"), spade=tiny_spade_snapshot(tmp_path / "spade.pt"),
+        reference=prepared, count=8, output=tmp_path / "synthetic", threshold=1e9, reference_by="position",
+        device="cpu", progress=False, quality=False,
+    )  # fmt: skip
+    out = synthesize.run(settings)
+    generated = read_manifest(tmp_path / "synthetic.work" / "masks").recorded_position
+    final = read_manifest(out)
+    assert final.recorded_position is not None and len(final) == 8
+    assert final.recorded_position.tolist() == pytest.approx(generated.tolist())
+    assert zfilter.read_summary(tmp_path / "synthetic.work" / "kept")["reference_by"] == "position"
