@@ -1,13 +1,15 @@
 """SPADE at the demo's size: does it paint what its labels say, and what does a setting cost (docs/spade.md).
 
-Two measurements, each a subcommand:
+Two measurements, each a subcommand; every variant is ``experiment=spade_demo`` as the demo runs it (its
+epochs, constant rate) plus the variant's overrides. ``--old`` (:data:`OLD_DEMO`) is the demo's SPADE before
+0.3.0: 4 epochs of a quarter of the training slices at the paper's rates (G 1e-4, D 4e-4).
 
-    python benchmarks/bench_spade_demo.py time --data DIR --rounds 5 --steps 8 \\
-        base="" all_1ep="data.real=null trainer.max_epochs=1" ...
+    python benchmarks/bench_spade_demo.py time --data DIR --rounds 8 --steps 8 \
+        old="$OLD" demo="" ngf16="model.generator.ngf=16" ...
     python benchmarks/bench_spade_demo.py train --data DIR --out DIR --name NAME -- OVERRIDES...
 
-``time``: the cost of a training setting as a ratio to today's (``experiment=spade_demo`` as the demo runs it:
-4 epochs at constant rate on a quarter of the training slices). For each variant (``name="overrides"``) the
+``time``: the cost of a training setting as a ratio to the first variant's (the 0.2.0 demo's: pass the
+overrides of :data:`OLD_DEMO`). For each variant (``name="overrides"``) the
 networks and optimisers are built from the composed config and timed for ``--steps`` training iterations
 (generator step, then discriminator step, as ``SPADEModule.training_step``; random one-hot masks and images at
 the config's batch and size), one variant after the other, ``--rounds`` times round-robin, one thread: on a
@@ -16,8 +18,7 @@ seconds per iteration times its iterations (training slices the DataModule serve
 its ratio to the first variant's is the figure to read (validation and data loading left out: they are a
 small, equal share).
 
-``train``: trains one variant (``experiment=spade_demo`` plus the overrides, one thread, the demo's constant
-rate unless the overrides say otherwise), then paints every non-empty real test label map of the dataset at
+``train``: trains one variant (one thread), then paints every non-empty real test label map of the dataset at
 the training size and writes ``<out>/<name>.json`` with the **label-conditional intensity check**: for each
 class the median over slices of the mean image value inside that class, in the prepared 16-bit units, of the
 synthetic images and of the real test images at the same size (area-reduced, as the DataModule serves them);
@@ -43,7 +44,15 @@ import torch
 CHECKED = {"enhancing": 3, "WM": 4, "GM": 5, "CSF": 6}
 NAMES = ("background", "NCR/NET", "edema", "enhancing", "WM", "GM", "CSF")
 TOLERANCE = 0.15
-DEMO = ["experiment=spade_demo", "trainer.max_epochs=4", "model.niter=4", "model.niter_decay=0"]
+DEMO = ["experiment=spade_demo", "model.niter_decay=0"]  # as the demo trains it (demo.py: _spade)
+# The demo's SPADE before 0.3.0, as overrides of today's experiment=spade_demo.
+OLD_DEMO = [
+    "data.real=0.25",
+    "trainer.max_epochs=4",
+    "model.niter=4",
+    "model.optimizer_g.lr=1e-4",
+    "model.optimizer_d.lr=4e-4",
+]
 
 
 def compose(data: Path, overrides: list[str]) -> Any:
