@@ -14,6 +14,16 @@ generator at the last tick) generates ``--count`` masks and writes ``<out>/<name
   rounding paints tumor classes along every brain edge;
 - ``discard``: the Z-score filter's discard rate at the paper's threshold scaled to 64x64 (125), against
   every real training map (empty ones included, as the filter's default), without island removal;
+- ``filters``: the discard rate of each filter, all with ``min_island=0``: ``zscore`` (as ``discard``),
+  ``zscore_position`` (conditional runs: each mask against the reals within +-2 slices of its position,
+  ``reference_by=position``) and ``critic`` (the run's final critic from ``checkpoints/last.ckpt``, keeping a
+  score at least the 0.05 quantile of the non-empty real validation maps' scores, ``method=critic``), each
+  with the fraction of reals the same threshold discards;
+- ``nearest_real``: the median over masks of the Dice of each mask to its nearest real training map (mean over
+  the classes present, :func:`synthseg.metrics.memorisation.dice_matrix`), and ``copies``, the share of masks
+  whose nearest real map has a Dice of 0.95 or more; beside each, the real baseline: the non-empty real
+  validation maps against the training maps of *other* cases (the issue's targets: median >= 0.6, copies no
+  more frequent than among real slices of different cases);
 - ``tumor_share``: the share of masks holding any tumor pixel (the reals' beside it);
 - ``critic_wasserstein``: the critic's Wasserstein estimate D(real) - D(fake) averaged over the last tenth of
   the steps (TensorBoard ``train/wasserstein``): a critic that tells the fakes apart by something the
@@ -53,16 +63,84 @@ def tumor_touches_background(masks: np.ndarray) -> np.ndarray:
     return tumor_at_background(masks).reshape(len(masks), -1).any(axis=1)
 
 
-def real_maps(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The real training label maps at ``size`` (majority vote) and their axial positions."""
+def real_maps(root: Path, size: int, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The real label maps of a split at ``size`` (majority vote), their axial positions and cases."""
     from synthseg.data.labels import resize_labels
     from synthseg.data.manifest import read_manifest
     from synthseg.data.pngio import read_png
 
     manifest = read_manifest(root)
-    rows = manifest.rows("train")
+    rows = manifest.rows(split)
     labels = np.stack([resize_labels(read_png(root / manifest.label[r]), size) for r in rows])
-    return labels, manifest.positions()[rows]
+    return labels, manifest.positions()[rows], manifest.case[rows]
+
+
+def nearest_dice(masks: np.ndarray, reals: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """(N,) the Dice of each mask to its nearest real map; ``exclude`` (N, M) True: a pair not to consider."""
+    from synthseg.metrics.memorisation import dice_matrix
+
+    best = np.zeros(len(masks))
+    for start in range(0, len(masks), 256):
+        part = torch.from_numpy(masks[start : start + 256].reshape(-1, masks[0].size).astype(np.int64))
+        dice = dice_matrix(part, torch.from_numpy(reals.reshape(len(reals), -1).astype(np.int64))).numpy()
+        if exclude is not None:
+            dice[exclude[start : start + 256]] = -1.0
+        best[start : start + 256] = dice.max(axis=1)
+    return best
+
+
+def filter_rates(
+    run: Path, masks: np.ndarray, positions: np.ndarray | None, data: Path, size: int, threshold: float
+) -> dict[str, object]:
+    """The discard rate of each filter with min_island=0 (docstring): Z-score against all reals and by
+    position, and the run's final critic."""
+    from synthseg.synth.critic import critic_threshold, load_critic
+    from synthseg.synth.zscore import reference_statistics, zscore_norms
+    from synthseg.synth.zscore_position import PositionReference, slice_span, zscore_norms_by_position
+
+    reals, real_pos, cases = real_maps(data, size)
+    stats = reference_statistics(list(reals))
+    real_norms = zscore_norms(list(reals), stats)
+    out: dict[str, object] = {
+        "zscore": {
+            "fraction": float((zscore_norms(list(masks), stats) > threshold).mean()),
+            "real_fraction": float((real_norms > threshold).mean()),
+            "threshold": threshold,
+        }
+    }
+    if positions is not None:
+        from synthseg.data.manifest import read_manifest
+
+        manifest = read_manifest(data)
+        half = 2.0 / slice_span(manifest.case, manifest.slice)
+        reference = PositionReference(zip(reals, real_pos, strict=True), half)
+        norms, _ = zscore_norms_by_position(reference, positions, lambda idx: masks[list(idx)])
+        real_by, _ = zscore_norms_by_position(reference, real_pos, lambda idx: reals[list(idx)])
+        out["zscore_position"] = {
+            "fraction": float((norms > threshold).mean()),
+            "real_fraction": float((real_by > threshold).mean()),
+            "threshold": threshold,
+            "position_window_slices": 2.0,
+        }
+    critic = load_critic(run)
+    val, val_pos, _ = real_maps(data, size, "val")
+    keep = val.reshape(len(val), -1).any(axis=1)
+    val, val_pos = val[keep], val_pos[keep]
+    conditional = critic.network.condition != "none"
+    device = torch.device("cpu")
+    critic.hold_stddev(list(val), val_pos if conditional else None, device)
+    real_scores = critic.scores(list(val), val_pos if conditional else None, device)
+    cut = critic_threshold(real_scores, 0.05)
+    scores = critic.scores(list(masks), positions if conditional else None, device)
+    out["critic"] = {
+        "fraction": float((scores < cut).mean()),
+        "real_fraction": float((real_scores < cut).mean()),
+        "quantile": 0.05,
+        "threshold": cut,
+        "origin": critic.origin,
+        "tick": critic.tick,
+    }
+    return out
 
 
 def train_variant(data: Path, out: Path, kimg: float, overrides: list[str]) -> None:
@@ -115,17 +193,26 @@ def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, obj
         sorted((run / "snapshots").glob("*.pt"), key=lambda p: p.stat().st_mtime)[-1]
     )
     size = generator.resolution
-    reals, positions = real_maps(data, size)
+    reals, positions, cases = real_maps(data, size)
     z = latents(seed, 0, count, generator.latent_dim)
+    where = None
     with torch.inference_mode():
         if generator.condition == "none":
             x = generator(z, int(meta["resolution"]), float(meta["alpha"]))
         else:
-            known = positions[np.isfinite(positions)]
-            where = torch.from_numpy(np.random.default_rng(seed).choice(known, count)).float()
+            nonempty_rows = reals.reshape(len(reals), -1).any(axis=1) & np.isfinite(positions)
+            where = torch.from_numpy(
+                np.random.default_rng(seed).choice(positions[nonempty_rows], count)
+            ).float()
             x = generator(z, int(meta["resolution"]), float(meta["alpha"]), where)
         masks = net_to_labels(x, NUM_CLASSES).numpy()
-    nonempty = reals[reals.reshape(len(reals), -1).any(axis=1)]
+    nonempty_rows = reals.reshape(len(reals), -1).any(axis=1)
+    nonempty = reals[nonempty_rows]
+    val, _, val_cases = real_maps(data, size, "val")
+    keep = val.reshape(len(val), -1).any(axis=1)
+    val, val_cases = val[keep], val_cases[keep]
+    synthetic_near = nearest_dice(masks, nonempty)
+    real_near = nearest_dice(val, nonempty, exclude=val_cases[:, None] == cases[nonempty_rows][None, :])
     stats = reference_statistics(list(reals))
     norms = zscore_norms(list(masks), stats)
     threshold = scaled_threshold(500.0, size)
@@ -142,6 +229,14 @@ def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, obj
             "pixels_real": float(tumor_at_background(nonempty).sum() / len(nonempty)),
         },
         "discard": {"threshold": threshold, "fraction": float((norms > threshold).mean())},
+        "filters": filter_rates(run, masks, None if where is None else where.numpy(), data, size, threshold),
+        "nearest_real": {
+            "dice_median": float(np.median(synthetic_near)),
+            "dice_median_real_baseline": float(np.median(real_near)),
+            "copies": float((synthetic_near >= 0.95).mean()),
+            "copies_real_baseline": float((real_near >= 0.95).mean()),
+            "copy_dice": 0.95,
+        },
         "tumor_share": {
             "synthetic": float(((masks >= 1) & (masks <= 3)).reshape(count, -1).any(axis=1).mean()),
             "real": float(((nonempty >= 1) & (nonempty <= 3)).reshape(len(nonempty), -1).any(axis=1).mean()),
@@ -187,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
             "swd",
             "edge_share",
             "discard",
+            "filters",
+            "nearest_real",
             "tumor_share",
             "critic_wasserstein",
             "ada",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from synthseg.data import manifest as folder
+from synthseg.data import masks
 from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from tests.conftest import write_dataset
@@ -58,7 +59,7 @@ def test_manifest_files_read_only_the_columns_they_need(tmp_path: Path) -> None:
 
 def test_list_masks_of_a_dataset_a_labels_folder_and_a_plain_folder(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "d", num_slices=6, size=8, source="synthetic")
-    items = folder.list_masks(root)
+    items = masks.list_masks(root)
     assert [i.id for i in items] == [f"synth_{i:06d}" for i in range(6)]
     assert all(i.image == root / "images" / f"{i.id}.png" for i in items)
 
@@ -66,18 +67,18 @@ def test_list_masks_of_a_dataset_a_labels_folder_and_a_plain_folder(tmp_path: Pa
     plain.mkdir()
     for name in ("b", "a"):
         write_label8(plain / f"{name}.png", np.zeros((8, 8), np.uint8))
-    assert [(i.id, i.image) for i in folder.list_masks(plain)] == [("a", None), ("b", None)]
+    assert [(i.id, i.image) for i in masks.list_masks(plain)] == [("a", None), ("b", None)]
 
     labels_only = tmp_path / "labels_only"
     (labels_only / "labels").mkdir(parents=True)
     write_label8(labels_only / "labels" / "x.png", np.zeros((8, 8), np.uint8))
-    assert [i.label for i in folder.list_masks(labels_only)] == [labels_only / "labels" / "x.png"]
+    assert [i.label for i in masks.list_masks(labels_only)] == [labels_only / "labels" / "x.png"]
 
     with pytest.raises(InputError, match=r"^masks=.*nope: masks folder not found$"):
-        folder.list_masks(tmp_path / "nope", "masks")
+        masks.list_masks(tmp_path / "nope", "masks")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no label PNGs found"):
-        folder.list_masks(tmp_path / "empty")
+        masks.list_masks(tmp_path / "empty")
 
 
 # ------------------------------------------------------------------------------- sequences (issue 16)
@@ -134,7 +135,7 @@ def test_a_multi_sequence_dataset_has_a_folder_and_a_column_per_sequence(tmp_pat
     for s in range(3):  # per-sequence statistics, in the dataset's order
         assert stats["train_max"][s] == max(int(read_png(root / manifest.images[i, s]).max()) for i in train)
     assert folder.dataset_sequences(root) == order
-    items = folder.list_masks(root)
+    items = masks.list_masks(root)
     assert items[0].images == tuple(root / p for p in manifest.images[0]) and items[0].sequences == order
 
 
@@ -174,7 +175,7 @@ def test_a_newer_format_is_one_line_asking_for_an_update(tmp_path: Path) -> None
     stats["format"] = folder.DATASET_FORMAT.rpartition("/")[0] + "/3"
     folder.write_stats(root, stats)
     expected = r"stats.json: format synthseg-dataset/3 is newer than this synthseg reads \(.*/2 at most\): update synthseg$"
-    for reader in (folder.read_stats, folder.read_manifest, folder.dataset_sequences, folder.list_masks):
+    for reader in (folder.read_stats, folder.read_manifest, folder.dataset_sequences, masks.list_masks):
         with pytest.raises(InputError, match=expected):
             reader(root)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from synthseg.data.labels import block_mean_labels, labels_to_net
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_from_sums
@@ -46,6 +46,38 @@ def test_pgan_experiments_are_faithful(experiment: str) -> None:
     # The switches beyond the paper are off: one channel of class indices, no position, no augmentation.
     assert (cfg.model.label_encoding, cfg.model.condition, cfg.model.augment) == ("index", "none", "none")
     assert (cfg.model.generator.label_encoding, cfg.model.discriminator.condition) == ("index", "none")
+
+
+def test_masks_preset_is_pgan_full_with_the_switches_only() -> None:
+    """experiment=pgan_full_masks: the paper-scale run with the switches on, and nothing else changed."""
+
+    def flat(cfg: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(cfg, dict):
+            return {k: v for key, value in cfg.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): cfg}
+
+    def sections(experiment: str) -> dict[str, object]:
+        cfg = compose_raw("train", [f"experiment={experiment}"])
+        resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
+        return flat({**resolved, "trainer": OmegaConf.to_container(cfg.trainer), "task_name": cfg.task_name})
+
+    paper, masks = sections("pgan_full"), sections("pgan_full_masks")
+    changed = {k for k in paper.keys() | masks.keys() if paper.get(k) != masks.get(k)}
+    assert changed == {
+        "task_name",
+        "model.label_encoding",
+        "model.generator.label_encoding",
+        "model.discriminator.label_encoding",
+        "model.condition",
+        "model.generator.condition",
+        "model.discriminator.condition",
+        "model.augment",
+    }
+    assert (masks["model.label_encoding"], masks["model.condition"], masks["model.augment"]) == (
+        "onehot",
+        "slice",
+        "ada",
+    )
 
 
 @pytest.mark.parametrize("experiment", ["spade_full", "spade_reduced"])

@@ -568,7 +568,7 @@ def test_a_pgan_history_naming_a_snapshot_outside_its_run_is_refused(tmp_path: P
 def test_an_id_made_from_a_file_name_is_checked_too(tmp_path: Path) -> None:
     import numpy as np
 
-    from synthseg.data.manifest import list_masks
+    from synthseg.data.masks import list_masks
     from synthseg.data.pngio import write_label8
 
     folder = tmp_path / "pngs"

@@ -373,8 +373,8 @@ def test_masks_at_lower_resolution_are_compared_with_a_reduced_reference(tmp_pat
         masks=masks, reference=reference, output=tmp_path / "out", include_empty=False, progress=False
     )
     out = zfilter.run(settings)
-    stats = zfilter.reference_statistics(iter(reduced))
-    expected = zfilter.zscore_norms(iter(reduced[:5]), stats)
+    stats = reference_statistics(iter(reduced))
+    expected = zscore_norms(iter(reduced[:5]), stats)
     np.testing.assert_allclose(zfilter.read_norms(out)[1], expected, rtol=1e-10)
     assert zfilter.read_summary(out)["threshold"] == pytest.approx(
         500 * 16 / 256

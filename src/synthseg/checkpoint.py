@@ -95,10 +95,15 @@ def network_snapshot(net: nn.Module, meta: dict[str, Any] | None = None) -> dict
     }
 
 
-def save_network(net: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
-    """Save a network snapshot atomically."""
+def save_network(
+    net: nn.Module,
+    path: str | os.PathLike[str],
+    meta: dict[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Save a network snapshot atomically; ``extra`` entries go beside it (a PGAN snapshot's ``critic``)."""
     with atomic_path(path) as tmp:
-        torch.save(network_snapshot(net, meta), tmp)
+        torch.save({**network_snapshot(net, meta), **(extra or {})}, tmp)
 
 
 def _network_class(dotted: str, path: Path) -> type[nn.Module]:

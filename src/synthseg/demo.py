@@ -82,7 +82,7 @@ def _spade_checkpoint(out: Path) -> Path:
 
 @dataclass(frozen=True)
 class DemoSpade(Settings):
-    epochs: int = 4
+    epochs: int = 1
     test_images: int = 18
 
     def check(self) -> None:

@@ -2,7 +2,7 @@
 
 Every command that reads or writes a prepared or synthetic dataset folder goes through this module: the
 manifest (``manifest.csv``), the statistics (``stats.json``, with the format tag), the provenance
-(``prepare.json``) and the listing of a folder's masks.
+(``prepare.json``); ``data/masks.py`` lists a folder's masks through it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ REQUIRED_COLUMNS = (
     *COUNT_COLUMNS,
 )
 SPLITS = ("train", "val", "test")
+# Optional last column (0.3.0): the normalised axial position a conditional PGAN made a synthetic mask at.
+# Manifests without it (real datasets, older synthetic ones) read as before.
+POSITION_COLUMN = "position"
 
 
 def image_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ...]:
@@ -55,10 +58,14 @@ def image_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ..
     return ("image",) if is_flat(sequences) else tuple(f"image_{s}" for s in sequences)
 
 
-def manifest_columns(sequences: Iterable[str] = DEFAULT_SEQUENCES) -> tuple[str, ...]:
-    """The manifest's columns for a dataset of ``sequences`` (:data:`REQUIRED_COLUMNS` for T1c alone)."""
+def manifest_columns(
+    sequences: Iterable[str] = DEFAULT_SEQUENCES, *, position: bool = False
+) -> tuple[str, ...]:
+    """The manifest's columns for a dataset of ``sequences`` (:data:`REQUIRED_COLUMNS` for T1c alone), with
+    :data:`POSITION_COLUMN` last when ``position`` (masks of a slice-conditional PGAN)."""
     at = REQUIRED_COLUMNS.index("image")
-    return (*REQUIRED_COLUMNS[:at], *image_columns(sequences), *REQUIRED_COLUMNS[at + 1 :])
+    columns = (*REQUIRED_COLUMNS[:at], *image_columns(sequences), *REQUIRED_COLUMNS[at + 1 :])
+    return (*columns, POSITION_COLUMN) if position else columns
 
 
 def image_relpath(sid: str, seq: str, sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
@@ -99,6 +106,9 @@ class Manifest:
     label: np.ndarray  # (N,) str, relative to root
     counts: np.ndarray  # (N, 7) int64 pixel count per class
     sequences: tuple[str, ...] = DEFAULT_SEQUENCES  # the dataset's sequences, in its order
+    recorded_position: np.ndarray | None = (
+        None  # (N,) float32 ``position`` column (NaN: empty), None: no column
+    )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -117,10 +127,15 @@ class Manifest:
 
         ``(slice - first) / (last - first)`` over the case's slices listed in the manifest (all splits: the
         paper splits slices, not cases), i.e. over the case's slice count for a case prepared whole; 0.5 for
-        a case of one slice. Rows without a slice index (synthetic ones, ``slice=-1``) are NaN.
+        a case of one slice. A row with a recorded ``position`` (the masks of a slice-conditional PGAN) has
+        that one; other rows without a slice index (synthetic ones, ``slice=-1``) are NaN.
         """
         out = np.full(len(self), np.nan, dtype=np.float32)
         known = self.slice >= 0
+        if self.recorded_position is not None:
+            recorded = np.isfinite(self.recorded_position)
+            out[recorded] = self.recorded_position[recorded]
+            known &= ~recorded
         cases, inverse = np.unique(self.case[known], return_inverse=True)
         first = np.full(len(cases), np.iinfo(np.int64).max)
         last = np.full(len(cases), -1)
@@ -220,6 +235,14 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
     bad = sorted(set(split) - set(SPLITS))
     if bad:
         raise InputError(f"{path}: unknown split values {bad} (expected {list(SPLITS)})")
+    recorded = None
+    if POSITION_COLUMN in rows[0]:
+        try:
+            recorded = np.array([float(v) if v else np.nan for v in column(POSITION_COLUMN)], np.float32)
+        except ValueError as err:
+            raise InputError(f"{path}: the position column holds a non-number ({err})") from None
+        if (np.abs(recorded[np.isfinite(recorded)] - 0.5) > 0.5).any():
+            raise InputError(f"{path}: a position lies outside [0, 1]")
     return Manifest(
         root=root,
         ids=column("id"),
@@ -233,6 +256,7 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
         label=column("label"),
         counts=np.stack([ints[c] for c in COUNT_COLUMNS], axis=1),
         sequences=sequences,
+        recorded_position=recorded,
     )
 
 
@@ -279,21 +303,24 @@ def manifest_writer(
     *,
     lineterminator: str = "\r\n",
     sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    position: bool = False,
 ) -> Iterator[ManifestWriter]:
     """A writer of manifest rows (dicts keyed by :func:`manifest_columns`), header written.
 
     Rows are written as they come, so memory does not grow with the number of slices.
     """
-    columns = list(manifest_columns(sequences))
+    columns = list(manifest_columns(sequences, position=position))
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator=lineterminator)
         writer.writeheader()
         yield ManifestWriter(writer, Path(path))
 
 
-def manifest_header(lineterminator: str = "\r\n", sequences: Iterable[str] = DEFAULT_SEQUENCES) -> str:
+def manifest_header(
+    lineterminator: str = "\r\n", sequences: Iterable[str] = DEFAULT_SEQUENCES, position: bool = False
+) -> str:
     """The header line of a manifest, for writers that append rows to a part file first."""
-    return ",".join(manifest_columns(sequences)) + lineterminator
+    return ",".join(manifest_columns(sequences, position=position)) + lineterminator
 
 
 def write_manifest(
@@ -302,10 +329,11 @@ def write_manifest(
     *,
     lineterminator: str = "\r\n",
     sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    position: bool = False,
 ) -> None:
-    """Write ``<folder>/manifest.csv`` from manifest rows."""
+    """Write ``<folder>/manifest.csv`` from manifest rows (``position``: with :data:`POSITION_COLUMN`)."""
     with manifest_writer(
-        Path(folder) / MANIFEST, lineterminator=lineterminator, sequences=sequences
+        Path(folder) / MANIFEST, lineterminator=lineterminator, sequences=sequences, position=position
     ) as writer:
         writer.writerows(rows)
 
@@ -390,63 +418,8 @@ def read_provenance(root: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
-@dataclass(frozen=True)
-class MaskItem:
-    """One mask file of a folder: its id, label path and image path (None when the folder has no images).
-
-    ``image`` is the first sequence's; ``images`` holds every sequence's (in ``sequences`` order) when all exist.
-    """
-
-    id: str
-    label: Path
-    image: Path | None = None
-    images: tuple[Path, ...] = ()
-    sequences: tuple[str, ...] = DEFAULT_SEQUENCES
-
-
-def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[MaskItem]:
-    """The masks of a dataset folder (manifest order) or of a plain folder of PNGs (name order).
-
-    A dataset folder has ``manifest.csv``; a folder with ``labels/`` but no manifest is read from ``labels/``
-    (images from ``images/<id>.png`` when present); otherwise every ``*.png`` of the folder is a mask.
-
-    Args:
-        key: the setting that named the folder, for errors (``masks`` -> ``masks=DIR: ...``).
-    """
-    folder = Path(folder)
-    named = f"{key}={folder}" if key else str(folder)
-    if not folder.is_dir():
-        raise InputError(f"{named}: masks folder not found")
-    items: list[MaskItem] = []
-    if is_dataset_folder(folder):
-        manifest = read_manifest(folder)
-        for i in range(len(manifest)):
-            # Every file the manifest names must exist: a deleted image is an error, not a mask without one.
-            label = _named_file(folder, manifest.label[i])
-            paths = [_named_file(folder, p) if p else None for p in manifest.images[i]]
-            found = tuple(p for p in paths if p is not None)
-            items.append(
-                MaskItem(
-                    str(manifest.ids[i]),
-                    label,
-                    paths[0],
-                    found if len(found) == len(paths) else (),
-                    manifest.sequences,
-                )
-            )
-    else:
-        labels = folder / "labels" if (folder / "labels").is_dir() else folder
-        for path in sorted(labels.glob("*.png")):
-            check_id(path.stem, str(path), "file name")  # it becomes the id of every file made from it
-            image = folder / "images" / path.name if labels != folder else None
-            found = image if image is not None and image.is_file() else None
-            items.append(MaskItem(path.stem, path, found, (found,) if found else ()))
-    if not items:
-        raise InputError(f"{named}: no label PNGs found (expected manifest.csv, labels/*.png or *.png)")
-    return items
-
-
-def _named_file(root: Path, relpath: str) -> Path:
+def named_file(root: Path, relpath: str) -> Path:
+    """``root / relpath``, refused (naming the manifest) when it is not a file."""
     path = root / relpath
     if not path.is_file():
         raise InputError(f"{path}: file not found (named by {root / MANIFEST})")
@@ -460,7 +433,7 @@ def check_files(root: str | os.PathLike[str], manifest: Manifest | None = None) 
     for i in range(len(manifest)):
         for relpath in (*manifest.images[i], manifest.label[i]):
             if relpath:
-                _named_file(root, str(relpath))
+                named_file(root, str(relpath))
 
 
 def check_distinct(named: Mapping[str, str | os.PathLike[str] | None]) -> None:
@@ -510,7 +483,12 @@ def dataset_sequences(root: str | os.PathLike[str]) -> tuple[str, ...]:
 
 
 def synthetic_row(
-    sid: str, counts: np.ndarray, *, has_image: bool, sequences: Iterable[str] = DEFAULT_SEQUENCES
+    sid: str,
+    counts: np.ndarray,
+    *,
+    has_image: bool,
+    sequences: Iterable[str] = DEFAULT_SEQUENCES,
+    position: float | None = None,
 ) -> dict[str, Any]:
     """The manifest row of one synthetic slice (``split=train``, ``source=synthetic``, no case or slice index).
 
@@ -519,6 +497,8 @@ def synthetic_row(
             :func:`image_relpath`).
         counts: (7,) pixel count per class of its label map.
         sequences: the dataset's sequences (its image columns).
+        position: the normalised axial position it was generated at: the row gains :data:`POSITION_COLUMN`
+            (write it with ``position=True``).
     """
     check_id(sid, "synthetic slice")
     sequences = tuple(sequences)
@@ -537,4 +517,10 @@ def synthetic_row(
         **images,
         "label": f"labels/{sid}.png",
         **{col: int(c) for col, c in zip(COUNT_COLUMNS, counts, strict=True)},
+        **({POSITION_COLUMN: format_position(position)} if position is not None else {}),
     }
+
+
+def format_position(position: float) -> str:
+    """A position as the manifest writes it: 8 decimals (float32 positions round-trip to within 5e-9)."""
+    return f"{float(position):.8f}"

@@ -90,6 +90,8 @@ class PGAN(pl.LightningModule):
         swd_batch_size: images per batch while generating and measuring SWD.
         grid_size: (rows, columns) of the sample grid.
         snapshot_ticks: save an EMA snapshot every this many ticks (0: never; the last tick always).
+        snapshot_critic: each snapshot also holds the critic of its tick (entry ``critic``; for
+            ``synthseg filter method=critic``); off: snapshots hold the generator alone.
         checkpoint_ticks: write the full checkpoint ``checkpoints/last.ckpt`` every this many ticks (0: never).
         keep_checkpoints: besides ``last.ckpt``, keep this many per-tick full checkpoints (0: none).
         seed: seed of latents and mixing factors (the training RNG stream, saved in checkpoints).
@@ -130,6 +132,7 @@ class PGAN(pl.LightningModule):
         swd_batch_size: int = 64,
         grid_size: tuple[int, int] | list[int] = (4, 8),
         snapshot_ticks: int = 1,
+        snapshot_critic: bool = False,
         checkpoint_ticks: int = 1,
         keep_checkpoints: int = 0,
         seed: int = 0,
@@ -180,7 +183,7 @@ class PGAN(pl.LightningModule):
         self.swd_images = int(swd_images)
         self.swd_batch_size = int(swd_batch_size)
         self.grid_size = (grid_size[0], grid_size[1])
-        self.snapshot_ticks = int(snapshot_ticks)
+        self.snapshot_ticks, self.snapshot_critic = int(snapshot_ticks), bool(snapshot_critic)
         self.checkpoint_ticks = int(checkpoint_ticks)
         self.keep_checkpoints = int(keep_checkpoints)
         self.seed = int(seed)
@@ -495,6 +498,10 @@ class PGAN(pl.LightningModule):
                 "label_encoding": self.label_encoding,
                 "condition": self.condition,
             },
+        )
+        # ... and the critic (state_dict "discriminator.*") for synthseg filter method=critic, at the same stage.
+        checkpoint["pgan"]["discriminator"] = network_entry(
+            self.discriminator, meta=checkpoint["pgan"]["generator"]["meta"]
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

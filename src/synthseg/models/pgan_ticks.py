@@ -3,6 +3,7 @@
 A tick ends after a group of minibatches once ``tick_kimg`` (by resolution) more images have been shown, and
 at the end of training. At every tick, on global rank 0: a grid of EMA samples to the logger, a snapshot of the
 EMA generator (``snapshots/network-snapshot-<kimg>.pt``, rebuilt by :func:`synthseg.checkpoint.load_network`),
+with ``model.snapshot_critic`` the critic of that tick beside it (entry ``critic``),
 the SWD of EMA samples against training reals (``swd/avg`` and per level, appended to ``swd.csv``); on every
 rank, every ``checkpoint_ticks`` ticks, the full training checkpoint ``checkpoints/last.ckpt`` (older per-tick
 checkpoints kept as configured). The tick counters and the SWD history live in the module (its checkpoint).
@@ -24,7 +25,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from synthseg.checkpoint import save_network
+from synthseg.checkpoint import network_snapshot, save_network
 from synthseg.models.common import write_images
 from synthseg.progressive import GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
@@ -39,6 +40,7 @@ class TickedPGAN(Protocol):
 
     generator: Any
     generator_ema: Any
+    discriminator: Any
     reals: Any
     schedule: ProgressiveSchedule
     classes: int
@@ -50,6 +52,7 @@ class TickedPGAN(Protocol):
     swd_images: int
     swd_batch_size: int
     snapshot_ticks: int
+    snapshot_critic: bool
     checkpoint_ticks: int
     keep_checkpoints: int
     group_done: bool
@@ -122,7 +125,9 @@ class PGANTicks(pl.Callback):
                 path = pgan.run_dir / "snapshots" / f"network-snapshot-{int(kimg):06d}.pt"
                 if path.exists():  # ticks shorter than 1 kimg (tests, demos) would share a name
                     path = path.with_name(f"network-snapshot-{int(kimg):06d}-tick{pgan.tick:04d}.pt")
-                save_network(pgan.generator_ema, path, meta=snapshot_meta(pgan, stage))
+                # With model.snapshot_critic, the critic of this tick too (synthseg filter method=critic).
+                critic = {"critic": network_snapshot(pgan.discriminator)} if pgan.snapshot_critic else None
+                save_network(pgan.generator_ema, path, meta=snapshot_meta(pgan, stage), extra=critic)
                 record["snapshot"] = os.path.relpath(path, pgan.run_dir)
             swd = self.measure_swd(pgan, stage) if pgan.swd_images > 0 else None
             if swd is not None:

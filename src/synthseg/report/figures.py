@@ -19,7 +19,8 @@ import torch
 from synthseg.checkpoint import CheckpointError, load_unet
 from synthseg.data.dataset import SliceDataset
 from synthseg.data.labels import colorize
-from synthseg.data.manifest import Manifest, dataset_sequences, image_relpath, list_masks, read_manifest
+from synthseg.data.manifest import Manifest, dataset_sequences, image_relpath, read_manifest
+from synthseg.data.masks import list_masks
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.report.runs import Run, mix_order

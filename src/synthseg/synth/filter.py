@@ -17,6 +17,11 @@ Decisions (argued in docs/filter.md):
 - Empty real masks are in the reference by default, as the paper compares with "the entirety of the real
   dataset"; ``include_empty=False`` leaves them out (the GAN was trained on non-empty masks only).
 
+Beyond the paper: ``reference_by=position`` compares each mask of a slice-conditional PGAN with the reals of
+nearby axial positions (:mod:`synthseg.synth.zscore_position`), and ``method=critic|both`` scores every mask
+with the trained PGAN critic, keeping those at or above a quantile of the real validation maps' scores
+(:mod:`synthseg.synth.critic`); ``both`` keeps what both filters keep.
+
 The statistics live in :mod:`synthseg.synth.zscore` (re-exported here), the figures in
 :mod:`synthseg.synth.filter_plots`; this module does the folder-to-folder work of ``synthseg filter``
 (:func:`run`).
@@ -42,10 +47,8 @@ from synthseg.data.labels import NUM_CLASSES, resize_labels
 from synthseg.data.manifest import (
     MANIFEST,
     PROVENANCE,
-    MaskItem,
     check_distinct,
     dataset_stats,
-    list_masks,
     read_manifest,
     read_provenance,
     synthetic_row,
@@ -53,48 +56,24 @@ from synthseg.data.manifest import (
     write_provenance,
     write_stats,
 )
+from synthseg.data.masks import MaskItem, list_masks
 from synthseg.data.pngio import read_png
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_positive
-from synthseg.synth.filter_plots import plot_calibration, plot_montage
+from synthseg.synth.critic import METHODS
+from synthseg.synth.filter_plots import plot_calibration, plot_critic_calibration, plot_montage
+from synthseg.synth.filter_verdicts import critic_verdict, zscore_verdict
 from synthseg.synth.zscore import (
     PAPER_DISCARDED,
     REFERENCE_SPLITS,
     ZERO_STD_MODES,
-    ReferenceStats,
-    RunningMoments,
-    discarded_fraction,
-    effective_std,
-    filter_masks,
-    reference_statistics,
-    scaled_threshold,
-    zscore_norms,
 )
+from synthseg.synth.zscore_position import REFERENCE_BY
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
 
-__all__ = [
-    "PAPER_DISCARDED",
-    "REFERENCE_SPLITS",
-    "ZERO_STD_MODES",
-    "FilterSettings",
-    "MaskItem",
-    "ReferenceStats",
-    "RunningMoments",
-    "discarded_fraction",
-    "effective_std",
-    "filter_masks",
-    "list_masks",
-    "main",
-    "read_mask",
-    "reference_items",
-    "reference_statistics",
-    "read_norms",
-    "read_summary",
-    "run",
-    "scaled_threshold",
-    "zscore_norms",
-]
+CRITIC_PLOT = "critic_calibration.png"
+CRITIC_MONTAGE = "critic_discarded.png"
 
 
 def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -106,18 +85,28 @@ def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def reference_items(reference: str | os.PathLike[str], split: str = "train") -> list[MaskItem]:
-    """The real masks of a prepared dataset's training split (``train``) or reduced training split."""
-    if split not in REFERENCE_SPLITS:
+    """The real masks of a prepared dataset's training split (``train``) or reduced training split, each with
+    its normalised axial position (None where unknown); ``val``: the non-empty real validation masks."""
+    if split not in (*REFERENCE_SPLITS, "val"):
         raise InputError(f"reference_split must be one of {REFERENCE_SPLITS}, got {split!r}")
     manifest = read_manifest(reference)
-    rows = manifest.rows("train")
+    rows = manifest.rows("val" if split == "val" else "train")
     if split == "reduced":
         rows = rows[manifest.reduced[rows]]
     rows = rows[manifest.source[rows] == "real"]
+    if split == "val":
+        rows = rows[~manifest.empty[rows]]
     if rows.size == 0:
         raise InputError(f"{reference}: no real masks in the {split} split")
-    root = Path(reference)
-    return [MaskItem(str(manifest.ids[i]), root / manifest.label[i]) for i in rows]
+    root, positions = Path(reference), manifest.positions()
+    return [
+        MaskItem(
+            str(manifest.ids[i]),
+            root / manifest.label[i],
+            position=float(positions[i]) if np.isfinite(positions[i]) else None,
+        )
+        for i in rows
+    ]
 
 
 def _read_all(
@@ -159,78 +148,41 @@ def _comparison_shape(refs: list[MaskItem], items: list[MaskItem]) -> tuple[int,
     return (int(shape[0]), int(shape[1]))
 
 
-def _reference_pass(
-    refs: list[MaskItem], shape: tuple[int, int], include_empty: bool, batch_size: int, progress: bool
-) -> tuple[ReferenceStats, list[MaskItem], int]:
-    """Which reference masks take part, and their statistics: ``(stats, used, empty_excluded)``."""
-    used: list[MaskItem] = []
-    empty_excluded = 0
-
-    def reference_masks() -> Iterator[np.ndarray]:
-        nonlocal empty_excluded
-        reals = _read_all(refs, shape, "reference statistics", progress, reduce=True)
-        for item, mask in zip(refs, reals, strict=True):
-            if not include_empty and not mask.any():
-                empty_excluded += 1
-                continue
-            used.append(item)
-            yield mask
-
-    stats = reference_statistics(reference_masks(), batch_size=batch_size)
-    return stats, used, empty_excluded
-
-
 def _summary(
-    masks: Path,
-    reference: Path,
-    settings: FilterSettings,
-    stats: ReferenceStats,
-    empty_excluded: int,
+    s: FilterSettings,
     items: list[MaskItem],
     keep: np.ndarray,
-    norms: np.ndarray,
-    real_norms: np.ndarray,
-    threshold: float,
     side: int,
     has_images: bool,
+    zscore: dict[str, Any] | None,
+    critic: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The content of filter.json."""
+    """The content of filter.json: the verdict, then the Z-score filter's fields (top level, as before 0.3.0)
+    and the critic's (under ``critic``)."""
     discarded = [i for i, k in enumerate(keep) if not k]
-    return {
-        "masks": str(masks),
-        "reference": str(reference),
-        "reference_split": settings.reference_split,
-        "include_empty": bool(settings.include_empty),
+    files = {"manifest": MANIFEST, "norms": "norms.csv"}
+    if zscore is not None:
+        files.update(calibration_plot="filter_calibration.png", discarded_montage="filter_discarded.png")
+    if critic is not None:
+        files.update(critic_calibration_plot=CRITIC_PLOT, critic_discarded_montage=CRITIC_MONTAGE)
+    summary: dict[str, Any] = {
+        "masks": str(s.masks),
+        "reference": str(s.reference),
+        "method": s.method,
         "size": side,
-        "threshold": threshold,
-        "threshold_setting": {
-            "threshold": float(settings.threshold),
-            "threshold_at": settings.threshold_at,
-            "threshold_quantile": settings.threshold_quantile,
-        },
-        "zero_std": settings.zero_std,
-        "zero_std_floor": stats.zero_std_floor,
-        "zero_std_pixels": int((stats.std == 0).sum()),
-        "reference_count": stats.count,
-        "reference_empty_excluded": empty_excluded,
         "synthetic_count": len(items),
         "kept": int(np.count_nonzero(keep)),
         "discarded": len(discarded),
-        "synthetic_discarded_fraction": float(discarded_fraction(norms, threshold)),
-        "real_discarded_fraction": float(discarded_fraction(real_norms, threshold)),
+        "synthetic_discarded_fraction": float(len(discarded) / max(len(items), 1)),
+        **(zscore["summary"] if zscore is not None else {}),
         "paper_synthetic_discarded_fraction": PAPER_DISCARDED,
-        "synthetic_norm": _describe(norms),
-        "real_norm": _describe(real_norms),
-        "real_norm_mean_square": float(np.mean(real_norms**2)) if real_norms.size else 0.0,
         "images_copied": has_images,
         "discarded_ids": [items[i].id for i in discarded],
-        "files": {
-            "manifest": MANIFEST,
-            "norms": "norms.csv",
-            "calibration_plot": "filter_calibration.png",
-            "discarded_montage": "filter_discarded.png",
-        },
+        "files": files,
     }
+    if critic is not None:
+        summary["critic"] = critic["summary"]
+    return summary
 
 
 def _write_kept(
@@ -239,10 +191,12 @@ def _write_kept(
     keep: np.ndarray,
     counts: np.ndarray,
     norms: np.ndarray,
+    scores: np.ndarray | None,
     side: int,
     has_images: bool,
 ) -> None:
-    """The kept masks (and their images) copied byte for byte, their manifest, stats and every norm."""
+    """The kept masks (and their images) copied byte for byte, their manifest (positions kept), stats, and
+    every mask's norm (``nan`` where the Z-score filter did not run) and critic score."""
     (tmp / "labels").mkdir()
     if has_images:
         (tmp / "images").mkdir()
@@ -254,14 +208,14 @@ def _write_kept(
         shutil.copyfile(item.label, tmp / "labels" / f"{item.id}.png")
         if has_images and item.image is not None:
             shutil.copyfile(item.image, tmp / "images" / f"{item.id}.png")
-        rows.append(synthetic_row(item.id, counts[i], has_image=has_images))
-    write_manifest(tmp, rows)
+        rows.append(synthetic_row(item.id, counts[i], has_image=has_images, position=item.position))
+    write_manifest(tmp, rows, position=any(item.position is not None for item in items))
     with open(tmp / "norms.csv", "w", newline="") as handle:
         norm_writer = csv.writer(handle)
-        norm_writer.writerow(["id", "norm", "kept"])
-        norm_writer.writerows(
-            [item.id, repr(float(norm)), int(k)] for item, norm, k in zip(items, norms, keep, strict=True)
-        )
+        norm_writer.writerow(["id", "norm", "kept", *(["score"] if scores is not None else [])])
+        for i, item in enumerate(items):
+            score = [repr(float(scores[i]))] if scores is not None else []
+            norm_writer.writerow([item.id, repr(float(norms[i])), int(keep[i]), *score])
     kept = int(np.count_nonzero(keep))
     write_stats(
         tmp,
@@ -280,23 +234,34 @@ class FilterSettings(Settings):
     masks: str
     reference: str
     output: str
+    method: str = "zscore"
     reference_split: str = "train"
+    reference_by: str = "all"
+    position_window: float = 2.0
     include_empty: bool = True
     threshold: float = 500.0
     threshold_at: int | None = 256
     threshold_quantile: float | None = None
     zero_std: str = "floor"
+    critic: str | None = None
+    critic_quantile: float = 0.05
+    device: str = "auto"
     batch_size: int = 64
     montage: int = 24
     overwrite: bool = False
     progress: bool = True
 
     def check(self) -> None:
+        check_choice("method", self.method, METHODS)
         check_choice("reference_split", self.reference_split, REFERENCE_SPLITS)
+        check_choice("reference_by", self.reference_by, REFERENCE_BY)
+        check_positive("position_window", self.position_window, allow_zero=True)
         if self.zero_std not in ZERO_STD_MODES:
             raise InputError(f"zero_std must be one of {ZERO_STD_MODES}, got {self.zero_std!r}")
         if self.threshold_quantile is not None and not 0.0 < float(self.threshold_quantile) <= 1.0:
             raise InputError(f"threshold_quantile must be in (0, 1], got {self.threshold_quantile}")
+        if not 0.0 <= float(self.critic_quantile) < 1.0:
+            raise InputError(f"critic_quantile must be in [0, 1), got {self.critic_quantile}")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         check_positive("threshold", self.threshold, allow_zero=True)
@@ -318,59 +283,47 @@ def run(settings: FilterSettings) -> Path:
     The output folder (written atomically) holds ``labels/`` (and ``images/`` when the input has them),
     ``manifest.csv`` (``source=synthetic``), ``stats.json``, ``prepare.json`` (provenance), ``filter.json``
     (the summary: threshold, counts, discarded fractions, the norms' spread), ``norms.csv`` (every mask's norm,
-    lossless, and verdict), ``filter_calibration.png`` (discarded fractions of synthetic and real masks against
-    the threshold) and ``filter_discarded.png`` (a montage of discarded masks in the paper's colours, its Fig. 4).
+    lossless, its critic score with ``method=critic|both``, and verdict), and per filter that ran its
+    calibration curve (discarded fractions of synthetic and real masks against the threshold) and a montage of
+    the masks it discarded in the paper's colours (its Fig. 4): ``filter_calibration.png`` and
+    ``filter_discarded.png`` (Z-score), ``critic_calibration.png`` and ``critic_discarded.png`` (critic).
     """
     settings.check_inputs()
     masks, reference = Path(settings.masks), Path(settings.reference)
-    overwrite, progress, batch_size = settings.overwrite, settings.progress, settings.batch_size
-    zero_std, include_empty = settings.zero_std, settings.include_empty
+    overwrite = settings.overwrite
     output = check_output(settings.output, command="filter", inputs=[masks, reference], overwrite=overwrite)
     items = list_masks(masks, "masks")
     refs = reference_items(reference, settings.reference_split)
     shape = _comparison_shape(refs, items)
     side = shape[0]
-
-    # Pass 1 over the reference: which masks take part, and their statistics (at the masks' size).
-    stats, used, empty_excluded = _reference_pass(refs, shape, include_empty, batch_size, progress)
-    # Pass 2: the real norms, for calibration (the reals are scored against statistics that include them).
-    real_norms = zscore_norms(
-        _read_all(used, shape, "real norms", progress, reduce=True),
-        stats,
-        zero_std=zero_std,
-        batch_size=batch_size,
-    )
-    if settings.threshold_quantile is not None:
-        used_threshold = float(np.quantile(real_norms, float(settings.threshold_quantile)))
-    else:
-        used_threshold = scaled_threshold(settings.threshold, side, settings.threshold_at)
-
-    # Pass 3: the synthetic norms, with the class counts for the manifest.
     counts = np.zeros((len(items), NUM_CLASSES), dtype=np.int64)
 
-    def synthetic_masks() -> Iterator[np.ndarray]:
-        for i, mask in enumerate(_read_all(items, shape, "synthetic norms", progress)):
+    def read(indices: Sequence[int]) -> Iterator[np.ndarray]:
+        """The synthetic masks at ``indices`` (their class counts noted for the manifest)."""
+        chosen = [items[i] for i in indices]
+        for i, mask in zip(
+            indices, _read_all(chosen, shape, "synthetic masks", settings.progress), strict=True
+        ):
             counts[i] = np.bincount(mask.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
             yield mask
 
-    keep, norms = filter_masks(
-        synthetic_masks(), stats, used_threshold, zero_std=zero_std, batch_size=batch_size
-    )
+    def read_reference(chosen: Sequence[MaskItem], desc: str) -> Iterator[np.ndarray]:
+        return _read_all(chosen, shape, desc, settings.progress, reduce=True)
+
+    zscore = None
+    if settings.method != "critic":
+        zscore = zscore_verdict(settings, refs, items, side, read_reference, read)
+    critic = None
+    if settings.method != "zscore":
+        reals = reference_items(reference, "val")
+        critic = critic_verdict(settings, reals, items, lambda item: read_mask(item.label), read)
+    keep = np.ones(len(items), dtype=bool)
+    for verdict in (zscore, critic):
+        if verdict is not None:
+            keep &= verdict["keep"]
+    norms = zscore["norms"] if zscore is not None else np.full(len(items), np.nan)
     has_images = all(item.image is not None for item in items)
-    summary = _summary(
-        masks,
-        reference,
-        settings,
-        stats,
-        empty_excluded,
-        items,
-        keep,
-        norms,
-        real_norms,
-        used_threshold,
-        side,
-        has_images,
-    )
+    summary = _summary(settings, items, keep, side, has_images, zscore, critic)
 
     needed = sum(
         item.label.stat().st_size + (item.image.stat().st_size if has_images and item.image else 0)
@@ -381,15 +334,28 @@ def run(settings: FilterSettings) -> Path:
     with claim_output(
         output, command="filter", inputs=[masks, reference], overwrite=overwrite, later=DATASET_LATER
     ) as tmp:
-        _write_kept(tmp, items, keep, counts, norms, side, has_images)
+        scores = critic["scores"] if critic is not None else None
+        _write_kept(tmp, items, keep, counts, norms, scores, side, has_images)
         provenance: dict[str, Any] = {
             "command": "filter",
             "config": dataclasses.asdict(settings),
             "filter": {
-                k: summary[k]
-                for k in ("threshold", "zero_std", "reference", "reference_split", "kept", "discarded")
+                k: summary.get(k)
+                for k in (
+                    "method",
+                    "threshold",
+                    "zero_std",
+                    "reference",
+                    "reference_split",
+                    "kept",
+                    "discarded",
+                )
             },
         }
+        if critic is not None:
+            provenance["filter"]["critic"] = {
+                k: summary["critic"][k] for k in ("source", "origin", "threshold")
+            }
         if (masks / PROVENANCE).is_file():
             provenance["input"] = read_provenance(masks)
         from synthseg import __version__
@@ -397,25 +363,33 @@ def run(settings: FilterSettings) -> Path:
         provenance["version"] = __version__
         write_provenance(tmp, provenance)
         (tmp / "filter.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot_calibration(tmp / "filter_calibration.png", norms, real_norms, used_threshold, side)
-        shown = [i for i, k in enumerate(keep) if not k][: max(int(settings.montage), 0)]
-        plot_montage(
-            tmp / "filter_discarded.png",
-            [read_mask(items[i].label, shape) for i in shown],
-            [f"{items[i].id}\n{norms[i]:.0f}" for i in shown],
-        )
+        limit = max(int(settings.montage), 0)
+        if zscore is not None:
+            threshold = zscore["summary"]["threshold"]
+            plot_calibration(tmp / "filter_calibration.png", norms, zscore["real_norms"], threshold, side)
+            shown = np.flatnonzero(~zscore["keep"])[:limit]
+            plot_montage(
+                tmp / "filter_discarded.png",
+                [read_mask(items[i].label, shape) for i in shown],
+                [f"{items[i].id}\n{norms[i]:.0f}" for i in shown],
+            )
+        if critic is not None:
+            entry = critic["summary"]
+            plot_critic_calibration(
+                tmp / CRITIC_PLOT,
+                critic["scores"],
+                critic["real_scores"],
+                entry["threshold"],
+                entry["quantile"],
+            )
+            shown = np.flatnonzero(~critic["keep"])[:limit]
+            plot_montage(
+                tmp / CRITIC_MONTAGE,
+                [read_mask(items[i].label, shape) for i in shown],
+                [f"{items[i].id}\n{critic['scores'][i]:.2f}" for i in shown],
+                heading="Masks discarded by the PGAN critic (score in the titles)",
+            )
     return output
-
-
-def _describe(values: np.ndarray) -> dict[str, float]:
-    if values.size == 0:
-        return {}
-    return {
-        "min": float(values.min()),
-        "median": float(np.median(values)),
-        "p99": float(np.quantile(values, 0.99)),
-        "max": float(values.max()),
-    }
 
 
 def main(cfg: DictConfig) -> Path:
@@ -423,12 +397,36 @@ def main(cfg: DictConfig) -> Path:
     settings = FilterSettings.from_config(cfg)
     output = run(settings)
     s = read_summary(output)
-    print(
-        f"synthseg filter: kept {s['kept']} of {s['synthetic_count']} masks "
-        f"({100 * s['synthetic_discarded_fraction']:.3f} % discarded) at threshold {s['threshold']:.1f}; "
-        f"the same threshold would discard {100 * s['real_discarded_fraction']:.3f} % of the "
-        f"{s['reference_count']} real masks.\n  output: {settings.output} (filter.json, filter_calibration.png, filter_discarded.png)"
-    )
+    lines = [
+        f"synthseg filter ({s['method']}): kept {s['kept']} of {s['synthetic_count']} masks "
+        f"({100 * s['synthetic_discarded_fraction']:.3f} % discarded)."
+    ]
+    if "threshold" in s:
+        by = (
+            "the reals of nearby positions"
+            if s["reference_by"] == "position"
+            else f"{s['reference_count']} real masks"
+        )
+        lines.append(
+            f"  Z-score: threshold {s['threshold']:.1f} against {by}: discards "
+            f"{100 * s['zscore_discarded_fraction']:.3f} % of the masks and would discard "
+            f"{100 * s['real_discarded_fraction']:.3f} % of the real ones (filter_calibration.png, filter_discarded.png)"
+        )
+    if "critic" in s:
+        c = s["critic"]
+        origin = (
+            "its snapshot's own critic (tick {tick})"
+            if c["origin"] == "snapshot"
+            else "the run's final critic (last.ckpt, tick {tick}; snapshots hold no critic unless trained with "
+            "model.snapshot_critic=true)"
+        ).format(tick=c["tick"])
+        lines.append(
+            f"  critic: {origin} from {c['source']}; keeps a score >= {c['threshold']:.4g} (the "
+            f"{c['quantile']:g} quantile of {c['real_count']} real validation maps): discards "
+            f"{100 * c['synthetic_discarded_fraction']:.3f} % of the masks (critic_calibration.png, critic_discarded.png)"
+        )
+    lines.append(f"  output: {settings.output} (filter.json, norms.csv)")
+    print("\n".join(lines))
     return output
 
 
@@ -445,3 +443,9 @@ def read_norms(output: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, n
     ids = [row["id"] for row in rows]
     norms = np.array([float(row["norm"]) for row in rows], dtype=np.float64)
     return ids, norms, np.array([row["kept"] == "1" for row in rows], dtype=bool)
+
+
+def read_scores(output: str | os.PathLike[str]) -> np.ndarray:
+    """``<output>/norms.csv``'s critic scores (float64, in input order; NaN without the critic)."""
+    with open(Path(output) / "norms.csv", newline="") as handle:
+        return np.array([float(row.get("score") or "nan") for row in csv.DictReader(handle)], np.float64)

@@ -1,4 +1,5 @@
-"""The figures ``synthseg filter`` writes: the calibration curve and the montage of discarded masks (Fig. 4)."""
+"""The figures ``synthseg filter`` writes: the calibration curves (Z-score norm, critic score) and the montage of
+discarded masks (Fig. 4)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,54 @@ def plot_calibration(
     plt.close(fig)
 
 
-def plot_montage(path: Path, masks: list[np.ndarray], titles: list[str], columns: int = 6) -> None:
+def plot_critic_calibration(
+    path: Path, scores: np.ndarray, real_scores: np.ndarray, threshold: float, quantile: float
+) -> None:
+    """Fraction of synthetic and of real validation masks the critic discards (score below the threshold)
+    against the threshold, the one used (the ``quantile`` quantile of the real scores) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.concatenate([scores, real_scores, [threshold]])
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.05 * max(hi - lo, 1e-6)
+    grid = np.linspace(lo - pad, hi + pad, 500)
+
+    def below(x: np.ndarray, t: np.ndarray | float) -> np.ndarray:
+        x = np.sort(x)
+        return np.searchsorted(x, t, side="left") / max(x.size, 1)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    syn, real = below(scores, threshold) * 100, below(real_scores, threshold) * 100
+    ax.plot(grid, below(scores, grid) * 100, label=f"synthetic masks ({syn:.2f} % at threshold)")
+    ax.plot(grid, below(real_scores, grid) * 100, label=f"real validation masks ({real:.2f} % at threshold)")
+    ax.axvline(
+        threshold,
+        color="k",
+        linestyle="--",
+        linewidth=1,
+        label=f"threshold {threshold:.4g} (q = {quantile:g})",
+    )
+    ax.set_xlabel("threshold on the critic's score (a mask is kept at or above it)")
+    ax.set_ylabel("discarded (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Critic filter: fraction of masks discarded against the threshold")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_montage(
+    path: Path,
+    masks: list[np.ndarray],
+    titles: list[str],
+    columns: int = 6,
+    heading: str = "Masks discarded by the Z-score filter (norm in the titles)",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +103,7 @@ def plot_montage(path: Path, masks: list[np.ndarray], titles: list[str], columns
     rows = (len(masks) + columns - 1) // columns
     cols = min(columns, len(masks))
     fig, axes = plt.subplots(
-        rows, cols, figsize=(max(2.0 * cols, 7.0), 2.2 * rows + 0.8), dpi=120, squeeze=False
+        rows, cols, figsize=(max(2.0 * cols, 7.0), 2.5 * rows + 0.8), dpi=120, squeeze=False
     )
     for ax in axes.ravel():
         ax.axis("off")
@@ -68,7 +116,7 @@ def plot_montage(path: Path, masks: list[np.ndarray], titles: list[str], columns
     fig.legend(
         handles=handles, loc="lower center", ncol=len(handles) if cols >= 4 else 4, fontsize=7, frameon=False
     )
-    fig.suptitle("Masks discarded by the Z-score filter (norm in the titles)", fontsize=9)
+    fig.suptitle(heading, fontsize=9)
     fig.tight_layout(rect=(0, 0.08 if cols >= 4 else 0.14, 1, 0.95))
     fig.savefig(path)
     plt.close(fig)

@@ -36,12 +36,12 @@ from synthseg.data.manifest import (
     MANIFEST,
     dataset_stats,
     image_relpath,
-    list_masks,
     manifest_writer,
     synthetic_row,
     write_provenance,
     write_stats,
 )
+from synthseg.data.masks import list_masks
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
@@ -250,7 +250,12 @@ def run(settings: GenerateImagesSettings) -> Path:
         for seq in sequences:
             (tmp / image_relpath("x", seq, sequences)).parent.mkdir(parents=True, exist_ok=True)
         # Manifest rows are written as they come, so memory does not grow with the number of masks.
-        with manifest_writer(tmp / MANIFEST, sequences=sequences) as writer, torch.inference_mode():
+        # A conditional PGAN's masks keep their axial positions (the manifest's position column).
+        located = any(item.position is not None for item in items)
+        with (
+            manifest_writer(tmp / MANIFEST, sequences=sequences, position=located) as writer,
+            torch.inference_mode(),
+        ):
             bar = tqdm(total=len(items), desc="generate-images", unit="img", disable=not settings.progress)
             for positions, labels in loader:
                 one_hot = F.one_hot(labels, label_nc).permute(0, 3, 1, 2).float().to(dev)
@@ -274,7 +279,10 @@ def run(settings: GenerateImagesSettings) -> Path:
                     maximum = np.maximum(maximum, image.reshape(len(sequences), -1).max(axis=1))
                     total += image.reshape(len(sequences), -1).sum(axis=1, dtype=np.float64)
                     written += 1
-                    writer.writerow(synthetic_row(sid, counts, has_image=True, sequences=sequences))
+                    at = items[position].position
+                    writer.writerow(
+                        synthetic_row(sid, counts, has_image=True, sequences=sequences, position=at)
+                    )
                 bar.update(len(positions))
             bar.close()
         pixels = max(written, 1) * size * size

@@ -12,6 +12,12 @@ stays constant whatever the count. Latents come in blocks of :data:`LATENT_BLOCK
 ``(seed, block)``: the same seed gives the same masks whatever the batch size or device (up to the device's
 floating-point differences).
 
+A slice-conditional generator (``condition=slice``) makes each mask at a normalised axial position:
+``positions=real`` (default) draws them from the non-empty real training slices of ``reference`` (the prepared
+dataset, its manifest's ``case``/``slice``), ``uniform`` from [0, 1], ``[lo, hi]`` from that range; like the
+latents, the position of mask ``i`` depends only on the seed and ``i``. The manifest records each mask's
+position (its ``position`` column). An unconditional generator ignores the default and refuses any other.
+
 A crash costs at most one batch: the work happens in ``<output>.partial-resume/`` with a progress record
 written after every batch whose files are on disk, a re-run with the same settings continues from there,
 and the finished folder is renamed into place (docs/reliability.md).
@@ -40,9 +46,10 @@ from synthseg.checkpoint import CheckpointError, load_network, safe_load
 from synthseg.data.labels import NUM_CLASSES, net_to_labels, resize_labels
 from synthseg.data.manifest import (
     MANIFEST,
-    REQUIRED_COLUMNS,
     dataset_stats,
+    manifest_columns,
     manifest_header,
+    read_manifest,
     read_provenance,
     synthetic_row,
     write_provenance,
@@ -52,7 +59,7 @@ from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
-from synthseg.settings import Settings, check_device, check_positive
+from synthseg.settings import Settings, check_choice, check_device, check_positive
 from synthseg.synth import select
 from synthseg.utils.atomic import check_free_space, sibling, write_text_atomic
 from synthseg.utils.fastpath import autocast_dtype
@@ -175,6 +182,76 @@ def latents(seed: int, start: int, stop: int, latent_dim: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+POSITION_MODES = ("real", "uniform")
+
+
+def check_positions(value: str | tuple[float, ...], key: str = "positions") -> None:
+    """Refuse a ``positions`` setting other than ``real``, ``uniform`` or a range ``[lo, hi]`` in [0, 1]."""
+    if isinstance(value, str):
+        check_choice(key, value, POSITION_MODES)
+    elif len(value) != 2 or not 0.0 <= value[0] <= value[1] <= 1.0:
+        raise InputError(f"{key} must be real, uniform or a range [lo, hi] within [0, 1], got {list(value)}")
+
+
+def real_positions(reference: str | os.PathLike[str]) -> np.ndarray:
+    """The normalised axial positions of a prepared dataset's non-empty real training slices (what a
+    conditional PGAN trained on with ``data.drop_empty``), sorted, float32."""
+    manifest = read_manifest(reference)
+    rows = manifest.rows("train")
+    rows = rows[(manifest.source[rows] == "real") & ~manifest.empty[rows]]
+    pool = manifest.positions()[rows]
+    pool = pool[np.isfinite(pool)]
+    if pool.size == 0:
+        raise InputError(f"reference={reference}: no non-empty real training slice with an axial position")
+    return np.sort(pool).astype(np.float32)
+
+
+def block_positions(
+    seed: int, block: int, mode: str | tuple[float, ...], pool: np.ndarray | None
+) -> np.ndarray:
+    """Positions of masks ``block * LATENT_BLOCK ...`` (LATENT_BLOCK,) float32, seeded by (seed, block):
+    drawn from ``pool`` (``real``), from [0, 1] (``uniform``) or from ``[lo, hi]``."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(block), 1]))
+    if mode == "real":
+        assert pool is not None
+        return pool[rng.integers(0, len(pool), LATENT_BLOCK)]
+    lo, hi = (0.0, 1.0) if mode == "uniform" else (float(mode[0]), float(mode[1]))
+    return rng.uniform(lo, hi, LATENT_BLOCK).astype(np.float32)
+
+
+def mask_positions(
+    seed: int, start: int, stop: int, mode: str | tuple[float, ...], pool: np.ndarray | None = None
+) -> np.ndarray:
+    """Positions of masks ``start .. stop - 1``, independent of how they are batched (as :func:`latents`)."""
+    parts = []
+    for block in range(start // LATENT_BLOCK, (stop - 1) // LATENT_BLOCK + 1):
+        lo = max(start, block * LATENT_BLOCK) - block * LATENT_BLOCK
+        hi = min(stop, (block + 1) * LATENT_BLOCK) - block * LATENT_BLOCK
+        parts.append(block_positions(seed, block, mode, pool)[lo:hi])
+    return np.concatenate(parts)
+
+
+def _position_pool(
+    generator: PGANGenerator, positions: str | tuple[float, ...], reference: str | None
+) -> tuple[bool, np.ndarray | None]:
+    """(conditional, the real positions to draw from): the rule for ``positions`` and an unconditional generator."""
+    if generator.condition == "none":
+        if positions != "real":
+            raise InputError(
+                f"positions={positions if isinstance(positions, str) else list(positions)}: the generator is not "
+                "slice-conditional (condition=none): leave positions at real (ignored)"
+            )
+        return False, None
+    if positions != "real":
+        return True, None
+    if not reference:
+        raise InputError(
+            "positions=real: a slice-conditional generator draws positions from the real training slices: give "
+            "reference=DIR (the prepared dataset it was trained on), or positions=uniform"
+        )
+    return True, real_positions(reference)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -242,11 +319,14 @@ class GenerateMasksSettings(Settings):
     device: str = "auto"
     autocast: str | None = None
     min_island: int = 0
+    positions: str | tuple[float, ...] = "real"
+    reference: str | None = None
     overwrite: bool = False
     progress: bool = True
 
     def check(self) -> None:
         check_device("device", self.device)
+        check_positions(self.positions)
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise InputError(f"count must be a positive number of masks, got {self.count}")
         if self.count > 999_999:
@@ -295,6 +375,9 @@ def run(settings: GenerateMasksSettings) -> Path:
         )
     dev = _device(settings.device)
     generator = generator.to(dev)
+    conditional, pool = _position_pool(generator, settings.positions, settings.reference)
+    position_mode = settings.positions if isinstance(settings.positions, str) else list(settings.positions)
+    columns = manifest_columns(position=conditional)
     check_free_space(
         output.parent if output.parent.exists() else Path.cwd(),
         count * BYTES_PER_MASK_ESTIMATE,
@@ -316,6 +399,8 @@ def run(settings: GenerateMasksSettings) -> Path:
             "size": size,
             "autocast": autocast,
             "min_island": int(min_island),
+            "positions": position_mode if conditional else None,
+            "position_pool_sha256": hashlib.sha256(pool.tobytes()).hexdigest() if pool is not None else None,
         }
         state = _load_progress(work, resume_key)
         resumed_from = int(state["done"])
@@ -342,7 +427,7 @@ def run(settings: GenerateMasksSettings) -> Path:
             future.result()
             nonlocal empty, islands
             with open(manifest_part, "a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=list(REQUIRED_COLUMNS)).writerows(rows)
+                csv.DictWriter(handle, fieldnames=list(columns)).writerows(rows)
                 handle.flush()
                 os.fsync(handle.fileno())
             class_counts[:] += counts
@@ -362,10 +447,14 @@ def run(settings: GenerateMasksSettings) -> Path:
             pending = None
             for start in range(resumed_from, count, batch_size):
                 stop = min(count, start + batch_size)
+                where = mask_positions(seed, start, stop, settings.positions, pool) if conditional else None
                 with torch.inference_mode():
                     z = latents(seed, start, stop, generator.latent_dim).to(dev)
                     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        x = generator(z, stage_resolution, alpha)
+                        if where is None:
+                            x = generator(z, stage_resolution, alpha)
+                        else:
+                            x = generator(z, stage_resolution, alpha, torch.from_numpy(where).to(dev))
                     masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
                 masks, batch_islands = remove_islands(masks, int(min_island))
                 ids = [f"synth_{i:06d}" for i in range(start, stop)]
@@ -374,10 +463,11 @@ def run(settings: GenerateMasksSettings) -> Path:
                 future = writer.submit(_write_batch, labels_dir, ids, masks)
                 counts = np.stack([(masks == c).sum(axis=(1, 2)) for c in range(NUM_CLASSES)], axis=1)
                 rows, batch_empty = [], 0
-                for sid, mask_counts in zip(ids, counts, strict=True):
+                for i, (sid, mask_counts) in enumerate(zip(ids, counts, strict=True)):
                     is_empty = int(mask_counts[1:].sum() == 0)
                     batch_empty += is_empty
-                    rows.append(synthetic_row(sid, mask_counts, has_image=False))
+                    at = None if where is None else float(where[i])
+                    rows.append(synthetic_row(sid, mask_counts, has_image=False, position=at))
                 pending = (future, stop, rows, counts.sum(axis=0), batch_empty, batch_islands)
             if pending is not None:
                 commit(pending)
@@ -385,7 +475,7 @@ def run(settings: GenerateMasksSettings) -> Path:
         # Still ours or empty? Asked before the work folder is finalised, so a refusal leaves it resumable.
         check_replaceable(output, "generate-masks", overwrite)
         # The finished folder: manifest, statistics, provenance, then the marker and the rename.
-        (work / MANIFEST).write_bytes(manifest_header().encode() + manifest_part.read_bytes())
+        (work / MANIFEST).write_bytes(manifest_header(position=conditional).encode() + manifest_part.read_bytes())
         manifest_part.unlink()
         (work / PROGRESS).unlink()
         seconds = time.perf_counter() - started
@@ -413,6 +503,9 @@ def run(settings: GenerateMasksSettings) -> Path:
             "empty_fraction": empty / count,
             "min_island": int(min_island),
             "island_pixels_removed": islands,
+            "condition": generator.condition,
+            "positions": position_mode if conditional else None,
+            "reference": settings.reference if pool is not None else None,
             "resumed_from": resumed_from,
             "seconds": seconds,
             "masks_per_second": (count - resumed_from) / seconds if seconds > 0 else None,

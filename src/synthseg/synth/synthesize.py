@@ -21,7 +21,9 @@ from synthseg import __version__
 from synthseg.data.manifest import check_files, read_provenance, read_stats, write_provenance
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_device, check_positive
-from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE
+from synthseg.synth.critic import METHODS
+from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE, check_positions
+from synthseg.synth.zscore_position import REFERENCE_BY
 from synthseg.utils.atomic import check_free_space, sibling
 from synthseg.utils.outputs import (
     DATASET_LATER,
@@ -63,6 +65,10 @@ class SynthesizeSettings(Settings):
             size.
         min_island: remove foreground islands smaller than this many pixels from the generated masks before
             the filter (:func:`synthseg.synth.generate_masks.remove_islands`); 0: off, as the paper.
+        positions: a slice-conditional PGAN's axial positions: ``real`` (those of the reference's non-empty
+            training slices), ``uniform`` or ``[lo, hi]`` (``generate-masks positions``).
+        filter_method, reference_by, position_window, critic, critic_quantile: the filter's ``method`` (zscore,
+            critic, both) and its keys of the same names (docs/filter.md).
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
         quality: measure what needs no feature extractor (diversity, memorisation, label maps) into
             ``<output>/quality/`` (docs/quality.md); FD/KID come later, from the report's real-data U-Net.
@@ -85,6 +91,12 @@ class SynthesizeSettings(Settings):
     mask_batch_size: int = 256
     image_batch_size: int = 16
     min_island: int = 0
+    positions: str | tuple[float, ...] = "real"
+    filter_method: str = "zscore"
+    reference_by: str = "all"
+    position_window: float = 2.0
+    critic: str | None = None
+    critic_quantile: float = 0.05
     device: str = "auto"
     overwrite: bool = False
     keep_intermediate: bool = True
@@ -101,6 +113,12 @@ class SynthesizeSettings(Settings):
         check_positive("mask_batch_size", self.mask_batch_size)
         check_positive("image_batch_size", self.image_batch_size)
         check_positive("min_island", self.min_island, allow_zero=True)
+        check_positions(self.positions)
+        check_choice("filter_method", self.filter_method, METHODS)
+        check_choice("reference_by", self.reference_by, REFERENCE_BY)
+        check_positive("position_window", self.position_window, allow_zero=True)
+        if not 0.0 <= self.critic_quantile < 1.0:
+            raise InputError(f"critic_quantile must be in [0, 1), got {self.critic_quantile}")
 
     def check_inputs(self) -> None:
         """Before any mask is made: the inputs exist and differ, the reference is a readable dataset with real
@@ -193,6 +211,8 @@ def _make(s: SynthesizeSettings, output: Path) -> None:
             size=s.mask_size,
             device=s.device,
             min_island=s.min_island,
+            positions=s.positions,
+            reference=s.reference,
             overwrite=True,
             progress=s.progress,
         )
@@ -207,6 +227,12 @@ def _make(s: SynthesizeSettings, output: Path) -> None:
             include_empty=s.include_empty,
             threshold=s.threshold,
             threshold_at=s.threshold_at,
+            method=s.filter_method,
+            reference_by=s.reference_by,
+            position_window=s.position_window,
+            critic=s.critic,
+            critic_quantile=s.critic_quantile,
+            device=s.device,
             overwrite=True,
             progress=s.progress,
         )
@@ -215,8 +241,8 @@ def _make(s: SynthesizeSettings, output: Path) -> None:
     if summary["kept"] == 0:
         # Nothing to paint: one line that says why, not a complaint about an empty manifest further on.
         raise FilterKeptNothing(
-            f"{kept_dir}: the Z-score filter kept none of the {s.count} generated masks (threshold "
-            f"{summary['threshold']:g} at their size; filter_discarded.png shows them): train the PGAN "
+            f"{kept_dir}: the filter ({s.filter_method}) kept none of the {s.count} generated masks "
+            "(filter.json says why; filter_discarded.png / critic_discarded.png show them): train the PGAN "
             "longer, or check its samples"
         )
     pgan_file = Path(mask_record.get("checkpoint") or s.pgan)
@@ -237,6 +263,7 @@ def _make(s: SynthesizeSettings, output: Path) -> None:
         "full_resolution_only": s.full_resolution_only,
         "min_island": s.min_island,
         "island_pixels_removed": mask_record.get("island_pixels_removed", 0),
+        "positions": mask_record.get("positions"),
         "seed": s.seed,
         "generated": s.count,
         "filter": {"threshold": s.threshold, "threshold_at": s.threshold_at, **summary},
@@ -278,7 +305,7 @@ def _make(s: SynthesizeSettings, output: Path) -> None:
 
 
 class FilterKeptNothing(InputError):
-    """The Z-score filter discarded every generated mask, so there is no synthetic pair to make."""
+    """The filter discarded every generated mask, so there is no synthetic pair to make."""
 
 
 def measure_quality(
