@@ -16,8 +16,15 @@ Every weight uses the equalized learning rate: it is stored as N(0, 1) and scale
 Fused scaling (``fused_scale=True``, the official default at every resolution from 8x8 up): the generator's
 nearest x2 upsampling + 3x3 conv runs as one stride-2 transposed conv with a 4x4 kernel, and the
 discriminator's 3x3 conv + 2x2 average pool as one stride-2 conv with a 4x4 kernel. Both kernels are built
-at run time from the stored 3x3 weight (scaled by the 3x3 fan-in, as the official layers), so the parameters,
-the state-dict keys and the function are the same either way; fused needs 16/36 of the multiply-adds.
+at run time from the stored 3x3 weight (scaled by the 3x3 fan-in, as the official layers), so the parameters
+and the state-dict keys are the same either way; fused needs 16/36 of the multiply-adds. As in the official
+``D_paper``, the two discriminators differ: fused pools inside the conv, before bias and LReLU; unfused pools
+after them. The generators compute the same function either way.
+
+The discriminator's convolutions run through :func:`synthseg.networks.conv_grad.conv2d`, whose double
+backward (the gradient penalty's) is made of ordinary convolutions; the run-time weight scale is applied to
+a layer's output instead of its weight where the output is the smaller of the two. Both give the same
+function to float32 rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from synthseg.networks import conv_grad
 from synthseg.utils.init_args import records_init_args
 
 LEAKY_SLOPE = 0.2
@@ -58,6 +66,15 @@ def _check_resolution(resolution: int, name: str = "resolution") -> int:
     return resolution
 
 
+def _scale_output(weight: Tensor, out_elements: int) -> bool:
+    """Whether the run-time weight scale is cheaper on the layer's output than on its weight.
+
+    ``layer(x, w * s) == layer(x, w) * s`` (equal to float32 rounding): the multiply, and its gradient, go
+    where there are fewer elements, e.g. on the (4, 512, 8, 8) output of a 512x512x3x3 kernel.
+    """
+    return out_elements < weight.numel()
+
+
 class EqualizedLinear(nn.Module):
     """Dense layer with the equalized learning rate.
 
@@ -81,6 +98,9 @@ class EqualizedLinear(nn.Module):
         self.scale = gain / math.sqrt(in_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _scale_output(self.weight, x.shape[0] * self.weight.shape[0]):
+            out = F.linear(x, self.weight) * self.scale
+            return out if self.bias is None else out + self.bias
         return F.linear(x, self.weight * self.scale, self.bias)
 
 
@@ -114,9 +134,16 @@ class EqualizedConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
         self.padding = kernel_size // 2
+        # The critic's convolutions run through conv_grad.conv2d (cheaper gradient penalty); same function.
+        self.double_backward = False
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+        conv = conv_grad.conv2d if self.double_backward else F.conv2d
+        out_elements = x.shape[0] * self.weight.shape[0] * x.shape[2] * x.shape[3]
+        if _scale_output(self.weight, out_elements):
+            out = conv(x, self.weight, None, 1, self.padding) * self.scale
+            return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
+        return conv(x, self.weight * self.scale, self.bias, 1, self.padding)
 
 
 class MinibatchStdDev(nn.Module):
@@ -165,10 +192,15 @@ def _one_sided_pads(weight: Tensor) -> Tensor:
 _SHIFT_SUM = _one_sided_pads(torch.eye(9).reshape(9, 3, 3)).reshape(9, 16)
 
 
-def _shift_sum(weight: Tensor) -> Tensor:
-    """(..., 3, 3) -> (..., 4, 4): the kernel zero-padded and summed over its four one-pixel shifts."""
+def _shift_sum(weight: Tensor, scale: float = 1.0, flip: bool = False) -> Tensor:
+    """(..., 3, 3) -> (..., 4, 4): the kernel zero-padded and summed over its four one-pixel shifts.
+
+    ``scale`` multiplies the result and ``flip`` flips the 3x3 kernel in both axes first; both are folded into
+    the (9, 16) matrix, so the whole build is one matmul of the weights.
+    """
     flat = weight.reshape(*weight.shape[:-2], 9)
-    matrix = _SHIFT_SUM.to(device=weight.device, dtype=weight.dtype)
+    matrix = _SHIFT_SUM.flip(0) if flip else _SHIFT_SUM  # a 3x3 flip reverses the nine flattened taps
+    matrix = (matrix * scale).to(device=weight.device, dtype=weight.dtype)
     device = weight.device.type
     if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
         # Exact sums in the weight's dtype: the convolution casts the summed kernel, as it casts the 3x3 one.
@@ -177,27 +209,32 @@ def _shift_sum(weight: Tensor) -> Tensor:
     return (flat @ matrix).reshape(*weight.shape[:-2], 4, 4)
 
 
-def upscale_conv_kernel(weight: Tensor) -> Tensor:
+def upscale_conv_kernel(weight: Tensor, scale: float = 1.0) -> Tensor:
     """The ``conv_transpose2d`` kernel (in, out, 4, 4) of nearest x2 upsampling + 'same' 3x3 ``conv2d``.
 
-    ``conv_transpose2d(x, kernel, stride=2, padding=1)`` then equals ``conv2d(up2(x), weight, padding=1)``.
-    A transposed conv scatters where ``conv2d`` gathers, so the 3x3 kernel is flipped before the shift sum.
+    ``conv_transpose2d(x, kernel, stride=2, padding=1)`` then equals ``conv2d(up2(x), weight * scale,
+    padding=1)``. A transposed conv scatters where ``conv2d`` gathers, so the 3x3 kernel is flipped before the
+    shift sum: the official ``Conv0_up`` weight (TensorFlow, used by ``conv2d_transpose`` as it is) is ours
+    flipped in both spatial axes (docs/fidelity.md).
 
     Args:
         weight: ``conv2d`` kernel (out, in, 3, 3).
+        scale: the equalized learning rate's run-time scale.
     """
-    return _shift_sum(weight.flip(-2, -1)).transpose(0, 1)
+    return _shift_sum(weight, scale, flip=True).transpose(0, 1)
 
 
-def conv_downscale_kernel(weight: Tensor) -> Tensor:
+def conv_downscale_kernel(weight: Tensor, scale: float = 1.0) -> Tensor:
     """The ``conv2d`` kernel (out, in, 4, 4) of 'same' 3x3 ``conv2d`` + 2x2 average pooling.
 
-    ``conv2d(x, kernel, stride=2, padding=1)`` then equals ``avg_pool2d(conv2d(x, weight, padding=1), 2)``.
+    ``conv2d(x, kernel, stride=2, padding=1)`` then equals ``avg_pool2d(conv2d(x, weight * scale, padding=1),
+    2)``.
 
     Args:
         weight: ``conv2d`` kernel (out, in, 3, 3).
+        scale: the equalized learning rate's run-time scale.
     """
-    return _shift_sum(weight) * 0.25
+    return _shift_sum(weight, 0.25 * scale)
 
 
 class _GeneratorInput(nn.Module):
@@ -232,7 +269,7 @@ class _GeneratorBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         conv0 = self.conv0
         if self.fused_scale:
-            kernel = upscale_conv_kernel(conv0.weight * conv0.scale)
+            kernel = upscale_conv_kernel(conv0.weight, conv0.scale)
             x = F.conv_transpose2d(x, kernel, conv0.bias, stride=2, padding=1)
         else:
             x = conv0(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -330,10 +367,12 @@ class PGANGenerator(nn.Module):
 
 
 class _DiscriminatorBlock(nn.Module):
-    """(N, in, H, W) -> (N, out, H/2, W/2): conv 3x3 + LReLU, then conv 3x3, 2x2 average pool, bias, LReLU.
+    """(N, in, H, W) -> (N, out, H/2, W/2): conv 3x3 + bias + LReLU, then conv 3x3 and 2x2 average pooling.
 
-    Pooling before bias and activation, as the official conv-downscale. With ``fused_scale`` the second conv
-    and the pooling are one stride-2 conv with the averaged 4x4 kernel (same function).
+    As the official ``D_paper``: with ``fused_scale`` (``Conv1_down``) the second conv and the pooling are one
+    stride-2 conv with the averaged 4x4 kernel, followed by the bias and the LReLU; without it (``Conv1``,
+    then ``downscale2d``) the pooling comes last, after the bias and the LReLU. The two differ where the
+    LReLU's input changes sign within a 2x2 block.
     """
 
     def __init__(self, in_channels: int, out_channels: int, fused_scale: bool = True) -> None:
@@ -346,12 +385,12 @@ class _DiscriminatorBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.leaky_relu(self.conv0(x), LEAKY_SLOPE)
         conv1 = self.conv1
-        if self.fused_scale:
-            x = F.conv2d(x, conv_downscale_kernel(conv1.weight * conv1.scale), stride=2, padding=1)
-        else:
-            x = F.avg_pool2d(conv1(x), 2)
-        x = x + self.bias.reshape(1, -1, 1, 1)
-        return F.leaky_relu(x, LEAKY_SLOPE)
+        if not self.fused_scale:
+            x = conv1(x) + self.bias.reshape(1, -1, 1, 1)
+            return F.avg_pool2d(F.leaky_relu(x, LEAKY_SLOPE), 2)
+        conv = conv_grad.conv2d if conv1.double_backward else F.conv2d
+        x = conv(x, conv_downscale_kernel(conv1.weight, conv1.scale), None, 2, 1)
+        return F.leaky_relu(x + self.bias.reshape(1, -1, 1, 1), LEAKY_SLOPE)
 
 
 class _DiscriminatorOutput(nn.Module):
@@ -379,8 +418,9 @@ class PGANDiscriminator(nn.Module):
         fmap_base: feature-map budget of ``nf(stage) = min(fmap_base / 2**stage, fmap_max)``.
         fmap_max: most feature maps of any stage.
         mbstd_group_size: group size of the minibatch standard deviation (official: 4).
-        fused_scale: conv + average pool as one stride-2 conv (official default; same weights and function,
-            fewer FLOPs). False: conv, then pool.
+        fused_scale: conv + average pool as one stride-2 conv, then bias and LReLU (official default, fewer
+            FLOPs). False: conv, bias, LReLU, then average pool (the official unfused block: not the same
+            function; same weights).
 
     ``forward(x, alpha=1.0)``: x (N, channels, r, r) with r a stage (4 ... resolution) -> (N, 1). While a
     stage fades in, the features after its block are ``lerp(fromRGB_{r/2}(avgpool2(x)), block_r(fromRGB_r(x)),
@@ -416,6 +456,9 @@ class PGANDiscriminator(nn.Module):
         for r in range(3, log2 + 1):
             self.from_rgb[f"b{2**r}"] = EqualizedConv2d(channels, nf(r - 1), 1)
             self.blocks[f"b{2**r}"] = _DiscriminatorBlock(nf(r - 1), nf(r - 2), bool(fused_scale))
+        for layer in self.modules():
+            if isinstance(layer, EqualizedConv2d):
+                layer.double_backward = True
 
     @property
     def resolutions(self) -> list[int]:
