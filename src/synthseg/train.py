@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
-from synthseg.train_checks import check_train_config
+from synthseg.models.fastpaths import RecordFastPaths, resolve_fast_paths, take_auto
+from synthseg.train_checks import check_train_config, dataset_size
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd
 from synthseg.utils.fastpath import apply_fallbacks
@@ -95,6 +96,7 @@ class ResultsWriter(pl.Callback):
         self.task_name = str(cfg.task_name)
         self.path = path
         self.metrics: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}  # further top-level entries (the fast paths auto chose)
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -108,6 +110,7 @@ class ResultsWriter(pl.Callback):
             "data_stats": getattr(trainer.datamodule, "stats", {}),
             "best_checkpoint": getattr(checkpoint, "best_model_path", "") if checkpoint else "",
             "metrics": self.metrics,
+            **self.extra,
         }
         details = getattr(pl_module, "results_details", None)
         if callable(details):
@@ -176,6 +179,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The metrics (``train/``, ``val/``, ``test/`` keys) as floats.
     """
     check_train_config(cfg)  # before anything is built or written
+    auto = take_auto(cfg)  # switches left to measurement: the model is built on the faithful values first
     apply_fallbacks(cfg)  # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -192,9 +196,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fill_channels(cfg)
     datamodule: pl.LightningDataModule = _build(cfg.data, "data", _convert_="all")
     model: pl.LightningModule = _build(cfg.model, "model", _convert_="partial")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    # A resumed run keeps the fast paths its checkpoint recorded; else measured (or this machine's cache).
+    recorded = check_checkpoint_fits(ckpt_path, model).get("fastpath") if ckpt_path is not None else None
+    choice = resolve_fast_paths(cfg, auto, model, int(cfg.data.batch_size), _probe_size(cfg), recorded)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     results_writer = ResultsWriter(cfg, output_dir / "results.json")
     callbacks.append(results_writer)
+    if choice is not None:
+        results_writer.extra["fastpath"] = choice.to_json()
+        callbacks.append(RecordFastPaths(choice))
     callbacks.append(LastCheckpointAtEnd())
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     extra: dict[str, Any] = {}
@@ -204,9 +215,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
 
     metrics: dict[str, float] = {}
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
-    if ckpt_path is not None:
-        check_checkpoint_fits(ckpt_path, model)
     if cfg.get("train", True):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(_primitive_metrics(trainer.callback_metrics))
@@ -218,6 +226,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_primitive_metrics(trainer.callback_metrics))
 
     return metrics
+
+
+def _probe_size(cfg: DictConfig) -> int:
+    """The slice side a training step sees: ``data.resolution``, else the dataset's (for ``auto``)."""
+    resolution = cfg.data.get("resolution")
+    if resolution:
+        return int(resolution)
+    root = cfg.data.get("root")
+    return (dataset_size(Path(str(root))) if root else None) or 256
 
 
 def train_main(cfg: DictConfig) -> float | None:

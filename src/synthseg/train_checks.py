@@ -58,7 +58,7 @@ def _check_data_numbers(data: dict[str, Any]) -> None:
         raise InputError(f"data.resolution must be an integer or null, got {resolution!r}")
 
 
-def _dataset_size(root: Path) -> int | None:
+def dataset_size(root: Path) -> int | None:
     """The slice side length a dataset folder records in ``stats.json`` (None: not readable here; the
     DataModule reports a missing or broken folder itself)."""
     try:
@@ -80,7 +80,7 @@ def _check_sizes(data: dict[str, Any]) -> None:
     synthetic = data.get("synthetic")
     if isinstance(synthetic, dict) and synthetic.get("count") and isinstance(synthetic.get("root"), str):
         sources.append(("data.synthetic.root", Path(synthetic["root"])))
-    sizes = [(key, path, _dataset_size(path)) for key, path in sources]
+    sizes = [(key, path, dataset_size(path)) for key, path in sources]
     sizes = [(key, path, size) for key, path, size in sizes if size is not None]
     for key, path, size in sizes:
         if resolution is None and not _power_of_two(size):
