@@ -146,8 +146,9 @@ class SPADE(nn.Module):
     """Spatially-adaptive normalisation: ``norm(x) * (1 + gamma(label)) + beta(label)``.
 
     The label map is resized to the activation with nearest interpolation, goes through a shared conv to
-    ``hidden_channels`` + ReLU, then one conv each to gamma and beta. The gamma and beta convs run as one conv
-    with their weights stacked at call time (same parameters and state-dict keys, same function).
+    ``hidden_channels`` + ReLU, then one conv each to gamma and beta. Where the activations outweigh the
+    kernels, the gamma and beta convs run as one conv with their weights stacked at call time (same
+    parameters and state-dict keys, same function).
 
     Args:
         norm_nc: channels of the activation to normalise.
@@ -199,7 +200,14 @@ class SPADE(nn.Module):
 
     def modulate(self, normalized: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """``normalized * (1 + gamma) + beta`` from the shared conv's output ``hidden`` (B, hidden, H, W)."""
-        gamma, beta = _conv_stacked(hidden, (self.mlp_gamma, self.mlp_beta), self.padding)
+        batch, _, height, width = hidden.shape
+        # Stacking copies both weights (and splits their gradient) once per call, saving one pass over hidden:
+        # worth it where the activations outweigh the kernels (the 128-channel layers at 128 and 256 px), not
+        # for the 1024-channel ones at 8-32 px.
+        if batch * height * width >= 18 * self.mlp_gamma.out_channels:
+            gamma, beta = _conv_stacked(hidden, (self.mlp_gamma, self.mlp_beta), self.padding)
+        else:
+            gamma, beta = self.mlp_gamma(hidden), self.mlp_beta(hidden)
         return normalized * (1 + gamma) + beta
 
 
