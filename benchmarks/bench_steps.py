@@ -91,7 +91,11 @@ def pgan_step(pkg: str, s: dict, channels_last: bool, foreach: bool) -> Callable
     reals = (torch.randint(0, 7, (b, 1, r, r), generator=gen).float() / 3 - 1).contiguous(memory_format=fmt)
 
     def step() -> None:
-        z_d, z_g, mixing = torch.randn(b, s["latent_dim"]), torch.randn(b, s["latent_dim"]), torch.rand(b, 1, 1, 1)
+        z_d, z_g, mixing = (
+            torch.randn(b, s["latent_dim"]),
+            torch.randn(b, s["latent_dim"]),
+            torch.rand(b, 1, 1, 1),
+        )
         g.requires_grad_(False)
         with torch.no_grad():
             fakes = g(z_d)
@@ -118,7 +122,9 @@ def spade_step(pkg: str, s: dict, channels_last: bool, foreach: bool) -> Callabl
     losses = __import__(f"{pkg}.losses.adversarial", fromlist=["x"])
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    g = networks.SPADEGenerator(image_size=s["size"], ngf=s["ngf"], hidden_channels=s["hidden"]).to(memory_format=fmt)
+    g = networks.SPADEGenerator(image_size=s["size"], ngf=s["ngf"], hidden_channels=s["hidden"]).to(
+        memory_format=fmt
+    )
     d = networks.MultiscaleDiscriminator(ndf=s["ndf"]).to(memory_format=fmt)
     objective = losses.SPADEObjective()
     opt_g = _adam(g.parameters(), foreach, lr=1e-4, betas=(0.0, 0.9))
@@ -126,7 +132,9 @@ def spade_step(pkg: str, s: dict, channels_last: bool, foreach: bool) -> Callabl
     gen = torch.Generator().manual_seed(0)
     classes = torch.randint(0, 7, (s["batch"], s["size"], s["size"]), generator=gen)
     label = F.one_hot(classes, 7).permute(0, 3, 1, 2).float().contiguous(memory_format=fmt)
-    real = (torch.rand(s["batch"], 1, s["size"], s["size"], generator=gen) * 2 - 1).contiguous(memory_format=fmt)
+    real = (torch.rand(s["batch"], 1, s["size"], s["size"], generator=gen) * 2 - 1).contiguous(
+        memory_format=fmt
+    )
 
     def discriminate(fake: torch.Tensor) -> tuple:
         out = d(torch.cat([torch.cat([label, fake], 1), torch.cat([label, real], 1)], 0))
@@ -157,7 +165,9 @@ def unet_step(pkg: str, s: dict, channels_last: bool, foreach: bool) -> Callable
     dice = __import__(f"{pkg}.losses.dice", fromlist=["x"])
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = networks.UNet(in_channels=1, num_classes=s["classes"], base_width=s["width"], bn_momentum=s["bn_momentum"])
+    net = networks.UNet(
+        in_channels=1, num_classes=s["classes"], base_width=s["width"], bn_momentum=s["bn_momentum"]
+    )
     net = net.to(memory_format=fmt)
     opt = _adam(net.parameters(), foreach, lr=s["lr"], eps=1e-7)
     gen = torch.Generator().manual_seed(0)
@@ -190,7 +200,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="batch (default: the paper's or the demo's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo's stages run with 1)")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--variants", default="nchw,channels_last", help="nchw, channels_last, foreach, baseline")
+    parser.add_argument(
+        "--variants", default="nchw,channels_last", help="nchw, channels_last, foreach, baseline"
+    )
     parser.add_argument("--baseline-src", type=Path, help="the src/ folder of another synthseg tree")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -209,7 +221,9 @@ def main() -> None:
             import_baseline(args.baseline_src)
             variants[name] = STEPS[args.model]("synthseg_baseline", settings, False, False)
         elif name in ("nchw", "channels_last", "foreach"):
-            variants[name] = STEPS[args.model]("synthseg", settings, name == "channels_last", name == "foreach")
+            variants[name] = STEPS[args.model](
+                "synthseg", settings, name == "channels_last", name == "foreach"
+            )
         else:
             parser.error(f"unknown variant {name!r}")
     wall: dict[str, list[float]] = {k: [] for k in variants}
@@ -244,11 +258,15 @@ def main() -> None:
         "wall_s": wall,
         "cpu_s": cpu,
     }
-    print(f"{args.model} {'demo' if args.demo else 'paper'} size {settings['size']} batch {settings['batch']}, "
-          f"{args.threads} thread(s), median of {args.rounds} alternating rounds (load {result['load_1min']}):")
+    print(
+        f"{args.model} {'demo' if args.demo else 'paper'} size {settings['size']} batch {settings['batch']}, "
+        f"{args.threads} thread(s), median of {args.rounds} alternating rounds (load {result['load_1min']}):"
+    )
     for name in variants:
-        print(f"  {name:<14} wall {medians[name]:8.3f} s ({result['ratio_wall'][name]:.3f}x {first})   "
-              f"cpu {cpu_medians[name]:8.3f} s ({result['ratio_cpu'][name]:.3f}x)")
+        print(
+            f"  {name:<14} wall {medians[name]:8.3f} s ({result['ratio_wall'][name]:.3f}x {first})   "
+            f"cpu {cpu_medians[name]:8.3f} s ({result['ratio_cpu'][name]:.3f}x)"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -19,6 +19,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.networks import conv_grad
+from synthseg.networks import pgan as pgan_networks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator, pixel_norm
 from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.networks.spade_layers import SPADE, SPADEResnetBlock, SpectralConv2d
@@ -135,7 +136,12 @@ def _with_biases(*nets: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("resolution, alpha", [(8, 1.0), (16, 0.4), (32, 1.0)])
-def test_pgan_critic_step_equals_the_previous_implementation(resolution, alpha):
+@pytest.mark.parametrize("conv_grad_everywhere", [False, True])
+def test_pgan_critic_step_equals_the_previous_implementation(
+    resolution, alpha, conv_grad_everywhere, monkeypatch: pytest.MonkeyPatch
+):
+    if conv_grad_everywhere:  # by default only maps of 32x32 and more take conv_grad's backward
+        monkeypatch.setattr(pgan_networks, "CONV_GRAD_MIN_PIXELS", 0)
     torch.manual_seed(1)
     d = PGANDiscriminator(**SMALL)
     g = PGANGenerator(latent_dim=16, **SMALL)

@@ -9,9 +9,10 @@ resumed checkpoint recorded), applies the choice to the model and the config, an
 run records it: the config in ``results.json`` and the module's hyperparameters hold the chosen values,
 ``results.json`` and every checkpoint a ``fastpath`` entry with the measurement.
 
-Each LightningModule describes its step for this with ``fast_path_probe(batch_size, size)`` (a
-:class:`FastPathProbe`): the networks to copy, which of them may be compiled, fixed inputs, how to build its
-optimizers and one training step.
+Each LightningModule's step is described here by a probe (:func:`probe_for`, a :class:`FastPathProbe`): the
+networks to copy, which of them may be compiled, fixed inputs, how to build its optimizers and one training
+step as its ``training_step`` computes it; :func:`apply_fast_paths` switches a built module's layout and
+compilation.
 """
 
 from __future__ import annotations
@@ -25,10 +26,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from synthseg.checkpoint import network_init_args
+from synthseg.data.labels import labels_to_net
+from synthseg.losses.dice import weighted_dice_loss
+from synthseg.models.common import set_hparams
+from synthseg.models.pgan import PGAN
+from synthseg.models.spade import SPADEModule
+from synthseg.models.unet import UNetModule
+from synthseg.progressive import DEFAULT_BATCH_SIZE
 from synthseg.utils.autotune import Candidate, Choice, Step, choose
 from synthseg.utils.fastpath import bf16_native, compile_works, wants_cuda
 
@@ -116,7 +125,8 @@ def candidates(
     if "channels_last" in auto:
         options["channels_last"] = [False, True]
     if "compile" in auto:
-        can = bool(getattr(model, "compilable", False)) and compile_works(device.type == "cuda")
+        # PGAN has no compile switch: its resolution and alpha change during training, each change recompiling
+        can = isinstance(model, UNetModule | SPADEModule) and compile_works(device.type == "cuda")
         options["compile"] = [False, True] if can else [False]
     if "precision" in auto:
         options["precision"] = ["32-true"]
@@ -194,8 +204,7 @@ def resolve_fast_paths(
         choice = Choice.from_json(recorded, source="recorded")
     else:
         options = candidates(cfg, auto, model, device)
-        probe_fn = getattr(model, "fast_path_probe", None)
-        probe = probe_fn(batch_size, size) if callable(probe_fn) and len(options) > 1 else None
+        probe = probe_for(model, batch_size, size) if len(options) > 1 else None
         if probe is None:
             choice = Choice(options[0], "only")
         else:
@@ -223,9 +232,162 @@ def apply_choice(cfg: DictConfig, model: pl.LightningModule, candidate: Candidat
         if OmegaConf.select(cfg, SWITCHES["compile"], default=None) is not None:
             OmegaConf.update(cfg, SWITCHES["compile"], candidate.compile)
         OmegaConf.update(cfg, SWITCHES["precision"], candidate.precision)
-    apply = getattr(model, "apply_fast_paths", None)
-    if callable(apply):
-        apply(channels_last=candidate.channels_last, compile=candidate.compile)
+    apply_fast_paths(model, candidate.channels_last, candidate.compile)
+
+
+def apply_fast_paths(model: pl.LightningModule, channels_last: bool, compile: bool) -> None:
+    """Switch a built module's layout and compilation (what ``auto`` chose); weights unchanged. The module's
+    hyperparameters record the values, so its checkpoints say which ran."""
+    fmt = torch.channels_last
+    if isinstance(model, UNetModule):
+        if channels_last:
+            model.net.to(memory_format=fmt)
+        object.__setattr__(model, "run_net", torch.compile(model.net) if compile else model.net)
+    elif isinstance(model, SPADEModule):
+        if channels_last:
+            model.generator.to(memory_format=fmt)
+            model.discriminator.to(memory_format=fmt)
+        object.__setattr__(
+            model, "run_generator", torch.compile(model.generator) if compile else model.generator
+        )
+        run_d = torch.compile(model.discriminator) if compile else model.discriminator
+        object.__setattr__(model, "run_discriminator", run_d)
+    elif isinstance(model, PGAN):
+        if channels_last:
+            for net in (model.generator, model.discriminator, model.generator_ema):
+                net.to(memory_format=fmt)
+        model.channels_last = bool(channels_last)
+        set_hparams(model, channels_last=bool(channels_last))
+        return
+    else:
+        return
+    set_hparams(model, channels_last=bool(channels_last), compile=bool(compile))
+
+
+def probe_for(model: pl.LightningModule, batch_size: int, size: int) -> FastPathProbe | None:
+    """The module's training step on fixed random inputs (None: a module without one, or SPADE with its VAE
+    encoder, whose latents are random in every step)."""
+    if isinstance(model, UNetModule):
+        return _unet_probe(model, batch_size, size)
+    if isinstance(model, SPADEModule) and model.encoder is None:
+        return _spade_probe(model, batch_size)
+    if isinstance(model, PGAN):
+        return _pgan_probe(model)
+    return None
+
+
+def _unet_probe(model: UNetModule, batch_size: int, size: int) -> FastPathProbe:
+    """:meth:`UNetModule.training_step`'s loss (weighted Dice [+ class-weighted CE]) and Adam step."""
+    gen = torch.Generator().manual_seed(0)
+    in_channels = int(model.net.init_args.get("in_channels", 1))
+    image = torch.randn(batch_size, in_channels, size, size, generator=gen)
+    label = torch.randint(0, model.num_classes, (batch_size, size, size), generator=gen)
+    weights, ce_weight, classes = (
+        model.class_weights.clone(),
+        float(model.hparams.ce_weight),
+        model.num_classes,
+    )
+
+    def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[Tensor]:
+        logits = nets["net"](inputs["image"]).float()
+        probs = torch.softmax(logits, dim=1)
+        target = F.one_hot(inputs["label"], classes).permute(0, 3, 1, 2).to(probs.dtype)
+        loss = weighted_dice_loss(probs, target, weights.to(probs.device))
+        if ce_weight:
+            loss = loss + ce_weight * F.cross_entropy(
+                logits, inputs["label"], weight=weights.to(logits.device)
+            )
+        update(loss, optimizers[0])
+        return [loss.detach(), logits.detach()]
+
+    return FastPathProbe(
+        networks={"net": model.net},
+        compiled=("net",),
+        inputs={"image": image, "label": label},
+        optimizers=lambda nets: [model.optimizer_factory(params=nets["net"].parameters())],
+        step=step,
+        shape=tuple(image.shape),
+    )
+
+
+def _spade_probe(model: SPADEModule, batch_size: int) -> FastPathProbe:
+    """:meth:`SPADEModule.training_step`: generator step, then discriminator step on a fresh fake; real and
+    fake through the discriminator in one batch."""
+    gen, size, label_nc = torch.Generator().manual_seed(0), model.image_size, model.label_nc
+    classes = torch.randint(0, label_nc, (batch_size, size, size), generator=gen)
+    label = F.one_hot(classes, label_nc).permute(0, 3, 1, 2).float()
+    real = torch.rand(batch_size, model.generator.output_nc, size, size, generator=gen) * 2 - 1
+    objective = model.objective
+
+    def discriminate(d: Any, label: Tensor, fake: Tensor, real: Tensor) -> tuple[list, list]:
+        outputs = d(torch.cat([torch.cat([label, fake], dim=1), torch.cat([label, real], dim=1)], dim=0))
+        half = fake.shape[0]
+        return [[f[:half] for f in o] for o in outputs], [[f[half:] for f in o] for o in outputs]
+
+    def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[Tensor]:
+        g, d, label, real = nets["generator"], nets["discriminator"], inputs["label"], inputs["real"]
+        d.requires_grad_(False)
+        fake = g(label)
+        loss_g = objective.total(objective.generator_terms(*discriminate(d, label, fake, real)))
+        update(loss_g, optimizers[0])
+        d.requires_grad_(True)
+        with torch.no_grad():
+            fake_d = g(label)
+        loss_d = objective.total(objective.discriminator_terms(*discriminate(d, label, fake_d, real)))
+        update(loss_d, optimizers[1])
+        return [loss_g.detach(), loss_d.detach(), fake.detach()]
+
+    return FastPathProbe(
+        networks={"generator": model.generator, "discriminator": model.discriminator},
+        compiled=("generator", "discriminator"),
+        inputs={"label": label, "real": real},
+        optimizers=lambda nets: [
+            model.optimizer_g_factory(params=nets["generator"].parameters()),
+            model.optimizer_d_factory(params=nets["discriminator"].parameters()),
+        ],
+        step=step,
+        shape=tuple(label.shape),
+    )
+
+
+def _pgan_probe(model: PGAN) -> FastPathProbe:
+    """:meth:`PGAN.training_step` at the final resolution and its minibatch: critic step with the gradient
+    penalty, generator step on other latents."""
+    res = model.generator.resolution
+    count = model.schedule.batch_sizes.get(res, DEFAULT_BATCH_SIZE)
+    gen, latent = torch.Generator().manual_seed(0), model.generator.latent_dim
+    reals = labels_to_net(torch.randint(0, model.classes, (count, res, res), generator=gen), model.classes)
+    inputs = {
+        "reals": reals,
+        "z_d": torch.randn(count, latent, generator=gen),
+        "z_g": torch.randn(count, latent, generator=gen),
+        "mixing": torch.rand(count, 1, 1, 1, generator=gen),
+    }
+    loss = model.loss
+
+    def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[Tensor]:
+        g, d = nets["generator"], nets["discriminator"]
+        with torch.no_grad():
+            fakes = g(inputs["z_d"])
+        terms = loss.discriminator(d, inputs["reals"], fakes, inputs["mixing"], grad_scale=update.scale())
+        update(terms["loss"], optimizers[1])
+        d.requires_grad_(False)
+        g_loss = loss.generator(d, g(inputs["z_g"]))["loss"]
+        update(g_loss, optimizers[0])
+        d.requires_grad_(True)
+        return [terms["loss"].detach(), g_loss.detach(), fakes]
+
+    return FastPathProbe(
+        networks={"generator": model.generator, "discriminator": model.discriminator},
+        compiled=(),
+        inputs=inputs,
+        optimizers=lambda nets: [
+            model.optimizer_g_factory(params=nets["generator"].parameters()),
+            model.optimizer_d_factory(params=nets["discriminator"].parameters()),
+        ],
+        step=step,
+        shape=tuple(reals.shape),
+    )
 
 
 class RecordFastPaths(pl.Callback):

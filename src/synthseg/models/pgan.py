@@ -51,17 +51,10 @@ from synthseg.data.labels import (
 )
 from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
-from synthseg.models.common import allow_unused_parameters, data_summary, set_hparams
-from synthseg.models.fastpaths import FastPathProbe, Update
+from synthseg.models.common import allow_unused_parameters, data_summary
 from synthseg.models.pgan_ticks import PGANTicks
 from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
-from synthseg.progressive import (
-    DEFAULT_BATCH_SIZE,
-    PAPER_BATCH_SIZES,
-    PAPER_TICK_KIMG,
-    GrowthStage,
-    ProgressiveSchedule,
-)
+from synthseg.progressive import PAPER_BATCH_SIZES, PAPER_TICK_KIMG, GrowthStage, ProgressiveSchedule
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.visual import grid
 
@@ -235,57 +228,6 @@ class PGAN(pl.LightningModule):
             self.optimizer_d_factory(params=self.discriminator.parameters()),
         ]
 
-    # ---------------------------------------------------------------------------------------- fast paths
-    compilable = False  # resolution and alpha change during training: every change would recompile
-
-    def apply_fast_paths(self, channels_last: bool, compile: bool) -> None:
-        """Switch to channels_last after construction (what ``auto`` chose); weights unchanged."""
-        if channels_last:
-            for net in (self.generator, self.discriminator, self.generator_ema):
-                net.to(memory_format=torch.channels_last)
-        self.channels_last = bool(channels_last)
-        set_hparams(self, channels_last=self.channels_last)
-
-    def fast_path_probe(self, batch_size: int, size: int) -> FastPathProbe:
-        """One training step at the final resolution and its minibatch (critic step with the gradient
-        penalty, generator step) on fixed random label maps and latents, for ``auto``."""
-        res = self.generator.resolution
-        count = self.schedule.batch_sizes.get(res, DEFAULT_BATCH_SIZE)
-        gen = torch.Generator().manual_seed(0)
-        reals = labels_to_net(torch.randint(0, self.classes, (count, res, res), generator=gen), self.classes)
-        latent = self.generator.latent_dim
-        inputs = {
-            "reals": reals,
-            "z_d": torch.randn(count, latent, generator=gen),
-            "z_g": torch.randn(count, latent, generator=gen),
-            "mixing": torch.rand(count, 1, 1, 1, generator=gen),
-        }
-        loss = self.loss
-
-        def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[Tensor]:
-            g, d = nets["generator"], nets["discriminator"]
-            with torch.no_grad():
-                fakes = g(inputs["z_d"])
-            terms = loss.discriminator(d, inputs["reals"], fakes, inputs["mixing"], grad_scale=update.scale())
-            update(terms["loss"], optimizers[1])
-            d.requires_grad_(False)
-            g_loss = loss.generator(d, g(inputs["z_g"]))["loss"]
-            update(g_loss, optimizers[0])
-            d.requires_grad_(True)
-            return [terms["loss"].detach(), g_loss.detach(), fakes]
-
-        return FastPathProbe(
-            networks={"generator": self.generator, "discriminator": self.discriminator},
-            compiled=(),
-            inputs=inputs,
-            optimizers=lambda nets: [
-                self.optimizer_g_factory(params=nets["generator"].parameters()),
-                self.optimizer_d_factory(params=nets["discriminator"].parameters()),
-            ],
-            step=step,
-            shape=tuple(reals.shape),
-        )
-
     @property
     def group_done(self) -> bool:
         """True between groups of ``minibatch_repeats`` minibatches, where the schedule is evaluated."""
@@ -416,6 +358,8 @@ class PGAN(pl.LightningModule):
         self._update_ema()
         self.images_seen += count * world
         self.steps += 1
+        if not self._logs_written():
+            return
         self.log_dict(
             {
                 "train/loss_D": d_terms["loss"].detach(),
@@ -432,6 +376,15 @@ class PGAN(pl.LightningModule):
             {"train/kimg": self.images_seen / 1000.0, "train/resolution": float(res), "train/alpha": alpha},
             prog_bar=True,
         )
+
+    def _logs_written(self) -> bool:
+        """Whether this step's logged values reach the logger: Lightning writes on-step values every
+        ``log_every_n_steps`` steps (and at the end), so logging the others only costs time (a sixth of a
+        profiled demo PGAN run on CPU). The last step is logged too: ``results.json`` keeps the final values."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None) if trainer is not None else None
+        written = getattr(connector, "should_update_logs", True)
+        return bool(written) or (self.group_done and self.images_seen >= self.total_images)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After each group (the tick, if one was due, was written by PGANTicks just before this hook).

@@ -29,8 +29,7 @@ from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, network_entry
 from synthseg.data.labels import colorize
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
-from synthseg.models.common import ImageLogger, allow_unused_parameters, data_summary, set_hparams
-from synthseg.models.fastpaths import FastPathProbe, Update
+from synthseg.models.common import ImageLogger, allow_unused_parameters, data_summary
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
 from synthseg.utils.visual import grid
 
@@ -235,64 +234,6 @@ class SPADEModule(pl.LightningModule):
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
         return [opt_g, opt_d]
-
-    # ---------------------------------------------------------------------------------------- fast paths
-    compilable = True  # model.compile: auto may try torch.compile
-
-    def apply_fast_paths(self, channels_last: bool, compile: bool) -> None:
-        """Switch the layout and compilation after construction (what ``auto`` chose); weights unchanged."""
-        if channels_last:
-            self.generator.to(memory_format=torch.channels_last)
-            self.discriminator.to(memory_format=torch.channels_last)
-        object.__setattr__(
-            self, "run_generator", torch.compile(self.generator) if compile else self.generator
-        )
-        run_d = torch.compile(self.discriminator) if compile else self.discriminator
-        object.__setattr__(self, "run_discriminator", run_d)
-        set_hparams(self, channels_last=bool(channels_last), compile=bool(compile))
-
-    def fast_path_probe(self, batch_size: int, size: int) -> FastPathProbe | None:
-        """One training iteration (:meth:`training_step`'s generator and discriminator steps) on fixed random
-        label maps and images, for ``auto``; None with the VAE encoder (its latents are random per step)."""
-        if self.encoder is not None:
-            return None
-        gen = torch.Generator().manual_seed(0)
-        size = self.image_size
-        classes = torch.randint(0, self.label_nc, (batch_size, size, size), generator=gen)
-        label = F.one_hot(classes, self.label_nc).permute(0, 3, 1, 2).float()
-        real = torch.rand(batch_size, self.generator.output_nc, size, size, generator=gen) * 2 - 1
-        objective = self.objective
-
-        def discriminate(d: Any, label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> tuple:
-            both = torch.cat([torch.cat([label, fake], dim=1), torch.cat([label, real], dim=1)], dim=0)
-            half = fake.shape[0]
-            outputs = d(both)
-            return [[f[:half] for f in o] for o in outputs], [[f[half:] for f in o] for o in outputs]
-
-        def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[torch.Tensor]:
-            g, d, label, real = nets["generator"], nets["discriminator"], inputs["label"], inputs["real"]
-            d.requires_grad_(False)
-            fake = g(label)
-            loss_g = objective.total(objective.generator_terms(*discriminate(d, label, fake, real)))
-            update(loss_g, optimizers[0])
-            d.requires_grad_(True)
-            with torch.no_grad():
-                fake_d = g(label)
-            loss_d = objective.total(objective.discriminator_terms(*discriminate(d, label, fake_d, real)))
-            update(loss_d, optimizers[1])
-            return [loss_g.detach(), loss_d.detach(), fake.detach()]
-
-        return FastPathProbe(
-            networks={"generator": self.generator, "discriminator": self.discriminator},
-            compiled=("generator", "discriminator"),
-            inputs={"label": label, "real": real},
-            optimizers=lambda nets: [
-                self.optimizer_g_factory(params=nets["generator"].parameters()),
-                self.optimizer_d_factory(params=nets["discriminator"].parameters()),
-            ],
-            step=step,
-            shape=tuple(label.shape),
-        )
 
     # ------------------------------------------------------------------------------------------ helpers
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,7 @@ from synthseg.errors import InputError
 from synthseg.losses.dice import weighted_dice_loss
 from synthseg.metrics.dice_error import EvalDiceError
 from synthseg.metrics.hausdorff import HD95Accumulator, hd95_per_case
-from synthseg.models.common import ImageLogger, data_summary, set_hparams
-from synthseg.models.fastpaths import FastPathProbe, Update
+from synthseg.models.common import ImageLogger, data_summary
 from synthseg.utils.visual import grid, to_gray_rgb
 
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
@@ -115,48 +114,6 @@ class UNetModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters())
-
-    # ----------------------------------------------------------------------------------------- fast paths
-    compilable = True  # model.compile: auto may try torch.compile
-
-    def apply_fast_paths(self, channels_last: bool, compile: bool) -> None:
-        """Switch the layout and compilation after construction (what ``auto`` chose); weights unchanged."""
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)
-        object.__setattr__(self, "run_net", torch.compile(self.net) if compile else self.net)
-        set_hparams(self, channels_last=bool(channels_last), compile=bool(compile))
-
-    def fast_path_probe(self, batch_size: int, size: int) -> FastPathProbe:
-        """One training step (the loss of :meth:`training_step`) on fixed random slices, for ``auto``."""
-        gen = torch.Generator().manual_seed(0)
-        in_channels = int(self.net.init_args.get("in_channels", 1))
-        image = torch.randn(batch_size, in_channels, size, size, generator=gen)
-        label = torch.randint(0, self.num_classes, (batch_size, size, size), generator=gen)
-        weights, ce_weight, classes = (
-            self.class_weights.clone(),
-            float(self.hparams.ce_weight),
-            self.num_classes,
-        )
-
-        def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[torch.Tensor]:
-            logits = nets["net"](inputs["image"]).float()
-            probs = torch.softmax(logits, dim=1)
-            target = nn.functional.one_hot(inputs["label"], classes).permute(0, 3, 1, 2).to(probs.dtype)
-            loss = weighted_dice_loss(probs, target, weights.to(probs.device))
-            if ce_weight:
-                ce = nn.functional.cross_entropy(logits, inputs["label"], weight=weights.to(logits.device))
-                loss = loss + ce_weight * ce
-            update(loss, optimizers[0])
-            return [loss.detach(), logits.detach()]
-
-        return FastPathProbe(
-            networks={"net": self.net},
-            compiled=("net",),
-            inputs={"image": image, "label": label},
-            optimizers=lambda nets: [self.optimizer_factory(params=nets["net"].parameters())],
-            step=step,
-            shape=tuple(image.shape),
-        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:

@@ -66,6 +66,17 @@ def _check_resolution(resolution: int, name: str = "resolution") -> int:
     return resolution
 
 
+# Below this many pixels per map the double backward's weight term is cheap and conv_grad's Python-level
+# backward costs more than it saves (measured at the demo's sizes, benchmarks/RESULTS.md).
+CONV_GRAD_MIN_PIXELS = 32 * 32
+
+
+def _critic_conv(double_backward: bool, x: Tensor):  # noqa: ANN202 (F.conv2d's signature)
+    if double_backward and x.shape[-1] * x.shape[-2] >= CONV_GRAD_MIN_PIXELS:
+        return conv_grad.conv2d
+    return F.conv2d
+
+
 def _scale_output(weight: Tensor, out_elements: int) -> bool:
     """Whether the run-time weight scale is cheaper on the layer's output than on its weight.
 
@@ -138,7 +149,7 @@ class EqualizedConv2d(nn.Module):
         self.double_backward = False
 
     def forward(self, x: Tensor) -> Tensor:
-        conv = conv_grad.conv2d if self.double_backward else F.conv2d
+        conv = _critic_conv(self.double_backward, x)
         out_elements = x.shape[0] * self.weight.shape[0] * x.shape[2] * x.shape[3]
         if _scale_output(self.weight, out_elements):
             out = conv(x, self.weight, None, 1, self.padding) * self.scale
@@ -388,7 +399,7 @@ class _DiscriminatorBlock(nn.Module):
         if not self.fused_scale:
             x = conv1(x) + self.bias.reshape(1, -1, 1, 1)
             return F.avg_pool2d(F.leaky_relu(x, LEAKY_SLOPE), 2)
-        conv = conv_grad.conv2d if conv1.double_backward else F.conv2d
+        conv = _critic_conv(conv1.double_backward, x)
         x = conv(x, conv_downscale_kernel(conv1.weight, conv1.scale), None, 2, 1)
         return F.leaky_relu(x + self.bias.reshape(1, -1, 1, 1), LEAKY_SLOPE)
 
