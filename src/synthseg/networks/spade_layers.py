@@ -44,8 +44,8 @@ class Float32SpectralNorm(SpectralNorm):
         ``compute_weight``, whose vectors are updated in place and cloned before use)."""
         weight = getattr(module, self.name + "_orig")
         device_type = weight.device.type
-        off = torch.amp.is_autocast_available(device_type)  # not on the meta device
-        with torch.autocast(device_type, enabled=False) if off else contextlib.nullcontext():
+        has_autocast = torch.amp.is_autocast_available(device_type)  # not on the meta device
+        with torch.autocast(device_type, enabled=False) if has_autocast else contextlib.nullcontext():
             u = getattr(module, self.name + "_u")
             v = getattr(module, self.name + "_v")
             matrix = self.reshape_weight_to_matrix(weight)
