@@ -23,7 +23,7 @@ loss through all of it (the double backward of the penalty included), plus the g
 and critic forwards and its backward (critic weights frozen, so only input gradients through the critic).
 Adam and the EMA add no counted FLOPs. The networks use the official fused scaling (their default): at
 256x256 a forward (one generated image) is 36.6 GFLOP and a training image 659 GFLOP (critic step 476 G,
-generator step 183 G); with --no-fused-scale (upsample then conv, conv then pool) 56.3 and 1,013 GFLOP
+generator step 183 G); with --no-fused-scale (upsample then conv; conv, bias, LReLU, then pool: the official unfused critic) 56.3 and 1,013 GFLOP
 (731 G + 281 G). Inputs are random tensors already on the device, so the figure is the model's compute.
 
 --compare-fused STEPS times the training step of fused and unfused networks holding the same weights,
@@ -113,7 +113,9 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=32, help="generation batch")
     parser.add_argument("--resolution", type=int, default=256, help="final stage, trained at alpha 1")
     parser.add_argument(
-        "--no-fused-scale", action="store_true", help="separate upsample/conv and conv/pool (not official)"
+        "--no-fused-scale",
+        action="store_true",
+        help="separate upsample/conv; conv, bias, LReLU, then pool (official unfused)",
     )
     parser.add_argument(
         "--compare-fused", type=int, default=0, metavar="STEPS", help="time fused vs unfused steps"

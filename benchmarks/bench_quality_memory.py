@@ -108,7 +108,9 @@ def main() -> None:
     record["vote"] = _spawn([*common, "--part", "vote"])
     record["vote_baseline"] = _spawn([*common, "--part", "vote-baseline"])
     record["vote_time_ratio"] = record["vote"]["seconds"] / record["vote_baseline"]["seconds"]
-    record["extract"] = [_spawn([*common, "--part", "extract", "--batch", b]) for b in args.batches.split(",")]
+    record["extract"] = [
+        _spawn([*common, "--part", "extract", "--batch", b]) for b in args.batches.split(",")
+    ]
     v, b = record["vote"], record["vote_baseline"]
     print(f"vote of {args.labels} label maps: {v['seconds']:.2f} s, peak {v['peak_rss_gib']:.2f} GiB; one-hot "
           f"baseline {b['seconds']:.2f} s, peak {b['peak_rss_gib']:.2f} GiB (inputs {b['peak_rss_gib_before']:.2f})",

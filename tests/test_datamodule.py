@@ -296,8 +296,12 @@ def test_memoised_resized_slices_serve_exactly_what_a_fresh_read_does(tiny_datas
     assert len(dm.train_set._memo) == len(dm.train_set)
     dm.train_set[0]["image"].add_(1.0)  # a consumer writing into a batch does not reach the memo
     assert torch.equal(dm.train_set[0]["image"], fresh.train_set[0]["image"])
-    # a per-sample resolution other than the dataset's own (PGAN's growing stages) is never memoised
-    assert dm.train_set[(1, 4)]["image"].shape[-1] == 4 and dm.train_set[(1, 4)]["label"].shape[-1] == 4
+    # a smaller per-sample resolution (PGAN's growing stages) is memoised per (slice, side) and served as read
+    for _ in range(2):
+        a, b = dm.train_set[(1, 4)], fresh.train_set[(1, 4)]
+        assert a["image"].shape[-1] == 4 and a["label"].shape[-1] == 4
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert (1, 4) in dm.train_set._memo and (1, 8) in dm.train_set._memo
 
 
 def test_no_memo_with_augmentation_native_size_or_over_the_byte_cap(tiny_dataset: Path) -> None:
@@ -359,4 +363,4 @@ def test_dataloader_workers_do_not_memoise(tiny_dataset: Path, monkeypatch: pyte
     assert dm.train_set._memo == {}
     monkeypatch.setattr(dataset_module, "get_worker_info", lambda: None)
     dm.train_set[0]
-    assert list(dm.train_set._memo) == [0]
+    assert list(dm.train_set._memo) == [(0, 8)]

@@ -20,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from synthseg.data.labels import block_mean_labels, labels_to_net
+from synthseg.errors import InputError
 from synthseg.losses.dice import WeightedDiceError, weighted_dice_from_sums
 from synthseg.metrics.dice_error import EvalDiceError, batch_mean_dice_error
 from synthseg.paths import config_dir
@@ -177,6 +178,31 @@ def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: 
     stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
     stages["synthetic"].run(tmp_path)
     assert seen["min_island"] == 8 and seen["full_resolution_only"] is True
+
+
+def test_the_demo_trains_its_pgan_with_the_mask_switches_and_the_papers_without(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from synthseg import demo as pipeline
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(pipeline, "_train", lambda overrides, out: seen.append(list(overrides)))
+    for extra in ([], ["pgan_switches=[]"]):
+        cfg = pipeline.DemoSettings.from_config(
+            pipeline.compose_config("demo", [f"output={tmp_path}", *extra])
+        )
+        {stage.output: stage for stage in pipeline.build_stages(cfg)}["pgan"].run(tmp_path)
+    switched, paper = seen
+    assert set(pipeline.MASK_SWITCHES) <= set(switched) and not set(pipeline.MASK_SWITCHES) & set(paper)
+    # the switches compose into a PGAN with one-hot classes, the slice position and ADA
+    model = compose_raw(
+        "train", [s for s in switched if "=" in s and not s.startswith(("data.", "seed"))]
+    ).model
+    assert (model.label_encoding, model.condition, model.augment) == ("onehot", "slice", "ada")
+    with pytest.raises(InputError, match="pgan_switches"):
+        pipeline.DemoSettings.from_config(
+            pipeline.compose_config("demo", [f"output={tmp_path}", "pgan_switches=[x]"])
+        )
 
 
 # ---------------------------------------------------------------------------------- 1. PGAN low-res reals

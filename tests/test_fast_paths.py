@@ -20,13 +20,10 @@ from synthseg.errors import InputError
 from synthseg.losses.wgan import WGANGPLoss
 from synthseg.models.pgan import PGAN
 from synthseg.models.spade import SPADEModule
-from synthseg.networks.pgan import MinibatchStdDev, PGANDiscriminator, PGANGenerator, pixel_norm
-from synthseg.networks.spade import (
-    Float32SpectralNorm,
-    MultiscaleDiscriminator,
-    SPADEGenerator,
-    spectral_norm_float32,
-)
+from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.networks.pgan_layers import MinibatchStdDev, pixel_norm
+from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
+from synthseg.networks.spade_layers import Float32SpectralNorm, spectral_norm_float32
 from synthseg.train import train
 from synthseg.utils.fastpath import autocast_dtype
 from tests.conftest import compose_train, write_dataset

@@ -1,4 +1,6 @@
-"""PGAN fused scaling (official ``fused_scale=True``): the default, same parameters, same function, fewer FLOPs."""
+"""PGAN fused scaling (official ``fused_scale=True``): the default, same parameters, fewer FLOPs; the same
+function in the generator, and in the discriminator the official fused block, which differs from the official
+unfused one (pooling before or after bias and activation)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from synthseg.losses.wgan import WGANGPLoss
-from synthseg.networks.pgan import (
-    PGANDiscriminator,
-    PGANGenerator,
-    conv_downscale_kernel,
-    upscale_conv_kernel,
-)
+from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.networks.pgan_layers import conv_downscale_kernel, upscale_conv_kernel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -70,44 +67,82 @@ def test_same_parameters_and_state_dict_keys_either_way():
 
 @pytest.mark.parametrize("resolution", [8, 16, 32])
 @pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
-def test_fused_and_unfused_agree_on_outputs_and_gradients(resolution, alpha):
+def test_fused_and_unfused_generators_agree_on_outputs_and_gradients(resolution, alpha):
     torch.manual_seed(1)
-    fused_g, fused_d = _pair(True)
-    plain_g, plain_d = _pair(False)
+    fused_g, plain_g = _pair(True)[0], _pair(False)[0]
     plain_g.load_state_dict(fused_g.state_dict())
-    plain_d.load_state_dict(fused_d.state_dict())
-    # Non-zero biases, so their place (before or after the pooling) matters.
-    with torch.no_grad():
-        for net in (fused_g, fused_d, plain_g, plain_d):
-            for name, p in net.named_parameters():
+    with torch.no_grad():  # non-zero biases
+        for gen in (fused_g, plain_g):
+            for name, p in gen.named_parameters():
                 if name.endswith("bias"):
                     p.copy_(torch.linspace(-0.5, 0.5, p.numel()).reshape(p.shape))
     z = torch.randn(4, 16)
-    reals = torch.randn(4, 1, resolution, resolution)
-    mixing = torch.rand(4, 1, 1, 1)
+    projection = torch.randn(4, 1, resolution, resolution)
     results = []
-    # One critic input for both critics: the two generators' fakes differ in rounding (~1e-6), and the
-    # penalty's input gradient jumps where a LeakyReLU input crosses 0, so inputs that differ only in rounding
-    # can differ in the penalty by percent (seen on an AVX2 CPU: 5.04 against 4.97).
-    shared_fakes = fused_g(z, resolution, alpha).detach()
-    for gen, disc in ((fused_g, fused_d), (plain_g, plain_d)):
+    for gen in (fused_g, plain_g):
         fakes = gen(z, resolution, alpha)
-        # The critic's loss with its gradient penalty (double backward) and the generator's loss.
-        critic = lambda x, d=disc: d(x, alpha)  # noqa: E731
-        d_loss = WGANGPLoss().discriminator(critic, reals, shared_fakes, mixing)["loss"]
-        g_loss = -disc(fakes, alpha).mean()
-        (d_loss + g_loss).backward()
-        grads = {f"g.{n}": p.grad for n, p in gen.named_parameters() if p.grad is not None}
-        grads |= {f"d.{n}": p.grad for n, p in disc.named_parameters() if p.grad is not None}
-        results.append((fakes.detach(), d_loss.detach(), grads))
-    (fakes_a, loss_a, grads_a), (fakes_b, loss_b, grads_b) = results
+        (fakes * projection).sum().backward()
+        results.append((fakes.detach(), {n: p.grad for n, p in gen.named_parameters() if p.grad is not None}))
+    (fakes_a, grads_a), (fakes_b, grads_b) = results
     torch.testing.assert_close(fakes_a, fakes_b, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-5)
-    assert grads_a.keys() == grads_b.keys()
-    assert f"g.blocks.b{resolution}.conv0.weight" in grads_a
-    assert f"d.blocks.b{resolution}.conv1.weight" in grads_a
+    assert grads_a.keys() == grads_b.keys() and f"blocks.b{resolution}.conv0.weight" in grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def _lrelu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, x, 0.2 * x)
+
+
+def test_unfused_discriminator_block_is_the_official_d_paper_block():
+    """Official ``D_paper`` with ``fused_scale=False``: Conv0, bias, act; Conv1, bias, act; then downscale2d."""
+    torch.manual_seed(0)
+    disc = PGANDiscriminator(fused_scale=False, **SMALL)
+    block = disc.blocks["b16"]
+    with torch.no_grad():
+        for p in (block.conv0.bias, block.bias):
+            p.copy_(torch.linspace(-0.5, 0.5, p.numel()))
+    x = torch.randn(2, 16, 16, 16)
+    w0, w1 = block.conv0.weight * block.conv0.scale, block.conv1.weight * block.conv1.scale
+    h = torch.zeros(2, 16, 16, 16)
+    padded = F.pad(x, (1, 1, 1, 1))
+    for i in range(3):  # the 3x3 'same' convolutions as sums of shifted products, by hand
+        for j in range(3):
+            h += torch.einsum("oc,nchw->nohw", w0[:, :, i, j], padded[:, :, i : i + 16, j : j + 16])
+    h = _lrelu(h + block.conv0.bias.reshape(1, -1, 1, 1))
+    out = torch.zeros(2, w1.shape[0], 16, 16)
+    padded = F.pad(h, (1, 1, 1, 1))
+    for i in range(3):
+        for j in range(3):
+            out += torch.einsum("oc,nchw->nohw", w1[:, :, i, j], padded[:, :, i : i + 16, j : j + 16])
+    out = _lrelu(out + block.bias.reshape(1, -1, 1, 1))
+    expected = out.reshape(2, -1, 8, 2, 8, 2).mean(dim=(3, 5))  # 2x2 box filter, stride 2
+    torch.testing.assert_close(block(x), expected, rtol=1e-4, atol=1e-5)
+    # The fused block pools inside the conv, before bias and activation: another function.
+    fused = PGANDiscriminator(fused_scale=True, **SMALL).blocks["b16"]
+    fused.load_state_dict(block.state_dict())
+    assert (fused(x) - expected).abs().max() > 1e-2
+
+
+def test_fused_conv0_up_weight_is_the_official_kernel_flipped():
+    """The official ``upscale2d_conv2d`` (TensorFlow): weight [k, k, in, out] -> [k, k, out, in], zero-padded,
+    summed over its four one-pixel shifts, used by ``conv2d_transpose`` (stride 2, 'SAME') as it is. Ours
+    computes conv2d(up2(x), W): an official kernel flipped in both spatial axes is our weight."""
+    torch.manual_seed(0)
+    official = torch.randn(3, 3, 4, 5)  # [kernel, kernel, in, out]
+    x = torch.randn(2, 4, 6, 7)
+    w = official.permute(0, 1, 3, 2)  # [k, k, out, in]
+    w = F.pad(w.permute(2, 3, 0, 1), (1, 1, 1, 1)).permute(2, 3, 0, 1)  # pad the two kernel axes
+    w = w[1:, 1:] + w[:-1, 1:] + w[1:, :-1] + w[:-1, :-1]  # [4, 4, out, in]
+    # TensorFlow's conv2d_transpose filter [h, w, out, in] is torch's conv_transpose2d weight (in, out, h, w).
+    expected = F.conv_transpose2d(x, w.permute(3, 2, 0, 1), stride=2, padding=1)
+    ours = official.permute(3, 2, 0, 1).flip(-2, -1)  # (out, in, 3, 3), flipped
+    torch.testing.assert_close(
+        F.conv_transpose2d(x, upscale_conv_kernel(ours), stride=2, padding=1), expected
+    )
+    torch.testing.assert_close(F.conv2d(F.interpolate(x, scale_factor=2.0), ours, padding=1), expected)
+    unflipped = official.permute(3, 2, 0, 1)
+    assert not torch.allclose(F.conv2d(F.interpolate(x, scale_factor=2.0), unflipped, padding=1), expected)
 
 
 def _conv_flops(net: torch.nn.Module, *args) -> int:

@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from synthseg.networks.pgan import (
+from synthseg.networks.pgan import PGANDiscriminator, PGANGenerator
+from synthseg.networks.pgan_layers import (
     EqualizedConv2d,
     EqualizedLinear,
     MinibatchStdDev,
-    PGANDiscriminator,
-    PGANGenerator,
     num_features,
     pixel_norm,
 )

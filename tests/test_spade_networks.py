@@ -7,13 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from synthseg.networks.spade import (
-    SPADE,
     ConvEncoder,
     MultiscaleDiscriminator,
     NLayerDiscriminator,
     SPADEGenerator,
-    SPADEResnetBlock,
 )
+from synthseg.networks.spade_layers import SPADE, SPADEResnetBlock
 from synthseg.networks.sync_norm import SyncBatchNorm2d
 
 

@@ -165,7 +165,9 @@ def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
     from synthseg.models.unet import UNetModule
 
     # Two pixels, two classes; the network's logits are fixed by a stand-in whose output ignores its input.
-    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).reshape(1, 2, 1, 2)  # pixel0 -> class 1, pixel1 -> class 0
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).reshape(
+        1, 2, 1, 2
+    )  # pixel0 -> class 1, pixel1 -> class 0
 
     class Fixed(torch.nn.Module):
         init_args = {"num_classes": 2}

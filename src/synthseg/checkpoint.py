@@ -293,12 +293,15 @@ def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
 UNRECORDED_BEFORE_0_3 = {"label_encoding": "index", "condition": "none"}
 
 
-def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> None:
+def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> dict[str, Any]:
     """Refuse, in one line, a training checkpoint that cannot be resumed into ``model`` (a LightningModule).
 
     Reads it with ``weights_only=True`` (a crafted pickle is refused before Lightning sees it) and compares
     its weights with the configured model's, so a checkpoint of another class count, resolution, width or
     model type is one error naming both values instead of a wall of size-mismatch lines.
+
+    Returns:
+        The checkpoint (its ``fastpath`` entry, when there is one, is the choice a resumed run keeps).
     """
     ckpt = Path(path)
     obj = safe_load(ckpt)
@@ -311,6 +314,7 @@ def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> Non
     if entry is not None and isinstance(getattr(generator, "init_args", None), dict):
         check_init_args(ckpt, {**UNRECORDED_BEFORE_0_3, **entry[0]["init_args"]}, generator.init_args)
     check_weights(ckpt, model.state_dict(), state, what=f"the configured {type(model).__name__}")
+    return obj
 
 
 def read_unet_results(path: str | os.PathLike[str]) -> dict[str, Any] | None:

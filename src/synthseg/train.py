@@ -21,13 +21,14 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from synthseg import __version__
 from synthseg.checkpoint import check_checkpoint_fits, resolve_ckpt_path
 from synthseg.errors import InputError
+from synthseg.models.fastpaths import RecordFastPaths, resolve_fast_paths, take_auto
 from synthseg.settings import Settings
-from synthseg.train_checks import RESUME_RECORD, check_train, check_train_inputs, resume_record
+from synthseg.train_checks import RESUME_RECORD, check_train, check_train_inputs, dataset_size, resume_record
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.ckpt_io import LastCheckpointAtEnd, RecordInCheckpoint
 from synthseg.utils.fastpath import apply_fallbacks
@@ -72,6 +73,7 @@ class ResultsWriter(pl.Callback):
         self.task_name = task_name
         self.path = path
         self.metrics: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}  # further top-level entries (the fast paths auto chose)
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -85,6 +87,7 @@ class ResultsWriter(pl.Callback):
             "data_stats": getattr(trainer.datamodule, "stats", {}),
             "best_checkpoint": getattr(checkpoint, "best_model_path", "") if checkpoint else "",
             "metrics": self.metrics,
+            **self.extra,
         }
         details = getattr(pl_module, "results_details", None)
         if callable(details):
@@ -172,6 +175,7 @@ class TrainSettings(Settings):
     optimized_metric: str | None = None
     float32_matmul_precision: str | None = None
     torch_threads: int | None = None
+    fastpath: dict[str, Any] | None = None  # how auto measures (conf/train.yaml, docs/hardware.md)
 
     def __post_init__(self) -> None:
         self.check()  # the seed's range is one of the training checks (their message, not the base's)
@@ -203,8 +207,13 @@ def run(settings: TrainSettings) -> Path:
         checkpoint, the ``train/``, ``val/`` and ``test/`` metrics), checkpoints and the loggers' files.
     """
     settings.check_inputs()
+    # Switches left to measurement (auto) take their faithful values first: the model is built on those.
+    nodes = OmegaConf.create(
+        {"trainer": settings.trainer, "model": settings.model, "fastpath": settings.fastpath or {}}
+    )
+    auto = take_auto(nodes)
     # bf16 / torch.compile asked for where they cannot run: fp32 / eager, said once (on copies of the nodes)
-    trainer_node, model_node, _ = apply_fallbacks(settings.trainer, settings.model)
+    trainer_node, model_node, _ = apply_fallbacks(nodes.trainer, nodes.model)
     assert model_node is not None
     pl.seed_everything(settings.seed, workers=True)
     if settings.torch_threads:
@@ -220,10 +229,23 @@ def run(settings: TrainSettings) -> Path:
 
     datamodule: pl.LightningDataModule = _build(settings.data, "data", _convert_="all")
     model: pl.LightningModule = _build(model_node, "model", _convert_="partial")
+    ckpt_path = resolve_ckpt_path(settings.ckpt_path, Path(settings.paths["log_dir"]) / settings.task_name)
+    # A resumed run keeps the fast paths its checkpoint recorded; else measured (or this machine's cache).
+    recorded = check_checkpoint_fits(ckpt_path, model).get("fastpath") if ckpt_path is not None else None
+    chosen = OmegaConf.create({"trainer": trainer_node, "model": model_node, "fastpath": nodes.fastpath})
+    choice = resolve_fast_paths(
+        chosen, auto, model, int(settings.data["batch_size"]), _probe_size(settings.data), recorded
+    )
+    if choice is not None:  # the chosen values, so results.json and the Trainer carry them
+        trainer_node = OmegaConf.to_container(chosen.trainer, resolve=True)
+        model_node = OmegaConf.to_container(chosen.model, resolve=True)
     callbacks = [instantiate(c) for c in (settings.callbacks or {}).values() if c and "_target_" in c]
     config = {**dataclasses.asdict(settings), "trainer": trainer_node, "model": model_node}
     results_writer = ResultsWriter(config, settings.task_name, output_dir / "results.json")
     callbacks.append(results_writer)
+    if choice is not None:
+        results_writer.extra["fastpath"] = choice.to_json()
+        callbacks.append(RecordFastPaths(choice))
     callbacks.append(LastCheckpointAtEnd())
     callbacks.append(RecordInCheckpoint(RESUME_RECORD, resume_record(model_node, settings.data)))
     loggers = [instantiate(c) for c in (settings.logger or {}).values() if c and "_target_" in c]
@@ -233,9 +255,6 @@ def run(settings: TrainSettings) -> Path:
         extra["enable_progress_bar"] = False
     trainer: pl.Trainer = instantiate(trainer_node, callbacks=callbacks, logger=loggers or False, **extra)
 
-    ckpt_path = resolve_ckpt_path(settings.ckpt_path, Path(settings.paths["log_dir"]) / settings.task_name)
-    if ckpt_path is not None:
-        check_checkpoint_fits(ckpt_path, model)
     if settings.train:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         results_writer.metrics.update(_primitive_metrics(trainer.callback_metrics))  # into a spawned test
@@ -261,3 +280,11 @@ def main(cfg: DictConfig) -> float | None:
     settings = TrainSettings.from_config(cfg)
     output_dir = run(settings)
     return read_metrics(output_dir).get(settings.optimized_metric) if settings.optimized_metric else None
+
+
+def _probe_size(data: dict[str, Any]) -> int:
+    """The slice side a training step sees: ``data.resolution``, else the dataset's (for ``auto``)."""
+    if data.get("resolution"):
+        return int(data["resolution"])
+    root = data.get("root")
+    return (dataset_size(Path(str(root))) if root else None) or 256

@@ -99,7 +99,7 @@ def _check_data_numbers(data: dict[str, Any]) -> None:
         raise InputError(f"data.resolution must be an integer or null, got {resolution!r}")
 
 
-def _dataset_size(root: Path) -> int | None:
+def dataset_size(root: Path) -> int | None:
     """The slice side length a dataset folder records in ``stats.json`` (None: not readable here; the
     DataModule reports a missing or broken folder itself)."""
     try:
@@ -116,7 +116,7 @@ def _power_of_two(n: int) -> bool:
 def _check_sizes(data: dict[str, Any]) -> None:
     """The prepared slices, the synthetic ones and ``data.resolution`` must fit together."""
     resolution = data.get("resolution")
-    sizes = [(key, path, _dataset_size(path)) for key, path in _dataset_roots(data)]
+    sizes = [(key, path, dataset_size(path)) for key, path in _dataset_roots(data)]
     sizes = [(key, path, size) for key, path, size in sizes if size is not None]
     for key, path, size in sizes:
         if resolution is None and not _power_of_two(size):

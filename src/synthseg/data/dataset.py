@@ -54,9 +54,10 @@ class SliceDataset(Dataset):
         augment: ``augment(image, label, rng) -> (image, label)`` applied at native size before resizing;
             its generator is seeded by (seed, epoch, index), so a resumed run sees the same augmentations.
         seed: seed of the augmentation generators.
-        memo_bytes: without augmentation, slices resized to the dataset's own ``resolution`` are kept in
-            memory after their first read when they fit in this many bytes in all (0: never), so later epochs
-            skip the area/majority-vote resizing; what is served is the same either way.
+        memo_bytes: without augmentation, slices resized to the dataset's own ``resolution`` (or to a smaller
+            side an item asks for: PGAN's growing stages) are kept in memory after their first read, per
+            (slice, side), when they fit in this many bytes in all (0: never), so later epochs skip the
+            area/majority-vote resizing; what is served is the same either way.
         cases: per source, the case (subject) id of every row; items then carry ``"case"`` (test metrics are
             gathered per subject).
         slices: per source, the axial slice index of every row; items then carry ``"slice"`` (a subject's
@@ -109,15 +110,16 @@ class SliceDataset(Dataset):
         self.cases = None if cases is None else [np.asarray(c) for c in cases]
         self.slices = None if slices is None else [np.asarray(s) for s in slices]
         self.positions = None if positions is None else [np.asarray(p, np.float32) for p in positions]
-        self._memo: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._memo: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
         if augment is None and resolution and self.sources:
             images, labels = self.sources[0]
             served = (
                 len(channels[0]) if channels is not None else (images.shape[1] if images.ndim == 4 else 1)
             )
+            # Every smaller side a progressive schedule asks for adds at most a third more (1/4 + 1/16 + ...).
             if (
                 labels.shape[-1] > resolution
-                and len(self.items) * (4 * served + 1) * resolution**2 <= memo_bytes
+                and len(self.items) * (4 * served + 1) * resolution**2 * 4 // 3 <= memo_bytes
             ):
                 self._memo = {}
 
@@ -140,15 +142,15 @@ class SliceDataset(Dataset):
         index = int(index)
         size = resolution or self.resolution
         # main process only: DataLoader workers would each fill a copy, and lose it with the worker
-        memo = self._memo if self._memo is not None and size == self.resolution else None
+        memo = self._memo if self._memo is not None and size and size <= self.resolution else None
         if memo is not None and get_worker_info() is not None:
             memo = None
-        if memo is not None and index in memo:
-            image, label = memo[index]
+        if memo is not None and (index, size) in memo:
+            image, label = memo[index, size]
         else:
             image, label = self._read(index, position, size)
             if memo is not None:
-                memo[index] = (image, label)
+                memo[index, size] = (image, label)
         label_t = torch.from_numpy(reduce_labels(label, self.classes).astype(np.int64))
         out: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image), dtype=np.float32)),

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from synthseg.networks.conv_grad import no_weight_gradients
+
 Critic = Callable[[Tensor], Tensor]
 
 
@@ -63,7 +65,9 @@ class WGANGPLoss:
         # The scores' mean carries the scale, as the scaled loss (a batch mean) does: each sample's upstream
         # gradient is grad_scale / N, which the GradScaler has tuned not to overflow.
         count = mixed_scores.shape[0]
-        (scaled_grads,) = torch.autograd.grad(mixed_scores.mean() * grad_scale, mixed, create_graph=True)
+        # Only the input gradient: convolutions of synthseg.networks.conv_grad skip their weight gradients.
+        with no_weight_gradients():
+            (scaled_grads,) = torch.autograd.grad(mixed_scores.mean() * grad_scale, mixed, create_graph=True)
         grads = scaled_grads.float() * (count / grad_scale)
         grad_norm = grads.flatten(1).norm(dim=1)
         penalty = (grad_norm - self.gp_target).square() * (self.gp_weight / self.gp_target**2)

@@ -194,7 +194,10 @@ def measure(settings: QualitySettings) -> Path:
         from synthseg.metrics.features import resolve_device
 
         feature_extractor.module.to(resolve_device(s.device))
-    syn_set, real_set = DatasetSlices(synthetic, key="synthetic"), DatasetSlices(real, s.real_split, key="real")
+    syn_set, real_set = (
+        DatasetSlices(synthetic, key="synthetic"),
+        DatasetSlices(real, s.real_split, key="real"),
+    )
     reference = reference_empty_rule(synthetic, s.reference_empty)
     reference["empty_left_out"] = real_set.drop_empty() if reference["rule"] == "exclude" else 0
     # The sequences measured: the U-Net's (its input channels), else the synthetic set's; both sets hold them.

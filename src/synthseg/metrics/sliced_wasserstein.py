@@ -522,4 +522,3 @@ def sliced_wasserstein(
         repeats=repeats,
         min_resolution=min_resolution,
     )
-

@@ -3,6 +3,7 @@
 - :func:`data_summary`: models learn about their data from one typed summary (the model side of the
   model-data contract).
 - :func:`allow_unused_parameters`: DDP settings the GAN modules need, applied from their ``setup()``.
+- :func:`set_hparams`: hyperparameters changed after construction (the fast paths ``auto`` chose).
 - :class:`ImageLogger` / :func:`write_images`: every module prepares its images in one method,
   ``log_images() -> {tag: (H, W, 3) uint8}``; the callback writes them after each validation (the U-Net and
   SPADE), and :func:`write_images` at each PGAN tick.
@@ -37,6 +38,15 @@ def allow_unused_parameters(trainer: pl.Trainer) -> None:
     ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
     if isinstance(strategy, DDPStrategy) and isinstance(ddp_kwargs, dict):
         ddp_kwargs["find_unused_parameters"] = True
+
+
+def set_hparams(module: pl.LightningModule, **values: Any) -> None:
+    """Change recorded hyperparameters after construction (the fast paths ``auto`` chose): the checkpoint's
+    ``hyper_parameters`` and the logger's copy both show the values the run used."""
+    module.hparams.update(values)
+    initial = getattr(module, "_hparams_initial", None)
+    if initial is not None:
+        initial.update(values)
 
 
 def image_writer(trainer: pl.Trainer) -> Any | None:

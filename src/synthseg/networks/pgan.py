@@ -16,8 +16,15 @@ Every weight uses the equalized learning rate: it is stored as N(0, 1) and scale
 Fused scaling (``fused_scale=True``, the official default at every resolution from 8x8 up): the generator's
 nearest x2 upsampling + 3x3 conv runs as one stride-2 transposed conv with a 4x4 kernel, and the
 discriminator's 3x3 conv + 2x2 average pool as one stride-2 conv with a 4x4 kernel. Both kernels are built
-at run time from the stored 3x3 weight (scaled by the 3x3 fan-in, as the official layers), so the parameters,
-the state-dict keys and the function are the same either way; fused needs 16/36 of the multiply-adds.
+at run time from the stored 3x3 weight (scaled by the 3x3 fan-in, as the official layers), so the parameters
+and the state-dict keys are the same either way; fused needs 16/36 of the multiply-adds. As in the official
+``D_paper``, the two discriminators differ: fused pools inside the conv, before bias and LReLU; unfused pools
+after them. The generators compute the same function either way.
+
+The discriminator's convolutions run through :func:`synthseg.networks.conv_grad.conv2d`, whose double
+backward (the gradient penalty's) is made of ordinary convolutions; the run-time weight scale is applied to
+a layer's output instead of its weight where the output is the smaller of the two. Both give the same
+function to float32 rounding.
 
 Label encodings (``label_encoding``): ``index`` (official, the paper) codes the class indices as one channel,
 mapped linearly to [-1, 1]; ``onehot`` has one channel per class, the generator's outputs on the simplex
@@ -36,6 +43,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synthseg.data.labels import LABEL_ENCODINGS
+from synthseg.networks.pgan_layers import (
+    LEAKY_SLOPE,
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchStdDev,
+    check_resolution,
+    conv_downscale_kernel,
+    critic_conv,
+    num_features,
+    pixel_norm,
+    upscale_conv_kernel,
+)
 from synthseg.networks.position import (
     PositionEmbedding,
     check_condition,
@@ -44,175 +63,6 @@ from synthseg.networks.position import (
     uniform_positions_from_latents,
 )
 from synthseg.utils.init_args import records_init_args
-
-LEAKY_SLOPE = 0.2
-PIXEL_NORM_EPS = 1e-8
-
-
-def num_features(stage: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
-    """Feature maps of a stage: ``min(fmap_base / 2**stage, fmap_max)`` (at least 1)."""
-    return max(1, min(fmap_base // 2**stage, fmap_max))
-
-
-def pixel_norm(x: Tensor, eps: float = PIXEL_NORM_EPS) -> Tensor:
-    """Normalise each pixel's feature vector to unit average square: x / sqrt(mean_c(x^2) + eps).
-
-    Args:
-        x: (N, C, ...) features.
-    """
-    # In float32 under mixed precision: in fp16, eps 1e-8 underflows to 0 and squares above 256 overflow.
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.square().mean(dim=1, keepdim=True) + eps)).to(x.dtype)
-
-
-def _check_resolution(resolution: int, name: str = "resolution") -> int:
-    if not isinstance(resolution, int) or isinstance(resolution, bool):
-        raise ValueError(f"{name} must be an int, got {resolution!r}")
-    if resolution < 8 or resolution > 1024 or resolution & (resolution - 1):
-        raise ValueError(f"{name} must be a power of two from 8 to 1024, got {resolution}")
-    return resolution
-
-
-class EqualizedLinear(nn.Module):
-    """Dense layer with the equalized learning rate.
-
-    Args:
-        in_features: input size.
-        out_features: output size.
-        gain: the run-time weight scale is ``gain / sqrt(in_features)``.
-        bias: add a learned bias (initialised to zero).
-
-    Shapes: (N, in_features) -> (N, out_features).
-    """
-
-    def __init__(
-        self, in_features: int, out_features: int, gain: float = math.sqrt(2), bias: bool = True
-    ) -> None:
-        super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(f"features must be positive, got {in_features} -> {out_features}")
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.scale = gain / math.sqrt(in_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
-
-
-class EqualizedConv2d(nn.Module):
-    """Square 'same' convolution with the equalized learning rate.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        kernel_size: odd kernel size (1 or 3 here).
-        gain: the run-time weight scale is ``gain / sqrt(in_channels * kernel_size**2)``.
-        bias: add a learned bias (initialised to zero).
-
-    Shapes: (N, in_channels, H, W) -> (N, out_channels, H, W).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        gain: float = math.sqrt(2),
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(f"channels must be positive, got {in_channels} -> {out_channels}")
-        if kernel_size <= 0 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
-        self.padding = kernel_size // 2
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
-
-
-class MinibatchStdDev(nn.Module):
-    """Append one feature map holding the average standard deviation over groups of samples.
-
-    Samples ``n`` and ``n + N/G`` (etc.) form a group, as in the official layer. The group size is
-    ``min(group_size, N)``, lowered further to the largest divisor of ``N`` when ``N`` is not divisible.
-
-    Args:
-        group_size: samples per group (official: 4).
-
-    Shapes: (N, C, H, W) -> (N, C + 1, H, W).
-    """
-
-    def __init__(self, group_size: int = 4) -> None:
-        super().__init__()
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        self.group_size = group_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        group = min(self.group_size, n)
-        while n % group:
-            group -= 1
-        # float32 under mixed precision: in fp16 the 1e-8 vanishes and sqrt(0) has an infinite gradient.
-        y = x.float().reshape(group, n // group, c, h, w)
-        y = y - y.mean(dim=0, keepdim=True)
-        y = torch.sqrt(y.square().mean(dim=0) + 1e-8)  # (M, C, H, W)
-        y = y.mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1)  # (M, 1, 1, 1)
-        y = y.repeat(group, 1, h, w).to(x.dtype)  # sample g*M + m gets group m's value
-        return torch.cat([x, y], dim=1)
-
-
-def _one_sided_pads(weight: Tensor) -> Tensor:
-    return (
-        F.pad(weight, (1, 0, 1, 0))
-        + F.pad(weight, (0, 1, 1, 0))
-        + F.pad(weight, (1, 0, 0, 1))
-        + F.pad(weight, (0, 1, 0, 1))
-    )
-
-
-# The shift sum as a (9, 16) 0/1 matrix: one matmul builds (and differentiates) a 512x512 kernel about 8x
-# faster on CPU than pads and adds, which matters at low resolutions where the convolutions themselves are cheap.
-_SHIFT_SUM = _one_sided_pads(torch.eye(9).reshape(9, 3, 3)).reshape(9, 16)
-
-
-def _shift_sum(weight: Tensor) -> Tensor:
-    """(..., 3, 3) -> (..., 4, 4): the kernel zero-padded and summed over its four one-pixel shifts."""
-    flat = weight.reshape(*weight.shape[:-2], 9)
-    matrix = _SHIFT_SUM.to(device=weight.device, dtype=weight.dtype)
-    device = weight.device.type
-    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-        # Exact sums in the weight's dtype: the convolution casts the summed kernel, as it casts the 3x3 one.
-        with torch.autocast(device, enabled=False):
-            return (flat @ matrix).reshape(*weight.shape[:-2], 4, 4)
-    return (flat @ matrix).reshape(*weight.shape[:-2], 4, 4)
-
-
-def upscale_conv_kernel(weight: Tensor) -> Tensor:
-    """The ``conv_transpose2d`` kernel (in, out, 4, 4) of nearest x2 upsampling + 'same' 3x3 ``conv2d``.
-
-    ``conv_transpose2d(x, kernel, stride=2, padding=1)`` then equals ``conv2d(up2(x), weight, padding=1)``.
-    A transposed conv scatters where ``conv2d`` gathers, so the 3x3 kernel is flipped before the shift sum.
-
-    Args:
-        weight: ``conv2d`` kernel (out, in, 3, 3).
-    """
-    return _shift_sum(weight.flip(-2, -1)).transpose(0, 1)
-
-
-def conv_downscale_kernel(weight: Tensor) -> Tensor:
-    """The ``conv2d`` kernel (out, in, 4, 4) of 'same' 3x3 ``conv2d`` + 2x2 average pooling.
-
-    ``conv2d(x, kernel, stride=2, padding=1)`` then equals ``avg_pool2d(conv2d(x, weight, padding=1), 2)``.
-
-    Args:
-        weight: ``conv2d`` kernel (out, in, 3, 3).
-    """
-    return _shift_sum(weight) * 0.25
 
 
 class _GeneratorInput(nn.Module):
@@ -247,7 +97,7 @@ class _GeneratorBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         conv0 = self.conv0
         if self.fused_scale:
-            kernel = upscale_conv_kernel(conv0.weight * conv0.scale)
+            kernel = upscale_conv_kernel(conv0.weight, conv0.scale)
             x = F.conv_transpose2d(x, kernel, conv0.bias, stride=2, padding=1)
         else:
             x = conv0(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -316,7 +166,7 @@ class PGANGenerator(nn.Module):
         condition_dim: int = 32,
     ) -> None:
         super().__init__()
-        _check_resolution(resolution)
+        check_resolution(resolution)
         _check_encoding(label_encoding, classes)
         check_condition(condition)
         if channels < 1 or latent_dim < 1 or fmap_base < 1 or fmap_max < 1 or condition_dim < 1:
@@ -387,10 +237,12 @@ class PGANGenerator(nn.Module):
 
 
 class _DiscriminatorBlock(nn.Module):
-    """(N, in, H, W) -> (N, out, H/2, W/2): conv 3x3 + LReLU, then conv 3x3, 2x2 average pool, bias, LReLU.
+    """(N, in, H, W) -> (N, out, H/2, W/2): conv 3x3 + bias + LReLU, then conv 3x3 and 2x2 average pooling.
 
-    Pooling before bias and activation, as the official conv-downscale. With ``fused_scale`` the second conv
-    and the pooling are one stride-2 conv with the averaged 4x4 kernel (same function).
+    As the official ``D_paper``: with ``fused_scale`` (``Conv1_down``) the second conv and the pooling are one
+    stride-2 conv with the averaged 4x4 kernel, followed by the bias and the LReLU; without it (``Conv1``,
+    then ``downscale2d``) the pooling comes last, after the bias and the LReLU. The two differ where the
+    LReLU's input changes sign within a 2x2 block.
     """
 
     def __init__(self, in_channels: int, out_channels: int, fused_scale: bool = True) -> None:
@@ -403,12 +255,12 @@ class _DiscriminatorBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.leaky_relu(self.conv0(x), LEAKY_SLOPE)
         conv1 = self.conv1
-        if self.fused_scale:
-            x = F.conv2d(x, conv_downscale_kernel(conv1.weight * conv1.scale), stride=2, padding=1)
-        else:
-            x = F.avg_pool2d(conv1(x), 2)
-        x = x + self.bias.reshape(1, -1, 1, 1)
-        return F.leaky_relu(x, LEAKY_SLOPE)
+        if not self.fused_scale:
+            x = conv1(x) + self.bias.reshape(1, -1, 1, 1)
+            return F.avg_pool2d(F.leaky_relu(x, LEAKY_SLOPE), 2)
+        conv = critic_conv(conv1.double_backward, x)
+        x = conv(x, conv_downscale_kernel(conv1.weight, conv1.scale), None, 2, 1)
+        return F.leaky_relu(x + self.bias.reshape(1, -1, 1, 1), LEAKY_SLOPE)
 
 
 class _DiscriminatorOutput(nn.Module):
@@ -437,8 +289,9 @@ class PGANDiscriminator(nn.Module):
         fmap_base: feature-map budget of ``nf(stage) = min(fmap_base / 2**stage, fmap_max)``.
         fmap_max: most feature maps of any stage.
         mbstd_group_size: group size of the minibatch standard deviation (official: 4).
-        fused_scale: conv + average pool as one stride-2 conv (official default; same weights and function,
-            fewer FLOPs). False: conv, then pool.
+        fused_scale: conv + average pool as one stride-2 conv, then bias and LReLU (official default, fewer
+            FLOPs). False: conv, bias, LReLU, then average pool (the official unfused block: not the same
+            function; same weights).
         label_encoding: ``index`` (official): ``channels`` inputs; ``onehot``: ``classes`` inputs (one-hot
             reals, class fractions at lower levels of detail, or the generator's probabilities).
         classes: label classes of the ``onehot`` encoding.
@@ -470,7 +323,7 @@ class PGANDiscriminator(nn.Module):
         condition_dim: int = 32,
     ) -> None:
         super().__init__()
-        _check_resolution(resolution)
+        check_resolution(resolution)
         _check_encoding(label_encoding, classes)
         check_condition(condition, condition_style)
         if channels < 1 or fmap_base < 1 or fmap_max < 1 or mbstd_group_size < 1 or condition_dim < 1:
@@ -496,6 +349,9 @@ class PGANDiscriminator(nn.Module):
         for r in range(3, log2 + 1):
             self.from_rgb[f"b{2**r}"] = EqualizedConv2d(inputs, nf(r - 1), 1)
             self.blocks[f"b{2**r}"] = _DiscriminatorBlock(nf(r - 1), nf(r - 2), bool(fused_scale))
+        for layer in self.modules():
+            if isinstance(layer, EqualizedConv2d):
+                layer.double_backward = True
 
     @property
     def resolutions(self) -> list[int]:

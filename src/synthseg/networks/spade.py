@@ -17,175 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The hook-based spectral norm (as the official code uses): unlike torch.nn.utils.parametrizations, modules
-# that carry it can be pickled, which DDP with spawned processes needs.
-from torch.nn.utils import spectral_norm
-from torch.nn.utils.spectral_norm import SpectralNorm
-
-from synthseg.networks.sync_norm import SyncBatchNorm2d
+from synthseg.networks.spade_layers import SPADEResnetBlock, check_positive, conv_layer, resize_label
 from synthseg.utils.init_args import records_init_args
 
-PARAM_FREE_NORMS = ("batch", "instance")
 UPSAMPLING_LAYERS = (5, 6, 7)  # official "normal", "more", "most"
-
-
-class Float32SpectralNorm(SpectralNorm):
-    """torch's spectral-norm hook with the power iteration and sigma in float32, also under autocast.
-
-    Under fp16 autocast on CUDA ``torch.mv`` runs in half precision, so sigma (and with it every weight)
-    would carry about three significant digits and the power-iteration vectors would drift. The weights
-    stay float32 parameters; only the conv that uses the normalised weight runs in reduced precision.
-    """
-
-    def compute_weight(self, module: nn.Module, do_power_iteration: bool) -> torch.Tensor:
-        device_type = getattr(module, self.name + "_orig").device.type
-        if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
-            return super().compute_weight(module, do_power_iteration)
-        with torch.autocast(device_type, enabled=False):
-            return super().compute_weight(module, do_power_iteration)
-
-
-def spectral_norm_float32(layer: nn.Module) -> nn.Module:
-    """``torch.nn.utils.spectral_norm`` (same state-dict keys) whose hook computes in float32."""
-    layer = spectral_norm(layer)
-    for hook in layer._forward_pre_hooks.values():
-        if type(hook) is SpectralNorm:
-            # torch's SpectralNorm.apply builds its own class; the subclass only changes compute_weight.
-            hook.__class__ = Float32SpectralNorm
-    return layer
-
-
-def _init_conv(layer: nn.Module, gain: float) -> nn.Module:
-    nn.init.xavier_normal_(layer.weight, gain=gain)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _conv(
-    in_ch: int,
-    out_ch: int,
-    kernel: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    bias: bool = True,
-    spectral: bool = False,
-    gain: float = 0.02,
-) -> nn.Module:
-    """A conv initialised before spectral norm wraps it, so the power iteration starts from the final weights."""
-    layer = _init_conv(nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias), gain)
-    return spectral_norm_float32(layer) if spectral else layer
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-
-
-class SPADE(nn.Module):
-    """Spatially-adaptive normalisation: ``norm(x) * (1 + gamma(label)) + beta(label)``.
-
-    The label map is resized to the activation with nearest interpolation, goes through a shared conv to
-    ``hidden_channels`` + ReLU, then one conv each to gamma and beta.
-
-    Args:
-        norm_nc: channels of the activation to normalise.
-        label_nc: channels of the (one-hot) label map.
-        hidden_channels: width of the shared conv (official 128).
-        kernel_size: kernel of the three convs (odd).
-        param_free_norm: ``"batch"`` (affine-free batch norm, synchronised across processes) or
-            ``"instance"``.
-        init_gain: xavier-normal gain of the convs.
-
-    Shape:
-        x (B, norm_nc, H, W), label (B, label_nc, h, w) -> (B, norm_nc, H, W).
-    """
-
-    def __init__(
-        self,
-        norm_nc: int,
-        label_nc: int,
-        hidden_channels: int = 128,
-        kernel_size: int = 3,
-        param_free_norm: str = "batch",
-        init_gain: float = 0.02,
-    ):
-        super().__init__()
-        _check_positive(norm_nc=norm_nc, label_nc=label_nc, hidden_channels=hidden_channels)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-        if param_free_norm == "batch":
-            self.param_free_norm: nn.Module = SyncBatchNorm2d(norm_nc)
-        elif param_free_norm == "instance":
-            self.param_free_norm = nn.InstanceNorm2d(norm_nc, affine=False)
-        else:
-            raise ValueError(f"param_free_norm must be one of {PARAM_FREE_NORMS}, got {param_free_norm!r}")
-        pad = kernel_size // 2
-        self.mlp_shared = nn.Sequential(
-            _conv(label_nc, hidden_channels, kernel_size, padding=pad, gain=init_gain), nn.ReLU()
-        )
-        self.mlp_gamma = _conv(hidden_channels, norm_nc, kernel_size, padding=pad, gain=init_gain)
-        self.mlp_beta = _conv(hidden_channels, norm_nc, kernel_size, padding=pad, gain=init_gain)
-
-    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        normalized = self.param_free_norm(x)
-        label = F.interpolate(label, size=x.shape[2:], mode="nearest")
-        hidden = self.mlp_shared(label)
-        return normalized * (1 + self.mlp_gamma(hidden)) + self.mlp_beta(hidden)
-
-
-class SPADEResnetBlock(nn.Module):
-    """Residual block with SPADE: two (SPADE -> LeakyReLU 0.2 -> conv 3x3) steps plus a shortcut.
-
-    The middle width is ``min(fin, fout)``; when ``fin != fout`` the shortcut is its own SPADE followed by a
-    1x1 conv without bias. Spectral norm wraps the block convs (not the SPADE convs).
-
-    Args:
-        fin: input channels.
-        fout: output channels.
-        label_nc: label-map channels.
-        spectral: spectral norm on conv_0, conv_1, conv_s.
-        hidden_channels, param_free_norm, init_gain: passed to each :class:`SPADE`.
-
-    Shape:
-        x (B, fin, H, W), label (B, label_nc, h, w) -> (B, fout, H, W).
-    """
-
-    def __init__(
-        self,
-        fin: int,
-        fout: int,
-        label_nc: int,
-        spectral: bool = True,
-        hidden_channels: int = 128,
-        param_free_norm: str = "batch",
-        init_gain: float = 0.02,
-    ):
-        super().__init__()
-        _check_positive(fin=fin, fout=fout, label_nc=label_nc)
-        self.learned_shortcut = fin != fout
-        fmiddle = min(fin, fout)
-        conv = {"spectral": spectral, "gain": init_gain}
-        spade = {
-            "hidden_channels": hidden_channels,
-            "param_free_norm": param_free_norm,
-            "init_gain": init_gain,
-        }
-        self.conv_0 = _conv(fin, fmiddle, 3, padding=1, **conv)
-        self.conv_1 = _conv(fmiddle, fout, 3, padding=1, **conv)
-        self.norm_0 = SPADE(fin, label_nc, **spade)
-        self.norm_1 = SPADE(fmiddle, label_nc, **spade)
-        if self.learned_shortcut:
-            self.conv_s = _conv(fin, fout, 1, bias=False, **conv)
-            self.norm_s = SPADE(fin, label_nc, **spade)
-
-    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        shortcut = self.conv_s(self.norm_s(x, label)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, label), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, label), 0.2))
-        return shortcut + dx
 
 
 class SPADEGenerator(nn.Module):
@@ -230,7 +65,7 @@ class SPADEGenerator(nn.Module):
         init_gain: float = 0.02,
     ):
         super().__init__()
-        _check_positive(label_nc=label_nc, output_nc=output_nc, ngf=ngf, image_size=image_size, z_dim=z_dim)
+        check_positive(label_nc=label_nc, output_nc=output_nc, ngf=ngf, image_size=image_size, z_dim=z_dim)
         if num_upsampling_layers not in UPSAMPLING_LAYERS:
             raise ValueError(
                 f"num_upsampling_layers must be one of {UPSAMPLING_LAYERS}, got {num_upsampling_layers}"
@@ -255,7 +90,7 @@ class SPADEGenerator(nn.Module):
             nn.init.xavier_normal_(self.fc.weight, gain=init_gain)
             nn.init.zeros_(self.fc.bias)
         else:
-            self.fc = _conv(label_nc, 16 * nf, 3, padding=1, gain=init_gain)
+            self.fc = conv_layer(label_nc, 16 * nf, 3, padding=1, gain=init_gain)
 
         def block(fin: int, fout: int) -> SPADEResnetBlock:
             return SPADEResnetBlock(
@@ -273,7 +108,7 @@ class SPADEGenerator(nn.Module):
         if num_upsampling_layers == 7:
             self.up_4 = block(nf, nf // 2)
             final_nc = nf // 2
-        self.conv_img = _conv(final_nc, output_nc, 3, padding=1, gain=init_gain)
+        self.conv_img = conv_layer(final_nc, output_nc, 3, padding=1, gain=init_gain)
 
     @staticmethod
     def _up(x: torch.Tensor) -> torch.Tensor:
@@ -290,17 +125,27 @@ class SPADEGenerator(nn.Module):
             x = self.fc(z).view(batch, -1, self.start_size, self.start_size)
         else:
             x = self.fc(F.interpolate(label, size=(self.start_size, self.start_size), mode="nearest"))
-        x = self._up(self.head_0(x, label))
-        x = self.G_middle_0(x, label)
+        resized: dict[tuple[int, ...], torch.Tensor] = {}
+
+        def at(x: torch.Tensor) -> torch.Tensor:
+            """The label map at the size of ``x``, resized once per size and forward."""
+            size = tuple(x.shape[2:])
+            if size not in resized:
+                resized[size] = resize_label(label, size)
+            return resized[size]
+
+        x = self._up(self.head_0(x, at(x)))
+        x = self.G_middle_0(x, at(x))
         if self.num_upsampling_layers >= 6:
             x = self._up(x)
-        x = self._up(self.G_middle_1(x, label))
-        x = self._up(self.up_0(x, label))
-        x = self._up(self.up_1(x, label))
-        x = self._up(self.up_2(x, label))
-        x = self.up_3(x, label)
+        x = self._up(self.G_middle_1(x, at(x)))
+        x = self._up(self.up_0(x, at(x)))
+        x = self._up(self.up_1(x, at(x)))
+        x = self._up(self.up_2(x, at(x)))
+        x = self.up_3(x, at(x))
         if self.num_upsampling_layers == 7:
-            x = self.up_4(self._up(x), label)
+            x = self._up(x)
+            x = self.up_4(x, at(x))
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
 
 
@@ -331,13 +176,13 @@ class ConvEncoder(nn.Module):
         init_gain: float = 0.02,
     ):
         super().__init__()
-        _check_positive(input_nc=input_nc, ndf=ndf, z_dim=z_dim, image_size=image_size)
+        check_positive(input_nc=input_nc, ndf=ndf, z_dim=z_dim, image_size=image_size)
         widths = [input_nc, ndf, 2 * ndf, 4 * ndf, 8 * ndf, 8 * ndf] + (
             [8 * ndf] if image_size >= 256 else []
         )
         self.layers = nn.ModuleList(
             nn.Sequential(
-                _conv(cin, cout, 3, stride=2, padding=1, bias=False, spectral=True, gain=init_gain),
+                conv_layer(cin, cout, 3, stride=2, padding=1, bias=False, spectral=True, gain=init_gain),
                 nn.InstanceNorm2d(cout, affine=False),
             )
             for cin, cout in zip(widths[:-1], widths[1:], strict=True)
@@ -393,12 +238,13 @@ class NLayerDiscriminator(nn.Module):
         init_gain: float = 0.02,
     ):
         super().__init__()
-        _check_positive(input_nc=input_nc, ndf=ndf, n_layers=n_layers, kernel_size=kernel_size)
+        check_positive(input_nc=input_nc, ndf=ndf, n_layers=n_layers, kernel_size=kernel_size)
         pad = math.ceil((kernel_size - 1) / 2)  # official: 2 for kernel 4
         nf = ndf
         layers = [
             nn.Sequential(
-                _conv(input_nc, nf, kernel_size, stride=2, padding=pad, gain=init_gain), nn.LeakyReLU(0.2)
+                conv_layer(input_nc, nf, kernel_size, stride=2, padding=pad, gain=init_gain),
+                nn.LeakyReLU(0.2),
             )
         ]
         for n in range(1, n_layers):
@@ -406,7 +252,7 @@ class NLayerDiscriminator(nn.Module):
             stride = 1 if n == n_layers - 1 else 2
             layers.append(
                 nn.Sequential(
-                    _conv(
+                    conv_layer(
                         nf_prev,
                         nf,
                         kernel_size,
@@ -420,7 +266,7 @@ class NLayerDiscriminator(nn.Module):
                     nn.LeakyReLU(0.2),
                 )
             )
-        layers.append(nn.Sequential(_conv(nf, 1, kernel_size, padding=pad, gain=init_gain)))
+        layers.append(nn.Sequential(conv_layer(nf, 1, kernel_size, padding=pad, gain=init_gain)))
         self.model = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -459,7 +305,7 @@ class MultiscaleDiscriminator(nn.Module):
         init_gain: float = 0.02,
     ):
         super().__init__()
-        _check_positive(label_nc=label_nc, output_nc=output_nc, num_D=num_D)
+        check_positive(label_nc=label_nc, output_nc=output_nc, num_D=num_D)
         self.input_nc = label_nc + output_nc
         self.discriminators = nn.ModuleList(
             NLayerDiscriminator(self.input_nc, ndf, n_layers, kernel_size, spectral, init_gain)

@@ -475,7 +475,9 @@ def run(settings: GenerateMasksSettings) -> Path:
         # Still ours or empty? Asked before the work folder is finalised, so a refusal leaves it resumable.
         check_replaceable(output, "generate-masks", overwrite)
         # The finished folder: manifest, statistics, provenance, then the marker and the rename.
-        (work / MANIFEST).write_bytes(manifest_header(position=conditional).encode() + manifest_part.read_bytes())
+        (work / MANIFEST).write_bytes(
+            manifest_header(position=conditional).encode() + manifest_part.read_bytes()
+        )
         manifest_part.unlink()
         (work / PROGRESS).unlink()
         seconds = time.perf_counter() - started

@@ -105,4 +105,3 @@ def check_label_order(seg: np.ndarray, convention: BratsConvention, path: Path |
             f"{'/'.join(map(str, values['edema']))}) ({core:.0%} vs {edema:.0%} of their faces outside the "
             f"tumor); the data looks like {_swapped(convention)}"
         )
-
