@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -366,6 +370,16 @@ def _multi_class(classes: int) -> dict[str, tuple[list[float], list[float]]]:
     return {"soft": (inter, total), "hard": (inter, total), "region": ([6, 4, 3], [30, 20, 10])}
 
 
+def tiny_spade_snapshot(path: Path) -> Path:
+    """A tiny SPADE generator snapshot (7 classes, 32x32, untrained) at ``path``."""
+    from synthseg.networks.spade import SPADEGenerator
+
+    torch.manual_seed(0)
+    generator = SPADEGenerator(label_nc=7, ngf=4, image_size=32, hidden_channels=8)
+    save_network(generator.eval(), path, meta={"train_max": 1500.0})
+    return path
+
+
 def tiny_snapshot(path: Path, size: int = 32) -> Path:
     torch.manual_seed(0)
     gen = PGANGenerator(resolution=16, latent_dim=8, fmap_base=32, fmap_max=8)
@@ -374,3 +388,23 @@ def tiny_snapshot(path: Path, size: int = 32) -> Path:
         gen.to_rgb["b16"].weight.mul_(3.0)
     save_network(gen.eval(), path, meta={"tick": 1, "kimg": 1.0, "dataset_size": size, "resolution": 16})
     return path
+
+
+def kill_when(
+    command: list[str],
+    ready: Callable[[], bool],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    poll: float = 0.005,
+) -> None:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` holds, and check that it really was killed (it must
+    not have finished by then). One thread (``OMP_NUM_THREADS=1``) unless ``env`` says otherwise."""
+    env = env if env is not None else {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the command finished before it could be killed"

@@ -177,7 +177,12 @@ def test_candidates_follow_the_config(tmp_path: Path) -> None:
     assert candidates(cfg, take_auto(cfg), model, torch.device("cpu")) == [FAITHFUL]
 
 
-@pytest.mark.parametrize("model_overrides", [PGAN_TINY, SPADE_TINY], ids=["pgan", "spade"])
+PGAN_MASKS = [*PGAN_TINY, "model.label_encoding=onehot", "model.condition=slice", "model.augment=ada"]
+
+
+@pytest.mark.parametrize(
+    "model_overrides", [PGAN_TINY, PGAN_MASKS, SPADE_TINY], ids=["pgan", "pgan_onehot_slice_ada", "spade"]
+)
 def test_gan_probes_run_their_training_step_in_both_layouts(
     tmp_path: Path, cache: Path, model_overrides: list[str]
 ) -> None:

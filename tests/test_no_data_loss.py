@@ -18,8 +18,7 @@ from omegaconf import OmegaConf
 
 from synthseg.errors import InputError
 from synthseg.utils.outputs import MARKER
-from tests.conftest import write_dataset
-from tests.test_reliability_atomic import tiny_snapshot, tiny_spade_snapshot
+from tests.conftest import tiny_snapshot, tiny_spade_snapshot, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

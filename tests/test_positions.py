@@ -201,7 +201,7 @@ def test_manifests_without_the_column_still_load(tmp_path: Path) -> None:
 
 def test_synthesize_carries_the_positions_to_the_synthetic_dataset(tmp_path: Path, prepared: Path) -> None:
     from synthseg.synth import synthesize
-    from tests.test_reliability_atomic import tiny_spade_snapshot
+    from tests.conftest import tiny_spade_snapshot
 
     settings = synthesize.SynthesizeSettings(
         pgan=conditional_snapshot(tmp_path / "cond.pt"), spade=tiny_spade_snapshot(tmp_path / "spade.pt"),

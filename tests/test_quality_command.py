@@ -270,7 +270,7 @@ def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_p
 
 def test_synthesize_runs_the_extractor_free_quality(tmp_path: Path) -> None:
     from synthseg.synth import synthesize
-    from tests.test_reliability_atomic import tiny_snapshot, tiny_spade_snapshot
+    from tests.conftest import tiny_snapshot, tiny_spade_snapshot
 
     prepared = write_dataset(tmp_path / "prepared", num_slices=40, size=32)
     out = tmp_path / "synthetic"

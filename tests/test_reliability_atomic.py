@@ -4,26 +4,20 @@ a re-run completes; generate-masks resumes where it stopped instead of starting 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from synthseg.checkpoint import save_network
 from synthseg.data.manifest import read_provenance
 from synthseg.synth import export
 from synthseg.synth import filter as zfilter
 from synthseg.synth import generate_masks as masks_module
 from synthseg.synth.generate_masks import PROGRESS, GenerateMasksSettings, resume_folder
-from tests.conftest import tiny_snapshot, write_dataset
+from tests.conftest import kill_when, tiny_snapshot, tiny_spade_snapshot, write_dataset
 
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
 
@@ -39,18 +33,6 @@ def run_masks(**options: Any) -> dict[str, Any]:
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (relative path -> bytes)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def kill_when(command: list[str], ready: Callable[[], bool], cwd: Path, timeout: float = 180) -> None:
-    """Start ``command``, SIGKILL it as soon as ``ready()`` holds, and check that it really was killed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and not ready() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the command finished before it could be killed"
 
 
 def partial_of(target: Path) -> Callable[[], bool]:
@@ -145,7 +127,7 @@ def test_sigkill_of_generate_masks_keeps_the_old_output_and_resumes(tmp_path: Pa
     count = 2500
     command = [SYNTHSEG, "generate-masks", f"checkpoint={snap}", f"count={count}", f"output={out}",
                "batch_size=50", "overwrite=true", "progress=false", "device=cpu"]  # fmt: skip
-    kill_when(command, some_batches_done, tmp_path)
+    kill_when(command, some_batches_done, tmp_path, timeout=180)
     assert tree(out) == before  # the previous output, untouched
     done = json.loads((work / PROGRESS).read_text())["done"]
     assert 100 <= done < count
@@ -183,7 +165,7 @@ def test_sigkill_of_filter_keeps_the_old_output_and_a_rerun_completes(big, tmp_p
     before = tree(out)
     command = [SYNTHSEG, "filter", f"masks={big['synthetic']}", f"reference={big['prepared']}",
                f"output={out}", "overwrite=true", "progress=false", "threshold_quantile=0.5"]  # fmt: skip
-    kill_when(command, partial_of(out), tmp_path)
+    kill_when(command, partial_of(out), tmp_path, timeout=180)
     assert tree(out) == before
     zfilter.run(
         zfilter.FilterSettings(
@@ -205,7 +187,7 @@ def test_sigkill_of_export_keeps_the_old_output_and_a_rerun_completes(big, tmp_p
     before = tree(folder)
     command = [SYNTHSEG, "export", f"source=[{big['prepared']},{big['synthetic']}]", f"output={out}",
                "overwrite=true", "progress=false"]  # fmt: skip
-    kill_when(command, partial_of(folder), tmp_path)
+    kill_when(command, partial_of(folder), tmp_path, timeout=180)
     assert tree(folder) == before
     export.run(
         export.ExportSettings(
@@ -234,7 +216,7 @@ def test_sigkill_of_report_keeps_the_old_output_and_a_rerun_completes(tmp_path: 
     command = [SYNTHSEG, "report", f"runs={runs}", f"output={out}", "bootstrap.samples=20",
                "figures.segmentation_slices=4", f"figures.masks_full={big_masks(tmp_path)}",
                "overwrite=true"]  # fmt: skip
-    kill_when(command, partial_of(out), tmp_path)
+    kill_when(command, partial_of(out), tmp_path, timeout=180)
     assert tree(out) == before
     report.run(ReportSettings.from_config({"runs": runs, "output": out, "bootstrap": {"samples": 20},
                                            "overwrite": True, "figures": {"segmentation_slices": 4}},
@@ -251,15 +233,6 @@ def big_masks(tmp_path: Path) -> Path:
     for i in range(48):
         write_label8(folder / f"m{i:02d}.png", rng.integers(0, 7, (256, 256), dtype=np.uint8))
     return folder
-
-
-def tiny_spade_snapshot(path: Path) -> Path:
-    from synthseg.networks.spade import SPADEGenerator
-
-    torch.manual_seed(0)
-    generator = SPADEGenerator(label_nc=7, ngf=4, image_size=32, hidden_channels=8)
-    save_network(generator.eval(), path, meta={"train_max": 1500.0})
-    return path
 
 
 @pytest.mark.slow
@@ -280,7 +253,7 @@ def test_sigkill_of_synthesize_keeps_the_old_output_and_a_rerun_completes(big, t
     command = [SYNTHSEG, "synthesize", f"pgan={pgan}", f"spade={spade}", f"reference={big['prepared']}",
                f"count={count}", f"output={out}", "threshold=1e9", "device=cpu", "overwrite=true",
                "progress=false"]  # fmt: skip
-    kill_when(command, partial_of(out), tmp_path)
+    kill_when(command, partial_of(out), tmp_path, timeout=180)
     assert tree(out) == before
     synthesize.run(
         synthesize.SynthesizeSettings(
@@ -312,7 +285,7 @@ def test_sigkill_of_generate_images_keeps_the_old_output_and_a_rerun_completes(b
     before = tree(out)
     command = [SYNTHSEG, "generate-images", f"checkpoint={spade}", f"masks={big['synthetic']}", f"output={out}",
                "device=cpu", "overwrite=true", "progress=false"]  # fmt: skip
-    kill_when(command, partial_of(out), tmp_path)
+    kill_when(command, partial_of(out), tmp_path, timeout=180)
     assert tree(out) == before
     generate_images.run(
         generate_images.GenerateImagesSettings(

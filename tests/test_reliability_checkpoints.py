@@ -226,13 +226,7 @@ def test_missing_checkpoint_and_nothing_to_resume_are_one_line(tmp_path: Path) -
         _one_line(str(err.value))
 
 
-SPADE_TINY = [
-    "model=spade",
-    "model.generator.ngf=4",
-    "model.generator.image_size=32",
-    "model.generator.hidden_channels=8",
-    "model.discriminator.ndf=4",
-]
+SPADE_TINY = ["model=spade", "debug=tiny_spade"]
 
 
 def test_spade_resume_with_another_class_count_is_one_clear_error(tmp_path: Path) -> None:

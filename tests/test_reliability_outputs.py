@@ -23,8 +23,8 @@ from synthseg.data.pngio import write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.synth.generate_masks import PROGRESS, resume_folder
 from synthseg.utils.outputs import OutputLockedError, claim_output, lock_path
+from tests.conftest import tiny_snapshot
 from tests.test_prepare import make_cohort
-from tests.test_reliability_atomic import tiny_snapshot
 
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

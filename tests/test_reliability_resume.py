@@ -5,10 +5,8 @@ both Adam states, kimg, resolution and alpha) and SPADE (weights, Adam states, t
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 
 from synthseg.checkpoint import safe_load
 from synthseg.progressive import ProgressiveSchedule
-from tests.conftest import write_dataset
+from tests.conftest import kill_when, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,11 +96,7 @@ def _spade_command(data: Path, logs: Path, *extra: str) -> list[str]:
         "data.eval_batch_size=4",
         f"paths.log_dir={logs}",
         "torch_threads=1",
-        "model.generator.ngf=4",
-        "model.generator.image_size=32",
-        "model.generator.hidden_channels=8",
-        "model.discriminator.ndf=4",
-        "model.discriminator.n_layers=3",
+        "debug=tiny_spade",
         "model.num_val_images=2",
         "model.niter=1",
         "model.niter_decay=2",
@@ -150,17 +144,6 @@ def _run_to_end(command: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _kill_when(command: list[str], ready: Callable[[], bool], poll: float = 0.01) -> None:
-    """Start ``command`` and SIGKILL it as soon as ``ready()``; the run must not have finished by then."""
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(poll)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-
-
 # model: (command, dataset (slices, size), the killed checkpoint's check, the final checkpoints' checks)
 CASES: dict[str, tuple[Callable[..., list[str]], tuple[int, int], Callable[[dict], bool], Callable]] = {
     # 5 batches per epoch, 15 steps
@@ -177,7 +160,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(model: str, tmp_path: Pat
     data = write_dataset(tmp_path / "prepared", num_slices=slices, size=size)
     _run_to_end(command(data, tmp_path / "whole"))
     crashed = tmp_path / "crashed"
-    _kill_when(command(data, crashed), lambda: bool(list(crashed.rglob("last.ckpt"))))
+    kill_when(command(data, crashed), lambda: bool(list(crashed.rglob("last.ckpt"))), env=ENV, poll=0.01)
     assert killed_early(safe_load(_last(crashed)))
     _run_to_end(command(data, crashed, "ckpt_path=last"))
     a, b = safe_load(_last(tmp_path / "whole")), safe_load(_last(crashed))
@@ -209,7 +192,7 @@ def test_unet_resume_keeps_the_best_validation_bookkeeping(tmp_path: Path) -> No
     _run_to_end(_unet_command(data, tmp_path / "whole"))
     crashed = tmp_path / "crashed"
     # Kill after the first epoch's validation, so a best score exists before the crash.
-    _kill_when(_unet_command(data, crashed), lambda: _in_second_epoch(crashed), poll=0.005)
+    kill_when(_unet_command(data, crashed), lambda: _in_second_epoch(crashed), env=ENV)
     _run_to_end(_unet_command(data, crashed, "ckpt_path=last"))
     a, b = safe_load(_last(tmp_path / "whole")), safe_load(_last(crashed))
     assert _best_bookkeeping(a) == _best_bookkeeping(b)

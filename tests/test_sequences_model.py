@@ -317,11 +317,7 @@ def test_region_labels_follow_nnunet_brats_conversion(tmp_path):
 # ---------------------------------------------------------------------------------- one training step
 SPADE_TINY = [
     "model=spade",
-    "model.generator.ngf=4",
-    "model.generator.image_size=32",
-    "model.generator.hidden_channels=8",
-    "model.discriminator.ndf=4",
-    "model.discriminator.n_layers=3",
+    "debug=tiny_spade",
     "model.num_val_images=2",
     "data.batch_size=2",
     "data.eval_batch_size=2",

@@ -20,11 +20,7 @@ from synthseg.train import train
 
 TINY = [
     "model=spade",
-    "model.generator.ngf=4",
-    "model.generator.image_size=32",
-    "model.generator.hidden_channels=8",
-    "model.discriminator.ndf=4",
-    "model.discriminator.n_layers=3",
+    "debug=tiny_spade",
     "model.num_val_images=3",
     "data.eval_batch_size=4",
     "data.batch_size=4",

@@ -356,23 +356,42 @@ def _pgan_probe(model: PGAN) -> FastPathProbe:
     res = model.generator.resolution
     count = model.schedule.batch_sizes.get(res, DEFAULT_BATCH_SIZE)
     gen, latent = torch.Generator().manual_seed(0), model.generator.latent_dim
-    reals = labels_to_net(torch.randint(0, model.classes, (count, res, res), generator=gen), model.classes)
+    labels = torch.randint(0, model.classes, (count, res, res), generator=gen)
+    # as the critic sees reals: one channel of class indices, or one per class (label_encoding=onehot)
+    onehot = model.label_encoding == "onehot"
+    reals = (
+        F.one_hot(labels, model.classes).permute(0, 3, 1, 2).float()
+        if onehot
+        else labels_to_net(labels, model.classes)
+    )
     inputs = {
         "reals": reals,
         "z_d": torch.randn(count, latent, generator=gen),
         "z_g": torch.randn(count, latent, generator=gen),
         "mixing": torch.rand(count, 1, 1, 1, generator=gen),
     }
+    if model.condition != "none":  # the slice's axial position, fed to both networks
+        inputs["position"] = torch.rand(count, generator=gen)
     loss = model.loss
 
     def step(nets: dict, optimizers: list, inputs: dict, update: Update) -> list[Tensor]:
         g, d = nets["generator"], nets["discriminator"]
+        position = inputs.get("position")
+
+        def critic(x: Tensor) -> Tensor:
+            return d(x) if position is None else d(x, 1.0, position)
+
+        def generate(z: Tensor) -> Tensor:
+            return g(z) if position is None else g(z, None, 1.0, position)
+
         with torch.no_grad():
-            fakes = g(inputs["z_d"])
-        terms = loss.discriminator(d, inputs["reals"], fakes, inputs["mixing"], grad_scale=update.scale())
+            fakes = generate(inputs["z_d"])
+        terms = loss.discriminator(
+            critic, inputs["reals"], fakes, inputs["mixing"], grad_scale=update.scale()
+        )
         update(terms["loss"], optimizers[1])
         d.requires_grad_(False)
-        g_loss = loss.generator(d, g(inputs["z_g"]))["loss"]
+        g_loss = loss.generator(critic, generate(inputs["z_g"]))["loss"]
         update(g_loss, optimizers[0])
         d.requires_grad_(True)
         return [terms["loss"].detach(), g_loss.detach(), fakes]

@@ -312,7 +312,7 @@ def test_filter_refuses_the_reference_as_its_masks(clean, tmp_path) -> None:
 def test_synthesize_refuses_a_mask_size_its_spade_cannot_paint_before_any_mask(tmp_path) -> None:
     # mask_size=64 with a SPADE trained at 32: refused only after every mask was generated and filtered.
     from synthseg.synth import synthesize
-    from tests.test_reliability_atomic import tiny_spade_snapshot
+    from tests.conftest import tiny_spade_snapshot
 
     reference = write_dataset(tmp_path / "prepared", num_slices=10, size=64)
     settings = synthesize.SynthesizeSettings(
