@@ -180,25 +180,26 @@ def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: 
     assert seen["min_island"] == 8 and seen["full_resolution_only"] is True
 
 
-def test_the_demo_trains_its_pgan_with_the_mask_switches_and_the_papers_without(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_the_demo_trains_the_papers_pgan_unless_given_mask_switches(tmp_path: Path, monkeypatch) -> None:
     from synthseg import demo as pipeline
 
     seen: list[list[str]] = []
     monkeypatch.setattr(pipeline, "_train", lambda overrides, out: seen.append(list(overrides)))
-    for extra in ([], ["pgan_switches=[]"]):
+    switches = "pgan_switches=[" + ",".join(f"'{s}'" for s in pipeline.MASK_SWITCHES) + "]"
+    for extra in ([], [switches]):
         cfg = pipeline.DemoSettings.from_config(
             pipeline.compose_config("demo", [f"output={tmp_path}", *extra])
         )
         {stage.output: stage for stage in pipeline.build_stages(cfg)}["pgan"].run(tmp_path)
-    switched, paper = seen
-    assert set(pipeline.MASK_SWITCHES) <= set(switched) and not set(pipeline.MASK_SWITCHES) & set(paper)
+    paper, switched = seen
+    assert not set(pipeline.MASK_SWITCHES) & set(paper) and set(pipeline.MASK_SWITCHES) <= set(switched)
     # the switches compose into a PGAN with one-hot classes, the slice position and ADA
-    model = compose_raw(
-        "train", [s for s in switched if "=" in s and not s.startswith(("data.", "seed"))]
-    ).model
+    model = compose_raw("train", [s for s in switched if not s.startswith(("data.", "seed"))]).model
     assert (model.label_encoding, model.condition, model.augment) == ("onehot", "slice", "ada")
+    assert (
+        compose_raw("train", [s for s in paper if not s.startswith(("data.", "seed"))]).model.label_encoding
+        == "index"
+    )
     with pytest.raises(InputError, match="pgan_switches"):
         pipeline.DemoSettings.from_config(
             pipeline.compose_config("demo", [f"output={tmp_path}", "pgan_switches=[x]"])

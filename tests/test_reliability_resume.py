@@ -100,6 +100,8 @@ def _spade_command(data: Path, logs: Path, *extra: str) -> list[str]:
         "model.num_val_images=2",
         "model.niter=1",
         "model.niter_decay=2",
+        "model.optimizer_g.lr=1e-4",  # the paper's rates (spade_demo's are 10x): halved after epoch 2
+        "model.optimizer_d.lr=4e-4",
         "trainer.max_epochs=3",
         "++trainer.limit_train_batches=2",
         "++trainer.limit_val_batches=1",

@@ -161,8 +161,9 @@ def sweep_overrides(cfg: DemoSweep, slices: int, full: int) -> list[str]:
     ]
 
 
-# One-hot classes, the slice position and ADA (its speed set for a 40-kimg run): the best combination of the
-# study at the demo's sizes (docs/masks.md), the switches of experiment=pgan_full_masks.
+# One-hot classes, the slice position and ADA (its speed set for a 40-kimg run): the combination the study at
+# the demo's sizes chose (docs/masks.md), the switches of experiment=pgan_full_masks. Not the demo's default: in
+# the demo its masks lost the tumor bodies and CSF (docs/demo.md).
 MASK_SWITCHES = (
     "model.label_encoding=onehot",
     "model.condition=slice",
@@ -198,8 +199,8 @@ class DemoSettings(Settings):
     workers: int = 2
     resolution: int = 64
     sequences: tuple[str, ...] = ("t1c",)
-    # The PGAN's label-map switches beyond the paper (docs/masks.md: the study that chose them); () = the paper's
-    pgan_switches: tuple[str, ...] = MASK_SWITCHES
+    # PGAN overrides beyond the paper (e.g. MASK_SWITCHES, docs/masks.md); () = the paper's PGAN
+    pgan_switches: tuple[str, ...] = ()
     spade: DemoSpade = field(default_factory=DemoSpade)
     synthetic: DemoSynthetic = field(default_factory=DemoSynthetic)
     sweep: DemoSweep = field(default_factory=DemoSweep)
