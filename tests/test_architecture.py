@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("synth",),
     ("models",),
     ("report",),
-    ("train", "train_checks", "demo", "cli", "__main__"),
+    ("train", "train_checks", "demo", "demo_sweep", "cli", "__main__"),
 )
 
 
@@ -152,6 +152,7 @@ def test_utils_import_nothing_from_models_or_data() -> None:
     assert not {k: v for k, v in found.items() if v}
 
 
+@pytest.mark.slow
 def test_importing_synth_and_metrics_loads_no_lightning() -> None:
     """The static check above misses imports made by what they import; this one runs them."""
     names = [

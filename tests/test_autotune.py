@@ -197,6 +197,7 @@ def test_gan_probes_run_their_training_step_in_both_layouts(
     assert model.hparams.channels_last is choice.candidate.channels_last
 
 
+@pytest.mark.slow
 def test_a_run_records_the_choice_and_a_resume_takes_it(
     tiny_dataset: Path, tmp_path: Path, cache: Path
 ) -> None:

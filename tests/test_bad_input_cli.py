@@ -146,6 +146,7 @@ def written(tmp: Path) -> list[str]:
     return sorted(str(p.relative_to(area)) for p in area.rglob("*") if not p.name.endswith(".lock"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input_is_one_line_and_writes_nothing(name, inputs, tmp_path, capsys) -> None:
     command, overrides, maker, expected = ROWS[name]
@@ -193,6 +194,7 @@ def fill(text: str, inputs: dict[str, Path]) -> str:
     return text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "overrides", "message"), TRAIN_ROWS, ids=[r[0] for r in TRAIN_ROWS])
 def test_training_config_is_checked_before_anything(name, overrides, message, inputs, tmp_path) -> None:
     from synthseg.train import train

@@ -325,6 +325,7 @@ def test_synthesize_refuses_a_mask_size_its_spade_cannot_paint_before_any_mask(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pgan.pt", "prepared", "spade.pt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -486,6 +487,7 @@ def _read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache.os, "access", access)
 
 
+@pytest.mark.slow
 def test_a_read_only_dataset_trains_with_its_cache_in_the_user_cache_folder(
     clean, tmp_path, capsys, monkeypatch, user_cache
 ) -> None:

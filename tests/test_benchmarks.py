@@ -50,6 +50,7 @@ def test_run_all_measures_every_model_and_writes_records_and_table(tmp_path: Pat
     assert "fused Adam" in table
 
 
+@pytest.mark.slow
 def test_run_all_reports_a_failed_benchmark_and_exits_non_zero(tmp_path: Path) -> None:
     done = _run_all(tmp_path, "--only", "pgan", "--timeout", "0.5")
     assert done.returncode == 1
@@ -58,6 +59,7 @@ def test_run_all_reports_a_failed_benchmark_and_exits_non_zero(tmp_path: Path) -
     assert (tmp_path / "pgan.log").is_file()
 
 
+@pytest.mark.slow
 def test_bench_quality_quick_times_every_part_against_the_spade_baseline(tmp_path: Path) -> None:
     script = RUN_ALL.parent / "bench_quality.py"
     record_path = tmp_path / "quality.json"
@@ -78,6 +80,7 @@ def test_bench_quality_quick_times_every_part_against_the_spade_baseline(tmp_pat
     assert "quality / synthesis" in done.stderr
 
 
+@pytest.mark.slow
 def test_quality_memory_benchmark_measures_the_vote_against_its_baseline_and_each_batch(
     tmp_path: Path,
 ) -> None:

@@ -27,6 +27,7 @@ class _CrashAtStep(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", [9, 13])  # resumed mid-epoch 1 (from step 8) and mid-epoch 2 (from 12)
 def test_resume_ends_with_last_ckpt_at_the_final_step_like_an_uninterrupted_run(
     tmp_path: Path, crash_at: int

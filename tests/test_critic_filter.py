@@ -127,6 +127,7 @@ def test_critic_threshold_reproduces_a_hand_calibration(setup: dict) -> None:
     assert not (out / "filter_calibration.png").exists()
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_the_batch(setup: dict) -> None:
     def scores(batch_size: int) -> np.ndarray:
         out = zfilter.run(
@@ -168,6 +169,7 @@ def test_a_snapshot_without_a_critic_is_refused_in_one_line(setup: dict) -> None
         zfilter.run(settings)
 
 
+@pytest.mark.slow
 def test_a_trained_conditional_run_filters_with_its_own_critic(tmp_path: Path) -> None:
     from synthseg.train import train
 

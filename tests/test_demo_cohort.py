@@ -35,6 +35,7 @@ def _load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return np.asarray(img.dataobj), img
 
 
+@pytest.mark.slow
 def test_layout_and_naming(cohort: Path) -> None:
     dirs = _case_dirs(cohort)
     assert len(dirs) == CASES
@@ -94,6 +95,7 @@ def test_tumor_has_all_classes_and_t1c_appearance(cohort: Path) -> None:
         assert edema_radius > tumour_radius
 
 
+@pytest.mark.slow
 def test_tissue_maps_and_contrast_order(cohort: Path) -> None:
     for case in _case_dirs(cohort):
         t1ce, _ = _load(case / f"{case.name}_t1ce.nii.gz")
@@ -111,6 +113,7 @@ def test_tissue_maps_and_contrast_order(cohort: Path) -> None:
         assert all(f > 0.05 for f in fractions), fractions
 
 
+@pytest.mark.slow
 def test_t1_t2_flair_have_their_own_contrast(cohort: Path) -> None:
     for case in _case_dirs(cohort):
         seg, _ = _load(case / f"{case.name}_seg.nii.gz")
@@ -167,6 +170,7 @@ def test_a_sequence_sometimes_has_a_slightly_different_skull_strip() -> None:
     assert 1 <= differing <= 8
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_through_cli(
     cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,6 +199,7 @@ def test_same_seed_same_bytes_through_cli(
     assert not (tmp_path / "again" / "montage.png").exists()
 
 
+@pytest.mark.slow
 def test_other_seed_differs() -> None:
     assert demo_case.case_names(4, SEED) != demo_case.case_names(4, SEED + 1)
     assert len(set(demo_case.case_names(50, SEED))) == 50

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from synthseg.data.manifest import read_manifest
-from synthseg.demo import DemoSweep, row_slices, sweep_overrides
+from synthseg.demo_sweep import DemoSweep, row_slices, sweep_overrides
 from tests.conftest import write_dataset
 
 
@@ -13,6 +15,7 @@ def _settings(overrides: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in overrides)
 
 
+@pytest.mark.slow
 def test_every_row_trains_as_many_steps_as_full_real(tmp_path: Path) -> None:
     prepared = write_dataset(tmp_path / "prepared", num_slices=60)
     manifest = read_manifest(prepared)
@@ -56,6 +59,7 @@ def test_precision_and_fast_paths_reach_the_runs() -> None:
         "32-true", "false", "false")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_real_rows_train_beside_the_gans_and_the_report_waits_for_everything(tmp_path: Path) -> None:
     from synthseg import demo as pipeline
 
@@ -85,6 +89,7 @@ def _stand_in(name: str, out: Path) -> None:
     (out / name / "ran.json").write_text(json.dumps({"pid": os.getpid(), "threads": torch.get_num_threads()}))
 
 
+@pytest.mark.slow
 def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -167,6 +167,7 @@ def test_the_demo_says_which_improvements_it_uses() -> None:
     assert "image_norm=zscore" in demo and "ce_weight=1" in demo
 
 
+@pytest.mark.slow
 def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: Path, monkeypatch) -> None:
     from synthseg import demo as pipeline
     from synthseg.synth import synthesize as synthesize_module
@@ -180,6 +181,7 @@ def test_the_demo_clears_islands_from_its_masks_and_passes_the_switch(tmp_path: 
     assert seen["min_island"] == 8 and seen["full_resolution_only"] is True
 
 
+@pytest.mark.slow
 def test_the_demo_trains_the_papers_pgan_unless_given_mask_switches(tmp_path: Path, monkeypatch) -> None:
     from synthseg import demo as pipeline
 
@@ -286,6 +288,7 @@ def test_average_asks_the_datamodule_for_full_resolution_labels(mode: str, serve
     assert module._feed.calls == [("resolution", served), ("batch", 16)]
 
 
+@pytest.mark.slow
 def test_official_tick_schedule_gives_the_papers_205_ticks_and_tick_86() -> None:
     from types import SimpleNamespace
 

@@ -279,6 +279,7 @@ def test_spade_trains_in_bf16_mixed_precision(tiny_dataset: Path, tmp_path: Path
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_fused_adam_switch_reaches_every_optimizer_and_trains(gan_data: Path, tmp_path: Path):
     from hydra.utils import instantiate
 

@@ -208,6 +208,7 @@ def test_existing_output_needs_overwrite(tiny_dataset, snapshot, tmp_path):
         generate_images.run(settings)
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_mask_in_one_line(snapshot, tmp_path):
     folder, bad = bad_mask_folder(tmp_path, "value")
     result = subprocess.run(

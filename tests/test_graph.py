@@ -65,6 +65,7 @@ def test_one_worker_runs_in_list_order_after_needs_here(tmp_path: Path) -> None:
     assert order == ["a", "b", "report"] == done
 
 
+@pytest.mark.slow
 def test_two_workers_run_side_by_side_with_one_thread_each_and_needs_wait(tmp_path: Path) -> None:
     jobs = [
         Job("gan", partial(_record, tmp_path, "gan", 1.0)),
@@ -82,6 +83,7 @@ def test_two_workers_run_side_by_side_with_one_thread_each_and_needs_wait(tmp_pa
     assert report["start"] >= max(gan["end"], real["end"], synthetic["end"])
 
 
+@pytest.mark.slow
 def test_a_failing_job_stops_the_graph_and_kills_the_running_ones(tmp_path: Path) -> None:
     jobs = [
         Job("sleeper", partial(_sleep_then_record, tmp_path)),

@@ -212,6 +212,7 @@ def _unrelated(tmp: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_folder_writer_keeps_what_it_did_not_write(name: str, tmp_path: Path) -> None:
     command = COMMANDS[name](tmp_path / "in")
@@ -344,6 +345,7 @@ def test_demo_stage_clean_up_keeps_user_files(
     assert (out / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_synthesize_removes_only_its_own_intermediate_folders(tmp_path: Path) -> None:
     from synthseg.synth import synthesize
 
@@ -522,6 +524,7 @@ READERS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", _bad_names_ids())
 @pytest.mark.parametrize("reader", READERS)
 def test_ids_and_paths_from_a_manifest_stay_inside_their_folder(
@@ -578,6 +581,7 @@ def test_an_id_made_from_a_file_name_is_checked_too(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------- the lock covers everything a run touches (issue 24, class 2)
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_a_folder_that_appears_at_the_output_during_a_run_is_refused_not_deleted(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -605,6 +609,7 @@ def test_a_folder_that_appears_at_the_output_during_a_run_is_refused_not_deleted
     assert not [p.name for p in folder.parent.iterdir() if p.name.endswith((".partial", ".old"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_user_folders_named_like_leftovers_beside_the_output_are_kept(name: str, tmp_path: Path) -> None:
     """Leftovers are matched exactly (``.<name>.<8 hex>.partial``/``.old``): ``filter output=T/out`` used to delete
@@ -795,6 +800,7 @@ def test_two_training_runs_started_in_the_same_second_get_their_own_run_folders(
 
 
 # -------------------------------------------------------------------- messages that say what happened (class 5)
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_an_empty_folder_is_filled_without_overwrite(name: str, tmp_path: Path) -> None:
     """``mkdir out; synthseg filter ... output=out`` said "out: already exists (pass overwrite=true ...)", though

@@ -129,6 +129,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("pgan_switches") / "prepared", num_slices=40, size=16)
 
 
+@pytest.mark.slow
 def test_conditional_onehot_ada_pgan_trains_and_resumes_exactly(data: Path, tmp_path: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

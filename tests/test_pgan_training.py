@@ -243,6 +243,7 @@ def test_train_grows_to_target_and_writes_snapshots_swd_and_checkpoint(pgan_data
     assert not list((run / "checkpoints").glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(pgan_data: Path, tmp_path: Path):
     common = ["model.swd_images=0", "model.minibatch_repeats=2"]
     full = _run(tmp_path / "full", pgan_data, 0.096, *common)

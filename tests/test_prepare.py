@@ -249,6 +249,7 @@ def test_paper_split_mixes_cases(tmp_path: Path) -> None:
     assert [r["split"] for r in rows].count("train") == 64
 
 
+@pytest.mark.slow
 def test_rerun_identical_and_workers_agree(tmp_path: Path) -> None:
     make_cohort(tmp_path / "src", 3, shape=(6, 5, 4))
     run_prepare(settings(tmp_path / "src", tmp_path / "a", seed=7))
@@ -550,6 +551,7 @@ def test_cli_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     ]
 
 
+@pytest.mark.slow
 def test_real_size_case(tmp_path: Path) -> None:
     """One case at BraTS size 240x240x155 (int16) -> 155 slices of 256x256, padded by 8 on each side."""
     shape = (240, 240, 155)
@@ -586,6 +588,7 @@ prep.run(prep.PrepareSettings(source=sys.argv[1], output=sys.argv[2], size=8, wo
 """
 
 
+@pytest.mark.slow
 def test_sigkill_midway_keeps_old_output_and_rerun_completes(tmp_path: Path) -> None:
     make_cohort(tmp_path / "src", 3, shape=(6, 5, 20))
     out = tmp_path / "out"

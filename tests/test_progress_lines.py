@@ -30,6 +30,7 @@ def _train_to_file(tmp_path: Path, *overrides: str) -> str:
     return log.read_text()
 
 
+@pytest.mark.slow
 def test_train_with_stdout_to_a_file_logs_one_line_per_epoch(tiny_dataset: Path, tmp_path: Path) -> None:
     text = _train_to_file(tmp_path, *TINY, f"data.root={tiny_dataset}", "trainer.max_epochs=3", "test=false")
     assert "\r" not in text
@@ -78,6 +79,7 @@ def test_a_process_sharing_stdout_prints_lines_naming_its_run(
         ["run7:", "epoch"], ["run7:", "epoch"]]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_pgan_with_stdout_to_a_file_logs_one_line_per_tick(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "prepared", num_slices=40, size=16)
     text = _train_to_file(

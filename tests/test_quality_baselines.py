@@ -85,6 +85,7 @@ def test_split_by_case_puts_every_case_on_one_side_and_cuts_all_sets_to_one_n() 
     assert split_by_case(np.array(["one"] * 9), synthetic_count=9, seed=0) is None
 
 
+@pytest.mark.slow
 def test_nearest_real_baseline_reads_other_cases_only(tmp_path: Path) -> None:
     # Every case is one slice repeated five times: the whole-split search finds a copy in the same case (Dice 1);
     # split by case, the baseline compares different cases.
@@ -107,6 +108,7 @@ def test_nearest_real_baseline_reads_other_cases_only(tmp_path: Path) -> None:
         assert math.isfinite(base[key])
 
 
+@pytest.mark.slow
 def test_every_feature_figure_has_its_real_baseline_and_its_value_at_the_baselines_n(tmp_path: Path) -> None:
     from synthseg.checkpoint import save_network
     from synthseg.networks.unet import UNet
@@ -135,6 +137,7 @@ def test_every_feature_figure_has_its_real_baseline_and_its_value_at_the_baselin
 
 
 # ------------------------------------------------------------------------------------- intensity range
+@pytest.mark.slow
 def test_ms_ssim_is_unchanged_by_one_bright_voxel_in_an_unrelated_slice(tmp_path: Path) -> None:
     before = write_dataset(tmp_path / "before", num_slices=50, size=32)
     after = write_dataset(tmp_path / "after", num_slices=50, size=32)
@@ -176,6 +179,7 @@ def _pgan_run(root: Path, drop_empty: bool) -> Path:
     return snapshot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("drop_empty", "rule", "count"), [(True, "exclude", 35), (False, "include", 40)])
 def test_the_reference_follows_the_pgan_run_named_in_the_provenance(
     tmp_path: Path, drop_empty: bool, rule: str, count: int
@@ -258,6 +262,7 @@ def test_wm_ratios_are_free_of_each_scans_gain() -> None:
     assert ratios[0, 4] == pytest.approx(1.0) and ratios[0, 5] == pytest.approx(500 / 700)
 
 
+@pytest.mark.slow
 def test_class_intensity_reads_levels_order_and_distance_in_real_wm_units(tmp_path: Path) -> None:
     real_pairs = [_pair(LEVELS, noise=5.0, seed=i) for i in range(20)]
     close = {**LEVELS, 4: 750.0, 5: 460.0}  # WM 50 and GM 40 off: 0.071 and 0.057 of the real WM level

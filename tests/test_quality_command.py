@@ -30,6 +30,7 @@ def sets(tmp_path: Path) -> dict[str, Path]:
     return {"real": real, "synthetic": synthetic, "unet": unet}
 
 
+@pytest.mark.slow
 def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "quality"
     result = measure_quality(
@@ -58,6 +59,7 @@ def test_quality_writes_every_metric_and_figure(sets: dict[str, Path], tmp_path:
     assert result["features"] == feats
 
 
+@pytest.mark.slow
 def test_quality_is_seeded(sets: dict[str, Path], tmp_path: Path) -> None:
     a = measure_quality(
         synthetic=sets["synthetic"],
@@ -81,6 +83,7 @@ def test_quality_is_seeded(sets: dict[str, Path], tmp_path: Path) -> None:
     assert a["synthetic_count"] == 16
 
 
+@pytest.mark.slow
 def test_a_planted_copy_is_counted_and_shown_first(sets: dict[str, Path], tmp_path: Path) -> None:
     # A synthetic set made of the real training slices themselves: every pair is a copy.
     copy = write_dataset(tmp_path / "copy", num_slices=50, size=64)
@@ -95,6 +98,7 @@ def test_a_planted_copy_is_counted_and_shown_first(sets: dict[str, Path], tmp_pa
     assert "features" not in result
 
 
+@pytest.mark.slow
 def test_discard_rate_comes_from_the_synthesize_record(sets: dict[str, Path], tmp_path: Path) -> None:
     record = {"synthesize": {"filter": {"synthetic_discarded_fraction": 0.25}}}
     (sets["synthetic"] / "prepare.json").write_text(json.dumps(record))
@@ -128,6 +132,7 @@ def test_bad_inputs_are_one_clear_error(sets: dict[str, Path], tmp_path: Path) -
         measure_quality(synthetic=odd, real=sets["real"], output=tmp_path / "q", extractor=None)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_quality_command(sets: dict[str, Path], tmp_path: Path, capsys) -> None:
     from synthseg.cli import main
 
@@ -182,6 +187,7 @@ def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- report
+@pytest.mark.slow
 def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_path: Path) -> None:
     from tests.test_report import make_run
 
@@ -268,6 +274,7 @@ def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_p
     assert not (out / "table3.md").exists()
 
 
+@pytest.mark.slow
 def test_synthesize_runs_the_extractor_free_quality(tmp_path: Path) -> None:
     from synthseg.synth import synthesize
     from tests.conftest import tiny_snapshot, tiny_spade_snapshot
@@ -285,6 +292,7 @@ def test_synthesize_runs_the_extractor_free_quality(tmp_path: Path) -> None:
     assert np.isfinite(saved["diversity"]["ms_ssim_synthetic"])
 
 
+@pytest.mark.slow
 def test_the_metrics_import_neither_lightning_nor_the_lightning_modules() -> None:
     import subprocess
     import sys
@@ -327,6 +335,7 @@ def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
         measure_quality(synthetic=sets["synthetic"], real=sets["real"], output=tmp_path / "q", unet=ckpt)
 
 
+@pytest.mark.slow
 def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, Path], tmp_path: Path) -> None:
     from synthseg.data.dataset import zscore_brain
     from synthseg.metrics.features import build_extractor

@@ -42,6 +42,7 @@ def two(tmp_path: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_two_sequences_through_quality_end_to_end(two: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "q"
     result = measure_quality(
@@ -70,6 +71,7 @@ def test_two_sequences_through_quality_end_to_end(two: dict[str, Path], tmp_path
     assert result["features"] == feats
 
 
+@pytest.mark.slow
 def test_fd_of_a_multi_sequence_set_against_itself_is_zero(two: dict[str, Path], tmp_path: Path) -> None:
     same = two["synthetic"]  # every slice a training slice: both samples are the whole set (empty ones too)
     result = measure_quality(
@@ -149,6 +151,7 @@ def test_a_set_missing_a_sequence_is_one_line_naming_the_folder_and_the_sequence
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_a_snapshot_reads_its_recorded_sequences_or_the_synthetic_sets(
     two: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -242,6 +245,7 @@ def test_ms_ssim_per_sequence_equals_each_sequence_measured_alone() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ report
+@pytest.mark.slow
 def test_the_report_has_table3_for_a_multi_sequence_sweep(two: dict[str, Path], tmp_path: Path) -> None:
 
     out = tmp_path / "report"

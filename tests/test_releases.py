@@ -464,6 +464,7 @@ def test_scaled_float_image_rescaled_and_recorded(tmp_path: Path, monkeypatch: p
     assert f"{name}: float image already scaled, rescaled to 1..65535" in prep.summarize(record)
 
 
+@pytest.mark.slow
 def test_cli_no_switches_and_custom_labels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -198,6 +198,7 @@ def test_paired_interval_is_narrower_than_unpaired() -> None:
 
 
 # ------------------------------------------------------------------------------------------- figures
+@pytest.mark.slow
 def test_figures_exist_with_the_expected_pixel_size(prepared: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     make_run(runs / "0", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=prepared, favour=3)

@@ -476,6 +476,7 @@ def test_the_report_says_which_sequences_each_run_used(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------- demo
+@pytest.mark.slow
 @pytest.mark.parametrize("given, expected", [(None, ["t1c"]), ("[t1,t1c,t2,flair]", list(FOUR))])
 def test_the_demo_passes_its_sequences_to_prepare_spade_and_the_sweep(tmp_path, monkeypatch, given, expected):
     from synthseg import demo as pipeline

@@ -120,6 +120,7 @@ def _state(path: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return checkpoint["state_dict"], checkpoint["optimizer_states"]
 
 
+@pytest.mark.slow
 def test_train_logs_saves_a_safe_checkpoint_and_resumes_exactly(tiny_dataset, tmp_path):
     # niter 0, niter_decay 2: epoch 1 at the full rates, epoch 2 at half, so the resumed epoch must also get
     # the schedule right.
@@ -221,6 +222,7 @@ class CrashAtBatch(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_resume_from_the_middle_of_an_epoch_continues_exactly(tiny_dataset, tmp_path):
     common = (
         "++trainer.limit_train_batches=4",

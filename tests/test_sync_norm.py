@@ -87,6 +87,7 @@ def test_state_dict_matches_affine_free_batchnorm():
     assert isinstance(converted[0], SyncBatchNorm2d)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_single_process_batchnorm(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")

@@ -81,6 +81,7 @@ def test_refuses_bad_input(change: dict, error: type[Exception]) -> None:
         segment_tissue(args.pop("image"), args.pop("brain_mask"), **args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1])
 def test_demo_cohort_dice_at_least_080(index: int) -> None:
     """Only the T1c and the brain/tumour masks go in; the true tissue (FAST-style pve maps) is held back."""

@@ -22,6 +22,7 @@ def test_model_config_settings_survive_composition(tmp_path: Path) -> None:
     assert cfg.trainer.max_epochs == 150 and cfg.data.batch_size == 8
 
 
+@pytest.mark.slow
 def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> None:
     cfg = compose_train([*SMALL, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
     before = OmegaConf.to_container(cfg)  # interpolations kept as written
@@ -72,6 +73,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_resume_from_mid_epoch_checkpoint_continues_exactly(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "prepared", num_slices=50, size=16)  # 40 training slices: 5 batches/epoch
     common = [

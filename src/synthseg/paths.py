@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def config_dir() -> Path:
@@ -33,3 +37,14 @@ def user_cache_dir() -> Path:
         path = Path(base).expanduser() / "synthseg"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` with ``overrides``, inside or outside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)

@@ -1,0 +1,73 @@
+"""The demo's Table 1 sweep: which runs, and how long each trains (``synthseg demo``'s ``sweep`` settings).
+
+Every row trains about as many optimisation steps as ``full_real`` (``same_steps``): the paper's fixed epoch
+count would give ``reduced_real`` a fifth of the steps at demo size and the rows with synthetic pairs more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthseg.paths import compose_config
+from synthseg.settings import Settings, check_choice, check_positive
+
+
+@dataclass(frozen=True)
+class DemoSweep(Settings):
+    mixes: tuple[str, ...] = ("full_real", "full_syn23960", "reduced_real", "reduced_syn20832")
+    classes: tuple[int, ...] = (7, 4, 2)
+    epochs: int = 6
+    # every row as many optimisation steps as full_real (more epochs of fewer slices, fewer of more)
+    same_steps: bool = True
+    precision: str = "auto"
+    compile: bool = False
+    channels_last: bool | str = "auto"
+
+    def check(self) -> None:
+        for classes in self.classes:
+            check_choice("classes", classes, (2, 4, 7))
+        check_positive("epochs", self.epochs)
+        check_choice("precision", self.precision, ("auto", "32-true", "bf16-mixed"))
+        check_choice("channels_last", self.channels_last, ("auto", True, False))
+
+
+def row_slices(prepared: Path, mix: str) -> tuple[int, int]:
+    """(training slices of ``mix``, real training slices of ``full_real``) on the prepared dataset.
+
+    From the mix's own settings (``conf/mix/<mix>.yaml``: ``data.real``, ``data.reduced``,
+    ``data.synthetic.count``) and the manifest, as the DataModule resolves them.
+    """
+    from synthseg.data.datamodule import resolve_count
+    from synthseg.data.manifest import read_manifest
+
+    data = compose_config("train", ["experiment=table1_demo", f"mix={mix}"]).data
+    manifest = read_manifest(prepared)
+    train = manifest.rows("train")
+    full = len(train)
+    pool = int(manifest.reduced[train].sum()) if data.reduced else full
+    real = resolve_count(data.real, full, pool, "data.real")
+    count = data.synthetic.get("count") if data.synthetic else None
+    synthetic = resolve_count(count, full, 1 << 62, "data.synthetic.count") if count else 0
+    return real + synthetic, full
+
+
+def sweep_overrides(cfg: DemoSweep, slices: int, full: int) -> list[str]:
+    """The demo's per-run settings: epochs for a row of ``slices`` training slices, precision, fast paths.
+
+    With ``same_steps`` every row trains about the steps of ``cfg.epochs`` epochs of the ``full`` real slices,
+    and validates as often in steps: the paper's fixed epoch count would give ``reduced_real`` a fifth of the
+    steps at demo size (untrained rather than short of data) and the rows with synthetic pairs more.
+    """
+    epochs, every = cfg.epochs, 1
+    if cfg.same_steps and slices:
+        ratio = full / slices
+        epochs, every = max(1, round(cfg.epochs * ratio)), max(1, round(ratio))
+    return [
+        f"trainer.max_epochs={epochs}",
+        f"trainer.check_val_every_n_epoch={every}",
+        f"trainer.precision={cfg.precision}",
+        f"model.compile={str(cfg.compile).lower()}",
+        f"model.channels_last={str(cfg.channels_last).lower()}",
+        "fastpath.reduced_precision=true",  # on a GPU auto may pick bf16/fp16 (CPU: fp32 always)
+    ]
