@@ -27,8 +27,9 @@ from synthseg.data.labels import net_to_labels
 from synthseg.data.manifest import read_provenance
 from synthseg.data.pngio import write_label8
 from synthseg.networks.pgan import PGANGenerator
+from synthseg.settings import resolve_device
 from synthseg.synth import generate_masks
-from synthseg.synth.generate_masks import GenerateMasksSettings, _device
+from synthseg.synth.generate_masks import GenerateMasksSettings
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     generator = PGANGenerator(
         resolution=args.resolution,

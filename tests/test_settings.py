@@ -181,3 +181,17 @@ def test_command_configs_share_one_hydra_block() -> None:
         if name == "train":
             continue
         assert "- hydra: command" in text and "\nhydra:" not in text, name
+
+
+def test_resolve_device_is_the_one_device_parser() -> None:
+    import torch
+
+    from synthseg.settings import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match=r"device='banana': not a device name"):
+        resolve_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match=r"critic_device=cuda: no CUDA GPU"):
+            resolve_device("cuda", key="critic_device")

@@ -242,6 +242,17 @@ def check_device(key: str, name: str) -> None:
         raise InputError(f"{key}={name!r}: synthseg runs on cpu, cuda or mps")
 
 
+def resolve_device(name: str, key: str = "device") -> Any:
+    """The ``torch.device`` that ``name`` names, refused as :func:`check_device` refuses; ``auto``: CUDA when
+    available, else the CPU."""
+    check_device(key, name)
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def count_items(value: Any) -> int:
     """``${len:${data.sequences}}``: how many items ``value`` holds; a bare string or null is one item (a single
     sequence; null is the default T1c)."""

@@ -238,16 +238,6 @@ def build_extractor(kind: str, unet: str | os.PathLike[str] | None, weights: str
     raise InputError(f"extractor={kind!r}: expected one of {list(EXTRACTORS)}")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; otherwise the named device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"device={device!r}: not a torch device") from None
-
-
 EXTRACT_PIXELS = 1 << 18  # image pixels per extractor batch: 4 slices at 256x256, 64 at 64x64
 
 

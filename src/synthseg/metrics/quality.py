@@ -191,7 +191,7 @@ def measure(settings: QualitySettings) -> Path:
     # The extractor first: a missing weights file or run is one line before minutes of work.
     feature_extractor = build_extractor(s.extractor, s.unet, s.extractor_weights) if s.extractor else None
     if feature_extractor is not None:
-        from synthseg.metrics.features import resolve_device
+        from synthseg.settings import resolve_device
 
         feature_extractor.module.to(resolve_device(s.device))
     syn_set, real_set = (

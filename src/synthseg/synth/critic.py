@@ -275,16 +275,3 @@ def find_critic(masks: str | os.PathLike[str]) -> Path:
             "critic): give critic=PATH"
         )
     return last
-
-
-def device_of(name: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"device={name!r}: not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={name}: CUDA is not available on this machine")
-    return device

@@ -17,7 +17,8 @@ import numpy as np
 from synthseg.data.manifest import read_manifest
 from synthseg.data.masks import MaskItem
 from synthseg.errors import InputError
-from synthseg.synth.critic import critic_threshold, device_of, find_critic, load_critic
+from synthseg.settings import resolve_device
+from synthseg.synth.critic import critic_threshold, find_critic, load_critic
 from synthseg.synth.zscore import (
     ReferenceStats,
     discarded_fraction,
@@ -197,7 +198,7 @@ def critic_verdict(
     """The critic filter against the real validation maps ``reals``: ``keep``, ``scores``, ``real_scores``
     and the ``critic`` entry of filter.json."""
     critic = load_critic(s.critic if s.critic else find_critic(s.masks))
-    device = device_of(s.device)
+    device = resolve_device(s.device)
     critic.network.to(device)
     conditional = critic.network.condition != "none"
     real_positions = item_positions(reals, f"reference={s.reference}") if conditional else None

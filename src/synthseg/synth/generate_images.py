@@ -45,7 +45,7 @@ from synthseg.data.masks import list_masks
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
-from synthseg.settings import Settings, check_device, check_positive
+from synthseg.settings import Settings, check_device, check_positive, resolve_device
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
@@ -176,14 +176,6 @@ class MaskFolder(Dataset):
         return index, torch.from_numpy(mask.astype(np.int64))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device={name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
 @dataclass(frozen=True)
 class GenerateImagesSettings(Settings):
     """``conf/generate_images.yaml``; the keys are described there and in :func:`run`."""
@@ -230,7 +222,7 @@ def run(settings: GenerateImagesSettings) -> Path:
     size, label_nc = generator.image_size, generator.label_nc
     # Upper bound: uncompressed 16-bit images + 8-bit label per slice.
     check_free_space(output.parent, len(items) * size * size * (2 * len(sequences) + 1), "generated images")
-    dev = _device(settings.device)
+    dev = resolve_device(settings.device)
     generator.to(dev)
     latent_gen = torch.Generator(device="cpu").manual_seed(seed)
     loader = DataLoader(

@@ -59,7 +59,7 @@ from synthseg.data.pngio import write_label8
 from synthseg.errors import InputError
 from synthseg.networks.pgan import PGANGenerator
 from synthseg.progressive import SCHEDULE_SETTINGS, ProgressiveSchedule
-from synthseg.settings import Settings, check_choice, check_device, check_positive
+from synthseg.settings import Settings, check_choice, check_device, check_positive, resolve_device
 from synthseg.synth import select
 from synthseg.utils.atomic import check_free_space, sibling, write_text_atomic
 from synthseg.utils.fastpath import autocast_dtype
@@ -252,18 +252,6 @@ def _position_pool(
     return True, real_positions(reference)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"device={name!r}: not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={name}: CUDA is not available on this machine")
-    return device
-
-
 # 8-connected within a mask, never across the batch axis.
 _ISLAND_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _ISLAND_STRUCTURE[1] = True
@@ -373,7 +361,7 @@ def run(settings: GenerateMasksSettings) -> Path:
         raise InputError(
             f"size={size}: cannot be reached from the generator's {stage_resolution}x{stage_resolution}"
         )
-    dev = _device(settings.device)
+    dev = resolve_device(settings.device)
     generator = generator.to(dev)
     conditional, pool = _position_pool(generator, settings.positions, settings.reference)
     position_mode = settings.positions if isinstance(settings.positions, str) else list(settings.positions)
