@@ -20,7 +20,10 @@ import secrets
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union
+
+if TYPE_CHECKING:
+    import torch
 
 from synthseg.errors import InputError
 
@@ -242,7 +245,7 @@ def check_device(key: str, name: str) -> None:
         raise InputError(f"{key}={name!r}: synthseg runs on cpu, cuda or mps")
 
 
-def resolve_device(name: str, key: str = "device") -> Any:
+def resolve_device(name: str, key: str = "device") -> torch.device:
     """The ``torch.device`` that ``name`` names, refused as :func:`check_device` refuses; ``auto``: CUDA when
     available, else the CPU."""
     check_device(key, name)
