@@ -205,7 +205,7 @@ def measure(run: Path, data: Path, count: int, seed: int = 123) -> dict[str, obj
                 np.random.default_rng(seed).choice(positions[nonempty_rows], count)
             ).float()
             x = generator(z, int(meta["resolution"]), float(meta["alpha"]), where)
-        masks = net_to_labels(x, NUM_CLASSES).numpy()
+        masks = net_to_labels(x, NUM_CLASSES, generator.index_order).numpy()
     nonempty_rows = reals.reshape(len(reals), -1).any(axis=1)
     nonempty = reals[nonempty_rows]
     val, _, val_cases = real_maps(data, size, "val")

@@ -184,7 +184,8 @@ def measure(
 
     def generator_loss(m: SPADEModule) -> torch.Tensor:
         fake = m.generate(label)[0]
-        return m.objective.total(m.objective.generator_terms(*m.discriminate(label, fake, real)))
+        terms = m.objective.generator_terms(*m.discriminate(label, fake, real), fake=fake, real=real)
+        return m.objective.total(terms)
 
     def discriminator_loss(m: SPADEModule) -> torch.Tensor:
         with torch.no_grad():

@@ -96,7 +96,8 @@ def step_timer(cfg: Any) -> Any:
     def step() -> None:
         module.discriminator.requires_grad_(False)
         fake = module.generate(label)[0]
-        loss = objective.total(objective.generator_terms(*module.discriminate(label, fake, real)))
+        terms = objective.generator_terms(*module.discriminate(label, fake, real), fake=fake, real=real)
+        loss = objective.total(terms)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()

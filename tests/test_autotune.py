@@ -181,7 +181,15 @@ PGAN_MASKS = [*PGAN_TINY, "model.label_encoding=onehot", "model.condition=slice"
 
 
 @pytest.mark.parametrize(
-    "model_overrides", [PGAN_TINY, PGAN_MASKS, SPADE_TINY], ids=["pgan", "pgan_onehot_slice_ada", "spade"]
+    "model_overrides",
+    [
+        PGAN_TINY,
+        PGAN_MASKS,
+        [*PGAN_TINY, "model.generator.index_order=anatomical"],
+        SPADE_TINY,
+        [*SPADE_TINY, "model.lambda_l1=100"],
+    ],
+    ids=["pgan", "pgan_onehot_slice_ada", "pgan_anatomical", "spade", "spade_l1"],
 )
 def test_gan_probes_run_their_training_step_in_both_layouts(
     tmp_path: Path, cache: Path, model_overrides: list[str]

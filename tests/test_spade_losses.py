@@ -66,7 +66,23 @@ def test_kl_divergence_by_hand():
     assert terms["KLD"].item() == pytest.approx(0.05 * (1 - math.log(2.0) / 2))
 
 
-@pytest.mark.parametrize("kwargs", [{"lambda_feat": -1.0}, {"lambda_kld": -0.1}])
+def test_pixel_l1_by_hand():
+    fake, real = outputs()
+    image = torch.tensor([[[[0.0, 1.0], [-1.0, 0.5]]]], requires_grad=True)
+    target = torch.tensor([[[[0.5, 1.0], [1.0, 0.5]]]])
+    terms = SPADEObjective(lambda_l1=4.0).generator_terms(fake, real, fake=image, real=target)
+    # mean |[-0.5, 0, -2, 0]| = 0.625, times 4
+    assert terms["L1"].item() == pytest.approx(2.5)
+    assert "L1" not in SPADEObjective().generator_terms(fake, real, fake=image, real=target)
+    terms["L1"].backward()
+    torch.testing.assert_close(image.grad, torch.tensor([[[[-1.0, 0.0], [-1.0, 0.0]]]]))
+    with pytest.raises(ValueError, match="generated and the real images"):
+        SPADEObjective(lambda_l1=1.0).generator_terms(fake, real)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"lambda_feat": -1.0}, {"lambda_kld": -0.1}, {"lambda_l1": -1.0}, {"lambda_l1": float("nan")}]
+)
 def test_negative_weights_raise(kwargs):
     with pytest.raises(ValueError):
         SPADEObjective(**kwargs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import pytest
 import torch
 
@@ -159,9 +162,6 @@ def test_weighted_dice_error_accumulates_over_batches_like_one_batch() -> None:
 
 
 def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
-    import math
-    from functools import partial
-
     from synthseg.models.unet import UNetModule
 
     # Two pixels, two classes; the network's logits are fixed by a stand-in whose output ignores its input.
@@ -192,3 +192,35 @@ def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
         losses[ce_weight] = module.training_step(batch, 0).item()
     assert losses[0.0] == pytest.approx(dice)
     assert losses[0.5] == pytest.approx(dice + 0.5 * ce)
+
+
+@pytest.mark.parametrize("mode", ["dice", "sqrt", "none"])
+def test_cross_entropy_class_weights_by_hand(mode):
+    from synthseg.models.unet import UNetModule
+
+    # pixel 0 (class 0) has logits (2, 0), pixel 1 (class 1) has (0, 0): their right-class probabilities differ
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]]).reshape(1, 2, 1, 2)
+
+    class Fixed(torch.nn.Module):
+        init_args = {"num_classes": 2}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits + self.bias
+
+    batch = {"image": torch.zeros(1, 1, 1, 2), "label": torch.tensor([[[0, 1]]])}
+    nll = [-math.log(math.e**2 / (math.e**2 + 1)), math.log(2)]
+    w = {"dice": [0.2, 0.8], "sqrt": [math.sqrt(0.2), math.sqrt(0.8)], "none": [1.0, 1.0]}[mode]
+    ce = (w[0] * nll[0] + w[1] * nll[1]) / (w[0] + w[1])  # torch's weighted mean over pixels
+    with_ce = UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1), ce_weight=1.0, ce_class_weights=mode)
+    dice_only = UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1))
+    for module in (with_ce, dice_only):
+        module.class_weights.copy_(torch.tensor([0.2, 0.8]))
+        module.log = lambda *a, **k: None  # no Trainer attached
+    difference = with_ce.training_step(batch, 0) - dice_only.training_step(batch, 0)
+    assert difference.item() == pytest.approx(ce)
+    with pytest.raises(ValueError, match="ce_class_weights must be one of"):
+        UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1), ce_class_weights="inverse")

@@ -288,9 +288,9 @@ def resolve_ckpt_path(ckpt: str | None, search_root: Path) -> str | None:
     return str(ckpt)
 
 
-# Generator arguments that checkpoints before 0.3.0 did not record, with the one value they had (a 0.2.0 PGAN
-# read its one channel as class indices and knew no slice position).
-UNRECORDED_BEFORE_0_3 = {"label_encoding": "index", "condition": "none"}
+# Generator arguments that earlier checkpoints did not record, with the one value they had (a 0.2.0 PGAN
+# read its one channel as class indices in the paper's order and knew no slice position).
+UNRECORDED_BEFORE_0_3 = {"label_encoding": "index", "condition": "none", "index_order": "paper"}
 
 
 def check_checkpoint_fits(path: str | os.PathLike[str], model: nn.Module) -> dict[str, Any]:

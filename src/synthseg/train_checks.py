@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from synthseg.data.labels import LABEL_ENCODINGS
+from synthseg.data.labels import INDEX_ORDERS, LABEL_ENCODINGS
 from synthseg.errors import InputError
 from synthseg.models.pgan_augment import AUGMENTS
 from synthseg.models.pgan_reals import ONEHOT_FAKES, ONEHOT_REALS
@@ -50,6 +50,7 @@ def _check_optimizers(model: dict[str, Any]) -> None:
 # PGAN's switches beyond the paper (docs/masks.md) and their choices.
 PGAN_CHOICES = {
     "model.label_encoding": LABEL_ENCODINGS,
+    "model.generator.index_order": tuple(INDEX_ORDERS),
     "model.onehot_fakes": ONEHOT_FAKES,
     "model.onehot_reals": ONEHOT_REALS,
     "model.condition": CONDITIONS,

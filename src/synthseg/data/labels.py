@@ -150,23 +150,60 @@ def block_mean_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(values.unsqueeze(1), factor).squeeze(1)
 
 
-def labels_to_net(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1] (0 -> -1, classes-1 -> 1)."""
-    return (labels.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)
+# The index coding's value order: the class at each of the values -1 ... 1, in turn. ``paper``: the class
+# indices themselves (the paper and the official code). ``anatomical`` (beyond the paper): background, CSF,
+# GM, WM, edema, enhancing, NCR/NET, so that a smooth transition between two classes that touch in real maps
+# passes through classes that also lie between them (background -> brain through CSF and GM, never through
+# tumor; WM -> tumor core through edema and the enhancing rim). Of the 7! orders it passes through the
+# fewest tumor pixels on the demo cohort's 4-adjacent pairs (docs/masks.md).
+INDEX_ORDERS: dict[str, tuple[int, ...]] = {
+    "paper": tuple(range(NUM_CLASSES)),
+    "anatomical": (0, 6, 5, 4, 2, 3, 1),
+}
 
 
-def net_to_labels(x: torch.Tensor, classes: int) -> torch.Tensor:
+def _index_order(order: str, classes: int) -> tuple[int, ...]:
+    """The classes in value order for ``order``; a ValueError for an unknown name or class count."""
+    if order not in INDEX_ORDERS:
+        raise ValueError(f"index_order must be one of {tuple(INDEX_ORDERS)}, got {order!r}")
+    if order == "paper":
+        return tuple(range(classes))
+    if classes != NUM_CLASSES:
+        raise ValueError(f"index_order={order} is defined for {NUM_CLASSES} classes, got {classes}")
+    return INDEX_ORDERS[order]
+
+
+def index_values(labels: torch.Tensor, classes: int, order: str = "paper") -> torch.Tensor:
+    """Class indices (N, H, W) -> each class's place on the index coding's line (same shape, int64)."""
+    ranks = torch.argsort(torch.tensor(_index_order(order, classes)))  # class -> its place
+    return ranks.to(labels.device)[labels.long()]
+
+
+def values_to_net(values: torch.Tensor, classes: int) -> torch.Tensor:
+    """Places on the line (N, H, W), any real values in [0, classes-1] -> network values (N, 1, H, W)."""
+    return (values.float() * (2.0 / (classes - 1)) - 1.0).unsqueeze(1)
+
+
+def labels_to_net(labels: torch.Tensor, classes: int, order: str = "paper") -> torch.Tensor:
+    """Class indices (N, H, W) -> network values (N, 1, H, W) in [-1, 1]: the first class of ``order``
+    (``INDEX_ORDERS``; ``paper``: class 0) -> -1, the last -> 1."""
+    return values_to_net(index_values(labels, classes, order), classes)
+
+
+def net_to_labels(x: torch.Tensor, classes: int, order: str = "paper") -> torch.Tensor:
     """Network values -> class indices (N, H, W) uint8, for either label encoding (told apart by the channels).
 
-    ``index`` (N, 1, H, W): the linear map back, rounded and clipped. ``onehot`` (N, ``classes``, H, W), one
-    channel per class (probabilities, or anything whose largest channel is the class): the argmax.
+    ``index`` (N, 1, H, W): the linear map back, rounded and clipped, then the class at that place of
+    ``order``. ``onehot`` (N, ``classes``, H, W), one channel per class (probabilities, or anything whose
+    largest channel is the class): the argmax (``order`` does not apply).
     """
     if x.shape[1] > 1:
         if x.shape[1] != classes:
             raise ValueError(f"one channel per class expected ({classes}), got {x.shape[1]} channels")
         return x.argmax(dim=1).to(torch.uint8)
     values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
-    return values.round().clamp(0, classes - 1).to(torch.uint8)
+    places = values.round().clamp(0, classes - 1).long()
+    return torch.tensor(_index_order(order, classes), dtype=torch.uint8, device=x.device)[places]
 
 
 LABEL_ENCODINGS = ("index", "onehot")

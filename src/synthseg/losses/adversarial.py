@@ -2,7 +2,8 @@
 
 The objective computes loss terms from discriminator outputs; the LightningModule runs the networks and the
 optimisers. Term names follow the official SPADE code so logs can be compared: ``GAN``, ``GAN_Feat``, ``KLD``
-for the generator and ``D_real``, ``D_fake`` for the discriminator.
+for the generator and ``D_real``, ``D_fake`` for the discriminator. ``L1`` (beyond the paper, off by default)
+is pix2pix's pixel reconstruction term, the weight-free stand-in for the official VGG loss.
 """
 
 from __future__ import annotations
@@ -42,15 +43,20 @@ class SPADEObjective:
         lambda_feat: feature-matching weight; each discriminator's L1 terms are weighted ``lambda_feat / num_D``
             (0 switches feature matching off).
         lambda_kld: weight of the KL term when the generator is a VAE.
+        lambda_l1: weight of the mean absolute difference between the generated and the real image (0, the
+            paper and the official SPADE: off). Beyond the paper: pix2pix's reconstruction term, which ties
+            each class to its real intensity from the first steps of a short run.
     """
 
-    def __init__(self, lambda_feat: float = 10.0, lambda_kld: float = 0.05):
-        if lambda_feat < 0 or lambda_kld < 0:
+    def __init__(self, lambda_feat: float = 10.0, lambda_kld: float = 0.05, lambda_l1: float = 0.0):
+        if not all(w >= 0 for w in (lambda_feat, lambda_kld, lambda_l1)):  # NaN fails too
             raise ValueError(
-                f"loss weights must be non-negative, got lambda_feat={lambda_feat}, lambda_kld={lambda_kld}"
+                f"loss weights must be non-negative, got lambda_feat={lambda_feat}, lambda_kld={lambda_kld}, "
+                f"lambda_l1={lambda_l1}"
             )
         self.lambda_feat = lambda_feat
         self.lambda_kld = lambda_kld
+        self.lambda_l1 = lambda_l1
 
     @staticmethod
     def _check(pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput) -> None:
@@ -80,14 +86,21 @@ class SPADEObjective:
         pred_real: MultiscaleOutput,
         mu: torch.Tensor | None = None,
         logvar: torch.Tensor | None = None,
+        fake: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Named generator terms (already weighted): ``GAN``, ``GAN_Feat`` (if on), ``KLD`` (if mu given)."""
+        """Named generator terms (already weighted): ``GAN``, ``GAN_Feat`` (if on), ``KLD`` (if mu given),
+        ``L1`` (if ``lambda_l1`` > 0; then ``fake`` and ``real``, the images, are required)."""
         self._check(pred_fake, pred_real)
         terms = {"GAN": self._gan(pred_fake, hinge_g)}
         if self.lambda_feat > 0:
             terms["GAN_Feat"] = self.feature_matching(pred_fake, pred_real)
         if mu is not None and logvar is not None:
             terms["KLD"] = kl_divergence(mu, logvar) * self.lambda_kld
+        if self.lambda_l1 > 0:
+            if fake is None or real is None:
+                raise ValueError("lambda_l1 > 0 needs the generated and the real images")
+            terms["L1"] = F.l1_loss(fake.float(), real.detach().float()) * self.lambda_l1
         return terms
 
     def discriminator_terms(

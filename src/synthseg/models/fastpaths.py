@@ -328,7 +328,8 @@ def _spade_probe(model: SPADEModule, batch_size: int) -> FastPathProbe:
         g, d, label, real = nets["generator"], nets["discriminator"], inputs["label"], inputs["real"]
         d.requires_grad_(False)
         fake = g(label)
-        loss_g = objective.total(objective.generator_terms(*discriminate(d, label, fake, real)))
+        terms = objective.generator_terms(*discriminate(d, label, fake, real), fake=fake, real=real)
+        loss_g = objective.total(terms)
         update(loss_g, optimizers[0])
         d.requires_grad_(True)
         with torch.no_grad():
@@ -362,7 +363,7 @@ def _pgan_probe(model: PGAN) -> FastPathProbe:
     reals = (
         F.one_hot(labels, model.classes).permute(0, 3, 1, 2).float()
         if onehot
-        else labels_to_net(labels, model.classes)
+        else labels_to_net(labels, model.classes, model.generator.index_order)
     )
     inputs = {
         "reals": reals,

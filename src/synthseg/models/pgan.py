@@ -14,15 +14,16 @@ Training follows the official progressive GAN (Karras et al. 2018) with its one-
   the SWD against training reals (``swd.csv``) and a full training checkpoint ``checkpoints/last.ckpt``.
 
 Label maps (``label_encoding``): ``index`` (official) maps class indices 0..C-1 linearly to [-1, 1] and back
-(rounded and clipped); ``onehot`` gives each class a channel, the generator's softmax against one-hot reals,
-a mask being the argmax (:mod:`synthseg.models.pgan_reals`, with the remedies against an entropy-reading
-critic). Low-resolution reals (``lowres_labels``): ``average`` (the official default) takes the
-full-resolution label maps and makes each lower level of detail as the official ``dataset_tool.py`` does (the
-block mean, rounded for ``index``: its TFRecords hold uint8; class fractions for ``onehot``), fading in with
-the unrounded 2x2 mean, nearest-upsampled (official ``process_reals``). ``majority`` (the documented
-improvement: averaging class indices invents classes at boundaries, 0 and 6 average to 3) takes the
-DataModule's majority-vote labels (:func:`synthseg.data.labels.resize_labels`) and fades in with their
-majority-vote half-resolution copy, nearest-upsampled, as the generator blends its previous stage.
+(rounded and clipped; the networks' ``index_order=anatomical`` orders the classes otherwise on that line);
+``onehot`` gives each class a channel, the generator's softmax against one-hot reals, a mask being the argmax
+(:mod:`synthseg.models.pgan_reals`, with the remedies against an entropy-reading critic). Low-resolution
+reals (``lowres_labels``): ``average`` (the official default) takes the full-resolution label maps and makes
+each lower level of detail as the official ``dataset_tool.py`` does (the block mean, rounded for ``index``:
+its TFRecords hold uint8; class fractions for ``onehot``), fading in with the unrounded 2x2 mean,
+nearest-upsampled (official ``process_reals``). ``majority`` (the documented improvement: averaging class
+indices invents classes at boundaries, 0 and 6 average to 3) takes the DataModule's majority-vote labels
+(:func:`synthseg.data.labels.resize_labels`) and fades in with their majority-vote half-resolution copy,
+nearest-upsampled, as the generator blends its previous stage.
 
 Beyond the paper, off by default: ``condition=slice`` shows both networks the slice's normalised axial
 position (the reals' own positions; the fakes of a minibatch get the same ones), and ``augment`` applies
@@ -319,7 +320,7 @@ class PGAN(pl.LightningModule):
             reals = onehot_reals(labels, stage, self.classes, self.lowres_labels)
             reals = soften_reals(reals, self.onehot_reals, self.real_noise, self.rng)
         else:
-            reals = index_reals(labels, stage, self.classes, self.lowres_labels)
+            reals = index_reals(labels, stage, self.classes, self.lowres_labels, self.generator.index_order)
         return reals.contiguous(memory_format=torch.channels_last) if self.channels_last else reals
 
     def _for_critic(self, x: Tensor, fakes: bool) -> Tensor:
@@ -336,9 +337,7 @@ class PGAN(pl.LightningModule):
             raise InputError("model.condition=slice: the data deliver no slice_position with the label maps")
         positions = batch["slice_position"][:count].to(self.device, torch.float32)
         if not torch.isfinite(positions).all():
-            raise InputError(
-                "model.condition=slice: a training slice has no axial position (synthetic data?)"
-            )
+            raise InputError("model.condition=slice: a training slice has no axial position (synthetic?)")
         return positions
 
     def _penalty_grad_scale(self) -> float:
@@ -467,7 +466,8 @@ class PGAN(pl.LightningModule):
                 x = self.generator_ema(z, stage.resolution, stage.alpha)
             else:
                 x = self.generator_ema(z, stage.resolution, stage.alpha, where)
-            yield resize_labels(net_to_labels(x, self.classes), size or stage.resolution, self.classes)
+            labels = net_to_labels(x, self.classes, self.generator.index_order)
+            yield resize_labels(labels, size or stage.resolution, self.classes)
 
     def log_images(self, stage: GrowthStage | None = None) -> dict[str, np.ndarray]:
         """A grid of EMA samples at ``stage`` (default: the current one), in the paper's colours."""
@@ -505,8 +505,7 @@ class PGAN(pl.LightningModule):
                 "resolution": reached.resolution,
                 "alpha": reached.alpha,
                 "dataset_size": checkpoint["pgan"]["dataset_size"],
-                "label_encoding": self.label_encoding,
-                "condition": self.condition,
+                **{k: getattr(self.generator, k) for k in ("label_encoding", "condition", "index_order")},
             },
         )
         # ... and the critic (state_dict "discriminator.*") for synthseg filter method=critic, at the same stage.

@@ -29,9 +29,11 @@ from synthseg.data.labels import (
     LABEL_ENCODINGS,
     block_mean_labels,
     class_fractions,
+    index_values,
     labels_to_net,
     labels_to_onehot,
     resize_labels,
+    values_to_net,
 )
 from synthseg.progressive import GrowthStage
 
@@ -67,6 +69,11 @@ def check_label_settings(
                 f"the {type(net).__name__} is built for label_encoding={found[0]}, condition={found[1]}, "
                 f"classes={built_classes}; the model asks for {label_encoding}, {condition}, {classes}"
             )
+    orders = {getattr(net, "index_order", "paper") for net in networks}
+    if len(orders) > 1:
+        raise ValueError(
+            f"the generator and the discriminator are built for different index_order: {sorted(orders)}"
+        )
 
 
 def _fade(reals: Tensor, stage: GrowthStage) -> Tensor:
@@ -77,24 +84,28 @@ def _fade(reals: Tensor, stage: GrowthStage) -> Tensor:
     return torch.lerp(low, reals, stage.alpha)
 
 
-def index_reals(labels: Tensor, stage: GrowthStage, classes: int, lowres_labels: str) -> Tensor:
+def index_reals(
+    labels: Tensor, stage: GrowthStage, classes: int, lowres_labels: str, order: str = "paper"
+) -> Tensor:
     """Class indices (N, h, w) -> faded index-coded reals (N, 1, r, r) at the stage's resolution.
 
     ``average``: the official reals, block means rounded (uint8 levels of detail), faded with the unrounded
     2x2 means. ``majority``: majority votes, faded with their majority-vote half-resolution copy. Batches
-    prefetched before a resolution change still come at the old size; they are resized here.
+    prefetched before a resolution change still come at the old size; they are resized here. ``order``: the
+    coding's value order (``INDEX_ORDERS``); block means are taken of the places on that line.
     """
     res = stage.resolution
     if lowres_labels == "average":
         if labels.shape[-1] < res:  # only a batch prefetched before set_resolution: nearest up
             labels = resize_labels(labels, res, classes)
         # torch.round and numpy's rint both round halves to even.
-        return _fade(labels_to_net(block_mean_labels(labels, res).round(), classes), stage)
+        places = block_mean_labels(index_values(labels, classes, order), res).round()
+        return _fade(values_to_net(places, classes), stage)
     labels = resize_labels(labels, res, classes)
-    reals = labels_to_net(labels, classes)
+    reals = labels_to_net(labels, classes, order)
     if stage.alpha < 1.0 and res > 4:
         low = resize_labels(resize_labels(labels, res // 2, classes), res, classes)
-        reals = torch.lerp(labels_to_net(low, classes), reals, stage.alpha)
+        reals = torch.lerp(labels_to_net(low, classes, order), reals, stage.alpha)
     return reals
 
 

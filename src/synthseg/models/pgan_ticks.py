@@ -222,6 +222,7 @@ def snapshot_meta(pgan: TickedPGAN, stage: GrowthStage) -> dict[str, Any]:
         "classes": pgan.classes,
         "label_encoding": pgan.label_encoding,  # also in the generator's init_args: how to read its output
         "condition": pgan.condition,
+        "index_order": pgan.generator.index_order,
         "dataset_size": pgan.dataset_size() or pgan.generator.resolution,
         "ema_decay": pgan.ema_decay,
     }

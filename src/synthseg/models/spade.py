@@ -117,6 +117,7 @@ class SPADEModule(pl.LightningModule):
         encoder: the VAE image encoder when the generator has ``use_vae`` (else None).
         lambda_feat: feature-matching weight (10, divided among the discriminators).
         lambda_kld: KL weight with the VAE (0.05).
+        lambda_l1: pixel L1 weight (0: the paper; beyond it, see :class:`SPADEObjective`).
         niter: epochs at the initial learning rate.
         niter_decay: epochs of linear decay to zero after ``niter``; default: the rest of
             ``trainer.max_epochs`` (see :func:`split_epochs`).
@@ -138,6 +139,7 @@ class SPADEModule(pl.LightningModule):
         encoder: ConvEncoder | None = None,
         lambda_feat: float = 10.0,
         lambda_kld: float = 0.05,
+        lambda_l1: float = 0.0,
         niter: int = 50,
         niter_decay: int | None = None,
         num_val_images: int = 8,
@@ -175,7 +177,7 @@ class SPADEModule(pl.LightningModule):
         )
         self.optimizer_g_factory = optimizer_g
         self.optimizer_d_factory = optimizer_d
-        self.objective = SPADEObjective(lambda_feat=lambda_feat, lambda_kld=lambda_kld)
+        self.objective = SPADEObjective(lambda_feat=lambda_feat, lambda_kld=lambda_kld, lambda_l1=lambda_l1)
         self.label_nc = generator.label_nc
         self.image_size = generator.image_size
         # The training maximum of each sequence's 16-bit images, recorded for generation (set from the
@@ -300,7 +302,7 @@ class SPADEModule(pl.LightningModule):
         self.toggle_optimizer(opt_g)
         fake, mu, logvar = self.generate(label, real, compute_kld=True)
         pred_fake, pred_real = self.discriminate(label, fake, real)
-        g_terms = self.objective.generator_terms(pred_fake, pred_real, mu, logvar)
+        g_terms = self.objective.generator_terms(pred_fake, pred_real, mu, logvar, fake, real)
         loss_g = self.objective.total(g_terms)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)

@@ -21,6 +21,8 @@ from synthseg.metrics.hausdorff import UNIT as HD95_UNIT
 from synthseg.models.common import ImageLogger, data_summary
 from synthseg.utils.visual import grid, to_gray_rgb
 
+CE_CLASS_WEIGHTS = ("dice", "sqrt", "none")
+
 # BraTS evaluation regions in the 7-/4-class convention: whole tumor, tumor core, enhancing tumor.
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
@@ -54,8 +56,11 @@ class UNetModule(pl.LightningModule):
         eval_batch_size: slices per batch of the ``batch_mean`` reduction (Keras' default 32), independent of
             the DataLoader's batch size.
         ce_weight: 0 (the paper): the training loss is the weighted Dice loss alone; > 0 adds this much
-            cross-entropy, weighted by the same class weights (Dice + CE, as nnU-Net trains). Validation loss,
-            checkpoint choice and every test figure stay the paper's weighted Dice.
+            cross-entropy (Dice + CE, as nnU-Net trains). Validation loss, checkpoint choice and every test
+            figure stay the paper's weighted Dice.
+        ce_class_weights: the cross-entropy's class weights: ``dice`` (the Dice loss's, inverse class
+            frequency), ``sqrt`` (their square roots, normalised to sum 1: a milder balance) or ``none``
+            (plain cross-entropy, as nnU-Net).
         hd95_empty: the test HD95's figure for a region empty on one side only (:mod:`synthseg.metrics.hausdorff`):
             ``brats`` (BraTS' 373.13) or ``diagonal`` (the image's or the stacked volume's diagonal).
     """
@@ -71,9 +76,12 @@ class UNetModule(pl.LightningModule):
         eval_batch_size: int = 32,
         ce_weight: float = 0.0,
         hd95_empty: str = "brats",
+        ce_class_weights: str = "dice",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
+        if ce_class_weights not in CE_CLASS_WEIGHTS:
+            raise ValueError(f"ce_class_weights must be one of {CE_CLASS_WEIGHTS}, got {ce_class_weights!r}")
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         # Kept out of the module registry: the compiled wrapper shares self.net's parameters, and registering
         # it would duplicate every weight in the state_dict under a second name.
@@ -135,12 +143,21 @@ class UNetModule(pl.LightningModule):
         return logits, probs, target, weighted_dice_loss(probs, target, self.class_weights)
 
     # --------------------------------------------------------------------------------------------- train
+    def ce_class_weights(self) -> torch.Tensor | None:
+        """The cross-entropy's class weights (``ce_class_weights``; None: unweighted)."""
+        mode = self.hparams.ce_class_weights
+        if mode == "none":
+            return None
+        if mode == "sqrt":
+            root = self.class_weights.sqrt()
+            return root / root.sum()
+        return self.class_weights
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits, _, _, loss = self._step(batch)
         if self.hparams.ce_weight:
             self.log("train/dice_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["image"]))
-            # with the Dice loss's own class weights, so that rare tumour classes are not drowned out
-            ce = nn.functional.cross_entropy(logits, batch["label"], weight=self.class_weights)
+            ce = nn.functional.cross_entropy(logits, batch["label"], weight=self.ce_class_weights())
             loss = loss + self.hparams.ce_weight * ce
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"])

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synthseg.data.labels import LABEL_ENCODINGS
+from synthseg.data.labels import INDEX_ORDERS, LABEL_ENCODINGS
 from synthseg.networks.pgan_layers import (
     LEAKY_SLOPE,
     EqualizedConv2d,
@@ -109,11 +109,17 @@ def _lerp(low: Tensor, high: Tensor, alpha: float) -> Tensor:
     return low + (high - low) * alpha
 
 
-def _check_encoding(label_encoding: str, classes: int) -> None:
+def _check_encoding(label_encoding: str, classes: int, index_order: str = "paper") -> None:
     if label_encoding not in LABEL_ENCODINGS:
         raise ValueError(f"label_encoding must be one of {LABEL_ENCODINGS}, got {label_encoding!r}")
     if classes < 2:
         raise ValueError(f"classes must be >= 2, got {classes}")
+    if index_order not in INDEX_ORDERS:
+        raise ValueError(f"index_order must be one of {tuple(INDEX_ORDERS)}, got {index_order!r}")
+    if index_order != "paper" and label_encoding != "index":
+        raise ValueError(
+            f"index_order={index_order} orders the index coding; label_encoding is {label_encoding}"
+        )
 
 
 def _check_alpha(alpha: float) -> float:
@@ -141,6 +147,9 @@ class PGANGenerator(nn.Module):
         condition: ``none`` (official) or ``slice``: the slice's normalised axial position is embedded and
             concatenated to the normalised latent.
         condition_dim: size of the position embedding.
+        index_order: the index coding's value order (``paper`` or ``anatomical``,
+            :data:`synthseg.data.labels.INDEX_ORDERS`); not used by the network, recorded so that its
+            outputs are read back in the order it was trained on.
 
     ``forward(z, resolution=None, alpha=1.0, position=None)``: z (N, latent_dim) -> (N, C, r, r) with
     ``r = resolution or self.resolution`` and C = ``channels`` (index) or ``classes`` (onehot). While a stage
@@ -164,10 +173,11 @@ class PGANGenerator(nn.Module):
         classes: int = 7,
         condition: str = "none",
         condition_dim: int = 32,
+        index_order: str = "paper",
     ) -> None:
         super().__init__()
         check_resolution(resolution)
-        _check_encoding(label_encoding, classes)
+        _check_encoding(label_encoding, classes, index_order)
         check_condition(condition)
         if channels < 1 or latent_dim < 1 or fmap_base < 1 or fmap_max < 1 or condition_dim < 1:
             raise ValueError(
@@ -179,6 +189,7 @@ class PGANGenerator(nn.Module):
         self.latent_dim = latent_dim
         self.normalize_latents = normalize_latents
         self.label_encoding, self.classes, self.condition = label_encoding, int(classes), condition
+        self.index_order = index_order
         self.image_channels = self.classes if label_encoding == "onehot" else channels
         log2 = int(math.log2(resolution))
 
@@ -300,6 +311,8 @@ class PGANDiscriminator(nn.Module):
             the position's embedding (Miyato & Koyama 2018); ``concat``: the embedding is concatenated to the
             flattened 4x4 features before the first dense layer.
         condition_dim: size of the position embedding with ``concat`` (projection: the hidden width).
+        index_order: the index coding's value order its reals are coded in (``paper`` or ``anatomical``);
+            recorded for the critic filter, not used by the network.
 
     ``forward(x, alpha=1.0, position=None)``: x (N, C, r, r) with r a stage (4 ... resolution) and C =
     ``channels`` (index) or ``classes`` (onehot) -> (N, 1). While a stage fades in, the features after its
@@ -321,10 +334,11 @@ class PGANDiscriminator(nn.Module):
         condition: str = "none",
         condition_style: str = "concat",
         condition_dim: int = 32,
+        index_order: str = "paper",
     ) -> None:
         super().__init__()
         check_resolution(resolution)
-        _check_encoding(label_encoding, classes)
+        _check_encoding(label_encoding, classes, index_order)
         check_condition(condition, condition_style)
         if channels < 1 or fmap_base < 1 or fmap_max < 1 or mbstd_group_size < 1 or condition_dim < 1:
             raise ValueError(
@@ -334,6 +348,7 @@ class PGANDiscriminator(nn.Module):
         self.resolution = resolution
         self.channels = channels
         self.label_encoding, self.classes, self.condition = label_encoding, int(classes), condition
+        self.index_order = index_order
         self.condition_style = condition_style
         self.image_channels = inputs = self.classes if label_encoding == "onehot" else channels
         log2 = int(math.log2(resolution))

@@ -84,6 +84,7 @@ class Critic:
             "alpha": self.alpha,
             "label_encoding": net.label_encoding,
             "condition": net.condition,
+            "index_order": net.index_order,
             "held_stddev": self.held_stddev,
         }
 
@@ -95,7 +96,7 @@ class Critic:
         )
         if net.label_encoding == "onehot":
             return labels_to_onehot(labels, net.classes)
-        return labels_to_net(labels, net.classes)
+        return labels_to_net(labels, net.classes, net.index_order)
 
     def _call(self, masks: np.ndarray, positions: np.ndarray | None, device: torch.device) -> Tensor:
         x = self.encode(masks).to(device)
@@ -193,7 +194,8 @@ def _inferred_spec(obj: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     args = dict(generator.get("init_args") or (obj.get("pgan") or {}).get("generator_init_args") or {})
     if not args:
         raise CheckpointError(f"{path}: a PGAN checkpoint without its networks' constructor arguments")
-    keep = ("resolution", "channels", "fmap_base", "fmap_max", "fused_scale", "label_encoding", "classes")
+    keep = ("resolution", "channels", "fmap_base", "fmap_max", "fused_scale", "label_encoding", "classes",
+            "index_order")  # fmt: skip
     base = {k: args[k] for k in keep if k in args}
     base["condition"] = args.get("condition", "none")
     if base["condition"] == "none":

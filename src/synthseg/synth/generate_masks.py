@@ -443,7 +443,8 @@ def run(settings: GenerateMasksSettings) -> Path:
                             x = generator(z, stage_resolution, alpha)
                         else:
                             x = generator(z, stage_resolution, alpha, torch.from_numpy(where).to(dev))
-                    masks = resize_labels(net_to_labels(x, NUM_CLASSES), size, NUM_CLASSES).cpu().numpy()
+                    labels = net_to_labels(x, NUM_CLASSES, generator.index_order)
+                    masks = resize_labels(labels, size, NUM_CLASSES).cpu().numpy()
                 masks, batch_islands = remove_islands(masks, int(min_island))
                 ids = [f"synth_{i:06d}" for i in range(start, stop)]
                 if pending is not None:
@@ -494,6 +495,7 @@ def run(settings: GenerateMasksSettings) -> Path:
             "min_island": int(min_island),
             "island_pixels_removed": islands,
             "condition": generator.condition,
+            "index_order": generator.index_order,
             "positions": position_mode if conditional else None,
             "reference": settings.reference if pool is not None else None,
             "resumed_from": resumed_from,
