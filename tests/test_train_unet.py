@@ -55,6 +55,7 @@ def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> Non
         "eval_batch_size": 32,
         "ce_weight": 0.0,
         "hd95_empty": "brats",
+        "ce_class_weights": "dice",
     }
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 

@@ -154,8 +154,9 @@ def block_mean_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
 # indices themselves (the paper and the official code). ``anatomical`` (beyond the paper): background, CSF,
 # GM, WM, edema, enhancing, NCR/NET, so that a smooth transition between two classes that touch in real maps
 # passes through classes that also lie between them (background -> brain through CSF and GM, never through
-# tumor; WM -> tumor core through edema and the enhancing rim). Of the 7! orders it passes through the
-# fewest tumor pixels on the demo cohort's 4-adjacent pairs (docs/masks.md).
+# tumor; WM -> tumor core through edema and the enhancing rim). Of the 720 orders that start with background
+# it passes the fewest tumor pixels (tied) and the fewest of any class on the demo cohort's 4-adjacent pairs
+# (benchmarks/bench_label_order.py, docs/masks.md).
 INDEX_ORDERS: dict[str, tuple[int, ...]] = {
     "paper": tuple(range(NUM_CLASSES)),
     "anatomical": (0, 6, 5, 4, 2, 3, 1),
