@@ -231,6 +231,7 @@ def test_a_0_2_0_snapshot_reads_as_index_none_and_makes_its_masks(tmp_path: Path
     assert "label_encoding" not in safe_load(snapshot)["init_args"]  # written by 0.2.0
     generator, meta = load_mask_generator(snapshot)
     assert (generator.label_encoding, generator.condition, generator.image_channels) == ("index", "none", 1)
+    assert generator.index_order == "paper"  # read in the paper's class order
     run(
         GenerateMasksSettings(
             checkpoint=str(snapshot), count=6, output=str(tmp_path / "masks"), device="cpu", progress=False
