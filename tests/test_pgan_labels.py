@@ -276,6 +276,13 @@ def test_a_0_2_0_checkpoint_resumes_into_index_none(tmp_path: Path):
         CheckpointError, match="label_encoding='index', config asks for label_encoding='onehot'"
     ):
         check_checkpoint_fits(checkpoint, onehot)
+    anatomical = instantiate(
+        compose_train([*tiny, "model.generator.index_order=anatomical"], tmp_path).model, _convert_="partial"
+    )
+    with pytest.raises(
+        CheckpointError, match="index_order='paper', config asks for index_order='anatomical'"
+    ):
+        check_checkpoint_fits(checkpoint, anatomical)
 
 
 @pytest.mark.parametrize(
