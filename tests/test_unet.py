@@ -161,6 +161,19 @@ def test_weighted_dice_error_accumulates_over_batches_like_one_batch() -> None:
     assert abs(per_batch.mean().item() - whole.item()) > 1e-6
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in network whose output ignores its input: fixed logits (1, C, H, W), plus a zero parameter."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.init_args = {"num_classes": int(logits.shape[1])}
+        self.logits = logits
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits + self.bias
+
+
 def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
     from synthseg.models.unet import UNetModule
 
@@ -169,16 +182,6 @@ def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
         1, 2, 1, 2
     )  # pixel0 -> class 1, pixel1 -> class 0
 
-    class Fixed(torch.nn.Module):
-        init_args = {"num_classes": 2}
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bias = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return logits + self.bias
-
     batch = {"image": torch.zeros(1, 1, 1, 2), "label": torch.tensor([[[0, 1]]])}
     weights = torch.tensor([0.25, 0.75])
     p = 1 / (1 + math.e)  # softmax probability of the right class at either pixel
@@ -186,7 +189,7 @@ def test_dice_plus_class_weighted_cross_entropy_hand_computed() -> None:
     ce = (0.25 * -math.log(p) + 0.75 * -math.log(p)) / (0.25 + 0.75)  # weighted mean over pixels
     losses = {}
     for ce_weight in (0.0, 0.5):
-        module = UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1), ce_weight=ce_weight)
+        module = UNetModule(FixedLogits(logits), partial(torch.optim.SGD, lr=0.1), ce_weight=ce_weight)
         module.class_weights.copy_(weights)
         module.log = lambda *a, **k: None  # no Trainer attached
         losses[ce_weight] = module.training_step(batch, 0).item()
@@ -201,26 +204,18 @@ def test_cross_entropy_class_weights_by_hand(mode):
     # pixel 0 (class 0) has logits (2, 0), pixel 1 (class 1) has (0, 0): their right-class probabilities differ
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]]).reshape(1, 2, 1, 2)
 
-    class Fixed(torch.nn.Module):
-        init_args = {"num_classes": 2}
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bias = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return logits + self.bias
-
     batch = {"image": torch.zeros(1, 1, 1, 2), "label": torch.tensor([[[0, 1]]])}
     nll = [-math.log(math.e**2 / (math.e**2 + 1)), math.log(2)]
     w = {"dice": [0.2, 0.8], "sqrt": [math.sqrt(0.2), math.sqrt(0.8)], "none": [1.0, 1.0]}[mode]
     ce = (w[0] * nll[0] + w[1] * nll[1]) / (w[0] + w[1])  # torch's weighted mean over pixels
-    with_ce = UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1), ce_weight=1.0, ce_class_weights=mode)
-    dice_only = UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1))
+    with_ce = UNetModule(
+        FixedLogits(logits), partial(torch.optim.SGD, lr=0.1), ce_weight=1.0, ce_class_weights=mode
+    )
+    dice_only = UNetModule(FixedLogits(logits), partial(torch.optim.SGD, lr=0.1))
     for module in (with_ce, dice_only):
         module.class_weights.copy_(torch.tensor([0.2, 0.8]))
         module.log = lambda *a, **k: None  # no Trainer attached
     difference = with_ce.training_step(batch, 0) - dice_only.training_step(batch, 0)
     assert difference.item() == pytest.approx(ce)
     with pytest.raises(ValueError, match="ce_class_weights must be one of"):
-        UNetModule(Fixed(), partial(torch.optim.SGD, lr=0.1), ce_class_weights="inverse")
+        UNetModule(FixedLogits(logits), partial(torch.optim.SGD, lr=0.1), ce_class_weights="inverse")
