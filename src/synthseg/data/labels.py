@@ -176,7 +176,10 @@ def _index_order(order: str, classes: int) -> tuple[int, ...]:
 
 def index_values(labels: torch.Tensor, classes: int, order: str = "paper") -> torch.Tensor:
     """Class indices (N, H, W) -> each class's place on the index coding's line (same shape, int64)."""
-    ranks = torch.argsort(torch.tensor(_index_order(order, classes)))  # class -> its place
+    classes_in_order = _index_order(order, classes)
+    if order == "paper":  # the identity: no lookup on the faithful path
+        return labels.long()
+    ranks = torch.argsort(torch.tensor(classes_in_order))  # class -> its place
     return ranks.to(labels.device)[labels.long()]
 
 
@@ -203,8 +206,11 @@ def net_to_labels(x: torch.Tensor, classes: int, order: str = "paper") -> torch.
             raise ValueError(f"one channel per class expected ({classes}), got {x.shape[1]} channels")
         return x.argmax(dim=1).to(torch.uint8)
     values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
-    places = values.round().clamp(0, classes - 1).long()
-    return torch.tensor(_index_order(order, classes), dtype=torch.uint8, device=x.device)[places]
+    places = values.round().clamp(0, classes - 1)
+    classes_in_order = _index_order(order, classes)
+    if order == "paper":  # the identity: the paper's decoding as it was
+        return places.to(torch.uint8)
+    return torch.tensor(classes_in_order, dtype=torch.uint8, device=x.device)[places.long()]
 
 
 LABEL_ENCODINGS = ("index", "onehot")
