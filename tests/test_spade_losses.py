@@ -80,8 +80,30 @@ def test_pixel_l1_by_hand():
         SPADEObjective(lambda_l1=1.0).generator_terms(fake, real)
 
 
+def test_adversarial_weight_scales_only_the_generator_hinge():
+    fake, real = outputs()
+    image, target = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    paper = SPADEObjective(lambda_l1=2.0).generator_terms(fake, real, fake=image, real=target)
+    weak = SPADEObjective(lambda_l1=2.0, lambda_gan=0.25).generator_terms(fake, real, fake=image, real=target)
+    assert paper["GAN"].item() != 0.0
+    assert weak["GAN"].item() == pytest.approx(0.25 * paper["GAN"].item())
+    for name in ("GAN_Feat", "L1"):  # the reconstruction terms keep their weights
+        assert weak[name].item() == pytest.approx(paper[name].item())
+    # the discriminator's loss is the paper's at any weight
+    d_paper = SPADEObjective().discriminator_terms(fake, real)
+    d_weak = SPADEObjective(lambda_gan=0.0).discriminator_terms(fake, real)
+    assert {k: v.item() for k, v in d_weak.items()} == {k: v.item() for k, v in d_paper.items()}
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"lambda_feat": -1.0}, {"lambda_kld": -0.1}, {"lambda_l1": -1.0}, {"lambda_l1": float("nan")}]
+    "kwargs",
+    [
+        {"lambda_feat": -1.0},
+        {"lambda_kld": -0.1},
+        {"lambda_l1": -1.0},
+        {"lambda_l1": float("nan")},
+        {"lambda_gan": -0.5},
+    ],
 )
 def test_negative_weights_raise(kwargs):
     with pytest.raises(ValueError):

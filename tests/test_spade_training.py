@@ -17,18 +17,7 @@ from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.paths import config_dir
 from synthseg.synth.generate_images import load_image_generator
 from synthseg.train import train
-
-TINY = [
-    "model=spade",
-    "debug=tiny_spade",
-    "model.num_val_images=3",
-    "data.eval_batch_size=4",
-    "data.batch_size=4",
-    "trainer.enable_progress_bar=false",
-    "++trainer.limit_train_batches=2",
-    "++trainer.limit_val_batches=2",
-    "trainer.deterministic=true",
-]
+from tests.helpers.presets import SPADE_TINY as TINY
 
 
 def compose_cfg(root: Path, out: Path, *overrides: str) -> DictConfig:
@@ -262,4 +251,18 @@ def test_pixel_l1_term_trains_and_is_logged(tiny_dataset, tmp_path):
     l1, total = metrics["train/G_L1"], metrics["train/loss_G"]
     assert 0 < l1 and total == pytest.approx(
         l1 + metrics["train/G_GAN"] + metrics["train/G_GAN_Feat"], rel=1e-5
+    )
+
+
+def test_adversarial_weight_reaches_the_generator_loss(tiny_dataset, tmp_path):
+    # model.lambda_gan (beyond the paper) scales the logged hinge term through the real train(); 1 by default
+    assert compose_cfg(tiny_dataset, tmp_path).model.lambda_gan == 1.0
+    metrics = train(
+        compose_cfg(
+            tiny_dataset, tmp_path, "++trainer.fast_dev_run=1", "model.lambda_gan=0", "model.lambda_l1=10"
+        )
+    )
+    assert metrics["train/G_GAN"] == 0.0
+    assert metrics["train/loss_G"] == pytest.approx(
+        metrics["train/G_L1"] + metrics["train/G_GAN_Feat"], rel=1e-5
     )

@@ -46,17 +46,23 @@ class SPADEObjective:
         lambda_l1: weight of the mean absolute difference between the generated and the real image (0, the
             paper and the official SPADE: off). Beyond the paper: pix2pix's reconstruction term, a direct pull
             of every pixel towards the real image (measured for the demo in docs/spade.md).
+        lambda_gan: weight of the generator's hinge term (1, the paper and the official SPADE). Beyond the
+            paper: below 1 the reconstruction terms lead and the adversarial pull only sharpens (the
+            discriminator's own loss is unchanged; measured for the demo in docs/spade.md).
     """
 
-    def __init__(self, lambda_feat: float = 10.0, lambda_kld: float = 0.05, lambda_l1: float = 0.0):
-        if not all(w >= 0 for w in (lambda_feat, lambda_kld, lambda_l1)):  # NaN fails too
+    def __init__(
+        self, lambda_feat: float = 10.0, lambda_kld: float = 0.05, lambda_l1: float = 0.0, lambda_gan: float = 1.0
+    ):
+        if not all(w >= 0 for w in (lambda_feat, lambda_kld, lambda_l1, lambda_gan)):  # NaN fails too
             raise ValueError(
                 f"loss weights must be non-negative, got lambda_feat={lambda_feat}, lambda_kld={lambda_kld}, "
-                f"lambda_l1={lambda_l1}"
+                f"lambda_l1={lambda_l1}, lambda_gan={lambda_gan}"
             )
         self.lambda_feat = lambda_feat
         self.lambda_kld = lambda_kld
         self.lambda_l1 = lambda_l1
+        self.lambda_gan = lambda_gan
 
     @staticmethod
     def _check(pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput) -> None:
@@ -92,7 +98,7 @@ class SPADEObjective:
         """Named generator terms (already weighted): ``GAN``, ``GAN_Feat`` (if on), ``KLD`` (if mu given),
         ``L1`` (if ``lambda_l1`` > 0; then ``fake`` and ``real``, the images, are required)."""
         self._check(pred_fake, pred_real)
-        terms = {"GAN": self._gan(pred_fake, hinge_g)}
+        terms = {"GAN": self._gan(pred_fake, hinge_g) * self.lambda_gan}
         if self.lambda_feat > 0:
             terms["GAN_Feat"] = self.feature_matching(pred_fake, pred_real)
         if mu is not None and logvar is not None:

@@ -118,6 +118,7 @@ class SPADEModule(pl.LightningModule):
         lambda_feat: feature-matching weight (10, divided among the discriminators).
         lambda_kld: KL weight with the VAE (0.05).
         lambda_l1: pixel L1 weight (0: the paper; beyond it, see :class:`SPADEObjective`).
+        lambda_gan: weight of the generator's hinge term (1: the paper; beyond it, see :class:`SPADEObjective`).
         niter: epochs at the initial learning rate.
         niter_decay: epochs of linear decay to zero after ``niter``; default: the rest of
             ``trainer.max_epochs`` (see :func:`split_epochs`).
@@ -140,6 +141,7 @@ class SPADEModule(pl.LightningModule):
         lambda_feat: float = 10.0,
         lambda_kld: float = 0.05,
         lambda_l1: float = 0.0,
+        lambda_gan: float = 1.0,
         niter: int = 50,
         niter_decay: int | None = None,
         num_val_images: int = 8,
@@ -177,7 +179,9 @@ class SPADEModule(pl.LightningModule):
         )
         self.optimizer_g_factory = optimizer_g
         self.optimizer_d_factory = optimizer_d
-        self.objective = SPADEObjective(lambda_feat=lambda_feat, lambda_kld=lambda_kld, lambda_l1=lambda_l1)
+        self.objective = SPADEObjective(
+            lambda_feat=lambda_feat, lambda_kld=lambda_kld, lambda_l1=lambda_l1, lambda_gan=lambda_gan
+        )
         self.label_nc = generator.label_nc
         self.image_size = generator.image_size
         # The training maximum of each sequence's 16-bit images, recorded for generation (set from the
