@@ -18,7 +18,7 @@ from synthseg.cli import run as cli_run
 from synthseg.data.manifest import read_manifest
 from synthseg.errors import InputError
 from tests.conftest import compose_train, tiny_snapshot, write_dataset
-from tests.test_prepare import make_case, make_cohort
+from tests.helpers.cohort import make_case, make_cohort
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -20,7 +20,7 @@ from synthseg.synth import filter as zfilter
 from synthseg.synth import generate_masks as gm
 from synthseg.synth.critic import load_critic
 from tests.conftest import compose_train, write_dataset
-from tests.test_pgan_training import TINY
+from tests.helpers.presets import PGAN_TINY as TINY
 
 NET = {"resolution": 16, "fmap_base": 32, "fmap_max": 8}
 

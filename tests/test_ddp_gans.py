@@ -14,7 +14,7 @@ from synthseg.synth.generate_images import load_image_generator
 from synthseg.synth.generate_masks import load_mask_generator
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
-from tests.test_experiments import shrink
+from tests.helpers.presets import shrink
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # shrink() sets torch_threads=1; restored afterwards
 

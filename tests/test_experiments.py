@@ -5,26 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from synthseg.paths import config_dir
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
+from tests.helpers.presets import shrink
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # shrink() sets torch_threads=1; restored afterwards
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-
-
-def shrink(cfg: DictConfig) -> None:
-    """Apply the model's toy-size preset (conf/debug/tiny_<model>.yaml, one CPU thread) to a composed config.
-
-    The same preset a user selects with ``'debug=[fast_dev_run,tiny_<model>]'``; merged here because the
-    model is only known once the experiment is composed.
-    """
-    preset = OmegaConf.load(config_dir() / "debug" / f"tiny_{cfg.model_name}.yaml")
-    with open_dict(cfg):
-        cfg.merge_with(preset)
 
 
 @pytest.fixture(scope="module")

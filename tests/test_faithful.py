@@ -477,7 +477,7 @@ def test_unet_validates_and_tests_with_the_configured_reduction() -> None:
 def test_paper_cohort_is_hgg_with_release_autodetection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_releases import run, tree_2018
+    from tests.helpers.releases import run, tree_2018
 
     source, cases = tree_2018(tmp_path / "brats2018")
     record, rows = run(source, tmp_path / "prepared", monkeypatch, convention="auto", groups=["HGG"])

@@ -30,8 +30,7 @@ from synthseg.train import train
 from synthseg.utils import fastpath
 from synthseg.utils.fastpath import autocast_dtype
 from tests.conftest import compose_train, write_dataset
-from tests.test_pgan_training import TINY as PGAN_TINY
-from tests.test_spade_training import TINY as SPADE_TINY
+from tests.helpers.presets import PGAN_TINY, SPADE_TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

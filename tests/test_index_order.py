@@ -129,7 +129,7 @@ def test_a_tiny_anatomical_run_through_train_and_its_snapshot(tmp_path: Path):
     from synthseg.synth.generate_masks import load_mask_generator
     from synthseg.train import train
     from tests.conftest import compose_train, write_dataset
-    from tests.test_pgan_training import TINY
+    from tests.helpers.presets import PGAN_TINY as TINY
 
     data = write_dataset(tmp_path / "prepared", num_slices=24, size=16)
     cfg = compose_train(
@@ -147,7 +147,7 @@ def test_a_bad_order_in_the_config_is_one_line_naming_the_key(tmp_path: Path):
     from synthseg.errors import InputError
     from synthseg.train import train
     from tests.conftest import compose_train, write_dataset
-    from tests.test_pgan_training import TINY
+    from tests.helpers.presets import PGAN_TINY as TINY
 
     data = write_dataset(tmp_path / "prepared", num_slices=8, size=16)
     cfg = compose_train([*TINY, f"data.root={data}", "model.generator.index_order=alphabetical"], tmp_path)

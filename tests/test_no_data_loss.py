@@ -41,7 +41,7 @@ class Command:
 def _prepare(tmp: Path) -> Command:
     from synthseg.data.prepare import prepare
     from synthseg.data.prepare.settings import PrepareSettings
-    from tests.test_prepare import make_cohort
+    from tests.helpers.cohort import make_cohort
 
     source = tmp / "brats"
     make_cohort(source, 3, shape=(6, 5, 4))
@@ -141,7 +141,7 @@ def _export(tmp: Path) -> Command:
 def _report(tmp: Path) -> Command:
     from synthseg.report import report
     from synthseg.report.settings import BootstrapSettings, FigureSettings, ReportSettings
-    from tests.test_report import make_run
+    from tests.conftest import make_run
 
     prepared = write_dataset(tmp / "prepared", num_slices=10, size=16)
     runs = tmp / "runs"
@@ -284,7 +284,7 @@ def test_a_datamodule_cache_inside_a_prepared_dataset_is_the_tools_own(tmp_path:
 def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) -> Path:
     """Run the demo loop with two stand-in stages: one with a marker (prepare), one training run."""
     from synthseg import demo as pipeline
-    from tests.test_prepare import make_cohort
+    from tests.helpers.cohort import make_cohort
 
     source = tmp_path / "brats"
     if not source.exists():

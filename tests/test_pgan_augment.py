@@ -21,7 +21,7 @@ from synthseg.models.pgan_augment import (
 )
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
-from tests.test_pgan_training import TINY
+from tests.helpers.presets import PGAN_TINY as TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

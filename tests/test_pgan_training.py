@@ -16,6 +16,7 @@ from synthseg.networks.pgan import PGANGenerator
 from synthseg.progressive import ProgressiveSchedule
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
+from tests.helpers.presets import PGAN_TINY as TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -177,23 +178,6 @@ def test_majority_downsample_hand_example_ties_to_higher_class():
 
 
 # ---------------------------------------------------------------------------------- training (real)
-
-TINY = [
-    "model=pgan",
-    "model.generator.resolution=16",
-    "model.generator.latent_dim=16",
-    "model.generator.fmap_base=64",
-    "model.generator.fmap_max=16",
-    "model.stable_kimg=0.016",
-    "model.transition_kimg=0.016",
-    "model.batch_sizes={4: 8, 8: 8, 16: 4}",
-    "model.tick_kimg={4: 0.016, 8: 0.016, 16: 0.016}",
-    "model.swd_images=12",
-    "model.swd_batch_size=8",
-    "model.grid_size=[2, 2]",
-    "model.minibatch_repeats=1",
-    "trainer.log_every_n_steps=1",
-]
 
 
 def _run(tmp_path: Path, data: Path, total_kimg: float, *extra: str) -> Path:

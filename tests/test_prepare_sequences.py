@@ -14,7 +14,7 @@ from synthseg.data.pngio import read_png
 from synthseg.data.prepare.prepare import summarize
 from synthseg.data.prepare.settings import PrepareSettings
 from synthseg.errors import InputError
-from tests.test_prepare import SHAPE, SIZE, expected_slice, make_cohort, run_prepare, save, settings
+from tests.helpers.cohort import SHAPE, SIZE, expected_slice, make_cohort, run_prepare, save, settings
 
 OTHERS = {"t1": "_t1", "t2": "_t2", "flair": "_flair"}
 

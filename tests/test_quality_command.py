@@ -168,7 +168,7 @@ def test_the_unet_refuses_an_unknown_hd95_empty_rule() -> None:
 def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
     from synthseg.train import train
     from tests.conftest import compose_train
-    from tests.test_train_unet import SMALL
+    from tests.helpers.presets import UNET_SMALL as SMALL
 
     data = write_dataset(tmp_path / "prepared")
     cfg = compose_train([*SMALL, f"data.root={data}", "trainer.max_epochs=1"], tmp_path)
@@ -189,7 +189,7 @@ def test_unet_test_writes_hd95_per_subject_and_region(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- report
 @pytest.mark.slow
 def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_path: Path) -> None:
-    from tests.test_report import make_run
+    from tests.conftest import make_run
 
     runs = tmp_path / "runs"
     per_case = lambda hd: {  # noqa: E731
@@ -260,7 +260,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_report_without_hd95_keeps_table2_as_before(sets: dict[str, Path], tmp_path: Path) -> None:
-    from tests.test_report import make_run
+    from tests.conftest import make_run
 
     make_run(
         tmp_path / "runs" / "r", mix="full_real", classes=7, seed=0, dice_error=0.1, data_root=sets["real"]

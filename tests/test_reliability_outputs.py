@@ -24,7 +24,7 @@ from synthseg.errors import InputError
 from synthseg.synth.generate_masks import PROGRESS, resume_folder
 from synthseg.utils.outputs import OutputLockedError, claim_output, lock_path
 from tests.conftest import tiny_snapshot
-from tests.test_prepare import make_cohort
+from tests.helpers.cohort import make_cohort
 
 SYNTHSEG = str(Path(sys.executable).parent / "synthseg")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

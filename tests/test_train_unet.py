@@ -11,8 +11,7 @@ from omegaconf import OmegaConf, open_dict
 
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
-
-SMALL = ["model=unet", "model.net.base_width=4", "data.batch_size=8", "data.resolution=16"]
+from tests.helpers.presets import UNET_SMALL
 
 
 def test_model_config_settings_survive_composition(tmp_path: Path) -> None:
@@ -24,7 +23,7 @@ def test_model_config_settings_survive_composition(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = compose_train([*SMALL, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
+    cfg = compose_train([*UNET_SMALL, f"data.root={tiny_dataset}", "trainer.max_epochs=2"], tmp_path)
     before = OmegaConf.to_container(cfg)  # interpolations kept as written
     metrics = train(cfg)
     assert OmegaConf.to_container(cfg) == before  # train() edits nothing of the config it was given
@@ -63,7 +62,7 @@ def test_train_and_test_write_results(tiny_dataset: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize("classes", [4, 2])
 def test_reduced_class_problems(tiny_dataset: Path, tmp_path: Path, classes: int) -> None:
     cfg = compose_train(
-        [*SMALL, f"data.root={tiny_dataset}", f"data.classes={classes}", "debug=fast_dev_run"], tmp_path
+        [*UNET_SMALL, f"data.root={tiny_dataset}", f"data.classes={classes}", "debug=fast_dev_run"], tmp_path
     )
     with open_dict(cfg):
         cfg.test = False
@@ -78,7 +77,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_from_mid_epoch_checkpoint_continues_exactly(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "prepared", num_slices=50, size=16)  # 40 training slices: 5 batches/epoch
     common = [
-        *SMALL,
+        *UNET_SMALL,
         "data.resolution=null",
         f"data.root={data}",
         "trainer.max_epochs=2",

@@ -1,0 +1,1 @@
+"""Builders and presets shared by the tests (no tests here)."""
