@@ -208,6 +208,31 @@ def test_the_demo_trains_the_papers_pgan_unless_given_mask_switches(tmp_path: Pa
         )
 
 
+def test_the_demo_trains_spade_as_its_experiment_unless_given_switches(tmp_path: Path, monkeypatch) -> None:
+    from synthseg import demo as pipeline
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(pipeline, "_train", lambda overrides, out: seen.append(list(overrides)))
+    switches = "spade.switches=['model.lambda_l1=100','model.lambda_gan=0.1']"
+    for extra in ([], [switches]):
+        cfg = pipeline.DemoSettings.from_config(
+            pipeline.compose_config("demo", [f"output={tmp_path}", *extra])
+        )
+        {stage.output: stage for stage in pipeline.build_stages(cfg)}["spade"].run(tmp_path)
+    plain, switched = seen
+    assert not any(s.startswith(("model.lambda_l1", "model.lambda_gan")) for s in plain)
+    assert switched[-2:] == ["model.lambda_l1=100", "model.lambda_gan=0.1"]  # after the demo's own overrides
+    keep = [s for s in switched if not s.startswith(("data.", "seed"))]
+    model = compose_raw("train", keep).model
+    assert (model.lambda_l1, model.lambda_gan) == (100, 0.1)
+    paper = compose_raw("train", [s for s in plain if not s.startswith(("data.", "seed"))]).model
+    assert (paper.lambda_l1, paper.lambda_gan) == (0.0, 1.0)
+    with pytest.raises(InputError, match="spade.switches"):
+        pipeline.DemoSettings.from_config(
+            pipeline.compose_config("demo", [f"output={tmp_path}", "spade.switches=['lambda_gan=1']"])
+        )
+
+
 # ---------------------------------------------------------------------------------- 1. PGAN low-res reals
 def _tiny_pgan(**kwargs: Any) -> Any:
     from synthseg.models.pgan import PGAN

@@ -70,14 +70,24 @@ def _spade_checkpoint(out: Path) -> Path:
     return out / "spade" / "checkpoints" / "last.ckpt"
 
 
+def check_switches(name: str, switches: tuple[str, ...]) -> None:
+    """Model overrides beyond the paper (``pgan_switches``, ``spade.switches``): each ``model.KEY=VALUE``."""
+    for switch in switches:
+        if not isinstance(switch, str) or not switch.startswith("model.") or "=" not in switch:
+            raise InputError(f"{name}: expected model.KEY=VALUE overrides, got {switch!r}")
+
+
 @dataclass(frozen=True)
 class DemoSpade(Settings):
     epochs: int = 1
     test_images: int = 18
+    # SPADE overrides beyond the paper (docs/spade.md); () = experiment=spade_demo as it is
+    switches: tuple[str, ...] = ()
 
     def check(self) -> None:
         check_positive("epochs", self.epochs)
         check_positive("test_images", self.test_images)
+        check_switches("spade.switches", self.switches)
 
 
 @dataclass(frozen=True)
@@ -142,9 +152,7 @@ class DemoSettings(Settings):
         if self.resolution < 4 or self.resolution & (self.resolution - 1):
             raise InputError(f"resolution must be a power of two >= 4, got {self.resolution}")
         object.__setattr__(self, "sequences", check_sequences(self.sequences, "sequences"))
-        for switch in self.pgan_switches:
-            if not isinstance(switch, str) or not switch.startswith("model.") or "=" not in switch:
-                raise InputError(f"pgan_switches: expected model.KEY=VALUE overrides, got {switch!r}")
+        check_switches("pgan_switches", self.pgan_switches)
 
 
 def _sequences(cfg: DemoSettings) -> str:
@@ -189,6 +197,7 @@ def _spade(cfg: DemoSettings, out: Path) -> None:
         f"trainer.max_epochs={cfg.spade.epochs}",
         f"model.niter={cfg.spade.epochs}",
         "model.niter_decay=0",
+        *cfg.spade.switches,
     ]
     _train(overrides, out / "spade")
 
@@ -436,6 +445,8 @@ def _run_stages(cfg: DemoSettings, out: Path) -> None:
     print(DEMO_CHOICES, flush=True)
     switches = " ".join(cfg.pgan_switches) or "none (the paper's one channel of class indices)"
     print(f"PGAN label-map switches beyond the paper (pgan_switches; docs/masks.md): {switches}", flush=True)
+    switches = " ".join(cfg.spade.switches) or "none (the paper's losses)"
+    print(f"SPADE switches beyond the paper (spade.switches; docs/spade.md): {switches}", flush=True)
     from synthseg.train import share_stdout
     from synthseg.utils.graph import Job, run_graph
 
