@@ -47,7 +47,7 @@ class SPADEObjective:
             paper and the official SPADE: off). Beyond the paper: pix2pix's reconstruction term, a direct pull
             of every pixel towards the real image (measured for the demo in docs/spade.md).
         lambda_gan: weight of the generator's hinge term (1, the paper and the official SPADE). Beyond the
-            paper: below 1 the reconstruction terms lead and the adversarial pull only sharpens (the
+            paper: below 1 the reconstruction terms (feature matching, L1) weigh more against it (the
             discriminator's own loss is unchanged; measured for the demo in docs/spade.md).
     """
 
