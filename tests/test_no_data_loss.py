@@ -8,6 +8,7 @@ with one line, and every file the command did not write is still there, byte for
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,7 @@ def test_a_datamodule_cache_inside_a_prepared_dataset_is_the_tools_own(tmp_path:
 
 
 # --------------------------------------------------------------------------------- demo stage clean-up
-def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) -> Path:
+def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False, **settings: Any) -> Path:
     """Run the demo loop with two stand-in stages: one with a marker (prepare), one training run."""
     from synthseg import demo as pipeline
     from tests.helpers.cohort import make_cohort
@@ -313,7 +314,7 @@ def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False) 
     monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
     out = tmp_path / "demo"
     # workers=1: every stage here, in order (the stand-ins are closures, which no worker process can receive)
-    pipeline.run(pipeline.DemoSettings(output=str(out), force=force, workers=1))
+    pipeline.run(pipeline.DemoSettings(output=str(out), force=force, workers=1, **settings))
     return out
 
 
@@ -325,6 +326,29 @@ def test_demo_refuses_an_unrelated_folder(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(InputError, match=f"{user}: not empty and not written by synthseg demo"):
         _demo(tmp_path, monkeypatch)
     assert tree(user) == before
+
+
+def test_demo_resumes_only_with_the_settings_its_stages_were_made_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthseg.demo import DemoBudgets, DemoSpade
+
+    out = _demo(tmp_path, monkeypatch)
+    (out / "pgan" / ".complete").unlink()  # interrupted: a resume would re-train the PGAN only
+    before = tree(out)
+    switched = DemoSpade(switches=("model.lambda_gan=0.1",))
+    with pytest.raises(
+        InputError, match=r"other settings \(seed: 0 -> 1; spade.switches: \[\] -> \['model.lambda"
+    ):
+        _demo(tmp_path, monkeypatch, seed=1, spade=switched)
+    assert tree(out) == before  # nothing replaced
+    _demo(tmp_path, monkeypatch, budgets=DemoBudgets(pgan=1.0))  # how long it may take: free to change
+    assert (out / "pgan" / ".complete").is_file()
+    _demo(tmp_path, monkeypatch, force=True, seed=1)  # every stage again, under the new settings
+    assert json.loads((out / "demo_settings.json").read_text())["seed"] == 1
+    (out / "demo_settings.json").write_text("{trunc")
+    with pytest.raises(InputError, match="demo_settings.json: unreadable"):
+        _demo(tmp_path, monkeypatch, seed=1)
 
 
 @pytest.mark.parametrize("stage", ["prepared", "pgan"])

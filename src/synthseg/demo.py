@@ -403,6 +403,46 @@ DEMO_CHOICES = (
 )
 
 
+SETTINGS_FILE = "demo_settings.json"
+# Where and how fast the demo runs, not what it makes: free to change between a run and its resume.
+NOT_RESULTS = ("output", "force", "workers", "budgets")
+
+
+def check_resume(settings: DemoSettings, out: Path) -> None:
+    """Refuse to resume ``out`` with settings other than those its stages were made with (a resume skips the
+    completed stages, so their outputs would be reported under the new settings); record them otherwise."""
+    current = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in NOT_RESULTS}))
+    path = out / SETTINGS_FILE
+    if path.is_file() and not settings.force:
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}: unreadable ({error}); force=true re-runs every stage") from None
+        old, new = _flatten(recorded), _flatten(current)
+        changed = [
+            f"{k}: {old.get(k)} -> {new.get(k)}"
+            for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)
+        ]
+        if changed:
+            raise InputError(
+                f"{out}: its stages were made with other settings ({'; '.join(changed)}); force=true re-runs "
+                "every stage, or choose a new output folder"
+            )
+    write_text_atomic(path, json.dumps(current, indent=2))
+
+
+def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
+    """One level of nesting as dotted keys (``spade.switches``), as a user writes them."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def run(settings: DemoSettings) -> Path:
     """Run every stage of the demo into ``settings.output``; print a summary and return the folder, whose
     ``summary.json`` holds it (stages with their seconds, the Table 1 rows, the settings).
@@ -415,6 +455,7 @@ def run(settings: DemoSettings) -> Path:
     out = Path(settings.output).resolve()
     claim_folder(out, "demo")
     with output_lock(out):
+        check_resume(settings, out)
         _run_stages(settings, out)
     return out
 
