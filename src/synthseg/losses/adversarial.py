@@ -52,7 +52,11 @@ class SPADEObjective:
     """
 
     def __init__(
-        self, lambda_feat: float = 10.0, lambda_kld: float = 0.05, lambda_l1: float = 0.0, lambda_gan: float = 1.0
+        self,
+        lambda_feat: float = 10.0,
+        lambda_kld: float = 0.05,
+        lambda_l1: float = 0.0,
+        lambda_gan: float = 1.0,
     ):
         if not all(w >= 0 for w in (lambda_feat, lambda_kld, lambda_l1, lambda_gan)):  # NaN fails too
             raise ValueError(
