@@ -123,3 +123,43 @@ def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
         (out / s.output / "ran.json").unlink()
     pipeline.run(pipeline.DemoSettings(output=str(out), workers=2))
     assert not any((out / s.output / "ran.json").exists() for s in stages)
+
+
+@pytest.mark.slow
+def test_sweep_seeds_train_every_row_once_per_seed_and_the_report_waits_for_all(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from synthseg import demo as pipeline
+    from synthseg.errors import InputError
+
+    seeds = "sweep.seeds=[0,3]"
+    cfg = pipeline.DemoSettings.from_config(pipeline.compose_config("demo", [f"output={tmp_path}", seeds]))
+    stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
+    runs = sorted(name for name in stages if name.startswith("table1/"))
+    # the demo's own seed keeps the folder name it had before seeds; another seed gets a suffix
+    assert runs == sorted(
+        f"table1/{mix}_classes{classes}{suffix}"
+        for mix in cfg.sweep.mixes
+        for classes in cfg.sweep.classes
+        for suffix in ("", "_seed3")
+    )
+    assert set(stages["report"].needs) >= set(runs)
+    seen: list[tuple[list[str], Path]] = []
+    monkeypatch.setattr(pipeline, "_train", lambda overrides, out: seen.append((list(overrides), out)))
+    monkeypatch.setattr(pipeline, "row_slices", lambda prepared, mix: (100, 100))
+    stages["table1/full_real_classes7_seed3"].run(tmp_path)
+    stages["table1/full_real_classes7"].run(tmp_path)
+    (second, second_dir), (first, first_dir) = seen
+    assert "seed=3" in second and second_dir == tmp_path / "table1" / "full_real_classes7_seed3"
+    assert "seed=0" in first and first_dir == tmp_path / "table1" / "full_real_classes7"
+    # without sweep.seeds: one run per row at the demo's seed, as before
+    plain = pipeline.DemoSettings.from_config(
+        pipeline.compose_config("demo", [f"output={tmp_path}", "seed=5"])
+    )
+    names = [s.output for s in pipeline.build_stages(plain) if s.output.startswith("table1/")]
+    assert len(names) == 12 and not any("_seed" in name for name in names)
+    for bad, message in (("[1,1]", "each seed once"), ("[0.5]", r"sweep.seeds must be a list of \(an integer\)")):
+        with pytest.raises(InputError, match=message):
+            pipeline.DemoSettings.from_config(
+                pipeline.compose_config("demo", [f"output={tmp_path}", f"sweep.seeds={bad}"])
+            )

@@ -21,7 +21,15 @@ from omegaconf import DictConfig, open_dict
 
 from synthseg.data.manifest import read_provenance
 from synthseg.data.sequences import check_sequences
-from synthseg.demo_sweep import DemoSweep, row_slices, sweep_overrides
+from synthseg.demo_record import check_resume
+from synthseg.demo_sweep import (
+    DemoSweep,
+    collect_results,
+    row_slices,
+    run_folder,
+    sweep_overrides,
+    sweep_seeds,
+)
 from synthseg.errors import InputError
 from synthseg.paths import compose_config
 from synthseg.settings import Settings, check_positive
@@ -242,7 +250,7 @@ def _spade_test(cfg: DemoSettings, out: Path) -> None:
     generate_images.run(settings)
 
 
-def _sweep_run(cfg: DemoSettings, mix: str, classes: int, out: Path) -> None:
+def _sweep_run(cfg: DemoSettings, mix: str, classes: int, seed: int, out: Path) -> None:
     """One U-Net of Table 1; a mix asking for more synthetic pairs than the filter kept is skipped, said."""
     slices, full = row_slices(out / "prepared", mix)
     overrides = [
@@ -253,10 +261,10 @@ def _sweep_run(cfg: DemoSettings, mix: str, classes: int, out: Path) -> None:
         f"data.sequences={_sequences(cfg)}",
         f"paths.synthetic_full={out / 'synthetic'}",
         f"paths.synthetic_reduced={out / 'synthetic'}",
-        f"seed={cfg.seed}",
+        f"seed={seed}",
         *sweep_overrides(cfg.sweep, slices, full),
     ]
-    run_dir = out / SWEEP / f"{mix}_classes{classes}"
+    run_dir = out / SWEEP / run_folder(mix, classes, seed, cfg.seed)
     try:
         _train(overrides, run_dir)
     except InputError as err:
@@ -290,7 +298,13 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
     Each U-Net of the sweep is a stage of its own, so that the real-data rows train beside the GANs.
     """
     budgets = cfg.budgets
-    runs = [(mix, classes, _uses_synthetic(mix)) for mix in cfg.sweep.mixes for classes in cfg.sweep.classes]
+    synthetic = {mix: _uses_synthetic(mix) for mix in cfg.sweep.mixes}
+    runs = [
+        (mix, classes, seed, synthetic[mix])
+        for mix in cfg.sweep.mixes
+        for classes in cfg.sweep.classes
+        for seed in sweep_seeds(cfg.sweep, cfg.seed)
+    ]
     # The sweep's budget spread over its runs, as many at a time as there are workers.
     run_budget = budgets.sweep * min(cfg.workers, len(runs)) / max(1, len(runs))
     return [
@@ -328,22 +342,27 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
         ),
         *[
             Stage(
-                f"Table 1: {mix}, {classes} classes (U-Net)",
-                f"{SWEEP}/{mix}_classes{classes}",
-                partial(_sweep_run, cfg, mix, classes),
+                f"Table 1: {mix}, {classes} classes{'' if seed == cfg.seed else f', seed {seed}'} (U-Net)",
+                f"{SWEEP}/{run_folder(mix, classes, seed, cfg.seed)}",
+                partial(_sweep_run, cfg, mix, classes, seed),
                 run_budget,
                 TRAIN_RUN_FILES,
                 needs=("prepared", "synthetic") if synthetic else ("prepared",),
             )
             # real-only rows first: they can start while the GANs train
-            for mix, classes, synthetic in sorted(runs, key=lambda r: r[2])
+            for mix, classes, seed, synthetic in sorted(runs, key=lambda r: r[3])
         ],
         Stage(
             "report",
             "report",
             partial(_report, cfg),
             budgets.report,
-            needs=("prepared", "synthetic", "spade_test", *(f"{SWEEP}/{m}_classes{c}" for m, c, _ in runs)),
+            needs=(
+                "prepared",
+                "synthetic",
+                "spade_test",
+                *(f"{SWEEP}/{run_folder(m, c, seed, cfg.seed)}" for m, c, seed, _ in runs),
+            ),
             alone=True,
         ),
     ]
@@ -369,27 +388,6 @@ def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Pat
     return folder
 
 
-def collect_results(out: Path) -> list[dict[str, Any]]:
-    """One row per U-Net run of the sweep: mix, classes, counts, the paper's Dice error and the WT Dice (%)."""
-    rows = []
-    for path in sorted(out.glob("table1/*/results.json")):
-        results = json.loads(path.read_text())
-        rows.append(
-            {
-                "mix": results["config"].get("mix_name"),
-                "classes": results["config"]["data"]["classes"],
-                "sequences": results["config"]["data"].get("sequences", ["t1c"]),
-                "real": results["data_stats"].get("num_real"),
-                "synthetic": results["data_stats"].get("num_synthetic"),
-                "dice_error_percent": 100 * results["metrics"]["test/dice_error"],
-                "dice_error_fixed_percent": 100 * results["metrics"]["test/dice_error_fixed"],
-                "dice_WT_percent": 100 * results["metrics"].get("test/dice_WT", float("nan")),
-                "results": str(path),
-            }
-        )
-    return rows
-
-
 DONE = ".complete"
 # What the demo does differently from the paper's experiments besides its sizes (docs/fidelity.md).
 DEMO_CHOICES = (
@@ -401,46 +399,6 @@ DEMO_CHOICES = (
     "validation and Table 1 stay the paper's Dice); sizes, widths, schedules and the U-Net's learning rate "
     "(30x) are demo-sized; memory layout and precision are measured on this machine (auto: fp32 on CPU)."
 )
-
-
-SETTINGS_FILE = "demo_settings.json"
-# Where and how fast the demo runs, not what it makes: free to change between a run and its resume.
-NOT_RESULTS = ("output", "force", "workers", "budgets")
-
-
-def check_resume(settings: DemoSettings, out: Path) -> None:
-    """Refuse to resume ``out`` with settings other than those its stages were made with (a resume skips the
-    completed stages, so their outputs would be reported under the new settings); record them otherwise."""
-    current = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in NOT_RESULTS}))
-    path = out / SETTINGS_FILE
-    if path.is_file() and not settings.force:
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"{path}: unreadable ({error}); force=true re-runs every stage") from None
-        old, new = _flatten(recorded), _flatten(current)
-        changed = [
-            f"{k}: {old.get(k)} -> {new.get(k)}"
-            for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k)
-        ]
-        if changed:
-            raise InputError(
-                f"{out}: its stages were made with other settings ({'; '.join(changed)}); force=true re-runs "
-                "every stage, or choose a new output folder"
-            )
-    write_text_atomic(path, json.dumps(current, indent=2))
-
-
-def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
-    """One level of nesting as dotted keys (``spade.switches``), as a user writes them."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
 
 
 def run(settings: DemoSettings) -> Path:
@@ -455,7 +413,8 @@ def run(settings: DemoSettings) -> Path:
     out = Path(settings.output).resolve()
     claim_folder(out, "demo")
     with output_lock(out):
-        check_resume(settings, out)
+        if check_resume(settings, out):  # more seeds: their rows train, then the report covers them all
+            (out / "report" / DONE).unlink(missing_ok=True)
         _run_stages(settings, out)
     return out
 

@@ -6,9 +6,12 @@ count would give ``reduced_real`` a fifth of the steps at demo size and the rows
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from synthseg.errors import InputError
 from synthseg.paths import compose_config
 from synthseg.settings import Settings, check_choice, check_positive
 
@@ -23,10 +26,14 @@ class DemoSweep(Settings):
     precision: str = "auto"
     compile: bool = False
     channels_last: bool | str = "auto"
+    # U-Net seeds of every row (Table 1: mean and std over them); () = the demo's own seed only
+    seeds: tuple[int, ...] = ()
 
     def check(self) -> None:
         for classes in self.classes:
             check_choice("classes", classes, (2, 4, 7))
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"sweep.seeds: each seed once, got {list(self.seeds)}")
         check_positive("epochs", self.epochs)
         check_choice("precision", self.precision, ("auto", "32-true", "bf16-mixed"))
         check_choice("channels_last", self.channels_last, ("auto", True, False))
@@ -71,3 +78,35 @@ def sweep_overrides(cfg: DemoSweep, slices: int, full: int) -> list[str]:
         f"model.channels_last={str(cfg.channels_last).lower()}",
         "fastpath.reduced_precision=true",  # on a GPU auto may pick bf16/fp16 (CPU: fp32 always)
     ]
+
+
+def sweep_seeds(cfg: DemoSweep, demo_seed: int) -> tuple[int, ...]:
+    """The U-Net seeds of every row: ``sweep.seeds``, or the demo's own seed."""
+    return tuple(cfg.seeds) or (demo_seed,)
+
+
+def run_folder(mix: str, classes: int, seed: int, demo_seed: int) -> str:
+    """A row's run folder under ``table1/``: the demo's own seed keeps the plain name (as before seeds)."""
+    return f"{mix}_classes{classes}" + ("" if seed == demo_seed else f"_seed{seed}")
+
+
+def collect_results(out: Path) -> list[dict[str, Any]]:
+    """One row per U-Net run of the sweep: mix, classes, counts, the paper's Dice error and the WT Dice (%)."""
+    rows = []
+    for path in sorted(out.glob("table1/*/results.json")):
+        results = json.loads(path.read_text())
+        rows.append(
+            {
+                "mix": results["config"].get("mix_name"),
+                "classes": results["config"]["data"]["classes"],
+                "seed": results["config"].get("seed"),
+                "sequences": results["config"]["data"].get("sequences", ["t1c"]),
+                "real": results["data_stats"].get("num_real"),
+                "synthetic": results["data_stats"].get("num_synthetic"),
+                "dice_error_percent": 100 * results["metrics"]["test/dice_error"],
+                "dice_error_fixed_percent": 100 * results["metrics"]["test/dice_error_fixed"],
+                "dice_WT_percent": 100 * results["metrics"].get("test/dice_WT", float("nan")),
+                "results": str(path),
+            }
+        )
+    return rows
