@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("synth",),
     ("models",),
     ("report",),
-    ("train", "train_checks", "demo", "demo_sweep", "cli", "__main__"),
+    ("train", "train_checks", "demo", "demo_sweep", "demo_record", "cli", "__main__"),
 )
 
 
