@@ -298,9 +298,9 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
     Each U-Net of the sweep is a stage of its own, so that the real-data rows train beside the GANs.
     """
     budgets = cfg.budgets
-    synthetic = {mix: _uses_synthetic(mix) for mix in cfg.sweep.mixes}
+    uses_synthetic = {mix: _uses_synthetic(mix) for mix in cfg.sweep.mixes}
     runs = [
-        (mix, classes, seed, synthetic[mix])
+        (mix, classes, seed, uses_synthetic[mix])
         for mix in cfg.sweep.mixes
         for classes in cfg.sweep.classes
         for seed in sweep_seeds(cfg.sweep, cfg.seed)
