@@ -158,8 +158,48 @@ def test_sweep_seeds_train_every_row_once_per_seed_and_the_report_waits_for_all(
     )
     names = [s.output for s in pipeline.build_stages(plain) if s.output.startswith("table1/")]
     assert len(names) == 12 and not any("_seed" in name for name in names)
-    for bad, message in (("[1,1]", "each seed once"), ("[0.5]", r"sweep.seeds must be a list of \(an integer\)")):
+    for bad, message in (
+        ("[1,1]", "each seed once"),
+        ("[0.5]", r"sweep.seeds must be a list of \(an integer\)"),
+    ):
         with pytest.raises(InputError, match=message):
             pipeline.DemoSettings.from_config(
                 pipeline.compose_config("demo", [f"output={tmp_path}", f"sweep.seeds={bad}"])
             )
+
+
+@pytest.mark.slow
+def test_a_stage_runs_again_when_a_stage_it_reads_was_made_after_it(tmp_path: Path, monkeypatch) -> None:
+    import os
+    from functools import partial
+
+    from synthseg import demo as pipeline
+
+    def stage(name: str, needs: tuple[str, ...] = (), alone: bool = False) -> object:
+        return pipeline.Stage(name, name, partial(_stand_in, name), 10.0, ("ran.json",), needs, alone)
+
+    stages = [
+        stage("first", alone=True),
+        stage("table1/a", ("first",)),
+        stage("table1/b", ("first",)),
+        stage("last", ("table1/a", "table1/b"), alone=True),
+    ]
+    monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
+    monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
+    out = tmp_path / "demo"
+
+    def run_and_see() -> list[str]:
+        for s in stages:
+            (out / s.output / "ran.json").unlink(missing_ok=True)
+        pipeline.run(pipeline.DemoSettings(output=str(out), workers=2))
+        return [s.output for s in stages if (out / s.output / "ran.json").exists()]
+
+    assert run_and_see() == ["first", "table1/a", "table1/b", "last"]
+    # a row made again (a new seed's row in the demo): what reads it is made again after it, nothing else
+    (out / "table1/a/.complete").unlink()
+    assert run_and_see() == ["table1/a", "last"]
+    # a resume stopped after the row and before the report: the report's marker is older than the row's
+    newer = (out / "last/.complete").stat().st_mtime_ns + 1_000_000_000
+    os.utime(out / "table1/a/.complete", ns=(newer, newer))
+    assert run_and_see() == ["last"]
+    assert run_and_see() == []

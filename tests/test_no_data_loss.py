@@ -351,16 +351,13 @@ def test_demo_resumes_only_with_the_settings_its_stages_were_made_with(
         _demo(tmp_path, monkeypatch, seed=1)
 
 
-def test_demo_resumed_with_more_seeds_keeps_its_rows_and_remakes_the_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_demo_resumed_with_more_seeds_keeps_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from synthseg.demo_sweep import DemoSweep
 
     out = _demo(tmp_path, monkeypatch)  # the demo's seed only
-    (out / "report").mkdir()
-    (out / "report" / ".complete").write_text("1.0\n")  # as the report stage marks itself
+    done = (out / "pgan" / ".complete").stat().st_mtime_ns
     _demo(tmp_path, monkeypatch, sweep=DemoSweep(seeds=(0, 2)))  # seed 0's rows stay valid: no refusal
-    assert (out / "pgan" / ".complete").is_file() and not (out / "report" / ".complete").exists()
+    assert (out / "pgan" / ".complete").stat().st_mtime_ns == done  # not made again
     assert json.loads((out / "demo_settings.json").read_text())["sweep"]["seeds"] == [0, 2]
     with pytest.raises(InputError, match=r"sweep.seeds: \[0, 2\] -> \[\]"):  # fewer: seed 2's rows would stay
         _demo(tmp_path, monkeypatch)

@@ -401,6 +401,19 @@ DEMO_CHOICES = (
 )
 
 
+def is_current(out: Path, stage: Stage) -> bool:
+    """Complete, and completed after every stage it reads (so a resume that re-made one of them, say the
+    sweep's rows of a new seed, or was stopped before this stage ran again, makes it again)."""
+    done = out / stage.output / DONE
+    if not done.is_file():
+        return False
+    when = done.stat().st_mtime_ns
+    return all(
+        not (out / need / DONE).is_file() or (out / need / DONE).stat().st_mtime_ns <= when
+        for need in stage.needs
+    )
+
+
 def run(settings: DemoSettings) -> Path:
     """Run every stage of the demo into ``settings.output``; print a summary and return the folder, whose
     ``summary.json`` holds it (stages with their seconds, the Table 1 rows, the settings).
@@ -413,8 +426,7 @@ def run(settings: DemoSettings) -> Path:
     out = Path(settings.output).resolve()
     claim_folder(out, "demo")
     with output_lock(out):
-        if check_resume(settings, out):  # more seeds: their rows train, then the report covers them all
-            (out / "report" / DONE).unlink(missing_ok=True)
+        check_resume(settings, out)
         _run_stages(settings, out)
     return out
 
@@ -453,12 +465,16 @@ def _run_stages(cfg: DemoSettings, out: Path) -> None:
     number = {stage.output: f"[{i}/{len(stages)}] {stage.name}" for i, stage in enumerate(stages, 1)}
     by_output = {stage.output: stage for stage in stages}
     jobs = []
+    again: set[str] = (
+        set()
+    )  # stages that run: what needs them runs after them (stages come after their needs)
     for stage in stages:
         target = out / stage.output
-        if (target / DONE).is_file() and not cfg.force:
+        if not cfg.force and not again.intersection(stage.needs) and is_current(out, stage):
             stage.skipped = True
             print(f"{number[stage.output]}: {target} is complete, skipped")
         else:
+            again.add(stage.output)
             jobs.append(Job(stage.output, partial(stage.run, out), stage.needs, stage.alone))
 
     def started(job: Job) -> None:

@@ -15,15 +15,14 @@ SETTINGS_FILE = "demo_settings.json"
 NOT_RESULTS = ("output", "force", "workers", "budgets")
 
 
-def check_resume(settings: Any, out: Path) -> bool:
+def check_resume(settings: Any, out: Path) -> None:
     """Refuse to resume ``out`` with settings other than those its stages were made with (a resume skips the
     completed stages, so their outputs would be reported under the new settings); record them otherwise.
 
     ``settings`` is the demo's ``DemoSettings``. More U-Net seeds (``sweep.seeds`` holding every seed the
-    folder's rows were trained with) extend the sweep: the completed rows stay valid, and True is returned
-    (the report must be made again, over every seed).
+    folder's rows were trained with) extend the sweep: the completed rows stay valid (the report, completed
+    before the new rows, is made again: ``demo.is_current``).
     """
-    extended = False
     current = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in NOT_RESULTS}))
     path = out / SETTINGS_FILE
     if path.is_file() and not settings.force:
@@ -33,7 +32,6 @@ def check_resume(settings: Any, out: Path) -> bool:
             raise InputError(f"{path}: unreadable ({error}); force=true re-runs every stage") from None
         old, new = _flatten(recorded), _flatten(current)
         if set(_seeds(old)) <= set(_seeds(new)):
-            extended = set(_seeds(old)) != set(_seeds(new))
             old["sweep.seeds"] = new.get("sweep.seeds")
         changed = [
             f"{k}: {old.get(k)} -> {new.get(k)}"
@@ -46,7 +44,6 @@ def check_resume(settings: Any, out: Path) -> bool:
                 "every stage, or choose a new output folder"
             )
     write_text_atomic(path, json.dumps(current, indent=2))
-    return extended
 
 
 def _seeds(flat: dict[str, Any]) -> list[Any]:
