@@ -81,6 +81,8 @@ def test_networks_record_the_order_and_refuse_it_with_onehot():
         PGANDiscriminator(label_encoding="onehot", index_order="anatomical", **small)
     with pytest.raises(ValueError, match="index_order must be one of"):
         PGANGenerator(index_order="random", **small)
+    with pytest.raises(ValueError, match="defined for 7 classes"):  # at construction, not at the first batch
+        PGANDiscriminator(classes=4, index_order="anatomical", **small)
     from synthseg.models.pgan import PGAN
 
     adam = partial(torch.optim.Adam, lr=1e-3)

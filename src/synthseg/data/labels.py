@@ -163,7 +163,7 @@ INDEX_ORDERS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _index_order(order: str, classes: int) -> tuple[int, ...]:
+def classes_in_order(order: str, classes: int) -> tuple[int, ...]:
     """The classes in value order for ``order``; a ValueError for an unknown name or class count."""
     if order not in INDEX_ORDERS:
         raise ValueError(f"index_order must be one of {tuple(INDEX_ORDERS)}, got {order!r}")
@@ -176,10 +176,10 @@ def _index_order(order: str, classes: int) -> tuple[int, ...]:
 
 def index_values(labels: torch.Tensor, classes: int, order: str = "paper") -> torch.Tensor:
     """Class indices (N, H, W) -> each class's place on the index coding's line (same shape, int64)."""
-    classes_in_order = _index_order(order, classes)
+    in_order = classes_in_order(order, classes)
     if order == "paper":  # the identity: no lookup on the faithful path
         return labels.long()
-    ranks = torch.argsort(torch.tensor(classes_in_order))  # class -> its place
+    ranks = torch.argsort(torch.tensor(in_order))  # class -> its place
     return ranks.to(labels.device)[labels.long()]
 
 
@@ -207,10 +207,10 @@ def net_to_labels(x: torch.Tensor, classes: int, order: str = "paper") -> torch.
         return x.argmax(dim=1).to(torch.uint8)
     values = (x[:, 0].float() + 1.0) * ((classes - 1) / 2.0)
     places = values.round().clamp(0, classes - 1)
-    classes_in_order = _index_order(order, classes)
+    in_order = classes_in_order(order, classes)
     if order == "paper":  # the identity: the paper's decoding as it was
         return places.to(torch.uint8)
-    return torch.tensor(classes_in_order, dtype=torch.uint8, device=x.device)[places.long()]
+    return torch.tensor(in_order, dtype=torch.uint8, device=x.device)[places.long()]
 
 
 LABEL_ENCODINGS = ("index", "onehot")

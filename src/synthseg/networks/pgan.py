@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synthseg.data.labels import INDEX_ORDERS, LABEL_ENCODINGS
+from synthseg.data.labels import LABEL_ENCODINGS, classes_in_order
 from synthseg.networks.pgan_layers import (
     LEAKY_SLOPE,
     EqualizedConv2d,
@@ -114,8 +114,7 @@ def _check_encoding(label_encoding: str, classes: int, index_order: str = "paper
         raise ValueError(f"label_encoding must be one of {LABEL_ENCODINGS}, got {label_encoding!r}")
     if classes < 2:
         raise ValueError(f"classes must be >= 2, got {classes}")
-    if index_order not in INDEX_ORDERS:
-        raise ValueError(f"index_order must be one of {tuple(INDEX_ORDERS)}, got {index_order!r}")
+    classes_in_order(index_order, classes)  # a known order, for this class count
     if index_order != "paper" and label_encoding != "index":
         raise ValueError(
             f"index_order={index_order} orders the index coding; label_encoding is {label_encoding}"
