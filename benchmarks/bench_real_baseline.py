@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from synthseg.metrics import fidelity  # noqa: E402
 from synthseg.metrics.baseline import split_by_case  # noqa: E402
 from synthseg.metrics.features import UNetEncoderFeatures, build_extractor, extract  # noqa: E402
-from synthseg.metrics.quality import _scaler  # noqa: E402
+from synthseg.metrics.quality import input_scaler  # noqa: E402
 from synthseg.metrics.slices import DatasetSlices, recorded_range  # noqa: E402
 from synthseg.networks.unet import UNet  # noqa: E402
 
@@ -82,7 +82,7 @@ def main() -> None:
         labels, images = real.load(rows, real.size)
         factor = real.size // extractor.resolution if extractor.resolution else 1
         small = F.avg_pool2d(images, factor) if factor > 1 else images
-        scaled = _scaler(extractor, small, top)(small, slice(None))
+        scaled = input_scaler(extractor, small, top)(small, slice(None))
         feats = {"unet": extract(extractor.module, scaled)}
         if empty == "exclude":
             torch.manual_seed(12345)  # not the seed a test or a run would train from

@@ -25,7 +25,10 @@ synthetic images and of the real test images at the same size (area-reduced, as 
 the distance of each over the real WM level (the target: at most 0.15 for WM, GM, CSF and enhancing tumor),
 and the order of enhancing tumor, WM, GM, CSF in both (real T1c: enhancing rim > WM > GM > CSF). Also the
 training wall time (on a shared machine: read the ``time`` ratios instead), and a montage of 8 synthetic
-images over their real ones (``<out>/<name>.png``).
+images over their real ones (``<out>/<name>.png``). With ``--unet RUN`` (a full_real U-Net run folder of the
+same data) also the **label agreement**: that U-Net segments the painted images and the real ones of the same
+label maps, mean Dice over the foreground classes (synthseg.metrics.agreement). A variant already trained in
+``<out>`` is only measured again (its training time kept).
 """
 
 from __future__ import annotations
@@ -220,7 +223,36 @@ def intensity_check(synthetic: list[float | None], real: list[float | None]) -> 
     }
 
 
-def measure(run: Path, data: Path, size: int, name: str, out: Path) -> dict[str, Any]:
+def label_agreement(
+    unet: Path, labels: list[np.ndarray], synthetic: list[np.ndarray], real: list[np.ndarray]
+) -> dict[str, Any]:
+    """The real-data U-Net ``unet`` segments the painted images and the real ones of the same label maps
+    (synthseg.metrics.agreement: SPADE's own evaluation); its confusion matrices are left out of the record."""
+    from synthseg.metrics.agreement import label_agreement as agreement
+    from synthseg.metrics.features import build_extractor
+    from synthseg.metrics.quality import input_scaler
+
+    extractor = build_extractor("unet", unet)
+    maps = torch.from_numpy(np.stack(labels).astype(np.int64))
+    painted = torch.from_numpy(np.stack(synthetic)[:, None]).float()
+    reals = torch.from_numpy(np.stack(real)[:, None]).float()
+    scale = input_scaler(extractor, reals, (float(reals.max()),))
+    found = agreement(
+        extractor.segmenter, int(extractor.classes or 7), lambda x: scale(x, slice(None)), (maps, painted),
+        (maps, reals),
+    )  # fmt: skip
+    return {
+        "unet": str(unet),
+        "mean_dice": found["mean_dice"],
+        "mean_dice_real": found["mean_dice_real"],
+        "dice": found["synthetic"]["dice"],
+        "dice_real": found["real"]["dice"],
+    }
+
+
+def measure(
+    run: Path, data: Path, size: int, name: str, out: Path, unet: Path | None = None
+) -> dict[str, Any]:
     from synthseg.data.dataset import downsample_image
     from synthseg.data.pngio import read_png
     from synthseg.synth import generate_images
@@ -247,7 +279,10 @@ def measure(run: Path, data: Path, size: int, name: str, out: Path) -> dict[str,
         real.append(downsample_image(image, image.shape[0] // size))
     check = intensity_check(class_levels(labels, synthetic), class_levels(labels, real))
     montage(out / f"{name}.png", synthetic[:8], real[:8])
-    return {"slices": len(ids), "size": size, "class_intensity": check}
+    found = {"slices": len(ids), "size": size, "class_intensity": check}
+    if unet is not None:
+        found["label_agreement"] = label_agreement(unet, labels, synthetic, real)
+    return found
 
 
 def montage(path: Path, synthetic: list[np.ndarray], real: list[np.ndarray]) -> None:
@@ -281,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     training.add_argument("--data", type=Path, required=True)
     training.add_argument("--out", type=Path, required=True)
     training.add_argument("--name", required=True)
+    training.add_argument("--unet", type=Path, help="a full_real U-Net run folder: also the label agreement")
     training.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "time":
@@ -308,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         "name": args.name,
         "overrides": args.overrides,
         "seconds": seconds,
-        **measure(run, args.data.resolve(), int(cfg.data.resolution), args.name, args.out),
+        **measure(run, args.data.resolve(), int(cfg.data.resolution), args.name, args.out, args.unet),
     }
     previous = args.out / f"{args.name}.json"
     if seconds < 30 and previous.is_file():  # measured again only: keep the training time of the record
@@ -316,9 +352,11 @@ def main(argv: list[str] | None = None) -> None:
     previous.write_text(json.dumps(record, indent=2))
     check = record["class_intensity"]
     line = {n: round(v["distance_over_real_wm"] or -1, 3) for n, v in check["classes"].items()}
+    agreed = record.get("label_agreement", {}).get("mean_dice")
     print(
         json.dumps({"name": args.name, "distance": line, "order": check["order_synthetic"],
-                    "target_met": check["target_met"], "seconds": round(record["seconds"])}),
+                    "target_met": check["target_met"], "seconds": round(record["seconds"]),
+                    "label_agreement": None if agreed is None else round(agreed, 3)}),
         file=sys.stderr,
     )  # fmt: skip
 

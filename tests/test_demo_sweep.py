@@ -79,6 +79,33 @@ def test_the_real_rows_train_beside_the_gans_and_the_report_waits_for_everything
     )
 
 
+def test_a_segmenter_spade_waits_for_the_full_real_unet_it_reads(tmp_path: Path, monkeypatch) -> None:
+    from synthseg import demo as pipeline
+    from synthseg.errors import InputError
+
+    def settings(*overrides: str) -> pipeline.DemoSettings:
+        return pipeline.DemoSettings.from_config(
+            pipeline.compose_config("demo", [f"output={tmp_path}", *overrides])
+        )
+
+    plain = {stage.output: stage for stage in pipeline.build_stages(settings())}
+    assert plain["spade"].needs == ("prepared",)  # the default: SPADE trains beside the U-Nets
+    cfg = settings("spade.segmenter_weight=30")
+    stages = {stage.output: stage for stage in pipeline.build_stages(cfg)}
+    assert stages["spade"].needs == ("prepared", "table1/full_real_classes7")
+    trained: list[list[str]] = []
+    monkeypatch.setattr(pipeline, "_train", lambda overrides, folder: trained.append(overrides))
+    pipeline._spade(cfg, tmp_path)
+    pipeline._spade(settings(), tmp_path)
+    assert trained[0][-2:] == [
+        "model.lambda_seg=30.0",
+        f"model.segmenter={tmp_path / 'table1/full_real_classes7'}",
+    ]
+    assert not any(o.startswith("model.lambda_seg") for o in trained[1])
+    with pytest.raises(InputError, match="needs the full_real rows"):
+        pipeline.build_stages(settings("spade.segmenter_weight=1", "sweep.mixes=[full_syn23960]"))
+
+
 def _stand_in(name: str, out: Path) -> None:
     import json
     import os

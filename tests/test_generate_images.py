@@ -230,3 +230,34 @@ def test_cli_reports_a_bad_mask_in_one_line(snapshot, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "label value 7" in lines[0]
+
+
+def test_zero_background_keeps_the_brain_and_its_one_pixel_rim() -> None:
+    labels = np.zeros((1, 6, 6), np.uint8)
+    labels[0, 2:4, 2:4] = 4  # a 2 x 2 brain
+    images = np.full((1, 1, 6, 6), 7, np.uint16)
+    out = generate_images.zero_background(images, labels)
+    rim = np.zeros((6, 6), bool)
+    rim[1:5, 1:5] = True  # the brain and every pixel touching it (8-neighbourhood)
+    assert np.array_equal(out[0, 0] == 7, rim) and out.dtype == np.uint16
+    assert generate_images.zero_background(images, np.zeros((1, 6, 6), np.uint8)).max() == 0
+
+
+def test_background_zero_writes_zeros_only_far_from_the_brain(tiny_dataset, snapshot, tmp_path):
+    kept, zeroed = tmp_path / "keep", tmp_path / "zero"
+    for out, background in ((kept, "keep"), (zeroed, "zero")):
+        generate_images.run(
+            GenerateImagesSettings(checkpoint=snapshot, masks=tiny_dataset, output=out, device="cpu",
+                                   progress=False, background=background)
+        )  # fmt: skip
+    manifest = read_manifest(kept)
+    changed = 0
+    for i in range(len(manifest)):
+        before, after = read_png(kept / manifest.image[i]), read_png(zeroed / manifest.image[i])
+        labels = read_png(kept / manifest.label[i])[None]
+        expected = generate_images.zero_background(before[None, None], labels)[0, 0]
+        assert np.array_equal(after, expected)
+        changed += int((after != before).sum())
+    assert changed > 0  # the tiny generator paints the background: the switch changed pixels
+    with pytest.raises(InputError, match="background"):
+        GenerateImagesSettings(checkpoint=snapshot, masks=tiny_dataset, output=zeroed, background="black")

@@ -856,3 +856,18 @@ def test_an_existing_file_as_the_output_says_it_is_a_file(tmp_path: Path) -> Non
     with pytest.raises(InputError, match=f"{afile}: is a file, not a folder") as err:
         command.run(afile, False)
     assert "\n" not in str(err.value) and afile.read_text() == "not a folder"
+
+
+def test_a_demo_record_without_a_later_setting_resumes_at_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthseg.demo import DemoSynthetic
+
+    out = _demo(tmp_path, monkeypatch)
+    record = json.loads((out / "demo_settings.json").read_text())
+    del record["synthetic"]["background"]  # a folder made before the key existed
+    (out / "demo_settings.json").write_text(json.dumps(record))
+    _demo(tmp_path, monkeypatch)  # its default is the behaviour of before: no refusal
+    (out / "demo_settings.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"synthetic.background: keep -> zero"):
+        _demo(tmp_path, monkeypatch, synthetic=DemoSynthetic(background="zero"))

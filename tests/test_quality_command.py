@@ -242,9 +242,13 @@ def test_report_gains_table3_hd95_and_metrics_json(sets: dict[str, Path], tmp_pa
     assert entry["reference_empty"] == "exclude" and entry["class_intensity"]["by_sequence"]["t1c"]
     table3 = (out / "table3.md").read_text()
     assert "| FD-U-Net | FD∞-U-Net | KID-U-Net |" in table3 and "## Class intensity" in table3
+    # The full_real U-Net segments the synthetic images and the real test slices (label agreement).
+    assert "| NN Dice | U-Net Dice | copies |" in table3
+    assert 0 <= entry["label_agreement"] <= 1 and 0 <= entry["label_agreement_real"] <= 1
     row = next(line for line in table3.splitlines() if line.startswith("| full |"))
     kid = f"{entry['kid_at_baseline_n']:.3g} / {entry['kid_real_baseline']:.3g}"
     assert f"| {kid} |" in row
+    assert f"| {entry['label_agreement']:.3g} / {entry['label_agreement_real']:.3g} |" in row
     csv_row = _csv(out / "table3.csv")[0]
     assert float(csv_row["kid_real_baseline"]) == pytest.approx(entry["kid_real_baseline"])
     saved = json.loads((out / "quality" / "full" / "quality.json").read_text())
@@ -339,7 +343,7 @@ def test_a_lightning_checkpoint_passed_as_unet_is_one_clear_error(
 def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, Path], tmp_path: Path) -> None:
     from synthseg.data.dataset import zscore_brain
     from synthseg.metrics.features import build_extractor
-    from synthseg.metrics.quality import _scaler
+    from synthseg.metrics.quality import input_scaler
 
     torch.manual_seed(0)
     path = tmp_path / "zscore_unet.pt"
@@ -348,7 +352,7 @@ def test_a_zscore_unet_sees_each_slice_z_scored_as_in_training(sets: dict[str, P
     assert extractor.norm == "zscore"
     images = torch.rand(3, 1, 8, 8) * 1000
     images[:, :, :2] = 0  # outside the brain
-    scaled = _scaler(extractor, images, (1000.0,))(images, slice(0, 1))
+    scaled = input_scaler(extractor, images, (1000.0,))(images, slice(0, 1))
     assert torch.equal(scaled, torch.from_numpy(zscore_brain(images.numpy())))
     assert torch.all(scaled[:, :, :2] == 0) and abs(float(scaled[:, :, 2:].mean())) < 1e-5
     result = measure_quality(

@@ -32,7 +32,7 @@ from synthseg.demo_sweep import (
 )
 from synthseg.errors import InputError
 from synthseg.paths import compose_config
-from synthseg.settings import Settings, check_positive
+from synthseg.settings import Settings, check_choice, check_positive
 from synthseg.utils.atomic import write_text_atomic
 from synthseg.utils.outputs import TRAIN_RUN_FILES, claim_folder, claim_output, output_lock, remove_own
 
@@ -91,10 +91,13 @@ class DemoSpade(Settings):
     test_images: int = 18
     # SPADE overrides beyond the paper (docs/spade.md); () = experiment=spade_demo as it is
     switches: tuple[str, ...] = ()
+    # > 0: model.lambda_seg with the sweep's full_real U-Net as the segmenter (SPADE waits for it)
+    segmenter_weight: float = 0.0
 
     def check(self) -> None:
         check_positive("epochs", self.epochs)
         check_positive("test_images", self.test_images)
+        check_positive("spade.segmenter_weight", self.segmenter_weight, allow_zero=True)
         check_switches("spade.switches", self.switches)
 
 
@@ -103,10 +106,14 @@ class DemoSynthetic(Settings):
     count: int = 4000
     threshold: float = 500.0
     min_island: int = 8
+    background: str = "keep"  # synthesize background: keep (the paper) | zero (docs/spade.md)
 
     def check(self) -> None:
         check_positive("count", self.count)
         check_positive("min_island", self.min_island, allow_zero=True)
+        from synthseg.synth.generate_images import BACKGROUNDS
+
+        check_choice("background", self.background, BACKGROUNDS)
 
 
 # One-hot classes, the slice position and ADA (its speed set for a 40-kimg run): the combination the study at
@@ -207,7 +214,19 @@ def _spade(cfg: DemoSettings, out: Path) -> None:
         "model.niter_decay=0",
         *cfg.spade.switches,
     ]
+    if cfg.spade.segmenter_weight > 0:
+        overrides += [
+            f"model.lambda_seg={cfg.spade.segmenter_weight}",
+            f"model.segmenter={out / _segmenter(cfg)}",
+        ]
     _train(overrides, out / "spade")
+
+
+def _segmenter(cfg: DemoSettings) -> str:
+    """The sweep's full_real U-Net at its most classes and the demo's seed: ``spade.segmenter_weight``'s U-Net."""
+    if "full_real" not in cfg.sweep.mixes:
+        raise InputError("spade.segmenter_weight > 0 needs the full_real rows in sweep.mixes (its U-Net)")
+    return f"{SWEEP}/{run_folder('full_real', max(cfg.sweep.classes), cfg.seed, cfg.seed)}"
 
 
 def _synthetic(cfg: DemoSettings, out: Path) -> None:
@@ -224,6 +243,7 @@ def _synthetic(cfg: DemoSettings, out: Path) -> None:
                 count=cfg.synthetic.count,
                 threshold=cfg.synthetic.threshold,
                 min_island=cfg.synthetic.min_island,
+                background=cfg.synthetic.background,
                 full_resolution_only=True,  # a demo-length run can score blocky early ticks lowest (DEMO_CHOICES)
                 mask_size=cfg.resolution,
                 seed=cfg.seed,
@@ -324,7 +344,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             partial(_spade, cfg),
             budgets.spade,
             TRAIN_RUN_FILES,
-            needs=("prepared",),
+            needs=("prepared", _segmenter(cfg)) if cfg.spade.segmenter_weight > 0 else ("prepared",),
         ),
         Stage(
             "synthetic pairs",

@@ -21,7 +21,8 @@ def check_resume(settings: Any, out: Path) -> None:
 
     ``settings`` is the demo's ``DemoSettings``. More U-Net seeds (``sweep.seeds`` holding every seed the
     folder's rows were trained with) extend the sweep: the completed rows stay valid (the report, completed
-    before the new rows, is made again: ``demo.is_current``).
+    before the new rows, is made again: ``demo.is_current``). A key the record lacks (a setting added after the
+    folder was made) counts as its default, which keeps the behaviour of before.
     """
     current = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in NOT_RESULTS}))
     path = out / SETTINGS_FILE
@@ -31,6 +32,8 @@ def check_resume(settings: Any, out: Path) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"{path}: unreadable ({error}); force=true re-runs every stage") from None
         old, new = _flatten(recorded), _flatten(current)
+        defaults = _flatten(json.loads(json.dumps(asdict(type(settings)(output=settings.output)))))
+        old |= {k: defaults.get(k) for k in new.keys() - old.keys()}
         if set(_seeds(old)) <= set(_seeds(new)):
             old["sweep.seeds"] = new.get("sweep.seeds")
         changed = [

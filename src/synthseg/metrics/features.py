@@ -111,6 +111,9 @@ class Extractor:
         sequences: the U-Net's input sequences in channel order; None: not recorded (a bare snapshot; see
             :func:`measured_sequences`) or any (Inception, one sequence at a time).
         channels: the U-Net's input channels (None: Inception).
+        segmenter: the whole U-Net in eval mode (its encoder is ``module``'s), for the label agreement
+            (:mod:`synthseg.metrics.agreement`); None for Inception.
+        classes: the U-Net's output classes (7, 4 or 2); None for Inception.
     """
 
     name: str
@@ -122,6 +125,8 @@ class Extractor:
     resolution: int | None = None
     sequences: tuple[str, ...] | None = None
     channels: int | None = None
+    segmenter: nn.Module | None = None
+    classes: int | None = None
 
 
 def _per_sequence(value: object) -> tuple[float, ...] | None:
@@ -196,7 +201,8 @@ def _unet_run(path: Path) -> Extractor:
     channels = _check_channels(named, net, sequences, {"train_max": train_max, "train_mean": train_mean})
     return Extractor(
         "unet", UNetEncoderFeatures(net).eval(), norm, train_max, train_mean, str(results_path),
-        int(resolution) if resolution else None, sequences, channels,
+        int(resolution) if resolution else None, sequences, channels, net.eval(),
+        int(net.init_args["num_classes"]),
     )  # fmt: skip
 
 

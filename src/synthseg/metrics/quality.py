@@ -2,8 +2,9 @@
 
 How good, how diverse and how private a synthetic set is, beside the real training data it imitates:
 FD / KID / precision-recall on the features of a trained U-Net's encoder (or a local Inception-v3), MS-SSIM
-diversity within each set, label-map statistics (class areas, tumor fragmentation, the filter's discard rate)
-and the nearest real training slice of every synthetic pair. Writes ``quality.json`` and PNG figures into
+diversity within each set, label-map statistics (class areas, tumor fragmentation, the filter's discard rate),
+the nearest real training slice of every synthetic pair and, with a U-Net, its label agreement (how well the
+U-Net segments the synthetic images against their own label maps, beside the real test slices). Writes ``quality.json`` and PNG figures into
 ``output``. Every statistic runs on a seeded sample of ``max_images`` slices per set; the nearest-real search
 covers the whole real training split. With several MR sequences (t1, t1c, t2, flair) every measure reads the
 sequences the U-Net was trained on (without an extractor: the synthetic set's); both sets must hold them.
@@ -51,7 +52,7 @@ def in_range(images: torch.Tensor, top: tuple[float, ...]) -> torch.Tensor:
     return (images / scale).clamp(0, 1)
 
 
-def _scaler(
+def input_scaler(
     extractor: Any, real: torch.Tensor, top: tuple[float, ...]
 ) -> Callable[[torch.Tensor, slice], torch.Tensor]:
     """How (N, S, H, W) images enter the extractor, per sequence: ``paper`` as the U-Net was trained
@@ -115,7 +116,7 @@ def extractor_metrics(
     from synthseg.metrics.features import extract
 
     lap = lap or (lambda stage: None)
-    scale = _scaler(extractor, real, top)
+    scale = input_scaler(extractor, real, top)
     size = real.shape[-1]
     factor = size // extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else 1
     if factor > 1:
@@ -321,6 +322,12 @@ def measure(settings: QualitySettings) -> Path:
             feature_extractor, real_images, syn_images, top=top, seed=seed, k=s.k, subsets=s.kid_subsets,
             batch_size=s.batch_size, sequences=sequences, fd_dims=s.fd_dims, split=split, lap=lap,
         )  # fmt: skip
+        if feature_extractor.segmenter is not None:
+            scale = input_scaler(feature_extractor, real_images, top)
+            result["label_agreement"] = _label_agreement(
+                feature_extractor, syn_set, syn_rows, real_set, size, scale
+            )
+            lap("label_agreement")
     # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
     output.mkdir(parents=True, exist_ok=True)
     labelmaps.plot_areas(output / "class_areas.png", syn_areas, real_areas, areas)
@@ -349,6 +356,29 @@ def measure(settings: QualitySettings) -> Path:
     result["seconds_by_stage"] = {stage: round(seconds, 2) for stage, seconds in laps.items()}
     (output / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return output / "quality.json"
+
+
+def _label_agreement(
+    extractor: Any, syn_set: DatasetSlices, syn_rows: np.ndarray, real_set: DatasetSlices, size: int,
+    scale: Callable[[torch.Tensor, slice], torch.Tensor],
+) -> dict[str, Any]:  # fmt: skip
+    """The U-Net segments the synthetic sample and, as the reference, the real dataset's test split (slices it
+    did not train on), both at its training side (:mod:`synthseg.metrics.agreement`)."""
+    from synthseg.metrics.agreement import label_agreement
+
+    side = extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else size
+    test_rows = real_set.manifest.rows("test")
+    found = label_agreement(
+        extractor.segmenter, extractor.classes, lambda images: scale(images, slice(None)),
+        syn_set.load(syn_rows, side), real_set.load(test_rows, side) if len(test_rows) else None,
+    )  # fmt: skip
+    found["size"] = side
+    found["real_reference"] = (
+        f"the test split of {real_set.root} ({len(test_rows)} slices)"
+        if len(test_rows)
+        else f"none: {real_set.root} has no test split"
+    )
+    return found
 
 
 def _case_rows(real: DatasetSlices, cases: np.ndarray) -> tuple[RowView, RowView]:
@@ -456,6 +486,10 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         for key in ("nearest_real_dice_median_at_baseline_n", "nearest_real_dice_median_real_baseline"):
             line[key] = base[key]
         line["baseline_n"] = base["n"]
+    agreement = result.get("label_agreement")
+    if agreement:
+        line["label_agreement"] = agreement["mean_dice"]
+        line["label_agreement_real"] = agreement["mean_dice_real"]
     line["class_intensity"] = {
         seq: {
             "distance_over_real_wm": {

@@ -30,6 +30,7 @@ from synthseg.data.labels import colorize
 from synthseg.errors import InputError
 from synthseg.losses.adversarial import SPADEObjective
 from synthseg.models.common import ImageLogger, allow_unused_parameters, data_summary
+from synthseg.models.segmenter import SegmenterLoss
 from synthseg.networks.spade import ConvEncoder, MultiscaleDiscriminator, SPADEGenerator
 from synthseg.utils.visual import grid
 
@@ -119,6 +120,13 @@ class SPADEModule(pl.LightningModule):
         lambda_kld: KL weight with the VAE (0.05).
         lambda_l1: pixel L1 weight (0: the paper; beyond it, see :class:`SPADEObjective`).
         lambda_gan: weight of the generator's hinge term (1: the paper; beyond it, see :class:`SPADEObjective`).
+        lambda_seg: weight of the segmenter term (0: the paper; beyond it, see
+            :mod:`synthseg.models.segmenter`): a frozen real-data U-Net (``segmenter``) must find each
+            generated image's label map (cross-entropy), logged as ``train/G_Seg``.
+        segmenter: that U-Net: a full_real run folder or a U-Net snapshot (needed when ``lambda_seg`` > 0;
+            read when training starts, never saved in SPADE's checkpoints).
+        segmenter_balance: ``pixels`` (mean over pixels) or ``classes`` (each class in the batch counts
+            alike); see :class:`~synthseg.models.segmenter.SegmenterLoss`.
         niter: epochs at the initial learning rate.
         niter_decay: epochs of linear decay to zero after ``niter``; default: the rest of
             ``trainer.max_epochs`` (see :func:`split_epochs`).
@@ -142,6 +150,9 @@ class SPADEModule(pl.LightningModule):
         lambda_kld: float = 0.05,
         lambda_l1: float = 0.0,
         lambda_gan: float = 1.0,
+        lambda_seg: float = 0.0,
+        segmenter: str | None = None,
+        segmenter_balance: str = "pixels",
         niter: int = 50,
         niter_decay: int | None = None,
         num_val_images: int = 8,
@@ -156,6 +167,11 @@ class SPADEModule(pl.LightningModule):
             raise InputError(
                 f"model.niter and model.niter_decay must be non-negative, got {niter} and {niter_decay}"
             )
+        if not lambda_seg >= 0:  # NaN fails too
+            raise InputError(f"model.lambda_seg must be non-negative, got {lambda_seg}")
+        if lambda_seg > 0 and not segmenter:
+            raise InputError("model.lambda_seg > 0 needs model.segmenter=RUN (a full_real U-Net run folder)")
+        self.segmenter_loss: SegmenterLoss | None = None  # built when training starts (setup)
         if generator.use_vae != (encoder is not None):
             raise InputError("model.encoder must be given exactly when model.generator.use_vae is true")
         expected_d_input = generator.label_nc + generator.output_nc
@@ -226,6 +242,9 @@ class SPADEModule(pl.LightningModule):
             )
         self.train_max.copy_(torch.from_numpy(maxima).reshape(self.train_max.shape))
         self.sequences = sequences
+        if stage == "fit" and self.hparams.lambda_seg > 0 and self.segmenter_loss is None:
+            self.segmenter_loss = SegmenterLoss(self.hparams.segmenter, self.hparams.segmenter_balance)
+            self.segmenter_loss.check(self.image_size, sequences)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         return [ImageLogger()]
@@ -295,6 +314,8 @@ class SPADEModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.epochs  # noqa: B018 (refuse an inconsistent epoch count before the first step)
+        if self.segmenter_loss is not None:
+            self.segmenter_loss.to(self.device)
 
     def on_train_epoch_start(self) -> None:
         self._set_learning_rates()
@@ -307,6 +328,9 @@ class SPADEModule(pl.LightningModule):
         fake, mu, logvar = self.generate(label, real, compute_kld=True)
         pred_fake, pred_real = self.discriminate(label, fake, real)
         g_terms = self.objective.generator_terms(pred_fake, pred_real, mu, logvar, fake, real)
+        if self.segmenter_loss is not None:
+            labels = batch["label"] if batch["label"].dim() == 3 else batch["label"].argmax(1)
+            g_terms["Seg"] = self.hparams.lambda_seg * self.segmenter_loss(fake, self.train_max, labels)
         loss_g = self.objective.total(g_terms)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)

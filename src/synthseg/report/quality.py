@@ -200,6 +200,8 @@ def quality_entry(name: str, folder: str, unet: str, result: dict[str, Any]) -> 
         "baseline_n": base.get("n"),
         "baseline_cases": base.get("cases"),
         "class_intensity": result["class_intensity"],
+        "label_agreement": (result.get("label_agreement") or {}).get("mean_dice"),
+        "label_agreement_real": (result.get("label_agreement") or {}).get("mean_dice_real"),
         "quality_json": f"quality/{name}/quality.json",
     }
     return entry
@@ -223,6 +225,7 @@ TABLE3_PAIRS = (
     ("recall", "recall_at_baseline_n", "recall_real_baseline"),
     ("MS-SSIM syn / real-A", "ms_ssim_synthetic_at_baseline_n", "ms_ssim_synthetic_real_baseline"),
     ("NN Dice", "nearest_real_dice_median_at_baseline_n", "nearest_real_dice_median_real_baseline"),
+    ("U-Net Dice", "label_agreement", "label_agreement_real"),
 )
 # CSV: every figure, the full-sample ones and both baseline columns.
 TABLE3_COLUMNS = (
@@ -233,7 +236,7 @@ TABLE3_COLUMNS = (
     "ms_ssim_synthetic", "ms_ssim_real", "ms_ssim_synthetic_at_baseline_n", "ms_ssim_real_at_baseline_n",
     "ms_ssim_synthetic_real_baseline", "nearest_real_dice_median", "nearest_real_dice_median_at_baseline_n",
     "nearest_real_dice_median_real_baseline", "nearest_real_dice_real_median", "above_threshold",
-    "filter_discard_rate", "reference_empty",
+    "filter_discard_rate", "reference_empty", "label_agreement", "label_agreement_real",
 )  # fmt: skip
 
 
@@ -295,6 +298,8 @@ def table3_markdown(entries: list[dict[str, Any]]) -> str:
         "input channels (not Inception; lower FD/KID and higher precision/recall are closer to real). MS-SSIM: "
         "mean over random pairs within a set, by the real dataset's recorded range (higher = less diverse; "
         "beside it real half A). NN Dice: median label-map Dice of each slice's nearest real slice of half B. "
+        "U-Net Dice: the same U-Net segments the synthetic images (whole sample) and the real test slices, "
+        "scored against their own label maps (mean Dice over the foreground classes; SPADE's own evaluation). "
         "copies: synthetic pairs above both the Dice and the correlation threshold. discarded: the Z-score "
         "filter's discard rate. Full-sample figures (plain FD too) in table3.csv and metrics.json; details: "
         "quality/<set>/ and docs/quality.md.",

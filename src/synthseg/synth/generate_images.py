@@ -45,7 +45,7 @@ from synthseg.data.masks import list_masks
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
-from synthseg.settings import Settings, check_device, check_positive, resolve_device
+from synthseg.settings import Settings, check_choice, check_device, check_positive, resolve_device
 from synthseg.utils.atomic import check_free_space
 from synthseg.utils.fastpath import autocast_dtype
 from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
@@ -53,6 +53,18 @@ from synthseg.utils.outputs import DATASET_LATER, check_output, claim_output
 log = logging.getLogger(__name__)
 
 SYNTH_ID = re.compile(r"^synth_\d+$")
+# ``background``: keep SPADE's output everywhere (the paper), or zero it where no brain label lies within one
+# pixel, as in the skull-stripped real slices (docs/spade.md, "The background beyond the brain").
+BACKGROUNDS = ("keep", "zero")
+
+
+def zero_background(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(B, S, H, W) images and (B, H, W) label maps -> the images with 0 at every pixel whose 3 x 3
+    neighbourhood holds no brain label (class > 0). Real slices are skull-stripped at full size: downsampled,
+    their only non-zero background pixels are the partial-volume ones next to the brain, which this keeps."""
+    brain = torch.from_numpy(np.ascontiguousarray(labels) > 0).float()[:, None]
+    near = F.max_pool2d(brain, kernel_size=3, stride=1, padding=1)[:, 0].numpy() > 0
+    return np.where(near[:, None], images, 0).astype(images.dtype)
 
 
 def tanh_to_uint16(images: torch.Tensor | np.ndarray, train_max: float) -> np.ndarray:
@@ -191,6 +203,7 @@ class GenerateImagesSettings(Settings):
     autocast: str | None = None  # bf16 or fp16 to generate under autocast (GPU), None for float32
     seed: int = 0  # the latent codes of a VAE generator (without VAE the output does not depend on it)
     keep_ids: bool = False  # name every output after its mask's id (default: synth_<n> ids)
+    background: str = "keep"  # keep | zero (0 beyond one pixel of the brain, as the real slices): BACKGROUNDS
     overwrite: bool = False  # replace an output this command wrote earlier (never a foreign folder)
     progress: bool = True
 
@@ -198,6 +211,7 @@ class GenerateImagesSettings(Settings):
         check_device("device", self.device)
         check_positive("batch_size", self.batch_size)
         check_positive("num_workers", self.num_workers, allow_zero=True)
+        check_choice("background", self.background, BACKGROUNDS)
         autocast_dtype(self.autocast)
 
 
@@ -261,6 +275,8 @@ def run(settings: GenerateImagesSettings) -> Path:
                     [tanh_to_uint16(fake.float()[:, c], top) for c, top in enumerate(train_max)], axis=1
                 )
                 masks_np = labels.numpy().astype(np.uint8)
+                if settings.background == "zero":
+                    images = zero_background(images, masks_np)
                 for position, image, mask in zip(positions.tolist(), images, masks_np, strict=True):
                     sid = ids[position]
                     for c, seq in enumerate(sequences):

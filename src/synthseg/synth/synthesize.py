@@ -22,6 +22,7 @@ from synthseg.data.manifest import check_files, read_provenance, read_stats, wri
 from synthseg.errors import InputError
 from synthseg.settings import Settings, check_choice, check_device, check_positive
 from synthseg.synth.critic import METHODS
+from synthseg.synth.generate_images import BACKGROUNDS
 from synthseg.synth.generate_masks import BYTES_PER_MASK_ESTIMATE, check_positions
 from synthseg.synth.zscore_position import REFERENCE_BY
 from synthseg.utils.atomic import check_free_space, sibling
@@ -69,6 +70,8 @@ class SynthesizeSettings(Settings):
             training slices), ``uniform`` or ``[lo, hi]`` (``generate-masks positions``).
         filter_method, reference_by, position_window, critic, critic_quantile: the filter's ``method`` (zscore,
             critic, both) and its keys of the same names (docs/filter.md).
+        background: ``keep`` SPADE's output everywhere (the paper) or ``zero`` it beyond one pixel of the brain,
+            as in the skull-stripped real slices (``generate-images background``).
         keep_intermediate: keep ``<output>.work/`` with all generated and all kept masks.
         quality: measure what needs no feature extractor (diversity, memorisation, label maps) into
             ``<output>/quality/`` (docs/quality.md); FD/KID come later, from the report's real-data U-Net.
@@ -99,6 +102,7 @@ class SynthesizeSettings(Settings):
     critic_quantile: float = 0.05
     device: str = "auto"
     overwrite: bool = False
+    background: str = "keep"
     keep_intermediate: bool = True
     progress: bool = True
     quality: bool = True
@@ -115,6 +119,7 @@ class SynthesizeSettings(Settings):
         check_positive("min_island", self.min_island, allow_zero=True)
         check_positions(self.positions)
         check_choice("filter_method", self.filter_method, METHODS)
+        check_choice("background", self.background, BACKGROUNDS)
         check_choice("reference_by", self.reference_by, REFERENCE_BY)
         check_positive("position_window", self.position_window, allow_zero=True)
         if not 0.0 <= self.critic_quantile < 1.0:
@@ -279,6 +284,7 @@ def _make(s: SynthesizeSettings, output: Path) -> None:
                 batch_size=s.image_batch_size,
                 device=s.device,
                 seed=s.seed,
+                background=s.background,
                 overwrite=True,
                 progress=s.progress,
             )
