@@ -477,8 +477,10 @@ def _run_stages(cfg: DemoSettings, out: Path) -> None:
     print(DEMO_CHOICES, flush=True)
     switches = " ".join(cfg.pgan_switches) or "none (the paper's one channel of class indices)"
     print(f"PGAN label-map switches beyond the paper (pgan_switches; docs/masks.md): {switches}", flush=True)
-    switches = " ".join(cfg.spade.switches) or "none (the paper's losses)"
-    print(f"SPADE switches beyond the paper (spade.switches; docs/spade.md): {switches}", flush=True)
+    spade = [*cfg.spade.switches, *([f"spade.segmenter_weight={cfg.spade.segmenter_weight}"] * (cfg.spade.segmenter_weight > 0)),
+             *([f"synthetic.background={cfg.synthetic.background}"] * (cfg.synthetic.background != "keep"))]  # fmt: skip
+    switches = " ".join(spade) or "none (the paper's losses)"
+    print(f"SPADE switches beyond the paper (docs/spade.md): {switches}", flush=True)
     from synthseg.train import share_stdout
     from synthseg.utils.graph import Job, run_graph
 
