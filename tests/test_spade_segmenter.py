@@ -133,5 +133,11 @@ def test_balanced_classes_average_each_class_mean_cross_entropy(tmp_path: Path) 
     by_hand = (per_pixel[labels == 3].mean() + per_pixel[labels == 4].mean()) / 2
     assert balanced(fake, top, labels).item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert plain(fake, top, labels).item() == pytest.approx(per_pixel.mean().item(), rel=1e-5)
+    # sqrt: each pixel weighted 1 / sqrt(its class's count): 4 enhancing pixels weigh 1/2, 2,044 of WM 1/sqrt(2044)
+    w3, w4 = 1 / 2, 1 / 2044**0.5
+    by_hand = (w3 * per_pixel[labels == 3].sum() + w4 * per_pixel[labels == 4].sum()) / (4 * w3 + 2044 * w4)
+    assert SegmenterLoss(path, balance="sqrt")(fake, top, labels).item() == pytest.approx(
+        by_hand.item(), rel=1e-5
+    )
     with pytest.raises(InputError, match="segmenter_balance"):
         SegmenterLoss(path, balance="tumor")

@@ -20,7 +20,7 @@ from torch import nn
 from synthseg.data.labels import reduce_labels
 from synthseg.errors import InputError
 
-BALANCES = ("pixels", "classes")
+BALANCES = ("pixels", "sqrt", "classes")
 
 
 def zscore_brain_torch(images: torch.Tensor) -> torch.Tensor:
@@ -44,9 +44,10 @@ class SegmenterLoss:
 
     Args:
         path: a full_real U-Net run folder (``results.json``) or a U-Net network snapshot.
-        balance: ``pixels`` (the plain mean over pixels: the tissue classes dominate) or ``classes`` (the
+        balance: ``pixels`` (the plain mean over pixels: the tissue classes dominate), ``classes`` (the
             mean over the classes in the batch of each class's mean cross-entropy, so a rare tumor class
-            counts as much as white matter).
+            counts as much as white matter) or ``sqrt`` (between the two: each pixel weighted by one over
+            the square root of its class's pixel count in the batch).
 
     Shapes:
         ``fake`` (B, S, H, W) in [-1, 1], ``train_max`` (S,) SPADE's 16-bit maxima, ``labels`` (B, H, W)
@@ -103,7 +104,7 @@ class SegmenterLoss:
         logits = self.net(self.unet_input(fake, train_max))
         target = reduce_labels(labels.long(), self.classes)
         weight = None
-        if self.balance == "classes":
-            counts = torch.bincount(target.reshape(-1), minlength=self.classes).float()
-            weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
+        if self.balance != "pixels":
+            counts = torch.bincount(target.reshape(-1), minlength=self.classes).float().clamp_min(1)
+            weight = 1.0 / (counts if self.balance == "classes" else counts.sqrt())
         return F.cross_entropy(logits.float(), target, weight=weight)

@@ -125,8 +125,8 @@ class SPADEModule(pl.LightningModule):
             generated image's label map (cross-entropy), logged as ``train/G_Seg``.
         segmenter: that U-Net: a full_real run folder or a U-Net snapshot (needed when ``lambda_seg`` > 0;
             read when training starts, never saved in SPADE's checkpoints).
-        segmenter_balance: ``pixels`` (mean over pixels) or ``classes`` (each class in the batch counts
-            alike); see :class:`~synthseg.models.segmenter.SegmenterLoss`.
+        segmenter_balance: ``pixels`` (mean over pixels), ``sqrt`` or ``classes`` (each class in the batch
+            counts alike); see :class:`~synthseg.models.segmenter.SegmenterLoss`.
         niter: epochs at the initial learning rate.
         niter_decay: epochs of linear decay to zero after ``niter``; default: the rest of
             ``trainer.max_epochs`` (see :func:`split_epochs`).
