@@ -9,30 +9,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
 from synthseg.checkpoint import save_network
 from synthseg.data.dataset import zscore_brain
 from synthseg.errors import InputError
 from synthseg.models.segmenter import SegmenterLoss, zscore_brain_torch
 from synthseg.networks.unet import UNet
-from synthseg.paths import config_dir
 from synthseg.synth.generate_images import tanh_to_uint16
 from synthseg.train import train
-from tests.helpers.presets import SPADE_TINY
+from tests.helpers.presets import compose_spade as compose_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
-
-
-def compose_cfg(root: Path, out: Path, *overrides: str) -> DictConfig:
-    """``model=spade`` at the tiny preset's 32 px, on ``root``, writing into ``out``."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*SPADE_TINY, f"data.root={root}", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out / "logs")
-    return cfg
 
 
 def unet_snapshot(path: Path, *, resolution: int = 32, norm: str = "zscore", **meta) -> Path:
@@ -64,6 +51,18 @@ def test_the_unet_sees_the_generated_image_as_it_would_read_the_written_png(tmp_
     expected = zscore_brain(written)  # what the U-Net's DataModule serves from it
     got = loss.unet_input(fake, top).numpy()
     np.testing.assert_allclose(got, expected, atol=2e-3)  # the PNG's rounding to whole 16-bit units only
+
+
+def test_a_paper_norm_unet_sees_image_over_its_max_minus_its_mean(tmp_path: Path) -> None:
+    loss = SegmenterLoss(
+        unet_snapshot(tmp_path / "unet.pt", norm="paper", train_max=[2000.0], train_mean=[0.3])
+    )
+    fake = torch.rand(2, 1, 32, 32) * 2 - 1
+    top = torch.tensor(3448.0, dtype=torch.float64)
+    units = (fake + 1) * 0.5 * 3448.0
+    np.testing.assert_allclose(loss.unet_input(fake, top).numpy(), (units / 2000.0 - 0.3).numpy(), rtol=1e-5)
+    with pytest.raises(InputError, match="records no train_max / train_mean"):
+        SegmenterLoss(unet_snapshot(tmp_path / "bare.pt", norm="paper"))
 
 
 def test_the_term_is_the_cross_entropy_and_trains_the_image_not_the_unet(tmp_path: Path) -> None:

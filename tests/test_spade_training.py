@@ -8,7 +8,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
 from synthseg.data.datamodule import BraTSDataModule
 from synthseg.errors import InputError
@@ -17,16 +16,7 @@ from synthseg.networks.spade import MultiscaleDiscriminator, SPADEGenerator
 from synthseg.paths import config_dir
 from synthseg.synth.generate_images import load_image_generator
 from synthseg.train import train
-from tests.helpers.presets import SPADE_TINY as TINY
-
-
-def compose_cfg(root: Path, out: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, f"data.root={root}", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.log_dir = str(out / "logs")
-    return cfg
+from tests.helpers.presets import compose_spade as compose_cfg
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from synthseg.paths import config_dir
@@ -50,3 +53,13 @@ def shrink(cfg: DictConfig) -> None:
     preset = OmegaConf.load(config_dir() / "debug" / f"tiny_{cfg.model_name}.yaml")
     with open_dict(cfg):
         cfg.merge_with(preset)
+
+
+def compose_spade(root: Path, out: Path, *overrides: str) -> DictConfig:
+    """``train`` with :data:`SPADE_TINY` on the dataset ``root``, writing into ``out`` (then ``overrides``)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*SPADE_TINY, f"data.root={root}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out / "logs")
+    return cfg
