@@ -325,7 +325,7 @@ def measure(settings: QualitySettings) -> Path:
         if feature_extractor.segmenter is not None:
             scale = input_scaler(feature_extractor, real_images, top)
             result["label_agreement"] = _label_agreement(
-                feature_extractor, syn_set, syn_rows, real_set, size, scale
+                feature_extractor, (syn_labels, syn_images), syn_set, syn_rows, real_set, size, scale
             )
             lap("label_agreement")
     # The caller's claimed temporary folder (the command's, synthesize's or the report's): atomic there.
@@ -359,18 +359,20 @@ def measure(settings: QualitySettings) -> Path:
 
 
 def _label_agreement(
-    extractor: Any, syn_set: DatasetSlices, syn_rows: np.ndarray, real_set: DatasetSlices, size: int,
-    scale: Callable[[torch.Tensor, slice], torch.Tensor],
+    extractor: Any, loaded: tuple[torch.Tensor, torch.Tensor], syn_set: DatasetSlices, syn_rows: np.ndarray,
+    real_set: DatasetSlices, size: int, scale: Callable[[torch.Tensor, slice], torch.Tensor],
 ) -> dict[str, Any]:  # fmt: skip
-    """The U-Net segments the synthetic sample and, as the reference, the real dataset's test split (slices it
-    did not train on), both at its training side (:mod:`synthseg.metrics.agreement`)."""
+    """The U-Net segments the synthetic sample (``loaded`` at ``size``: read again only when the U-Net trained
+    at a smaller side) and, as the reference, the real dataset's test split (slices it did not train on), both
+    at its training side (:mod:`synthseg.metrics.agreement`)."""
     from synthseg.metrics.agreement import label_agreement
 
     side = extractor.resolution if extractor.resolution and size % extractor.resolution == 0 else size
     test_rows = real_set.manifest.rows("test")
     found = label_agreement(
         extractor.segmenter, extractor.classes, lambda images: scale(images, slice(None)),
-        syn_set.load(syn_rows, side), real_set.load(test_rows, side) if len(test_rows) else None,
+        loaded if side == size else syn_set.load(syn_rows, side),
+        real_set.load(test_rows, side) if len(test_rows) else None,
     )  # fmt: skip
     found["size"] = side
     found["real_reference"] = (
