@@ -25,8 +25,9 @@ BALANCES = ("pixels", "sqrt", "classes")
 
 def zscore_brain_torch(images: torch.Tensor) -> torch.Tensor:
     """:func:`synthseg.data.dataset.zscore_brain` in torch, differentiable in the image values: each channel
-    of (B, S, H, W) 16-bit-unit images to zero mean and unit std over its non-zero pixels (those that round
-    to at least 1), 0 outside."""
+    of (B, S, H, W) 16-bit-unit images to zero mean and unit std over its non-zero pixels, 0 outside. The
+    generator's values are not yet rounded to the PNG's whole units: a pixel is brain when it would round to at
+    least 1 (the written PNG's ``> 0``)."""
     brain = (images >= 0.5).to(images.dtype).detach()
     count = brain.sum(dim=(-2, -1), keepdim=True).clamp_min(1)
     mean = (images * brain).sum(dim=(-2, -1), keepdim=True) / count
@@ -68,10 +69,13 @@ class SegmenterLoss:
         self.norm = extractor.norm
         self.resolution = extractor.resolution
         self.sequences = extractor.sequences
-        self.unet_max = extractor.train_max
-        self.unet_mean = extractor.train_mean
-        if self.norm == "paper" and (self.unet_max is None or self.unet_mean is None):
+        if self.norm == "paper" and (extractor.train_max is None or extractor.train_mean is None):
             raise InputError(f"model.segmenter={path}: records no train_max / train_mean to normalise with")
+        # (1, S, 1, 1) each, for ``paper``: image / train_max - train_mean, as the U-Net's DataModule did
+        self.unet_max, self.unet_mean = (
+            None if values is None else torch.tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1)
+            for values in (extractor.train_max, extractor.train_mean)
+        )
 
     def check(self, image_size: int, sequences: tuple[str, ...]) -> None:
         """One line when the U-Net cannot read the generator's images as they are painted."""
@@ -88,6 +92,8 @@ class SegmenterLoss:
 
     def to(self, device: torch.device) -> SegmenterLoss:
         self.net.to(device)
+        if self.unet_max is not None and self.unet_mean is not None:
+            self.unet_max, self.unet_mean = self.unet_max.to(device), self.unet_mean.to(device)
         return self
 
     def unet_input(self, fake: torch.Tensor, train_max: torch.Tensor) -> torch.Tensor:
@@ -96,9 +102,7 @@ class SegmenterLoss:
         units = (fake.float().clamp(-1, 1) + 1) * 0.5 * top
         if self.norm == "zscore":
             return zscore_brain_torch(units)
-        unet_max = torch.tensor(self.unet_max, device=fake.device).reshape(1, -1, 1, 1)
-        unet_mean = torch.tensor(self.unet_mean, device=fake.device).reshape(1, -1, 1, 1)
-        return units / unet_max - unet_mean
+        return units / self.unet_max - self.unet_mean
 
     def __call__(self, fake: torch.Tensor, train_max: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.net(self.unet_input(fake, train_max))
