@@ -871,3 +871,5 @@ def test_a_demo_record_without_a_later_setting_resumes_at_its_default(
     (out / "demo_settings.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"synthetic.background: keep -> zero"):
         _demo(tmp_path, monkeypatch, synthetic=DemoSynthetic(background="zero"))
+    with pytest.raises(InputError, match="background must be one of keep, zero, got 'black'"):
+        DemoSynthetic(background="black")

@@ -477,8 +477,11 @@ def _run_stages(cfg: DemoSettings, out: Path) -> None:
     print(DEMO_CHOICES, flush=True)
     switches = " ".join(cfg.pgan_switches) or "none (the paper's one channel of class indices)"
     print(f"PGAN label-map switches beyond the paper (pgan_switches; docs/masks.md): {switches}", flush=True)
-    spade = [*cfg.spade.switches, *([f"spade.segmenter_weight={cfg.spade.segmenter_weight}"] * (cfg.spade.segmenter_weight > 0)),
-             *([f"synthetic.background={cfg.synthetic.background}"] * (cfg.synthetic.background != "keep"))]  # fmt: skip
+    spade = list(cfg.spade.switches)
+    if cfg.spade.segmenter_weight > 0:
+        spade.append(f"spade.segmenter_weight={cfg.spade.segmenter_weight}")
+    if cfg.synthetic.background != "keep":
+        spade.append(f"synthetic.background={cfg.synthetic.background}")
     switches = " ".join(spade) or "none (the paper's losses)"
     print(f"SPADE switches beyond the paper (docs/spade.md): {switches}", flush=True)
     from synthseg.train import share_stdout
@@ -487,9 +490,8 @@ def _run_stages(cfg: DemoSettings, out: Path) -> None:
     number = {stage.output: f"[{i}/{len(stages)}] {stage.name}" for i, stage in enumerate(stages, 1)}
     by_output = {stage.output: stage for stage in stages}
     jobs = []
-    again: set[str] = (
-        set()
-    )  # stages that run: what needs them runs after them (stages come after their needs)
+    # stages that run: what needs them runs after them (stages come after their needs)
+    again: set[str] = set()
     for stage in stages:
         target = out / stage.output
         if not cfg.force and not again.intersection(stage.needs) and is_current(out, stage):
