@@ -135,7 +135,7 @@ def test_the_demo_runs_its_stages_in_worker_processes_and_marks_each(
         ),
     ]
     monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
-    monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
+    monkeypatch.setattr(pipeline, "collect_results", lambda out, folders: [])
     out = tmp_path / "demo"
     pipeline.run(pipeline.DemoSettings(output=str(out), workers=2))
     ran = {s.output: json.loads((out / s.output / "ran.json").read_text()) for s in stages}
@@ -212,7 +212,7 @@ def test_a_stage_runs_again_when_a_stage_it_reads_was_made_after_it(tmp_path: Pa
         stage("last", ("table1/a", "table1/b"), alone=True),
     ]
     monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
-    monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
+    monkeypatch.setattr(pipeline, "collect_results", lambda out, folders: [])
     out = tmp_path / "demo"
 
     def run_and_see() -> list[str]:

@@ -306,12 +306,21 @@ def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool = False, 
         (out / "pgan" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
         (out / "pgan" / "results.json").write_text("{}")
 
+    reads = ("pgan_switches", "spade", "synthetic")  # what the tests below change, for the second stage
     stages = [
-        pipeline.Stage("prepare", "prepared", prepare, 10.0),
-        pipeline.Stage("PGAN", "pgan", train, 10.0, pipeline.TRAIN_RUN_FILES),
+        pipeline.Stage("prepare", "prepared", prepare, 10.0, reads=("cases", "seed")),
+        pipeline.Stage(
+            "PGAN",
+            "pgan",
+            train,
+            10.0,
+            pipeline.TRAIN_RUN_FILES,
+            ("prepared",),
+            reads=reads,
+        ),
     ]
     monkeypatch.setattr(pipeline, "build_stages", lambda cfg: stages)
-    monkeypatch.setattr(pipeline, "collect_results", lambda out: [])
+    monkeypatch.setattr(pipeline, "collect_results", lambda out, folders: [])
     out = tmp_path / "demo"
     # workers=1: every stage here, in order (the stand-ins are closures, which no worker process can receive)
     pipeline.run(pipeline.DemoSettings(output=str(out), force=force, workers=1, **settings))
@@ -334,16 +343,18 @@ def test_demo_resumes_only_with_the_settings_its_stages_were_made_with(
     from synthseg.demo import DemoBudgets, DemoSpade
 
     out = _demo(tmp_path, monkeypatch)
-    (out / "pgan" / ".complete").unlink()  # interrupted: a resume would re-train the PGAN only
     before = tree(out)
     switched = DemoSpade(switches=("model.lambda_gan=0.1",))
     with pytest.raises(
-        InputError, match=r"other settings \(seed: 0 -> 1; spade.switches: \[\] -> \['model.lambda"
+        InputError,
+        match=r"settings changed since its stages were made \(seed: 0 -> 1; spade.switches: \[\] -> "
+        r"\['model.lambda_gan=0.1'\]\), and they change the completed stages prepare, PGAN: update=true",
     ):
         _demo(tmp_path, monkeypatch, seed=1, spade=switched)
-    assert tree(out) == before  # nothing replaced
+    assert tree(out) == before  # nothing replaced, no marker removed
     _demo(tmp_path, monkeypatch, budgets=DemoBudgets(pgan=1.0))  # how long it may take: free to change
-    assert (out / "pgan" / ".complete").is_file()
+    assert tree(out).keys() == before.keys()  # no stage made again (its marker would be new)
+    assert all(tree(out)[name] == before[name] for name in before if name != "summary.json")
     _demo(tmp_path, monkeypatch, force=True, seed=1)  # every stage again, under the new settings
     assert json.loads((out / "demo_settings.json").read_text())["seed"] == 1
     (out / "demo_settings.json").write_text("{trunc")
@@ -351,16 +362,22 @@ def test_demo_resumes_only_with_the_settings_its_stages_were_made_with(
         _demo(tmp_path, monkeypatch, seed=1)
 
 
-def test_demo_resumed_with_more_seeds_keeps_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_resumed_with_a_setting_no_completed_stage_reads_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthseg.demo import DemoSpade
     from synthseg.demo_sweep import DemoSweep
 
-    out = _demo(tmp_path, monkeypatch)  # the demo's seed only
-    done = (out / "pgan" / ".complete").stat().st_mtime_ns
-    _demo(tmp_path, monkeypatch, sweep=DemoSweep(seeds=(0, 2)))  # seed 0's rows stay valid: no refusal
-    assert (out / "pgan" / ".complete").stat().st_mtime_ns == done  # not made again
+    out = _demo(tmp_path, monkeypatch)
+    done = (out / "prepared" / ".complete").stat().st_mtime_ns
+    _demo(tmp_path, monkeypatch, sweep=DemoSweep(seeds=(0, 2)))  # no stage here reads the sweep: taken
     assert json.loads((out / "demo_settings.json").read_text())["sweep"]["seeds"] == [0, 2]
-    with pytest.raises(InputError, match=r"sweep.seeds: \[0, 2\] -> \[\]"):  # fewer: seed 2's rows would stay
-        _demo(tmp_path, monkeypatch)
+    # a PGAN stopped by a bad switch: the corrected value needs no force, and prepare is not made again
+    (out / "pgan" / ".complete").unlink()
+    _demo(tmp_path, monkeypatch, spade=DemoSpade(epochs=2), sweep=DemoSweep(seeds=(0, 2)))
+    assert (out / "pgan" / ".complete").is_file()
+    assert (out / "prepared" / ".complete").stat().st_mtime_ns == done
+    assert json.loads((out / "demo_settings.json").read_text())["spade"]["epochs"] == 2
 
 
 @pytest.mark.parametrize("stage", ["prepared", "pgan"])

@@ -97,6 +97,23 @@ def test_repeated_seed_and_missing_runs_are_errors(prepared: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+def test_include_reads_only_the_named_run_folders(prepared: Path, tmp_path: Path) -> None:
+    from synthseg.report.runs import find_runs
+
+    runs = tmp_path / "runs"
+    for name, seed in (("a", 0), ("b", 1), ("old", 2)):  # "old": a row of other settings left in the folder
+        make_run(runs / name, mix="full_real", classes=2, seed=seed, dice_error=0.1, data_root=prepared)
+    assert [run.seed for run in find_runs(runs)] == [0, 1, 2]
+    assert [run.seed for run in find_runs(runs, ("a", "b"))] == [0, 1]
+    summary = run_report({"runs": str(runs), "output": str(tmp_path / "out"), "include": ["b"],
+                          "figures": {"enabled": False}, "bootstrap": {"samples": 20}})  # fmt: skip
+    assert summary["runs"] == [str(runs / "b" / "results.json")]
+    (tmp_path / "runs2").mkdir()
+    for bad in ("missing", "../runs2", str(prepared)):  # absent, beside it, elsewhere
+        with pytest.raises(InputError, match="is not a folder under runs="):
+            find_runs(runs, ("a", bad))
+
+
 # ------------------------------------------------------------------------------------------- Table 2
 def test_table2_matches_hand_computed_sums(prepared: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"

@@ -11,24 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from synthseg.data.manifest import read_provenance
 from synthseg.data.sequences import check_sequences
-from synthseg.demo_record import check_resume
+from synthseg.demo_record import DONE, Stage, check_resume, is_current
 from synthseg.demo_sweep import (
+    ROW_KEYS,
     DemoSweep,
     collect_results,
     row_slices,
     run_folder,
     sweep_overrides,
-    sweep_seeds,
+    sweep_runs,
 )
 from synthseg.errors import InputError
 from synthseg.paths import compose_config
@@ -47,23 +46,6 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir.parent)
     return cfg
-
-
-@dataclass
-class Stage:
-    """One step of the demo: ``run(out)`` writes ``output`` (relative to the demo folder)."""
-
-    name: str
-    output: str
-    run: Callable[[Path], Any]
-    budget_s: float
-    # What the stage writes when it leaves no marker of its own (training runs): the clean-up may delete
-    # these and refuses any other file (synthseg.utils.outputs.remove_own).
-    own: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()  # outputs of the stages it reads; it starts once they are complete
-    alone: bool = False  # nothing beside it: it runs worker processes of its own (cohort, prepare)
-    seconds: float = field(default=0.0)
-    skipped: bool = field(default=False)
 
 
 def _train(overrides: list[str], output_dir: Path) -> Path:
@@ -149,6 +131,7 @@ class DemoSettings(Settings):
 
     output: str
     force: bool = False
+    update: bool = False  # resume with changed settings: make again the completed stages they change
     cases: int = 10
     seed: int = 0
     workers: int = 2
@@ -304,7 +287,18 @@ def _report(cfg: DemoSettings, out: Path) -> None:
         # absent when the filter kept no mask
         synthetic_full=str(synthetic) if (synthetic / "manifest.csv").is_file() else None,
     )
-    report.run(ReportSettings(runs=str(out / SWEEP), output=str(out / "report"), figures=figures))
+    # this sweep's rows only: rows of other settings may be left in table1/ (they are not deleted)
+    rows = tuple(row for row in _rows(cfg) if (out / SWEEP / row).is_dir())
+    report.run(
+        ReportSettings(runs=str(out / SWEEP), output=str(out / "report"), figures=figures, include=rows)
+    )
+
+
+def _rows(cfg: DemoSettings) -> list[str]:
+    """The run folders of the sweep's rows under ``table1/``."""
+    return [
+        run_folder(mix, classes, seed, cfg.seed) for mix, classes, seed in sweep_runs(cfg.sweep, cfg.seed)
+    ]
 
 
 def _uses_synthetic(mix: str) -> bool:
@@ -320,16 +314,33 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
     budgets = cfg.budgets
     uses_synthetic = {mix: _uses_synthetic(mix) for mix in cfg.sweep.mixes}
     runs = [
-        (mix, classes, seed, uses_synthetic[mix])
-        for mix in cfg.sweep.mixes
-        for classes in cfg.sweep.classes
-        for seed in sweep_seeds(cfg.sweep, cfg.seed)
+        (mix, classes, seed, uses_synthetic[mix]) for mix, classes, seed in sweep_runs(cfg.sweep, cfg.seed)
     ]
     # The sweep's budget spread over its runs, as many at a time as there are workers.
     run_budget = budgets.sweep * min(cfg.workers, len(runs)) / max(1, len(runs))
+    # What each stage reads of the settings (Stage.reads; tests/test_demo_record.py checks every key)
+    row_reads = ("sequences", "seed", *(f"sweep.{k}" for k in ROW_KEYS))
+    spade_reads = ("sequences", "seed", "spade.epochs", "spade.switches", "spade.segmenter_weight")
+    if cfg.spade.segmenter_weight > 0:  # which row is its U-Net
+        spade_reads += ("sweep.mixes", "sweep.classes")
     return [
-        Stage("demo cohort", "cohort", partial(_cohort, cfg), budgets.cohort, alone=True),
-        Stage("prepare", "prepared", partial(_prepare, cfg), budgets.prepare, needs=("cohort",), alone=True),
+        Stage(
+            "demo cohort",
+            "cohort",
+            partial(_cohort, cfg),
+            budgets.cohort,
+            alone=True,
+            reads=("cases", "seed"),
+        ),
+        Stage(
+            "prepare",
+            "prepared",
+            partial(_prepare, cfg),
+            budgets.prepare,
+            needs=("cohort",),
+            alone=True,
+            reads=("sequences", "seed"),
+        ),
         Stage(
             "PGAN (label maps)",
             "pgan",
@@ -337,6 +348,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             budgets.pgan,
             TRAIN_RUN_FILES,
             needs=("prepared",),
+            reads=("pgan_switches", "seed"),
         ),
         Stage(
             f"SPADE (label map -> {'+'.join(cfg.sequences)})",
@@ -345,6 +357,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             budgets.spade,
             TRAIN_RUN_FILES,
             needs=("prepared", _segmenter(cfg)) if cfg.spade.segmenter_weight > 0 else ("prepared",),
+            reads=spade_reads,
         ),
         Stage(
             "synthetic pairs",
@@ -352,6 +365,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             partial(_synthetic, cfg),
             budgets.synthetic,
             needs=("pgan", "spade"),
+            reads=("synthetic", "resolution", "seed"),
         ),
         Stage(
             "SPADE on real test masks",
@@ -359,6 +373,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             partial(_spade_test, cfg),
             budgets.spade_test,
             needs=("spade",),
+            reads=("spade.test_images", "resolution", "seed"),
         ),
         *[
             Stage(
@@ -368,6 +383,7 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
                 run_budget,
                 TRAIN_RUN_FILES,
                 needs=("prepared", "synthetic") if synthetic else ("prepared",),
+                reads=row_reads,
             )
             # real-only rows first: they can start while the GANs train
             for mix, classes, seed, synthetic in sorted(runs, key=lambda r: r[3])
@@ -377,13 +393,10 @@ def build_stages(cfg: DemoSettings) -> list[Stage]:
             "report",
             partial(_report, cfg),
             budgets.report,
-            needs=(
-                "prepared",
-                "synthetic",
-                "spade_test",
-                *(f"{SWEEP}/{run_folder(m, c, seed, cfg.seed)}" for m, c, seed, _ in runs),
-            ),
+            needs=("prepared", "synthetic", "spade_test", *(f"{SWEEP}/{row}" for row in _rows(cfg))),
             alone=True,
+            reads=("seed", "sweep.mixes", "sweep.classes", "sweep.seeds"),  # which rows it reports
+            remake=True,
         ),
     ]
 
@@ -408,7 +421,6 @@ def _real_test_masks(prepared: Path, folder: Path, size: int, count: int) -> Pat
     return folder
 
 
-DONE = ".complete"
 # What the demo does differently from the paper's experiments besides its sizes (docs/fidelity.md).
 DEMO_CHOICES = (
     "Demo improvements over the paper's settings (docs/fidelity.md): PGAN low-resolution reals by majority "
@@ -421,33 +433,22 @@ DEMO_CHOICES = (
 )
 
 
-def is_current(out: Path, stage: Stage) -> bool:
-    """Complete, and completed after every stage it reads (so a resume that re-made one of them, say the
-    sweep's rows of a new seed, or was stopped before this stage ran again, makes it again)."""
-    done = out / stage.output / DONE
-    if not done.is_file():
-        return False
-    when = done.stat().st_mtime_ns
-    return all(
-        not (out / need / DONE).is_file() or (out / need / DONE).stat().st_mtime_ns <= when
-        for need in stage.needs
-    )
-
-
 def run(settings: DemoSettings) -> Path:
     """Run every stage of the demo into ``settings.output``; print a summary and return the folder, whose
     ``summary.json`` holds it (stages with their seconds, the Table 1 rows, the settings).
 
     A stage whose output carries the completion marker is skipped (so an interrupted demo resumes); an
     output without it is left over from an interrupted stage and is replaced, when everything in it is the
-    stage's own (else the demo stops, naming the foreign file). ``out`` itself must be new, empty or a demo
-    folder, and one demo at a time writes it.
+    stage's own (else the demo stops, naming the foreign file). Changed settings make again the completed
+    stages that read them, or are refused (``demo_record.check_resume``). ``out`` itself must be new, empty or
+    a demo folder, and one demo at a time writes it.
     """
     out = Path(settings.output).resolve()
     claim_folder(out, "demo")
     with output_lock(out):
-        check_resume(settings, out)
-        _run_stages(settings, out)
+        stages = build_stages(settings)
+        check_resume(settings, out, stages)
+        _run_stages(settings, out, stages)
     return out
 
 
@@ -463,8 +464,7 @@ def stage_threads(workers: int) -> int:
     return max(1, torch.get_num_threads() // max(1, workers))
 
 
-def _run_stages(cfg: DemoSettings, out: Path) -> None:
-    stages = build_stages(cfg)
+def _run_stages(cfg: DemoSettings, out: Path, stages: list[Stage]) -> None:
     start = time.perf_counter()
     print(
         "One GAN pair (PGAN + SPADE) is trained, on all training slices; at demo size the reduced rows of Table 1 "
@@ -535,7 +535,7 @@ def _run_stages(cfg: DemoSettings, out: Path) -> None:
             }
             for s in stages
         ],
-        "results": collect_results(out),
+        "results": collect_results(out, _rows(cfg)),
         "config": asdict(cfg),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))

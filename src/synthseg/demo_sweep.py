@@ -15,6 +15,9 @@ from synthseg.errors import InputError
 from synthseg.paths import compose_config
 from synthseg.settings import Settings, check_choice, check_positive
 
+# What every row reads of ``DemoSweep``; mixes, classes and seeds say which rows there are.
+ROW_KEYS = ("epochs", "same_steps", "precision", "compile", "channels_last")
+
 
 @dataclass(frozen=True)
 class DemoSweep(Settings):
@@ -85,15 +88,24 @@ def sweep_seeds(cfg: DemoSweep, demo_seed: int) -> tuple[int, ...]:
     return tuple(cfg.seeds) or (demo_seed,)
 
 
+def sweep_runs(cfg: DemoSweep, demo_seed: int) -> list[tuple[str, int, int]]:
+    """(mix, classes, U-Net seed) of every row, in the order of the settings."""
+    seeds = sweep_seeds(cfg, demo_seed)
+    return [(mix, classes, seed) for mix in cfg.mixes for classes in cfg.classes for seed in seeds]
+
+
 def run_folder(mix: str, classes: int, seed: int, demo_seed: int) -> str:
     """A row's run folder under ``table1/``: the demo's own seed keeps the plain name (as before seeds)."""
     return f"{mix}_classes{classes}" + ("" if seed == demo_seed else f"_seed{seed}")
 
 
-def collect_results(out: Path) -> list[dict[str, Any]]:
-    """One row per U-Net run of the sweep: mix, classes, counts, the paper's Dice error and the WT Dice (%)."""
+def collect_results(out: Path, folders: list[str]) -> list[dict[str, Any]]:
+    """One row per U-Net run of the sweep in ``folders`` (names under ``table1/``; another settings' rows left
+    in the folder are not the sweep's): mix, classes, counts, the paper's Dice error and the WT Dice (%)."""
     rows = []
-    for path in sorted(out.glob("table1/*/results.json")):
+    for path in sorted(out / "table1" / folder / "results.json" for folder in folders):
+        if not path.is_file():  # a row skipped for want of synthetic pairs
+            continue
         results = json.loads(path.read_text())
         rows.append(
             {

@@ -44,7 +44,7 @@ def run(settings: ReportSettings) -> Path:
     overwrite = settings.overwrite
     inputs = [settings.runs, *_figure_inputs(settings.figures)]
     output = check_output(settings.output, command="report", inputs=inputs, overwrite=overwrite)
-    runs = find_runs(settings.runs)
+    runs = find_runs(settings.runs, settings.include)
     groups = group_runs(runs)
     boot = settings.bootstrap
     level = boot.level

@@ -110,12 +110,18 @@ def load_run(path: Path) -> Run | None:
     return Run(path, mix.name, int(config["data"]["classes"]), int(config.get("seed", 0)), mix.half, results)
 
 
-def find_runs(root: str | Path) -> list[Run]:
-    """Every tested U-Net run under ``root`` (a multirun folder or any folder above results.json files)."""
+def find_runs(root: str | Path, include: tuple[str, ...] = ()) -> list[Run]:
+    """Every tested U-Net run under ``root`` (a multirun folder or any folder above results.json files), or,
+    with ``include``, those in the named folders under it (paths relative to ``root``; each must exist)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"runs={root}: folder not found")
-    runs = [run for path in sorted(root.rglob("results.json")) if (run := load_run(path)) is not None]
+    folders = [root / name for name in include] or [root]
+    for folder in folders:
+        if not folder.is_dir() or root.resolve() not in (folder.resolve(), *folder.resolve().parents):
+            raise InputError(f"include: {folder} is not a folder under runs={root}")
+    paths = sorted({path for folder in folders for path in folder.rglob("results.json")})
+    runs = [run for path in paths if (run := load_run(path)) is not None]
     if not runs:
         raise InputError(f"runs={root}: no results.json of a tested U-Net run found below it")
     return runs

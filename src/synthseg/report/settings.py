@@ -76,3 +76,4 @@ class ReportSettings(Settings):
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     figures: FigureSettings = field(default_factory=FigureSettings)
     quality: QualityReportSettings = field(default_factory=QualityReportSettings)
+    include: tuple[str, ...] = ()  # run folders under runs to read (relative); () = every run found
