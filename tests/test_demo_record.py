@@ -116,6 +116,7 @@ def test_update_makes_again_the_stages_a_change_reaches_and_a_stop_midway_resume
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from synthseg import demo as pipeline
+    from synthseg.demo_record import _names
     from synthseg.demo_sweep import DemoSweep
 
     def stage(name: str, needs: tuple[str, ...], reads: tuple[str, ...], remake: bool = False) -> Any:
@@ -145,6 +146,8 @@ def test_update_makes_again_the_stages_a_change_reaches_and_a_stop_midway_resume
     with pytest.raises(InputError, match=r"change the completed stages pgan, synthetic: update=true") as err:
         demo(sweep=DemoSweep(seeds=(0, 1)), pgan_switches=ada)
     assert "report" not in str(err.value) and "\n" not in str(err.value)
+    rows = [pipeline.Stage(f"row {n}", f"table1/{n}", print, 1.0) for n in "ab"]
+    assert _names([stages[1], *rows]) == "pgan, 2 runs in table1/"  # the sweep's runs counted, not listed
     assert _made(out, names) == {**dict.fromkeys(names, 1), "report": 2}  # refused: nothing made again
     # update=true: the PGAN and what reads it; cohort and SPADE stay
     made = demo(sweep=DemoSweep(seeds=(0, 1)), pgan_switches=ada, update=True)

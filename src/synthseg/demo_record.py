@@ -76,20 +76,31 @@ def check_resume(settings: Any, out: Path, stages: list[Stage]) -> list[Stage]:
         keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         changed = changed_stages(stages, keys, lambda stage: is_current(out, stage))
         said = "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys)
-        asked = [stage.name for stage in changed if not stage.remake]
+        asked = [stage for stage in changed if not stage.remake]
         if asked and not settings.update:
             raise InputError(
                 f"{out}: settings changed since its stages were made ({said}), and they change the completed "
-                f"stages {', '.join(asked)}: update=true makes those again, force=true every stage; or choose "
+                f"stages {_names(asked)}: update=true makes those again, force=true every stage; or choose "
                 "a new output folder"
             )
         if keys:
-            again = ", ".join(stage.name for stage in changed) or "none: no completed stage reads them"
+            again = _names(changed) or "none: no completed stage reads them"
             print(f"Settings changed ({said}); completed stages made again: {again}", flush=True)
         for stage in changed:
             (out / stage.output / DONE).unlink()
     write_text_atomic(path, json.dumps(current, indent=2))
     return changed
+
+
+def _names(stages: list[Stage]) -> str:
+    """The stages' names, those in a shared folder (the sweep's runs in ``table1/``) counted instead."""
+    names = [stage.name for stage in stages if "/" not in stage.output]
+    groups: dict[str, int] = {}
+    for stage in stages:
+        if "/" in stage.output:
+            group = stage.output.split("/")[0]
+            groups[group] = groups.get(group, 0) + 1
+    return ", ".join([*names, *(f"{n} run{'s' * (n > 1)} in {group}/" for group, n in groups.items())])
 
 
 def changed_stages(stages: list[Stage], keys: list[str], complete: Callable[[Stage], bool]) -> list[Stage]:
