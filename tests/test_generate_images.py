@@ -261,3 +261,46 @@ def test_background_zero_writes_zeros_only_far_from_the_brain(tiny_dataset, snap
     assert changed > 0  # the tiny generator paints the background: the switch changed pixels
     with pytest.raises(InputError, match="background"):
         GenerateImagesSettings(checkpoint=snapshot, masks=tiny_dataset, output=zeroed, background="black")
+
+
+def test_split_and_resize_paint_a_prepared_datasets_real_masks(snapshot, tmp_path):
+    """SPADE on the real label maps of one split of a prepared dataset at another size (docs/demo.md, "Where
+    the gap comes from"): only that split's rows, each mask reduced as the DataModule reduces it."""
+    from synthseg.data.labels import resize_labels
+    from tests.conftest import write_dataset
+
+    prepared = write_dataset(tmp_path / "prepared64", size=64)
+    source = read_manifest(prepared)
+    out = tmp_path / "train_only"
+    generate_images.run(
+        GenerateImagesSettings(checkpoint=snapshot, masks=prepared, output=out, device="cpu", progress=False,
+                               split="train", resize=True, keep_ids=True)
+    )  # fmt: skip
+    written = read_manifest(out)
+    train = source.rows("train")
+    assert list(written.ids) == [source.ids[i] for i in train] and len(train) < len(source)
+    for i, row in enumerate(train):
+        expected = resize_labels(read_png(prepared / source.label[row]), 32)
+        assert np.array_equal(read_png(out / written.label[i]), expected)
+    assert read_png(out / written.image[0]).shape == (32, 32)
+    refusals = {
+        "no resize": ({}, r"mask is 64x64, the generator was trained at 32x32 \(resize=true resizes"),
+        "split of a plain folder": (
+            {"masks": prepared / "labels", "split": "test"},
+            "needs a dataset folder",
+        ),
+    }
+    for name, (changed, message) in refusals.items():
+        settings = {"checkpoint": snapshot, "masks": prepared, "output": tmp_path / name, "device": "cpu",
+                    "progress": False, **changed}  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            generate_images.run(GenerateImagesSettings(**settings))
+        assert not (tmp_path / name).exists()
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    write_label8(odd / "a.png", np.zeros((48, 48), np.uint8))
+    with pytest.raises(InputError, match="a.png: mask is 48x48.*resize needs a side below 32 or a multiple"):
+        generate_images.run(GenerateImagesSettings(checkpoint=snapshot, masks=odd, output=tmp_path / "o",
+                                                   device="cpu", progress=False, resize=True))  # fmt: skip
+    with pytest.raises(InputError, match="split must be one of train, val, test"):
+        GenerateImagesSettings(checkpoint=snapshot, masks=prepared, output=out, split="training")

@@ -31,17 +31,19 @@ from tqdm import tqdm
 
 from synthseg import __version__
 from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, load_network, safe_load
-from synthseg.data.labels import NUM_CLASSES
+from synthseg.data.labels import NUM_CLASSES, resize_labels
 from synthseg.data.manifest import (
     MANIFEST,
     dataset_stats,
     image_relpath,
+    is_dataset_folder,
     manifest_writer,
+    read_manifest,
     synthetic_row,
     write_provenance,
     write_stats,
 )
-from synthseg.data.masks import list_masks
+from synthseg.data.masks import MaskItem, list_masks
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
@@ -165,11 +167,24 @@ def output_ids(source_ids: list[str], keep_ids: bool = False) -> list[str]:
     return [f"synth_{index:06d}" for index in range(len(source_ids))]
 
 
-class MaskFolder(Dataset):
-    """Label-map PNGs checked for size and class range; items are (position, label (H, W) int64)."""
+def _in_split(masks: str, items: list[MaskItem], split: str) -> list[MaskItem]:
+    """The masks of a dataset folder's ``split`` rows (``list_masks`` keeps the manifest's order)."""
+    if not is_dataset_folder(masks):
+        raise InputError(f"split={split} needs a dataset folder (manifest.csv) as masks, got masks={masks}")
+    rows = read_manifest(masks).rows(split)
+    if not len(rows):
+        raise InputError(f"masks={masks}: its manifest has no {split} rows")
+    return [items[int(row)] for row in rows]
 
-    def __init__(self, paths: list[Path], size: int, label_nc: int):
-        self.paths, self.size, self.label_nc = paths, size, label_nc
+
+class MaskFolder(Dataset):
+    """Label-map PNGs checked for size and class range; items are (position, label (H, W) int64).
+
+    With ``resize`` a square mask of another size is brought to ``size`` as the DataModule does
+    (``data.labels.resize_labels``: majority vote down, nearest up)."""
+
+    def __init__(self, paths: list[Path], size: int, label_nc: int, resize: bool = False):
+        self.paths, self.size, self.label_nc, self.resize = paths, size, label_nc, resize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -177,15 +192,24 @@ class MaskFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         path = self.paths[index]
         mask = read_png(path, bitdepth=8)
-        if mask.shape != (self.size, self.size):
+        square = mask.ndim == 2 and mask.shape[0] == mask.shape[1]
+        fits = square and (mask.shape[0] < self.size or mask.shape[0] % self.size == 0)  # what resize can do
+        if mask.shape != (self.size, self.size) and not (self.resize and fits):
+            if not self.resize:
+                hint = " (resize=true resizes a square mask)"
+            elif not square:
+                hint = "; resize takes square masks only"
+            else:
+                hint = f"; resize needs a side below {self.size} or a multiple of it"
             raise InputError(
-                f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, the generator was trained at {self.size}x{self.size}"
+                f"{path}: mask is {'x'.join(map(str, mask.shape))}, the generator was trained at "
+                f"{self.size}x{self.size}{hint}"
             )
         if mask.size and int(mask.max()) >= self.label_nc:
             raise InputError(
                 f"{path}: label value {int(mask.max())} is outside the generator's classes 0..{self.label_nc - 1}"
             )
-        return index, torch.from_numpy(mask.astype(np.int64))
+        return index, torch.from_numpy(resize_labels(mask.astype(np.int64), self.size))
 
 
 @dataclass(frozen=True)
@@ -203,6 +227,10 @@ class GenerateImagesSettings(Settings):
     autocast: str | None = None  # bf16 or fp16 to generate under autocast (GPU), None for float32
     seed: int = 0  # the latent codes of a VAE generator (without VAE the output does not depend on it)
     keep_ids: bool = False  # name every output after its mask's id (default: synth_<n> ids)
+    split: str | None = (
+        None  # a dataset folder's rows of this split only (train | val | test); None: every row
+    )
+    resize: bool = False  # square masks of another size resized to the generator's (as the DataModule does)
     background: str = "keep"  # keep | zero (0 beyond one pixel of the brain, as the real slices): BACKGROUNDS
     overwrite: bool = False  # replace an output this command wrote earlier (never a foreign folder)
     progress: bool = True
@@ -212,6 +240,8 @@ class GenerateImagesSettings(Settings):
         check_positive("batch_size", self.batch_size)
         check_positive("num_workers", self.num_workers, allow_zero=True)
         check_choice("background", self.background, BACKGROUNDS)
+        if self.split is not None:
+            check_choice("split", self.split, ("train", "val", "test"))
         autocast_dtype(self.autocast)
 
 
@@ -232,6 +262,8 @@ def run(settings: GenerateImagesSettings) -> Path:
     loaded = load_generator(checkpoint)
     generator, sequences, train_max = loaded.generator, loaded.sequences, loaded.train_max
     items = list_masks(masks, "masks")
+    if settings.split is not None:
+        items = _in_split(masks, items, settings.split)
     ids = output_ids([item.id for item in items], settings.keep_ids)
     size, label_nc = generator.image_size, generator.label_nc
     # Upper bound: uncompressed 16-bit images + 8-bit label per slice.
@@ -240,7 +272,7 @@ def run(settings: GenerateImagesSettings) -> Path:
     generator.to(dev)
     latent_gen = torch.Generator(device="cpu").manual_seed(seed)
     loader = DataLoader(
-        MaskFolder([item.label for item in items], size, label_nc),
+        MaskFolder([item.label for item in items], size, label_nc, settings.resize),
         batch_size=settings.batch_size,
         shuffle=False,
         num_workers=settings.num_workers,
