@@ -289,6 +289,13 @@ def test_split_and_resize_paint_a_prepared_datasets_real_masks(snapshot, tmp_pat
             {"masks": prepared / "labels", "split": "test"},
             "needs a dataset folder",
         ),
+        "an empty split": (
+            {
+                "masks": write_dataset(tmp_path / "train_only_set", num_slices=4, splits=["train"] * 4),
+                "split": "val",
+            },
+            "its manifest has no val rows",
+        ),
     }
     for name, (changed, message) in refusals.items():
         settings = {"checkpoint": snapshot, "masks": prepared, "output": tmp_path / name, "device": "cpu",

@@ -33,7 +33,9 @@ class MaskItem:
     position: float | None = None
 
 
-def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[MaskItem]:
+def list_masks(
+    folder: str | os.PathLike[str], key: str | None = None, split: str | None = None
+) -> list[MaskItem]:
     """The masks of a dataset folder (manifest order) or of a plain folder of PNGs (name order).
 
     A dataset folder has ``manifest.csv``; a folder with ``labels/`` but no manifest is read from ``labels/``
@@ -41,16 +43,22 @@ def list_masks(folder: str | os.PathLike[str], key: str | None = None) -> list[M
 
     Args:
         key: the setting that named the folder, for errors (``masks`` -> ``masks=DIR: ...``).
+        split: only a dataset folder's rows of this split (``manifest.SPLITS``); None: every row.
     """
     folder = Path(folder)
     named = f"{key}={folder}" if key else str(folder)
     if not folder.is_dir():
         raise InputError(f"{named}: masks folder not found")
     items: list[MaskItem] = []
+    if split is not None and not is_dataset_folder(folder):
+        raise InputError(f"split={split} needs a dataset folder (manifest.csv), got {named}")
     if is_dataset_folder(folder):
         manifest = read_manifest(folder)
         recorded = manifest.recorded_position
-        for i in range(len(manifest)):
+        rows = range(len(manifest)) if split is None else manifest.rows(split).tolist()
+        if not len(rows):
+            raise InputError(f"{named}: its manifest has no {split} rows")
+        for i in rows:
             # Every file the manifest names must exist: a deleted image is an error, not a mask without one.
             label = named_file(folder, manifest.label[i])
             paths = [named_file(folder, p) if p else None for p in manifest.images[i]]

@@ -34,16 +34,15 @@ from synthseg.checkpoint import SPADE_CHECKPOINT_KEY, load_network, safe_load
 from synthseg.data.labels import NUM_CLASSES, resize_labels
 from synthseg.data.manifest import (
     MANIFEST,
+    SPLITS,
     dataset_stats,
     image_relpath,
-    is_dataset_folder,
     manifest_writer,
-    read_manifest,
     synthetic_row,
     write_provenance,
     write_stats,
 )
-from synthseg.data.masks import MaskItem, list_masks
+from synthseg.data.masks import list_masks
 from synthseg.data.pngio import read_png, write_image16, write_label8
 from synthseg.errors import InputError
 from synthseg.networks.spade import SPADEGenerator
@@ -167,16 +166,6 @@ def output_ids(source_ids: list[str], keep_ids: bool = False) -> list[str]:
     return [f"synth_{index:06d}" for index in range(len(source_ids))]
 
 
-def _in_split(masks: str, items: list[MaskItem], split: str) -> list[MaskItem]:
-    """The masks of a dataset folder's ``split`` rows (``list_masks`` keeps the manifest's order)."""
-    if not is_dataset_folder(masks):
-        raise InputError(f"split={split} needs a dataset folder (manifest.csv) as masks, got masks={masks}")
-    rows = read_manifest(masks).rows(split)
-    if not len(rows):
-        raise InputError(f"masks={masks}: its manifest has no {split} rows")
-    return [items[int(row)] for row in rows]
-
-
 class MaskFolder(Dataset):
     """Label-map PNGs checked for size and class range; items are (position, label (H, W) int64).
 
@@ -227,9 +216,7 @@ class GenerateImagesSettings(Settings):
     autocast: str | None = None  # bf16 or fp16 to generate under autocast (GPU), None for float32
     seed: int = 0  # the latent codes of a VAE generator (without VAE the output does not depend on it)
     keep_ids: bool = False  # name every output after its mask's id (default: synth_<n> ids)
-    split: str | None = (
-        None  # a dataset folder's rows of this split only (train | val | test); None: every row
-    )
+    split: str | None = None  # only a dataset folder's rows of this split (train | val | test)
     resize: bool = False  # square masks of another size resized to the generator's (as the DataModule does)
     background: str = "keep"  # keep | zero (0 beyond one pixel of the brain, as the real slices): BACKGROUNDS
     overwrite: bool = False  # replace an output this command wrote earlier (never a foreign folder)
@@ -241,7 +228,7 @@ class GenerateImagesSettings(Settings):
         check_positive("num_workers", self.num_workers, allow_zero=True)
         check_choice("background", self.background, BACKGROUNDS)
         if self.split is not None:
-            check_choice("split", self.split, ("train", "val", "test"))
+            check_choice("split", self.split, SPLITS)
         autocast_dtype(self.autocast)
 
 
@@ -261,9 +248,7 @@ def run(settings: GenerateImagesSettings) -> Path:
     start = time.time()
     loaded = load_generator(checkpoint)
     generator, sequences, train_max = loaded.generator, loaded.sequences, loaded.train_max
-    items = list_masks(masks, "masks")
-    if settings.split is not None:
-        items = _in_split(masks, items, settings.split)
+    items = list_masks(masks, "masks", settings.split)
     ids = output_ids([item.id for item in items], settings.keep_ids)
     size, label_nc = generator.image_size, generator.label_nc
     # Upper bound: uncompressed 16-bit images + 8-bit label per slice.
