@@ -52,9 +52,9 @@ def is_current(out: Path, stage: Stage) -> bool:
     )
 
 
-def check_resume(settings: Any, out: Path, stages: list[Stage]) -> list[Stage]:
-    """Compare ``settings`` with those ``out``'s stages were made with, record them, and return the completed
-    stages they change: each reads a changed setting, or reads a stage that changes. Those lose their marker
+def check_resume(settings: Any, out: Path, stages: list[Stage]) -> None:
+    """Compare ``settings`` with those ``out``'s stages were made with and record them. The completed stages
+    they change (each reads a changed setting, or reads a stage that changes) lose their marker
     (so they are made again, also after an interruption); a stage that is not ``remake`` needs
     ``settings.update``, else the resume is refused and nothing is touched. A change that no completed stage
     reads (a typo in ``pgan_switches`` that stopped the PGAN, more U-Net seeds) is taken as it is.
@@ -64,7 +64,6 @@ def check_resume(settings: Any, out: Path, stages: list[Stage]) -> list[Stage]:
     """
     current = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in NOT_RESULTS}))
     path = out / SETTINGS_FILE
-    changed: list[Stage] = []
     if path.is_file() and not settings.force:
         try:
             recorded = json.loads(path.read_text())
@@ -89,7 +88,6 @@ def check_resume(settings: Any, out: Path, stages: list[Stage]) -> list[Stage]:
         for stage in changed:
             (out / stage.output / DONE).unlink()
     write_text_atomic(path, json.dumps(current, indent=2))
-    return changed
 
 
 def _names(stages: list[Stage]) -> str:

@@ -6,8 +6,9 @@ diversity within each set, label-map statistics (class areas, tumor fragmentatio
 the nearest real training slice of every synthetic pair and, with a U-Net, its label agreement (how well the
 U-Net segments the synthetic images against their own label maps, beside the real test slices). Writes
 ``quality.json`` and PNG figures into ``output``. Every statistic runs on a seeded sample of ``max_images``
-slices per set; the nearest-real search covers the whole real training split. With several MR sequences (t1, t1c, t2, flair) every measure reads the
-sequences the U-Net was trained on (without an extractor: the synthetic set's); both sets must hold them.
+slices per set; the nearest-real search covers the whole real training split. With several MR sequences (t1,
+t1c, t2, flair) every measure reads the sequences the U-Net was trained on (without an extractor: the
+synthetic set's); both sets must hold them.
 Nothing is downloaded. See docs/quality.md.
 """
 
