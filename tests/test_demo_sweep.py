@@ -230,3 +230,35 @@ def test_a_stage_runs_again_when_a_stage_it_reads_was_made_after_it(tmp_path: Pa
     os.utime(out / "table1/a/.complete", ns=(newer, newer))
     assert run_and_see() == ["last"]
     assert run_and_see() == []
+
+
+def _demo_settings(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from synthseg.demo import DemoSettings
+
+    with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base=None):
+        return DemoSettings.from_config(compose("demo", overrides=overrides))
+
+
+def test_the_long_profile_changes_the_gans_and_seeds_and_keeps_the_table1_recipe() -> None:
+    default, named, long = (_demo_settings(o) for o in ([], ["profile=default"], ["profile=long"]))
+    assert named == default
+    # the recipe every row trains under stays the default demo's, so a difference comes from the pairs
+    for key in ("mixes", "classes", "epochs", "same_steps", "precision", "compile", "channels_last"):
+        assert getattr(long.sweep, key) == getattr(default.sweep, key), key
+    assert (long.cases, long.seed, long.resolution, long.sequences) == (
+        default.cases,
+        default.seed,
+        default.resolution,
+        default.sequences,
+    )
+    assert long.synthetic.count == default.synthetic.count and long.spade.epochs == default.spade.epochs
+    # what it changes: the GANs, the synthetic images' background, three seeds, its own folder and budgets
+    assert "model.generator.index_order=anatomical" in long.pgan_switches
+    assert "model.total_kimg=80" in long.pgan_switches
+    assert long.spade.segmenter_weight == 30 and long.synthetic.background == "zero"
+    assert long.sweep.seeds == (0, 1, 2) and long.output != default.output
+    assert long.budgets.pgan > default.budgets.pgan and long.budgets.sweep == 3 * default.budgets.sweep
+    # a key given after the profile wins
+    assert _demo_settings(["profile=long", "sweep.seeds=[4]"]).sweep.seeds == (4,)
