@@ -236,8 +236,9 @@ def _demo_settings(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     from synthseg.demo import DemoSettings
+    from synthseg.paths import config_dir
 
-    with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base=None):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return DemoSettings.from_config(compose("demo", overrides=overrides))
 
 
