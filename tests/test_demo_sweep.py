@@ -246,9 +246,8 @@ def test_the_long_profile_changes_the_gans_and_seeds_and_keeps_the_table1_recipe
     from synthseg.demo import DemoSettings
 
     default, long = _demo_settings([]), _demo_settings(["profile=long"])
-    assert (
-        default == _demo_settings(["profile=default"]) == DemoSettings(output="demo_output")
-    )  # changes nothing
+    # the default profile changes nothing of conf/demo.yaml
+    assert default == _demo_settings(["profile=default"]) == DemoSettings(output="demo_output")
     # the recipe every row trains under stays the default demo's, so a difference comes from the pairs
     for key in ("mixes", "classes", "epochs", "same_steps", "precision", "compile", "channels_last"):
         assert getattr(long.sweep, key) == getattr(default.sweep, key), key
