@@ -303,11 +303,14 @@ def test_split_and_resize_paint_a_prepared_datasets_real_masks(snapshot, tmp_pat
         with pytest.raises(InputError, match=message):
             generate_images.run(GenerateImagesSettings(**settings))
         assert not (tmp_path / name).exists()
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    write_label8(odd / "a.png", np.zeros((48, 48), np.uint8))
-    with pytest.raises(InputError, match="a.png: mask is 48x48.*resize needs a side below 32 or a multiple"):
-        generate_images.run(GenerateImagesSettings(checkpoint=snapshot, masks=odd, output=tmp_path / "o",
-                                                   device="cpu", progress=False, resize=True))  # fmt: skip
+    for side in (48, 24):  # neither a multiple of 32 nor a divisor: resize_labels cannot reach 32
+        odd = tmp_path / f"odd{side}"
+        odd.mkdir()
+        write_label8(odd / "a.png", np.zeros((side, side), np.uint8))
+        match = f"a.png: mask is {side}x{side}.*resize needs a side that divides 32 or is a multiple of it"
+        with pytest.raises(InputError, match=match):
+            generate_images.run(GenerateImagesSettings(checkpoint=snapshot, masks=odd, output=tmp_path / f"o{side}",
+                                                       device="cpu", progress=False, resize=True))  # fmt: skip
+        assert not (tmp_path / f"o{side}").exists()
     with pytest.raises(InputError, match="split must be one of train, val, test"):
         GenerateImagesSettings(checkpoint=snapshot, masks=prepared, output=out, split="training")

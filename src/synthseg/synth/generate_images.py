@@ -182,14 +182,16 @@ class MaskFolder(Dataset):
         path = self.paths[index]
         mask = read_png(path, bitdepth=8)
         square = mask.ndim == 2 and mask.shape[0] == mask.shape[1]
-        fits = square and (mask.shape[0] < self.size or mask.shape[0] % self.size == 0)  # what resize can do
+        side = mask.shape[0]
+        # what resize_labels can do: whole blocks down, whole repeats up
+        fits = square and side > 0 and (side % self.size == 0 if side > self.size else self.size % side == 0)
         if mask.shape != (self.size, self.size) and not (self.resize and fits):
             if not self.resize:
                 hint = " (resize=true resizes a square mask)"
             elif not square:
                 hint = "; resize takes square masks only"
             else:
-                hint = f"; resize needs a side below {self.size} or a multiple of it"
+                hint = f"; resize needs a side that divides {self.size} or is a multiple of it"
             raise InputError(
                 f"{path}: mask is {'x'.join(map(str, mask.shape))}, the generator was trained at "
                 f"{self.size}x{self.size}{hint}"
