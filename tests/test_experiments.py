@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from synthseg.errors import InputError
 from synthseg.paths import config_dir
 from synthseg.train import train
 from tests.conftest import compose_train, write_dataset
-from tests.helpers.presets import shrink
+from tests.helpers.presets import shrink, unet_snapshot
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # shrink() sets torch_threads=1; restored afterwards
 
@@ -59,4 +60,8 @@ def test_experiment_runs_one_step(experiment: str, datasets: tuple[Path, Path], 
         tmp_path,
     )
     shrink(cfg)
+    if cfg.model.get("lambda_seg", 0) > 0:  # the segmenter SPADE needs its real-data U-Net, said in one line
+        with pytest.raises(InputError, match="needs model.segmenter"):
+            train(cfg)
+        cfg.model.segmenter = str(unet_snapshot(tmp_path / "unet.pt", resolution=cfg.data.resolution))
     train(cfg)

@@ -49,9 +49,37 @@ def test_pgan_experiments_are_faithful(experiment: str) -> None:
     assert (cfg.model.generator.label_encoding, cfg.model.discriminator.condition) == ("index", "none")
 
 
-def test_masks_preset_is_pgan_full_with_the_switches_only() -> None:
-    """experiment=pgan_full_masks: the paper-scale run with the switches on, and nothing else changed."""
+# Each preset beyond the paper is its paper experiment with its switches on, and nothing else changed.
+PRESETS_BEYOND_THE_PAPER = {
+    # one-hot classes, slice position, ADA (docs/masks.md)
+    "pgan_full_masks": (
+        "pgan_full",
+        {
+            **dict.fromkeys(
+                (
+                    "model.label_encoding",
+                    "model.generator.label_encoding",
+                    "model.discriminator.label_encoding",
+                ),
+                "onehot",
+            ),
+            **dict.fromkeys(
+                ("model.condition", "model.generator.condition", "model.discriminator.condition"), "slice"
+            ),
+            "model.augment": "ada",
+        },
+    ),
+    # synthseg demo profile=long's PGAN and SPADE (conf/profile/long.yaml)
+    "pgan_full_anatomical": (
+        "pgan_full",
+        dict.fromkeys(("model.generator.index_order", "model.discriminator.index_order"), "anatomical"),
+    ),
+    "spade_full_segmenter": ("spade_full", {"model.lambda_seg": 30}),
+}
 
+
+@pytest.mark.parametrize("preset", sorted(PRESETS_BEYOND_THE_PAPER))
+def test_a_preset_beyond_the_paper_is_its_paper_experiment_with_the_switches_only(preset: str) -> None:
     def flat(cfg: object, prefix: str = "") -> dict[str, object]:
         if isinstance(cfg, dict):
             return {k: v for key, value in cfg.items() for k, v in flat(value, f"{prefix}{key}.").items()}
@@ -62,23 +90,12 @@ def test_masks_preset_is_pgan_full_with_the_switches_only() -> None:
         resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
         return flat({**resolved, "trainer": OmegaConf.to_container(cfg.trainer), "task_name": cfg.task_name})
 
-    paper, masks = sections("pgan_full"), sections("pgan_full_masks")
-    changed = {k for k in paper.keys() | masks.keys() if paper.get(k) != masks.get(k)}
-    assert changed == {
-        "task_name",
-        "model.label_encoding",
-        "model.generator.label_encoding",
-        "model.discriminator.label_encoding",
-        "model.condition",
-        "model.generator.condition",
-        "model.discriminator.condition",
-        "model.augment",
-    }
-    assert (masks["model.label_encoding"], masks["model.condition"], masks["model.augment"]) == (
-        "onehot",
-        "slice",
-        "ada",
-    )
+    experiment, switches = PRESETS_BEYOND_THE_PAPER[preset]
+    paper, beyond = sections(experiment), sections(preset)
+    changed = {k for k in paper.keys() | beyond.keys() if paper.get(k) != beyond.get(k)}
+    assert changed == {"task_name", *switches}
+    assert {k: beyond[k] for k in switches} == switches
+    assert beyond["task_name"] == preset
 
 
 @pytest.mark.parametrize("experiment", ["spade_full", "spade_reduced"])

@@ -18,18 +18,9 @@ from synthseg.networks.unet import UNet
 from synthseg.synth.generate_images import tanh_to_uint16
 from synthseg.train import train
 from tests.helpers.presets import compose_spade as compose_cfg
+from tests.helpers.presets import unet_snapshot
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_network")
-
-
-def unet_snapshot(path: Path, *, resolution: int = 32, norm: str = "zscore", **meta) -> Path:
-    torch.manual_seed(0)
-    save_network(
-        UNet(1, 7, base_width=2),
-        path,
-        meta={"image_norm": norm, "resolution": resolution, "sequences": ["t1c"], **meta},
-    )
-    return path
 
 
 def test_the_torch_z_score_is_the_datamodules() -> None:

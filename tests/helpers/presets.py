@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from synthseg.checkpoint import save_network
+from synthseg.networks.unet import UNet
 from synthseg.paths import config_dir
 
 # The progressive-growing mask GAN at 16x16: every level, a few images each (model=pgan).
@@ -63,3 +66,14 @@ def compose_spade(root: Path, out: Path, *overrides: str) -> DictConfig:
         cfg.paths.output_dir = str(out)
         cfg.paths.log_dir = str(out / "logs")
     return cfg
+
+
+def unet_snapshot(path: Path, *, resolution: int = 32, norm: str = "zscore", **meta) -> Path:
+    """A tiny 7-class T1c U-Net snapshot (random weights, seed 0): SPADE's ``model.segmenter``."""
+    torch.manual_seed(0)
+    save_network(
+        UNet(1, 7, base_width=2),
+        path,
+        meta={"image_norm": norm, "resolution": resolution, "sequences": ["t1c"], **meta},
+    )
+    return path
