@@ -80,6 +80,36 @@ def test_pixel_l1_by_hand():
         SPADEObjective(lambda_l1=1.0).generator_terms(fake, real)
 
 
+def test_class_mean_term_by_hand():
+    fake, real = outputs()
+    image = torch.tensor([[[[0.0, 1.0], [-1.0, 0.5]]]], requires_grad=True)
+    target = torch.tensor([[[[0.5, 1.0], [1.0, 0.5]]]])
+    # classes [[0, 1], [1, 2]] of 4 (class 3 absent): means fake 0 / 0 / 0.5, real 0.5 / 1 / 0.5
+    label = torch.nn.functional.one_hot(torch.tensor([[[0, 1], [1, 2]]]), 4).permute(0, 3, 1, 2).float()
+    terms = SPADEObjective(lambda_class=2.0).generator_terms(fake, real, fake=image, real=target, label=label)
+    # mean over the 3 present classes of |0 - 0.5|, |0 - 1|, 0 = 0.5, times 2
+    assert terms["Class"].item() == pytest.approx(1.0)
+    assert "Class" not in SPADEObjective().generator_terms(fake, real, fake=image, real=target, label=label)
+    terms["Class"].backward()
+    # each pixel gets sign(gap) / (its class's pixel count) * 2 / 3
+    torch.testing.assert_close(image.grad, torch.tensor([[[[-2 / 3, -1 / 3], [-1 / 3, 0.0]]]]))
+    with pytest.raises(ValueError, match="and the label map"):
+        SPADEObjective(lambda_class=1.0).generator_terms(fake, real, fake=image, real=target)
+
+
+def test_class_mean_term_ignores_where_inside_a_class_the_values_are():
+    # unlike the pixel L1, the same values moved around within a class cost nothing
+    fake, real = outputs()
+    target = torch.tensor([[[[0.2, 0.8], [0.8, 0.2]], [[1.0, 0.0], [0.0, 1.0]]]])  # (1, 2 sequences, 2, 2)
+    swapped = target.flip(-1)
+    label = torch.nn.functional.one_hot(torch.tensor([[[0, 0], [1, 1]]]), 2).permute(0, 3, 1, 2).float()
+    objective = SPADEObjective(lambda_l1=1.0, lambda_class=1.0)
+    terms = objective.generator_terms(fake, real, fake=swapped, real=target, label=label)
+    assert terms["Class"].item() == 0.0 and terms["L1"].item() > 0
+    shifted = objective.generator_terms(fake, real, fake=target + 0.25, real=target, label=label)
+    assert shifted["Class"].item() == pytest.approx(0.25)
+
+
 def test_adversarial_weight_scales_only_the_generator_hinge():
     fake, real = outputs()
     image, target = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
@@ -103,6 +133,8 @@ def test_adversarial_weight_scales_only_the_generator_hinge():
         {"lambda_l1": -1.0},
         {"lambda_l1": float("nan")},
         {"lambda_gan": -0.5},
+        {"lambda_class": -1.0},
+        {"lambda_class": float("nan")},
     ],
 )
 def test_negative_weights_raise(kwargs):

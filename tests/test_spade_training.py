@@ -244,6 +244,16 @@ def test_pixel_l1_term_trains_and_is_logged(tiny_dataset, tmp_path):
     )
 
 
+def test_class_mean_term_trains_and_is_logged(tiny_dataset, tmp_path):
+    # model.lambda_class (beyond the paper) reaches the generator's loss through the real train(); off by default
+    assert compose_cfg(tiny_dataset, tmp_path).model.lambda_class == 0.0
+    metrics = train(compose_cfg(tiny_dataset, tmp_path, "++trainer.fast_dev_run=1", "model.lambda_class=10"))
+    term, total = metrics["train/G_Class"], metrics["train/loss_G"]
+    assert 0 < term and total == pytest.approx(
+        term + metrics["train/G_GAN"] + metrics["train/G_GAN_Feat"], rel=1e-5
+    )
+
+
 def test_adversarial_weight_reaches_the_generator_loss(tiny_dataset, tmp_path):
     # model.lambda_gan (beyond the paper) scales the logged hinge term through the real train(); 1 by default
     assert compose_cfg(tiny_dataset, tmp_path).model.lambda_gan == 1.0

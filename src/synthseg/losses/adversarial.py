@@ -49,6 +49,10 @@ class SPADEObjective:
         lambda_gan: weight of the generator's hinge term (1, the paper and the official SPADE). Beyond the
             paper: below 1 the reconstruction terms (feature matching, L1) weigh more against it (the
             discriminator's own loss is unchanged; measured for the demo in docs/spade.md).
+        lambda_class: weight of the class-mean term (0, the paper: off). Beyond the paper: the mean absolute
+            difference between the generated and the real image's mean inside each class of the label map
+            (:func:`class_means`), which pins each tissue's level without pulling single pixels as L1 does
+            (the label-conditional intensity check of docs/quality.md turned into a loss).
     """
 
     def __init__(
@@ -57,16 +61,19 @@ class SPADEObjective:
         lambda_kld: float = 0.05,
         lambda_l1: float = 0.0,
         lambda_gan: float = 1.0,
+        lambda_class: float = 0.0,
     ):
-        if not all(w >= 0 for w in (lambda_feat, lambda_kld, lambda_l1, lambda_gan)):  # NaN fails too
+        weights = (lambda_feat, lambda_kld, lambda_l1, lambda_gan, lambda_class)
+        if not all(w >= 0 for w in weights):  # NaN fails too
             raise ValueError(
                 f"loss weights must be non-negative, got lambda_feat={lambda_feat}, lambda_kld={lambda_kld}, "
-                f"lambda_l1={lambda_l1}, lambda_gan={lambda_gan}"
+                f"lambda_l1={lambda_l1}, lambda_gan={lambda_gan}, lambda_class={lambda_class}"
             )
         self.lambda_feat = lambda_feat
         self.lambda_kld = lambda_kld
         self.lambda_l1 = lambda_l1
         self.lambda_gan = lambda_gan
+        self.lambda_class = lambda_class
 
     @staticmethod
     def _check(pred_fake: MultiscaleOutput, pred_real: MultiscaleOutput) -> None:
@@ -98,9 +105,11 @@ class SPADEObjective:
         logvar: torch.Tensor | None = None,
         fake: torch.Tensor | None = None,
         real: torch.Tensor | None = None,
+        label: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named generator terms (already weighted): ``GAN``, ``GAN_Feat`` (if on), ``KLD`` (if mu given),
-        ``L1`` (if ``lambda_l1`` > 0; then ``fake`` and ``real``, the images, are required)."""
+        ``L1`` (if ``lambda_l1`` > 0; then ``fake`` and ``real``, the images, are required), ``Class`` (if
+        ``lambda_class`` > 0; then the images and ``label``, the one-hot label map, are required)."""
         self._check(pred_fake, pred_real)
         terms = {"GAN": self._gan(pred_fake, hinge_g) * self.lambda_gan}
         if self.lambda_feat > 0:
@@ -111,6 +120,13 @@ class SPADEObjective:
             if fake is None or real is None:
                 raise ValueError("lambda_l1 > 0 needs the generated and the real images")
             terms["L1"] = F.l1_loss(fake.float(), real.detach().float()) * self.lambda_l1
+        if self.lambda_class > 0:
+            if fake is None or real is None or label is None:
+                raise ValueError("lambda_class > 0 needs the generated and the real images and the label map")
+            fake_means, present = class_means(fake, label)
+            real_means, _ = class_means(real.detach(), label)
+            gap = (fake_means - real_means).abs() * present[:, :, None]
+            terms["Class"] = gap.sum() / (present.sum() * fake.shape[1]).clamp(min=1) * self.lambda_class
         return terms
 
     def discriminator_terms(
@@ -124,3 +140,20 @@ class SPADEObjective:
     def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of the named terms."""
         return sum(terms.values())
+
+
+def class_means(images: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of each image channel inside each class, and which classes are present.
+
+    Args:
+        images: (B, S, H, W), S sequences.
+        onehot: (B, C, H, W) one-hot label maps.
+
+    Returns:
+        means (B, C, S) in float32 (0 where the class is absent) and present (B, C), 1.0 where the class has
+        a pixel.
+    """
+    onehot = onehot.float()
+    sums = torch.einsum("bchw,bshw->bcs", onehot, images.float())
+    counts = onehot.sum(dim=(2, 3))
+    return sums / counts.clamp(min=1)[:, :, None], (counts > 0).float()

@@ -120,6 +120,7 @@ class SPADEModule(pl.LightningModule):
         lambda_kld: KL weight with the VAE (0.05).
         lambda_l1: pixel L1 weight (0: the paper; beyond it, see :class:`SPADEObjective`).
         lambda_gan: weight of the generator's hinge term (1: the paper; beyond it, see :class:`SPADEObjective`).
+        lambda_class: class-mean weight (0: the paper; beyond it, see :class:`SPADEObjective`).
         lambda_seg: weight of the segmenter term (0: the paper; beyond it, see
             :mod:`synthseg.models.segmenter`): a frozen real-data U-Net (``segmenter``) must find each
             generated image's label map (cross-entropy), logged as ``train/G_Seg``.
@@ -150,6 +151,7 @@ class SPADEModule(pl.LightningModule):
         lambda_kld: float = 0.05,
         lambda_l1: float = 0.0,
         lambda_gan: float = 1.0,
+        lambda_class: float = 0.0,
         lambda_seg: float = 0.0,
         segmenter: str | None = None,
         segmenter_balance: str = "pixels",
@@ -196,7 +198,11 @@ class SPADEModule(pl.LightningModule):
         self.optimizer_g_factory = optimizer_g
         self.optimizer_d_factory = optimizer_d
         self.objective = SPADEObjective(
-            lambda_feat=lambda_feat, lambda_kld=lambda_kld, lambda_l1=lambda_l1, lambda_gan=lambda_gan
+            lambda_feat=lambda_feat,
+            lambda_kld=lambda_kld,
+            lambda_l1=lambda_l1,
+            lambda_gan=lambda_gan,
+            lambda_class=lambda_class,
         )
         self.label_nc = generator.label_nc
         self.image_size = generator.image_size
@@ -327,7 +333,7 @@ class SPADEModule(pl.LightningModule):
         self.toggle_optimizer(opt_g)
         fake, mu, logvar = self.generate(label, real, compute_kld=True)
         pred_fake, pred_real = self.discriminate(label, fake, real)
-        g_terms = self.objective.generator_terms(pred_fake, pred_real, mu, logvar, fake, real)
+        g_terms = self.objective.generator_terms(pred_fake, pred_real, mu, logvar, fake, real, label)
         if self.segmenter_loss is not None:
             labels = batch["label"] if batch["label"].dim() == 3 else batch["label"].argmax(1)
             g_terms["Seg"] = self.hparams.lambda_seg * self.segmenter_loss(fake, self.train_max, labels)
