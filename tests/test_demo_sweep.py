@@ -258,10 +258,10 @@ def test_the_long_profile_changes_the_gans_and_seeds_and_keeps_the_table1_recipe
         default.sequences,
     )
     assert long.synthetic.count == default.synthetic.count and long.spade.epochs == default.spade.epochs
-    # what it changes: the GANs, the synthetic images' background, three seeds, its own folder and budgets
+    # what it changes: the GANs, three seeds, its own folder and budgets
     assert "model.generator.index_order=anatomical" in long.pgan_switches
     assert "model.total_kimg=80" in long.pgan_switches
-    assert long.spade.segmenter_weight == 30 and long.synthetic.background == "zero"
+    assert long.spade.segmenter_weight == 30 and long.synthetic == default.synthetic
     assert long.sweep.seeds == (0, 1, 2) and long.output != default.output
     assert long.budgets.pgan > default.budgets.pgan and long.budgets.sweep == 3 * default.budgets.sweep
     # a key given after the profile wins
