@@ -234,23 +234,15 @@ def test_resume_from_the_middle_of_an_epoch_continues_exactly(tiny_dataset, tmp_
         assert torch.equal(straight[key], resumed[key]), key
 
 
-def test_pixel_l1_term_trains_and_is_logged(tiny_dataset, tmp_path):
-    # model.lambda_l1 (beyond the paper) reaches the generator's loss through the real train(); off by default
-    assert compose_cfg(tiny_dataset, tmp_path).model.lambda_l1 == 0.0
-    metrics = train(compose_cfg(tiny_dataset, tmp_path, "++trainer.fast_dev_run=1", "model.lambda_l1=100"))
-    l1, total = metrics["train/G_L1"], metrics["train/loss_G"]
-    assert 0 < l1 and total == pytest.approx(
-        l1 + metrics["train/G_GAN"] + metrics["train/G_GAN_Feat"], rel=1e-5
-    )
-
-
-def test_class_mean_term_trains_and_is_logged(tiny_dataset, tmp_path):
-    # model.lambda_class (beyond the paper) reaches the generator's loss through the real train(); off by default
-    assert compose_cfg(tiny_dataset, tmp_path).model.lambda_class == 0.0
-    metrics = train(compose_cfg(tiny_dataset, tmp_path, "++trainer.fast_dev_run=1", "model.lambda_class=10"))
-    term, total = metrics["train/G_Class"], metrics["train/loss_G"]
-    assert 0 < term and total == pytest.approx(
-        term + metrics["train/G_GAN"] + metrics["train/G_GAN_Feat"], rel=1e-5
+@pytest.mark.parametrize(("weight", "term"), [("lambda_l1", "L1"), ("lambda_class", "Class")])
+def test_a_reconstruction_term_trains_and_is_logged(tiny_dataset, tmp_path, weight, term):
+    # model.lambda_l1 and model.lambda_class (beyond the paper) reach the generator's loss through the real
+    # train(); off by default
+    assert compose_cfg(tiny_dataset, tmp_path).model[weight] == 0.0
+    metrics = train(compose_cfg(tiny_dataset, tmp_path, "++trainer.fast_dev_run=1", f"model.{weight}=100"))
+    value, total = metrics[f"train/G_{term}"], metrics["train/loss_G"]
+    assert 0 < value and total == pytest.approx(
+        value + metrics["train/G_GAN"] + metrics["train/G_GAN_Feat"], rel=1e-5
     )
 
 
